@@ -1,0 +1,417 @@
+//! The intent bridge: `quantum:stream:trade.intent` → gates → `quantum:stream:apply.plan`.
+//!
+//! Each batch costs two round trips: one pipelined read of the ledgers, portfolio and mark
+//! prices it needs, and one MULTI/EXEC that publishes every plan and DLQ entry together with
+//! the XACK of the whole batch, so a crash can neither lose nor duplicate a plan.
+
+pub mod gate;
+
+use std::collections::{HashMap, HashSet};
+
+use clap::Parser;
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
+
+use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
+use quantum_common::contract::{
+    ledger_key, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
+};
+use quantum_common::fields::{opt_text, truncate, StreamEntry};
+use quantum_common::intent::{Intent, IntentError, IntentLimits};
+use quantum_common::plan::Plan;
+use quantum_common::time::now_secs;
+use quantum_common::types::{parse_decimal, Side, Symbol};
+
+use gate::{exposure_pct, gate, GateConfig, GateOutcome, LedgerView, SkipReason};
+
+/// Deployment marker operators grep for to confirm the ledger-open fix is running.
+pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
+
+/// Command line and environment of `quantum-intent-bridge`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "quantum-intent-bridge",
+    version,
+    about = "Gates trade intents and publishes apply plans."
+)]
+pub struct BridgeArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Symbols allowed to trade, comma separated.
+    #[arg(long, env = "INTENT_BRIDGE_ALLOWLIST", default_value = "BTCUSDT")]
+    pub allowlist: String,
+    /// Strict mode: refuse an opening BUY when the symbol has no ledger yet (the old behaviour).
+    #[arg(long, env = "INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", default_value = "false", value_parser = parse_flag, action = clap::ArgAction::Set)]
+    pub require_ledger_for_open: bool,
+    /// Refuse SELLs for symbols with no ledger or a flat one.
+    #[arg(long, env = "INTENT_BRIDGE_SKIP_FLAT_SELL", default_value = "true", value_parser = parse_flag, action = clap::ArgAction::Set)]
+    pub skip_flat_sell: bool,
+    /// |position_amt| at or below this counts as flat.
+    #[arg(long, env = "INTENT_BRIDGE_FLAT_EPS", default_value = "0", value_parser = parse_non_negative)]
+    pub flat_eps: Decimal,
+    /// BUYs are refused while portfolio exposure (ledger notional / equity) is at or above this percentage.
+    #[arg(long, env = "MAX_EXPOSURE_PCT", default_value = "80", value_parser = parse_non_negative)]
+    pub max_exposure_pct: Decimal,
+    /// Highest leverage an intent may ask for; more goes to the DLQ.
+    #[arg(long, env = "INTENT_BRIDGE_MAX_LEVERAGE", default_value = "125", value_parser = parse_non_negative)]
+    pub max_leverage: Decimal,
+    /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
+    #[arg(long, env = "INTENT_BRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parses an on/off flag the way the Python services did, plus the usual yes/no/1/0.
+pub fn parse_flag(raw: &str) -> Result<bool, String> {
+    quantum_common::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
+}
+
+fn parse_non_negative(raw: &str) -> Result<Decimal, String> {
+    let value = parse_decimal("value", raw).map_err(|e| e.to_string())?;
+    if value < Decimal::ZERO {
+        return Err(format!("{raw} is negative"));
+    }
+    Ok(value)
+}
+
+impl BridgeArgs {
+    /// The gate settings these arguments describe; invalid allowlist entries are reported.
+    pub fn gate_config(&self) -> Result<GateConfig, String> {
+        let mut allowlist = HashSet::new();
+        for raw in self.allowlist.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            allowlist.insert(Symbol::parse(raw).map_err(|e| format!("INTENT_BRIDGE_ALLOWLIST: {e}"))?);
+        }
+        Ok(GateConfig {
+            allowlist,
+            require_ledger_for_open: self.require_ledger_for_open,
+            skip_flat_sell: self.skip_flat_sell,
+            flat_eps: self.flat_eps,
+            max_exposure_pct: self.max_exposure_pct,
+        })
+    }
+}
+
+/// Why the bridge stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("Redis refused an operation the bridge needs: {0}")]
+    Redis(#[from] Error),
+}
+
+/// Counts of what the bridge did, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    pub consumed: u64,
+    pub published: u64,
+    pub ledger_missing_open: u64,
+    pub skipped: HashMap<&'static str, u64>,
+    pub malformed: u64,
+}
+
+/// The batch handler.
+pub struct IntentBridge {
+    writer: Client,
+    gates: GateConfig,
+    limits: IntentLimits,
+    /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
+    allowlist: Vec<Symbol>,
+    pub stats: BridgeStats,
+}
+
+/// What the bridge reads from Redis once per batch.
+#[derive(Debug, Default)]
+struct BatchView {
+    ledgers: HashMap<Symbol, LedgerView>,
+    exposure_pct: Decimal,
+    marks: HashMap<Symbol, Decimal>,
+}
+
+enum Outcome {
+    Publish(Box<Plan>),
+    Dlq { reason: &'static str, error: String },
+    Skip,
+}
+
+impl IntentBridge {
+    /// A bridge writing through `writer`.
+    pub fn new(writer: Client, gates: GateConfig, limits: IntentLimits) -> Self {
+        let mut allowlist: Vec<Symbol> = gates.allowlist.iter().cloned().collect();
+        allowlist.sort();
+        Self {
+            writer,
+            gates,
+            limits,
+            allowlist,
+            stats: BridgeStats::default(),
+        }
+    }
+
+    async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
+        let parsed = || intents.iter().filter_map(|i| i.as_ref().ok());
+        let any_buy = parsed().any(|i| i.side == Side::Buy && self.gates.allowlist.contains(&i.symbol));
+        // Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
+        let ledger_symbols: Vec<Symbol> = if any_buy {
+            self.allowlist.clone()
+        } else {
+            let set: HashSet<&Symbol> = parsed()
+                .map(|i| &i.symbol)
+                .filter(|s| self.gates.allowlist.contains(*s))
+                .collect();
+            set.into_iter().cloned().collect()
+        };
+        let mark_symbols: Vec<Symbol> = {
+            let set: HashSet<&Symbol> = parsed().filter(|i| i.needs_mark_price()).map(|i| &i.symbol).collect();
+            set.into_iter().cloned().collect()
+        };
+        if ledger_symbols.is_empty() && mark_symbols.is_empty() {
+            return Ok(BatchView::default());
+        }
+
+        let pipeline = self.writer.pipeline();
+        for symbol in &ledger_symbols {
+            pipeline
+                .hmget::<(), _, _>(ledger_key(symbol), vec!["position_amt", "notional_usd"])
+                .await?;
+        }
+        pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
+        for symbol in &mark_symbols {
+            pipeline.hget::<(), _, _>(MARK_PRICE_KEY, symbol.as_str()).await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        let mut replies = replies.into_iter();
+
+        let mut view = BatchView::default();
+        let mut total_notional = Decimal::ZERO;
+        for symbol in ledger_symbols {
+            let pair = replies.next().map(Value::into_array).unwrap_or_default();
+            let amt = pair.first().and_then(opt_text);
+            let ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
+                None => LedgerView::Missing,
+                Some(Ok(amt)) => LedgerView::Known(amt),
+                Some(Err(e)) => {
+                    tracing::warn!("Ledger of {symbol} unreadable ({e}); treating it as unknown");
+                    LedgerView::Missing
+                }
+            };
+            if let Some(notional) = pair
+                .get(1)
+                .and_then(opt_text)
+                .and_then(|v| parse_decimal("notional_usd", &v).ok())
+            {
+                total_notional += notional.abs();
+            }
+            view.ledgers.insert(symbol, ledger);
+        }
+        let equity = replies
+            .next()
+            .and_then(|v| opt_text(&v))
+            .and_then(|v| parse_decimal("equity_usd", &v).ok());
+        view.exposure_pct = if any_buy {
+            exposure_pct(total_notional, equity)
+        } else {
+            Decimal::ZERO
+        };
+        for symbol in mark_symbols {
+            if let Some(mark) = replies
+                .next()
+                .and_then(|v| opt_text(&v))
+                .and_then(|v| parse_decimal("mark", &v).ok())
+            {
+                view.marks.insert(symbol, mark);
+            }
+        }
+        Ok(view)
+    }
+
+    fn decide(&mut self, intent: Result<Intent, IntentError>, view: &BatchView, now: u64) -> Outcome {
+        let intent = match intent {
+            Ok(intent) => intent,
+            Err(e) => {
+                return Outcome::Dlq {
+                    reason: e.reason(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        let qty = match intent.quantity(view.marks.get(&intent.symbol).copied()) {
+            Ok(qty) => qty,
+            Err(e) => {
+                return Outcome::Dlq {
+                    reason: e.reason(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        let plan = Plan::from_intent(&intent, qty, now);
+        let (sym, side, short) = (&intent.symbol, intent.side, plan.plan_id.short());
+        let ledger = view.ledgers.get(sym).copied().unwrap_or(LedgerView::Missing);
+        match gate(&self.gates, sym, side, ledger, view.exposure_pct) {
+            GateOutcome::Publish { ledger_missing_open } => {
+                if ledger_missing_open {
+                    self.stats.ledger_missing_open += 1;
+                    tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
+                }
+                tracing::info!(
+                    "Publishing plan for {sym} {side}: leverage={}, sl={}, tp={} plan_id={short} qty={qty}",
+                    plan.leverage,
+                    display_opt(plan.stop_loss),
+                    display_opt(plan.take_profit)
+                );
+                Outcome::Publish(Box::new(plan))
+            }
+            GateOutcome::Skip(reason) => {
+                *self.stats.skipped.entry(reason.code()).or_default() += 1;
+                match reason {
+                    SkipReason::NotAllowlisted => tracing::info!(
+                        "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
+                        self.gates.allowlist.len()
+                    ),
+                    SkipReason::StrictLedgerMissingBuy => {
+                        tracing::info!("Skip publish: {sym} BUY but ledger unknown (strict mode) plan_id={short}")
+                    }
+                    SkipReason::LedgerMissingSell => {
+                        tracing::info!("Skip publish: {sym} SELL but ledger unknown plan_id={short}")
+                    }
+                    SkipReason::LedgerFlatSell { last_known_amt } => tracing::info!(
+                        "Skip publish: {sym} SELL but ledger flat last_known_amt={last_known_amt} plan_id={short}"
+                    ),
+                    SkipReason::Exposure { exposure_pct, max_pct } => tracing::info!(
+                        "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
+                    ),
+                }
+                Outcome::Skip
+            }
+        }
+    }
+}
+
+fn display_opt(value: Option<Decimal>) -> String {
+    value.map_or_else(|| "None".to_string(), |v| v.to_string())
+}
+
+impl BatchHandler for IntentBridge {
+    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+        let intents: Vec<Result<Intent, IntentError>> = batch.iter().map(|e| Intent::parse(e, &self.limits)).collect();
+        let view = self.read_view(&intents).await?;
+        let now = now_secs();
+        let stats_before = self.stats.clone();
+
+        let trx = self.writer.multi();
+        let mut ids = Vec::with_capacity(batch.len());
+        for (entry, intent) in batch.iter().zip(intents) {
+            ids.push(entry.id.clone());
+            match self.decide(intent, &view, now) {
+                Outcome::Publish(plan) => {
+                    trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", plan.to_fields())
+                        .await?;
+                    self.stats.published += 1;
+                }
+                Outcome::Dlq { reason, error } => {
+                    tracing::warn!(
+                        "DLQ intent {}: {reason}: {error} raw={}",
+                        entry.id,
+                        truncate(&entry.raw_text(), 512)
+                    );
+                    trx.xadd::<(), _, _, _, _>(
+                        INTENT_DLQ_STREAM,
+                        false,
+                        None,
+                        "*",
+                        dlq_fields(entry, reason, &error, now),
+                    )
+                    .await?;
+                    self.stats.malformed += 1;
+                }
+                Outcome::Skip => {}
+            }
+        }
+        consumer::queue_ack(&trx, INTENT_STREAM, INTENT_GROUP, &ids).await?;
+        if let Err(e) = trx.exec::<Value>(true).await {
+            // Nothing was published or acked: the whole batch is redelivered, so undo the counts.
+            self.stats = stats_before;
+            return Err(e);
+        }
+        self.stats.consumed += batch.len() as u64;
+        Ok(())
+    }
+}
+
+/// DLQ fields: the source entry id, a reason code, the error text and the raw fields as JSON.
+fn dlq_fields(entry: &StreamEntry, reason: &str, error: &str, now: u64) -> Vec<(&'static str, String)> {
+    let raw: serde_json::Map<String, serde_json::Value> = entry
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                truncate(k, 256).to_string(),
+                serde_json::Value::String(truncate(v, 4096).to_string()),
+            )
+        })
+        .collect();
+    vec![
+        ("source_id", entry.id.clone()),
+        ("reason", reason.to_string()),
+        ("error", truncate(error, 1024).to_string()),
+        ("raw", serde_json::Value::Object(raw).to_string()),
+        ("timestamp", now.to_string()),
+    ]
+}
+
+/// Logs the startup banner and the effective configuration (no secrets).
+pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec) {
+    tracing::info!("{}", "=".repeat(80));
+    tracing::info!("Intent Bridge - trade.intent → apply.plan [{BUILD_TAG}]");
+    tracing::info!("{}", "=".repeat(80));
+    tracing::info!("Redis: {}", args.redis.display());
+    tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
+    tracing::info!("Intent stream: {INTENT_STREAM}");
+    tracing::info!("Plan stream: {PLAN_STREAM}");
+    tracing::info!("Require ledger for OPEN: {}", args.require_ledger_for_open);
+    tracing::info!("Skip flat SELL: {}", args.skip_flat_sell);
+    tracing::info!(
+        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
+        args.allowlist,
+        args.flat_eps,
+        args.max_exposure_pct,
+        args.max_leverage,
+        spec.batch_size,
+        spec.block.as_millis(),
+        spec.claim_idle.as_millis(),
+        spec.claim_interval.as_millis()
+    );
+    tracing::info!("{}", "=".repeat(80));
+}
+
+/// Runs the bridge until `shutdown` fires.
+pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<BridgeStats, BridgeError> {
+    let gates = args.gate_config().map_err(BridgeError::Config)?;
+    if gates.allowlist.is_empty() {
+        tracing::warn!("INTENT_BRIDGE_ALLOWLIST is empty: every intent will be skipped as not allowlisted");
+    }
+    let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
+    log_startup(&args, &spec);
+    let conns = Connections::connect(&args.redis, &shutdown).await?;
+    let limits = IntentLimits {
+        max_leverage: args.max_leverage,
+    };
+    let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits);
+    consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
+    let s = &bridge.stats;
+    tracing::info!(
+        "Intent Bridge stopped: consumed={} published={} ledger_missing_open={} malformed={} skipped={:?}",
+        s.consumed,
+        s.published,
+        s.ledger_missing_open,
+        s.malformed,
+        s.skipped
+    );
+    Ok(bridge.stats)
+}

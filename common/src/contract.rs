@@ -1,0 +1,51 @@
+//! Stream, group and key names: the operator-facing contract. Keep these exact.
+
+use crate::types::{OrderId, Symbol};
+
+/// Intents published by the trading bot / AI engine.
+pub const INTENT_STREAM: &str = "quantum:stream:trade.intent";
+/// Consumer group of the bridge on [`INTENT_STREAM`].
+pub const INTENT_GROUP: &str = "quantum:group:intent_bridge";
+/// Malformed intents, with the source entry id, the reason and the raw fields.
+pub const INTENT_DLQ_STREAM: &str = "quantum:stream:trade.intent.dlq";
+/// Plans published by the bridge.
+pub const PLAN_STREAM: &str = "quantum:stream:apply.plan";
+/// Consumer group of the executor on [`PLAN_STREAM`].
+pub const PLAN_GROUP: &str = "intent_executor";
+/// One entry per plan the executor finishes.
+pub const RESULT_STREAM: &str = "quantum:stream:apply.result";
+/// One entry per fill, written by the executor, applied by the ledger service.
+pub const LEDGER_COMMIT_STREAM: &str = "quantum:stream:ledger.commit";
+/// Consumer group of the ledger service on [`LEDGER_COMMIT_STREAM`].
+pub const LEDGER_GROUP: &str = "quantum:group:ledger";
+/// Ledger commits that cannot be parsed.
+pub const LEDGER_COMMIT_DLQ_STREAM: &str = "quantum:stream:ledger.commit.dlq";
+/// Portfolio state (`equity_usd`), read by the bridge's exposure gate.
+pub const PORTFOLIO_KEY: &str = "quantum:state:portfolio";
+/// Current mark price per symbol (hash field = symbol), written by the venue.
+pub const MARK_PRICE_KEY: &str = "quantum:market:mark_price";
+
+/// Prefix of the ledger hashes, followed by the symbol.
+pub const LEDGER_KEY_PREFIX: &str = "quantum:position:ledger:";
+/// Prefix of the exchange position snapshots, followed by the symbol.
+pub const SNAPSHOT_KEY_PREFIX: &str = "quantum:position:snapshot:";
+
+/// The ledger hash of a symbol; only the ledger service writes it.
+pub fn ledger_key(symbol: &Symbol) -> String {
+    format!("{LEDGER_KEY_PREFIX}{symbol}")
+}
+
+/// The set of fill ids already applied to a symbol's ledger (the dedup record).
+pub fn ledger_applied_key(symbol: &Symbol) -> String {
+    format!("quantum:ledger:applied:{symbol}")
+}
+
+/// The exchange-truth position snapshot of a symbol.
+pub fn snapshot_key(symbol: &Symbol) -> String {
+    format!("{SNAPSHOT_KEY_PREFIX}{symbol}")
+}
+
+/// The executor's record of one order (state before and after the venue call).
+pub fn order_key(order_id: &OrderId) -> String {
+    format!("quantum:order:{order_id}")
+}

@@ -1,0 +1,123 @@
+//! Fills on `quantum:stream:ledger.commit`: one entry per execution at the venue.
+
+use rust_decimal::Decimal;
+use thiserror::Error;
+
+use crate::fields::StreamEntry;
+use crate::types::{parse_decimal, FillId, OrderId, ParseError, PlanId, Side, Symbol};
+
+/// Why a ledger.commit entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FillError {
+    #[error("{0}")]
+    Oversized(String),
+    #[error("fill is missing field {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Field(#[from] ParseError),
+    #[error("{field} must be greater than zero, got {value}")]
+    NotPositive { field: &'static str, value: Decimal },
+}
+
+/// One execution of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub fill_id: FillId,
+    pub order_id: OrderId,
+    pub plan_id: PlanId,
+    pub symbol: Symbol,
+    pub side: Side,
+    pub qty: Decimal,
+    pub price: Decimal,
+    /// Fee paid in the quote asset (USDT).
+    pub fee: Decimal,
+    pub leverage: Decimal,
+    /// Unix milliseconds of the execution.
+    pub ts: u64,
+}
+
+impl Fill {
+    /// Flat stream fields.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("fill_id", self.fill_id.to_string()),
+            ("order_id", self.order_id.to_string()),
+            ("plan_id", self.plan_id.to_string()),
+            ("symbol", self.symbol.to_string()),
+            ("side", self.side.to_string()),
+            ("qty", self.qty.to_string()),
+            ("price", self.price.to_string()),
+            ("fee", self.fee.to_string()),
+            ("leverage", self.leverage.to_string()),
+            ("ts", self.ts.to_string()),
+        ]
+    }
+
+    /// Reads a fill from stream fields or a stored hash.
+    pub fn parse(entry: &StreamEntry) -> Result<Self, FillError> {
+        entry.check_limits().map_err(FillError::Oversized)?;
+        let req = |name: &'static str| {
+            entry
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(FillError::Missing(name))
+        };
+        let positive = |name: &'static str| -> Result<Decimal, FillError> {
+            let value = parse_decimal(name, req(name)?)?;
+            if value <= Decimal::ZERO {
+                return Err(FillError::NotPositive { field: name, value });
+            }
+            Ok(value)
+        };
+        Ok(Self {
+            fill_id: FillId::new(req("fill_id")?),
+            order_id: OrderId::new(req("order_id")?),
+            plan_id: PlanId::parse(req("plan_id")?)?,
+            symbol: Symbol::parse(req("symbol")?)?,
+            side: Side::parse(req("side")?)?,
+            qty: positive("qty")?,
+            price: positive("price")?,
+            fee: entry
+                .get("fee")
+                .map(|v| parse_decimal("fee", v))
+                .transpose()?
+                .unwrap_or_default(),
+            leverage: entry
+                .get("leverage")
+                .map(|v| parse_decimal("leverage", v))
+                .transpose()?
+                .unwrap_or(Decimal::ONE),
+            ts: entry.get("ts").and_then(|t| t.parse().ok()).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_round_trips() {
+        let fill = Fill {
+            fill_id: FillId::new("qib-0123456789abcdef-1"),
+            order_id: OrderId::new("qib-0123456789abcdef"),
+            plan_id: PlanId::parse("0123456789abcdef").unwrap(),
+            symbol: Symbol::parse("BTCUSDT").unwrap(),
+            side: Side::Sell,
+            qty: Decimal::new(15, 1),
+            price: Decimal::new(6500012, 2),
+            fee: Decimal::new(39, 1),
+            leverage: Decimal::from(3),
+            ts: 1_700_000_000_123,
+        };
+        let fields = fill.to_fields();
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(Fill::parse(&StreamEntry::new("1-0", &pairs)).unwrap(), fill);
+    }
+
+    #[test]
+    fn bad_fills_are_specific() {
+        let err = Fill::parse(&StreamEntry::new("1-0", &[("fill_id", "f")])).unwrap_err();
+        assert_eq!(err, FillError::Missing("order_id"));
+    }
+}

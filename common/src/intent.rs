@@ -1,0 +1,511 @@
+//! Trade intents: every format production publishes, parsed into one typed [`Intent`].
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use thiserror::Error;
+
+use crate::fields::StreamEntry;
+use crate::types::{parse_bool, parse_decimal, OrderType, ParseError, Side, Symbol};
+
+/// Decimal places kept when a quantity is derived from a USD size and a price.
+pub const DERIVED_QTY_DP: u32 = 8;
+
+/// Why an intent was rejected; each variant names the input that was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IntentError {
+    #[error("{0}")]
+    Oversized(String),
+    #[error("payload is not a JSON object: {0}")]
+    InvalidPayload(String),
+    #[error("field {0:?} in payload is not a scalar")]
+    NonScalarField(String),
+    #[error("missing symbol")]
+    MissingSymbol,
+    #[error("missing side (neither side nor action is set)")]
+    MissingSide,
+    #[error("side {side:?} and action {action:?} disagree")]
+    ConflictingSide { side: String, action: String },
+    #[error(
+        "missing quantity: none of quantity, qty, size+price, position_size_usd+entry_price, position_usd+leverage"
+    )]
+    MissingQuantity,
+    #[error("{field} must be greater than zero, got {value}")]
+    NotPositive { field: &'static str, value: Decimal },
+    #[error("leverage {value} is outside 1..={max}")]
+    AbsurdLeverage { value: Decimal, max: Decimal },
+    #[error("LIMIT order without a price")]
+    LimitWithoutPrice,
+    #[error("no mark price known for {0} (needed for position_usd sizing)")]
+    MarkPriceUnavailable(Symbol),
+    #[error("quantity {0} rounds to zero at {DERIVED_QTY_DP} decimal places")]
+    QuantityRoundsToZero(Decimal),
+    #[error(transparent)]
+    Field(#[from] ParseError),
+}
+
+impl IntentError {
+    /// A short, stable reason code for DLQ entries, metrics and log lines.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Oversized(_) => "oversized_or_binary",
+            Self::InvalidPayload(_) | Self::NonScalarField(_) => "invalid_payload",
+            Self::MissingSymbol => "missing_symbol",
+            Self::MissingSide => "missing_side",
+            Self::ConflictingSide { .. } => "conflicting_side",
+            Self::MissingQuantity => "missing_quantity",
+            Self::NotPositive { .. } | Self::QuantityRoundsToZero(_) => "non_positive_quantity",
+            Self::AbsurdLeverage { .. } => "absurd_leverage",
+            Self::LimitWithoutPrice => "limit_without_price",
+            Self::MarkPriceUnavailable(_) => "mark_price_unavailable",
+            Self::Field(ParseError::Symbol(_)) => "invalid_symbol",
+            Self::Field(ParseError::Side(_)) => "unknown_side",
+            Self::Field(ParseError::OrderType(_)) => "invalid_order_type",
+            Self::Field(ParseError::NotFinite { .. }) => "non_finite_number",
+            Self::Field(ParseError::Bool { .. }) => "invalid_bool",
+            Self::Field(_) => "invalid_number",
+        }
+    }
+}
+
+/// How the intent sizes the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// `quantity` or `qty`: base units.
+    Quantity(Decimal),
+    /// `size` (USD) with `price`, or `position_size_usd` with `entry_price`.
+    Notional { usd: Decimal, price: Decimal },
+    /// `position_usd` margin times `leverage`, priced at the venue's current mark.
+    MarginAtMark { usd: Decimal, leverage: Decimal },
+}
+
+/// A validated trade intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The trade.intent entry id.
+    pub intent_id: String,
+    pub symbol: Symbol,
+    pub side: Side,
+    pub sizing: Sizing,
+    pub order_type: OrderType,
+    /// The limit price of LIMIT orders.
+    pub limit_price: Option<Decimal>,
+    pub reduce_only: bool,
+    pub leverage: Decimal,
+    pub stop_loss: Option<Decimal>,
+    pub take_profit: Option<Decimal>,
+}
+
+/// Bounds an intent must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct IntentLimits {
+    /// Highest leverage accepted (Binance USD-M allows 125).
+    pub max_leverage: Decimal,
+}
+
+impl Default for IntentLimits {
+    fn default() -> Self {
+        Self {
+            max_leverage: Decimal::from(125),
+        }
+    }
+}
+
+/// The intent's fields, from flat stream fields or from a JSON `payload` field.
+struct IntentFields(Vec<(String, String)>);
+
+impl IntentFields {
+    fn from_entry(entry: &StreamEntry) -> Result<Self, IntentError> {
+        let Some(payload) = entry.get("payload") else {
+            return Ok(Self(entry.fields.clone()));
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(payload).map_err(|e| IntentError::InvalidPayload(e.to_string()))?;
+        let serde_json::Value::Object(map) = json else {
+            return Err(IntentError::InvalidPayload(format!("found {}", json_kind(&json))));
+        };
+        let mut fields = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return Err(IntentError::NonScalarField(key)),
+            };
+            fields.push((key, text));
+        }
+        Ok(Self(fields))
+    }
+
+    /// A field's value, treating empty strings and Python's `None`/`null` spellings as absent.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none") && !v.eq_ignore_ascii_case("null"))
+    }
+
+    fn decimal(&self, name: &'static str) -> Result<Option<Decimal>, IntentError> {
+        self.get(name)
+            .map(|raw| parse_decimal(name, raw))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    fn positive(&self, name: &'static str) -> Result<Option<Decimal>, IntentError> {
+        match self.decimal(name)? {
+            Some(value) if value <= Decimal::ZERO => Err(IntentError::NotPositive { field: name, value }),
+            other => Ok(other),
+        }
+    }
+
+    fn pair(&self, a: &'static str, b: &'static str) -> Result<Option<(Decimal, Decimal)>, IntentError> {
+        if self.get(a).is_none() || self.get(b).is_none() {
+            return Ok(None);
+        }
+        Ok(self.positive(a)?.zip(self.positive(b)?))
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl Intent {
+    /// Parses a trade.intent entry in any of the accepted formats.
+    pub fn parse(entry: &StreamEntry, limits: &IntentLimits) -> Result<Self, IntentError> {
+        entry.check_limits().map_err(IntentError::Oversized)?;
+        let f = IntentFields::from_entry(entry)?;
+
+        let symbol = Symbol::parse(f.get("symbol").ok_or(IntentError::MissingSymbol)?)?;
+        let side = match (f.get("side"), f.get("action")) {
+            (None, None) => return Err(IntentError::MissingSide),
+            (Some(s), None) | (None, Some(s)) => Side::parse(s)?,
+            (Some(side), Some(action)) => {
+                let (a, b) = (Side::parse(side)?, Side::parse(action)?);
+                if a != b {
+                    return Err(IntentError::ConflictingSide {
+                        side: side.to_string(),
+                        action: action.to_string(),
+                    });
+                }
+                a
+            }
+        };
+
+        let leverage = f.decimal("leverage")?.unwrap_or(Decimal::ONE);
+        if leverage < Decimal::ONE || leverage > limits.max_leverage {
+            return Err(IntentError::AbsurdLeverage {
+                value: leverage,
+                max: limits.max_leverage,
+            });
+        }
+
+        // Precedence follows the Python bridge: explicit quantity first, then the USD forms.
+        let sizing = if let Some(qty) = f.positive("quantity")? {
+            Sizing::Quantity(qty)
+        } else if let Some(qty) = f.positive("qty")? {
+            Sizing::Quantity(qty)
+        } else if let (Some(usd), true) = (f.positive("position_usd")?, f.get("leverage").is_some()) {
+            Sizing::MarginAtMark { usd, leverage }
+        } else if let Some((usd, price)) = f.pair("size", "price")? {
+            Sizing::Notional { usd, price }
+        } else if let Some((usd, price)) = f.pair("position_size_usd", "entry_price")? {
+            Sizing::Notional { usd, price }
+        } else {
+            return Err(IntentError::MissingQuantity);
+        };
+
+        let order_type = f
+            .get("type")
+            .map(OrderType::parse)
+            .transpose()?
+            .unwrap_or(OrderType::Market);
+        let limit_price = match order_type {
+            OrderType::Market => None,
+            OrderType::Limit => Some(f.positive("price")?.ok_or(IntentError::LimitWithoutPrice)?),
+        };
+        let reduce_only = f
+            .get("reduceOnly")
+            .or_else(|| f.get("reduce_only"))
+            .map(|raw| parse_bool("reduceOnly", raw))
+            .transpose()?
+            .unwrap_or(false);
+
+        Ok(Self {
+            intent_id: entry.id.clone(),
+            symbol,
+            side,
+            sizing,
+            order_type,
+            limit_price,
+            reduce_only,
+            leverage,
+            stop_loss: f.positive("stop_loss")?,
+            take_profit: f.positive("take_profit")?,
+        })
+    }
+
+    /// Whether sizing this intent needs the venue's current mark price.
+    pub fn needs_mark_price(&self) -> bool {
+        matches!(self.sizing, Sizing::MarginAtMark { .. })
+    }
+
+    /// The order quantity in base units; `mark` is the current mark price when known.
+    pub fn quantity(&self, mark: Option<Decimal>) -> Result<Decimal, IntentError> {
+        let (notional, price) = match self.sizing {
+            Sizing::Quantity(qty) => return Ok(qty),
+            Sizing::Notional { usd, price } => (usd, price),
+            Sizing::MarginAtMark { usd, leverage } => {
+                let mark = mark
+                    .filter(|m| *m > Decimal::ZERO)
+                    .ok_or_else(|| IntentError::MarkPriceUnavailable(self.symbol.clone()))?;
+                (usd * leverage, mark)
+            }
+        };
+        let exact = notional / price;
+        let qty = exact
+            .round_dp_with_strategy(DERIVED_QTY_DP, RoundingStrategy::ToZero)
+            .normalize();
+        if qty.is_zero() {
+            return Err(IntentError::QuantityRoundsToZero(exact));
+        }
+        Ok(qty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn parse(fields: &[(&str, &str)]) -> Result<Intent, IntentError> {
+        Intent::parse(&StreamEntry::new("1-0", fields), &IntentLimits::default())
+    }
+
+    fn reason(fields: &[(&str, &str)]) -> &'static str {
+        parse(fields).unwrap_err().reason()
+    }
+
+    #[test]
+    fn flat_quantity_intent() {
+        let i = parse(&[("symbol", "btcusdt"), ("side", "buy"), ("quantity", "0.5")]).unwrap();
+        assert_eq!(i.symbol.as_str(), "BTCUSDT");
+        assert_eq!(i.side, Side::Buy);
+        assert_eq!(i.quantity(None).unwrap(), d("0.5"));
+        assert_eq!(i.order_type, OrderType::Market);
+        assert_eq!(i.leverage, Decimal::ONE);
+        assert!(!i.reduce_only);
+        assert_eq!((i.stop_loss, i.take_profit), (None, None));
+    }
+
+    #[test]
+    fn action_and_qty_aliases() {
+        let i = parse(&[("symbol", "ETHUSDT"), ("action", "Sell"), ("qty", "2")]).unwrap();
+        assert_eq!(i.side, Side::Sell);
+        assert_eq!(i.quantity(None).unwrap(), d("2"));
+    }
+
+    #[test]
+    fn json_payload_with_numbers_and_options() {
+        let payload = r#"{"symbol":"SOLUSDT","side":"BUY","qty":1.25,"type":"limit","price":150.5,
+            "reduceOnly":true,"leverage":5,"stop_loss":140,"take_profit":"170.5","confidence":0.7}"#;
+        let i = parse(&[("payload", payload)]).unwrap();
+        assert_eq!(i.order_type, OrderType::Limit);
+        assert_eq!(i.limit_price, Some(d("150.5")));
+        assert!(i.reduce_only);
+        assert_eq!(i.leverage, d("5"));
+        assert_eq!(i.stop_loss, Some(d("140")));
+        assert_eq!(i.take_profit, Some(d("170.5")));
+        assert_eq!(i.quantity(None).unwrap(), d("1.25"));
+    }
+
+    #[test]
+    fn size_with_price_is_usd_notional() {
+        let i = parse(&[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("size", "100"),
+            ("price", "40000"),
+        ])
+        .unwrap();
+        assert_eq!(i.quantity(None).unwrap(), d("0.0025"));
+    }
+
+    #[test]
+    fn position_size_usd_with_entry_price() {
+        let i = parse(&[
+            ("symbol", "ETHUSDT"),
+            ("side", "BUY"),
+            ("position_size_usd", "300"),
+            ("entry_price", "3000"),
+        ])
+        .unwrap();
+        assert_eq!(i.quantity(None).unwrap(), d("0.1"));
+    }
+
+    #[test]
+    fn position_usd_with_leverage_uses_mark_price() {
+        let i = parse(&[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("position_usd", "300"),
+            ("leverage", "2"),
+        ])
+        .unwrap();
+        assert!(i.needs_mark_price());
+        assert_eq!(i.leverage, d("2"));
+        // (300 * 2) / 60000 = 0.01
+        assert_eq!(i.quantity(Some(d("60000"))).unwrap(), d("0.01"));
+        assert_eq!(i.quantity(None).unwrap_err().reason(), "mark_price_unavailable");
+    }
+
+    #[test]
+    fn derived_quantities_round_toward_zero() {
+        let i = parse(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("size", "100"), ("price", "3")]).unwrap();
+        assert_eq!(i.quantity(None).unwrap(), d("33.33333333"));
+        let tiny = parse(&[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("size", "0.000000001"),
+            ("price", "3"),
+        ])
+        .unwrap();
+        assert_eq!(tiny.quantity(None).unwrap_err().reason(), "non_positive_quantity");
+    }
+
+    #[test]
+    fn python_none_spellings_are_absent() {
+        let i = parse(&[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("qty", "1"),
+            ("stop_loss", "None"),
+            ("take_profit", ""),
+        ])
+        .unwrap();
+        assert_eq!((i.stop_loss, i.take_profit), (None, None));
+    }
+
+    #[test]
+    fn every_malformed_case_has_a_specific_reason() {
+        assert_eq!(reason(&[("side", "BUY"), ("qty", "1")]), "missing_symbol");
+        assert_eq!(
+            reason(&[("symbol", "BTC/USDT"), ("side", "BUY"), ("qty", "1")]),
+            "invalid_symbol"
+        );
+        assert_eq!(reason(&[("symbol", "BTCUSDT"), ("qty", "1")]), "missing_side");
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "HOLD"), ("qty", "1")]),
+            "unknown_side"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("action", "SELL"), ("qty", "1")]),
+            "conflicting_side"
+        );
+        assert_eq!(reason(&[("symbol", "BTCUSDT"), ("side", "BUY")]), "missing_quantity");
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0")]),
+            "non_positive_quantity"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "-1")]),
+            "non_positive_quantity"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "NaN")]),
+            "non_finite_number"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "inf")]),
+            "non_finite_number"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1.2.3")]),
+            "invalid_number"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("size", "abc"), ("price", "1")]),
+            "invalid_number"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("size", "100"), ("price", "0")]),
+            "non_positive_quantity"
+        );
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("leverage", "500")
+            ]),
+            "absurd_leverage"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1"), ("leverage", "0")]),
+            "absurd_leverage"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1"), ("type", "STOP")]),
+            "invalid_order_type"
+        );
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1"), ("type", "LIMIT")]),
+            "limit_without_price"
+        );
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("reduceOnly", "maybe")
+            ]),
+            "invalid_bool"
+        );
+        assert_eq!(reason(&[("payload", "{not json")]), "invalid_payload");
+        assert_eq!(reason(&[("payload", "[1,2]")]), "invalid_payload");
+        assert_eq!(reason(&[("payload", r#"{"symbol":{"a":1}}"#)]), "invalid_payload");
+        let big = "9".repeat(20_000);
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", big.as_str())]),
+            "oversized_or_binary"
+        );
+    }
+
+    proptest! {
+        /// Arbitrary field soup never panics: it parses or yields a reason.
+        #[test]
+        fn arbitrary_fields_never_panic(fields in proptest::collection::vec(
+            (prop_oneof![Just("symbol".to_string()), Just("side".to_string()), Just("qty".to_string()),
+                         Just("size".to_string()), Just("price".to_string()), Just("leverage".to_string()),
+                         Just("payload".to_string()), Just("type".to_string()), ".{0,8}"],
+             ".{0,24}"), 0..8)) {
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            match parse(&pairs) {
+                Ok(intent) => { let _ = intent.quantity(Some(Decimal::ONE)); }
+                Err(e) => prop_assert!(!e.reason().is_empty()),
+            }
+        }
+
+        /// A parsed quantity is always strictly positive.
+        #[test]
+        fn quantities_are_positive(usd in 1u64..10_000_000, price in 1u64..10_000_000) {
+            let (usd, price) = (usd.to_string(), price.to_string());
+            if let Ok(i) = parse(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("size", &usd), ("price", &price)]) {
+                if let Ok(q) = i.quantity(None) { prop_assert!(q > Decimal::ZERO); }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared building blocks of the quantum trading pipeline: domain types, the stream contract,
+//! codecs between typed values and flat stream fields, configuration, telemetry and the
+//! consumer-group loop every service runs.
+
+pub mod cas;
+pub mod config;
+pub mod consumer;
+pub mod contract;
+pub mod fields;
+pub mod fill;
+pub mod intent;
+pub mod plan;
+pub mod position;
+pub mod redis_server;
+pub mod result;
+pub mod snapshot;
+pub mod telemetry;
+pub mod time;
+pub mod types;
+
+pub use rust_decimal::Decimal;

@@ -1,0 +1,276 @@
+//! Netting position maths shared by the ledger and the paper venue, and the ledger hash codec.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::types::{parse_decimal, Side};
+
+/// Decimal places kept for average entry prices (quantities and PnL stay exact).
+pub const AVG_PRICE_DP: u32 = 12;
+
+/// Direction of a position as the ledger and snapshots spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionSide {
+    Long,
+    Short,
+    Flat,
+}
+
+impl PositionSide {
+    /// The side implied by a signed amount.
+    pub fn of(amt: Decimal) -> Self {
+        if amt > Decimal::ZERO {
+            Self::Long
+        } else if amt < Decimal::ZERO {
+            Self::Short
+        } else {
+            Self::Flat
+        }
+    }
+
+    /// LONG, SHORT or FLAT.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Long => "LONG",
+            Self::Short => "SHORT",
+            Self::Flat => "FLAT",
+        }
+    }
+}
+
+/// A netted position: signed amount, average entry price and realized PnL (after fees).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub amt: Decimal,
+    pub avg_entry: Decimal,
+    pub realized_pnl: Decimal,
+}
+
+impl Position {
+    /// Applies one fill: extends, reduces, closes or flips the position.
+    pub fn apply(&mut self, side: Side, qty: Decimal, price: Decimal, fee: Decimal) {
+        let signed = side.sign() * qty;
+        let new_amt = self.amt + signed;
+        let same_direction = self.amt.is_zero() || self.amt.is_sign_positive() == signed.is_sign_positive();
+        if same_direction {
+            let cost = self.amt.abs() * self.avg_entry + qty * price;
+            self.avg_entry = round_price(cost / new_amt.abs());
+        } else {
+            let closed = qty.min(self.amt.abs());
+            let direction = if self.amt.is_sign_positive() {
+                Decimal::ONE
+            } else {
+                Decimal::NEGATIVE_ONE
+            };
+            self.realized_pnl += closed * (price - self.avg_entry) * direction;
+            if new_amt.is_zero() {
+                self.avg_entry = Decimal::ZERO;
+            } else if new_amt.is_sign_positive() != self.amt.is_sign_positive() {
+                // Flipped through zero: the remainder opened at this fill's price.
+                self.avg_entry = price;
+            }
+        }
+        self.realized_pnl -= fee;
+        self.amt = new_amt;
+    }
+
+    /// Unrealized PnL at a mark price.
+    pub fn unrealized(&self, mark: Decimal) -> Decimal {
+        self.amt * (mark - self.avg_entry)
+    }
+
+    /// LONG, SHORT or FLAT.
+    pub fn side(&self) -> PositionSide {
+        PositionSide::of(self.amt)
+    }
+}
+
+fn round_price(value: Decimal) -> Decimal {
+    value
+        .round_dp_with_strategy(AVG_PRICE_DP, RoundingStrategy::MidpointNearestEven)
+        .normalize()
+}
+
+/// A ledger hash (`quantum:position:ledger:<SYMBOL>`), as the ledger service writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub position: Position,
+    pub leverage: Decimal,
+    pub last_order_id: String,
+    pub last_fill_id: String,
+    /// Number of fills applied.
+    pub fills: u64,
+    /// Unix milliseconds of the last change.
+    pub last_update_ts: u64,
+    /// What made the last change: `fill`, `reconcile` or `seed`.
+    pub source: String,
+    /// Bumped on every write; writers compare-and-set on it.
+    pub version: u64,
+}
+
+impl LedgerEntry {
+    /// Hash fields; `notional_usd` is |amount| at the average entry, as the exposure gate reads it.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let p = &self.position;
+        vec![
+            ("position_amt", p.amt.normalize().to_string()),
+            ("side", p.side().as_str().to_string()),
+            ("avg_entry_price", p.avg_entry.normalize().to_string()),
+            ("realized_pnl", p.realized_pnl.normalize().to_string()),
+            ("notional_usd", (p.amt.abs() * p.avg_entry).normalize().to_string()),
+            ("leverage", self.leverage.normalize().to_string()),
+            ("last_order_id", self.last_order_id.clone()),
+            ("last_fill_id", self.last_fill_id.clone()),
+            ("fills", self.fills.to_string()),
+            ("last_update_ts", self.last_update_ts.to_string()),
+            ("source", self.source.clone()),
+            ("version", self.version.to_string()),
+        ]
+    }
+
+    /// Reads a ledger hash; `None` for an empty hash (no ledger). Unreadable numbers read as
+    /// `Err` naming the field, so a corrupted ledger is reported rather than silently zeroed.
+    pub fn from_hash(pairs: &[(String, String)]) -> Option<Result<Self, String>> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let dec = |name: &'static str| -> Result<Decimal, String> {
+            get(name)
+                .map(|v| parse_decimal(name, v).map_err(|e| e.to_string()))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let int = |name: &'static str| -> Result<u64, String> {
+            get(name)
+                .map(|v| v.parse::<u64>().map_err(|_| format!("{name} {v:?} is not an integer")))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        Some((|| {
+            Ok(Self {
+                position: Position {
+                    amt: dec("position_amt")?,
+                    avg_entry: dec("avg_entry_price")?,
+                    realized_pnl: dec("realized_pnl")?,
+                },
+                leverage: get("leverage")
+                    .map(|v| parse_decimal("leverage", v).map_err(|e| e.to_string()))
+                    .transpose()?
+                    .unwrap_or(Decimal::ONE),
+                last_order_id: get("last_order_id").unwrap_or_default().to_string(),
+                last_fill_id: get("last_fill_id").unwrap_or_default().to_string(),
+                fills: int("fills")?,
+                last_update_ts: int("last_update_ts")?,
+                source: get("source").unwrap_or_default().to_string(),
+                version: int("version")?,
+            })
+        })())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn open_add_reduce_close() {
+        let mut p = Position::default();
+        p.apply(Side::Buy, d("1"), d("100"), d("0"));
+        p.apply(Side::Buy, d("1"), d("110"), d("0"));
+        assert_eq!((p.amt, p.avg_entry), (d("2"), d("105")));
+        p.apply(Side::Sell, d("1.5"), d("115"), d("0.5"));
+        assert_eq!(p.amt, d("0.5"));
+        assert_eq!(p.avg_entry, d("105"));
+        assert_eq!(p.realized_pnl, d("14.5")); // 1.5 * 10 - 0.5
+        p.apply(Side::Sell, d("0.5"), d("95"), d("0"));
+        assert_eq!(p.side(), PositionSide::Flat);
+        assert_eq!(p.avg_entry, Decimal::ZERO);
+        assert_eq!(p.realized_pnl, d("9.5"));
+    }
+
+    #[test]
+    fn flip_opens_remainder_at_fill_price() {
+        let mut p = Position::default();
+        p.apply(Side::Buy, d("1"), d("100"), d("0"));
+        p.apply(Side::Sell, d("3"), d("90"), d("0"));
+        assert_eq!(p.amt, d("-2"));
+        assert_eq!(p.avg_entry, d("90"));
+        assert_eq!(p.realized_pnl, d("-10"));
+        assert_eq!(p.side(), PositionSide::Short);
+        assert_eq!(p.unrealized(d("80")), d("20"));
+    }
+
+    #[test]
+    fn ledger_hash_round_trips_and_reports_corruption() {
+        let entry = LedgerEntry {
+            position: Position {
+                amt: d("-1.5"),
+                avg_entry: d("64000.5"),
+                realized_pnl: d("-3.25"),
+            },
+            leverage: d("5"),
+            last_order_id: "qib-x".into(),
+            last_fill_id: "qib-x-1".into(),
+            fills: 4,
+            last_update_ts: 1_700_000_000_000,
+            source: "fill".into(),
+            version: 7,
+        };
+        let pairs: Vec<(String, String)> = entry.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert!(pairs.contains(&("side".to_string(), "SHORT".to_string())));
+        assert_eq!(LedgerEntry::from_hash(&pairs).unwrap().unwrap(), entry);
+        assert!(LedgerEntry::from_hash(&[]).is_none());
+        let bad = vec![("position_amt".to_string(), "abc".to_string())];
+        assert!(LedgerEntry::from_hash(&bad)
+            .unwrap()
+            .unwrap_err()
+            .contains("position_amt"));
+    }
+
+    fn fill_strategy() -> impl Strategy<Value = (bool, u32, u32, u32)> {
+        (any::<bool>(), 1u32..10_000, 1u32..1_000_000, 0u32..100)
+    }
+
+    proptest! {
+        /// The position amount is exactly the signed sum of fill quantities, whatever the order.
+        #[test]
+        fn amount_is_exact_signed_sum(fills in proptest::collection::vec(fill_strategy(), 0..40)) {
+            let mut p = Position::default();
+            let mut sum = Decimal::ZERO;
+            for (buy, q, px, fee) in &fills {
+                let side = if *buy { Side::Buy } else { Side::Sell };
+                let qty = Decimal::new(*q as i64, 3);
+                p.apply(side, qty, Decimal::new(*px as i64, 2), Decimal::new(*fee as i64, 2));
+                sum += side.sign() * qty;
+            }
+            prop_assert_eq!(p.amt, sum);
+            prop_assert_eq!(p.side(), PositionSide::of(sum));
+            if p.amt.is_zero() { prop_assert_eq!(p.avg_entry, Decimal::ZERO); }
+            else { prop_assert!(p.avg_entry > Decimal::ZERO); }
+        }
+
+        /// Realized plus unrealized PnL equals the cash flows of all fills marked at any price,
+        /// up to the rounding of the average entry price.
+        #[test]
+        fn pnl_conserves_cash(fills in proptest::collection::vec(fill_strategy(), 1..30), mark in 1u32..1_000_000) {
+            let mark = Decimal::new(mark as i64, 2);
+            let mut p = Position::default();
+            let mut cash = Decimal::ZERO;
+            for (buy, q, px, fee) in &fills {
+                let side = if *buy { Side::Buy } else { Side::Sell };
+                let (qty, price, fee) = (Decimal::new(*q as i64, 3), Decimal::new(*px as i64, 2), Decimal::new(*fee as i64, 2));
+                p.apply(side, qty, price, fee);
+                cash += side.sign() * qty * (mark - price) - fee;
+            }
+            let total = p.realized_pnl + p.unrealized(mark);
+            let tolerance = Decimal::new(1, 6) * Decimal::from(fills.len() as u64) * Decimal::from(1_000u64);
+            prop_assert!((total - cash).abs() <= tolerance, "total {} cash {}", total, cash);
+        }
+    }
+}

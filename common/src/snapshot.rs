@@ -1,0 +1,48 @@
+//! Exchange-truth position snapshots (`quantum:position:snapshot:<SYMBOL>`).
+
+use rust_decimal::Decimal;
+
+use crate::position::PositionSide;
+use crate::types::parse_decimal;
+
+/// The venue's view of one symbol's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Signed position size (negative = short).
+    pub position_amt: Decimal,
+    pub entry_price: Decimal,
+    pub mark_price: Decimal,
+    pub unrealized_pnl: Decimal,
+    pub leverage: Decimal,
+    /// Unix milliseconds when the venue reported it.
+    pub ts: u64,
+}
+
+impl Snapshot {
+    /// Hash fields as written to Redis.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("position_amt", self.position_amt.to_string()),
+            ("side", PositionSide::of(self.position_amt).as_str().to_string()),
+            ("entry_price", self.entry_price.to_string()),
+            ("mark_price", self.mark_price.to_string()),
+            ("unrealized_pnl", self.unrealized_pnl.to_string()),
+            ("leverage", self.leverage.to_string()),
+            ("ts", self.ts.to_string()),
+        ]
+    }
+
+    /// Reads a snapshot hash; `None` when it lacks a readable position_amt or ts.
+    pub fn from_hash(pairs: &[(String, String)]) -> Option<Self> {
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let dec = |name: &'static str| get(name).and_then(|v| parse_decimal(name, v).ok());
+        Some(Self {
+            position_amt: dec("position_amt")?,
+            entry_price: dec("entry_price").unwrap_or_default(),
+            mark_price: dec("mark_price").unwrap_or_default(),
+            unrealized_pnl: dec("unrealized_pnl").unwrap_or_default(),
+            leverage: dec("leverage").unwrap_or(Decimal::ONE),
+            ts: get("ts")?.parse().ok()?,
+        })
+    }
+}

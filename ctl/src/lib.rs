@@ -1,0 +1,8 @@
+//! `quantumctl`: the operator's tool for the quantum pipeline, and the harness the system
+//! tests use to stand up a real local stack.
+
+pub mod demo;
+pub mod facts;
+pub mod sim;
+pub mod stack;
+pub mod status;

@@ -1,0 +1,437 @@
+//! The intent executor: `quantum:stream:apply.plan` → venue → `apply.result` + `ledger.commit`.
+//!
+//! Exactly once per plan: before the venue call the executor claims an order record keyed by
+//! the client order id (derived from the plan id); the venue is idempotent by that id; after
+//! the call one MULTI/EXEC marks the order finished, appends its fills to ledger.commit and
+//! its result to apply.result, and acknowledges the plan. A redelivered plan whose order is
+//! finished is only acknowledged.
+
+pub mod paper;
+pub mod venue;
+
+use std::collections::HashSet;
+
+use clap::{Parser, ValueEnum};
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
+
+use quantum_common::cas::queue_eval;
+use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
+use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
+use quantum_common::fields::StreamEntry;
+use quantum_common::plan::Plan;
+use quantum_common::result::ExecutionResult;
+use quantum_common::time::now_ms;
+use quantum_common::types::{parse_decimal, Decision};
+
+use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
+use venue::{OrderOutcome, OrderRequest, Venue};
+
+/// Where orders go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The built-in paper venue (deterministic, state in Redis).
+    Paper,
+    /// Binance USD-M futures (not available in this build).
+    Live,
+}
+
+/// Command line and environment of `quantum-intent-executor`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "quantum-intent-executor",
+    version,
+    about = "Executes apply plans exactly once and reports fills to the ledger."
+)]
+pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Venue: paper (default) or live.
+    #[arg(
+        long,
+        env = "INTENT_EXECUTOR_MODE",
+        value_enum,
+        default_value = "paper",
+        ignore_case = true
+    )]
+    pub mode: Mode,
+    /// Seed of the paper venue's price walk.
+    #[arg(long, env = "PAPER_SEED", default_value_t = 42)]
+    pub paper_seed: u64,
+    /// Paper starting prices, SYMBOL=price comma separated.
+    #[arg(long, env = "PAPER_REFERENCE_PRICES", default_value = DEFAULT_REFERENCE_PRICES)]
+    pub paper_reference_prices: String,
+    /// Paper starting price of symbols not listed in PAPER_REFERENCE_PRICES.
+    #[arg(long, env = "PAPER_DEFAULT_PRICE", default_value = "100", value_parser = positive)]
+    pub paper_default_price: Decimal,
+    /// Paper slippage against the mark, in basis points.
+    #[arg(long, env = "PAPER_SLIPPAGE_BPS", default_value = "2", value_parser = non_negative)]
+    pub paper_slippage_bps: Decimal,
+    /// Paper taker fee, in basis points of notional.
+    #[arg(long, env = "PAPER_FEE_BPS", default_value = "5", value_parser = non_negative)]
+    pub paper_fee_bps: Decimal,
+    /// Paper quantity step: order quantities are rounded down to a multiple of it.
+    #[arg(long, env = "PAPER_QTY_STEP", default_value = "0.001", value_parser = positive)]
+    pub paper_qty_step: Decimal,
+    /// Paper price tick.
+    #[arg(long, env = "PAPER_PRICE_TICK", default_value = "0.0001", value_parser = positive)]
+    pub paper_price_tick: Decimal,
+    /// Paper account equity published to quantum:state:portfolio when none is set.
+    #[arg(long, env = "PAPER_EQUITY_USD", default_value = "100000", value_parser = positive)]
+    pub paper_equity_usd: Decimal,
+    /// Log level when RUST_LOG is unset.
+    #[arg(long, env = "INTENT_EXECUTOR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn positive(raw: &str) -> Result<Decimal, String> {
+    let v = parse_decimal("value", raw).map_err(|e| e.to_string())?;
+    if v <= Decimal::ZERO {
+        return Err(format!("{raw} must be greater than zero"));
+    }
+    Ok(v)
+}
+
+fn non_negative(raw: &str) -> Result<Decimal, String> {
+    let v = parse_decimal("value", raw).map_err(|e| e.to_string())?;
+    if v < Decimal::ZERO {
+        return Err(format!("{raw} must not be negative"));
+    }
+    Ok(v)
+}
+
+impl ExecutorArgs {
+    /// The paper venue settings.
+    pub fn paper_config(&self) -> Result<PaperConfig, String> {
+        Ok(PaperConfig {
+            seed: self.paper_seed,
+            reference_prices: parse_reference_prices(&self.paper_reference_prices)
+                .map_err(|e| format!("PAPER_REFERENCE_PRICES: {e}"))?,
+            default_price: self.paper_default_price,
+            slippage_bps: self.paper_slippage_bps,
+            fee_bps: self.paper_fee_bps,
+            qty_step: self.paper_qty_step,
+            price_tick: self.paper_price_tick,
+            equity_usd: self.paper_equity_usd,
+        })
+    }
+}
+
+/// Why the executor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("Redis refused an operation the executor needs: {0}")]
+    Redis(#[from] Error),
+}
+
+/// Counts of what the executor did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    pub filled: u64,
+    pub rejected: u64,
+    pub not_executed: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
+}
+
+/// Claims the order record for a plan unless it exists; returns the state found or `CLAIMED`.
+const CLAIM_SCRIPT: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then return state end
+redis.call('HSET', KEYS[1], 'state', 'NEW', unpack(ARGV))
+return 'CLAIMED'
+"#;
+
+/// The batch handler.
+pub struct Executor<V: Venue> {
+    writer: Client,
+    venue: V,
+    pub stats: ExecutorStats,
+}
+
+enum Step {
+    /// Record a result (no order involved) and acknowledge.
+    Result(ExecutionResult),
+    /// Execute (or recover) this order.
+    Execute(Box<Plan>),
+    /// Already handled earlier: acknowledge only.
+    Ack,
+}
+
+impl<V: Venue> Executor<V> {
+    /// An executor placing orders on `venue`.
+    pub fn new(writer: Client, venue: V) -> Self {
+        Self {
+            writer,
+            venue,
+            stats: ExecutorStats::default(),
+        }
+    }
+
+    fn triage(&mut self, entry: &StreamEntry, seen: &mut HashSet<String>) -> Step {
+        let plan = match Plan::parse(entry) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.stats.malformed += 1;
+                tracing::warn!("Malformed plan {}: {e}", entry.id);
+                let get = |k: &str| entry.get(k).unwrap_or_default().to_string();
+                return Step::Result(ExecutionResult::not_executed(
+                    &get("plan_id"),
+                    &get("symbol"),
+                    &get("side"),
+                    entry.get("decision").unwrap_or("INVALID"),
+                    format!("malformed plan (entry {}): {e}", entry.id),
+                ));
+            }
+        };
+        if !seen.insert(plan.plan_id.to_string()) {
+            self.stats.duplicates += 1;
+            return Step::Ack;
+        }
+        if plan.decision != Decision::Execute {
+            self.stats.not_executed += 1;
+            let reason = plan
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("decision {}", plan.decision));
+            tracing::info!(
+                "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
+                plan.symbol,
+                plan.side,
+                plan.decision,
+                plan.plan_id
+            );
+            return Step::Result(ExecutionResult::not_executed(
+                plan.plan_id.as_str(),
+                plan.symbol.as_str(),
+                plan.side.as_str(),
+                plan.decision.as_str(),
+                reason,
+            ));
+        }
+        Step::Execute(Box::new(plan))
+    }
+
+    /// Claims order records for the plans to execute, in one round trip. Returns, per plan,
+    /// whether it still needs the venue (false: finished before, only acknowledge).
+    async fn claim(&mut self, plans: &[&Plan]) -> Result<Vec<bool>, Error> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.writer.pipeline();
+        for plan in plans {
+            let coid = plan.plan_id.client_order_id();
+            let args = vec![
+                "plan_id".to_string(),
+                plan.plan_id.to_string(),
+                "symbol".into(),
+                plan.symbol.to_string(),
+                "side".into(),
+                plan.side.to_string(),
+                "qty".into(),
+                plan.qty.to_string(),
+                "claimed_ts".into(),
+                now_ms().to_string(),
+            ];
+            queue_eval(&pipeline, CLAIM_SCRIPT, vec![order_key(&coid)], args).await?;
+        }
+        let states: Vec<String> = pipeline.all().await?;
+        Ok(plans
+            .iter()
+            .zip(states)
+            .map(|(plan, state)| match state.as_str() {
+                "CLAIMED" => true,
+                "NEW" => {
+                    tracing::info!(
+                        "Recovering order {} of plan {}: claimed before a restart",
+                        plan.plan_id.client_order_id(),
+                        plan.plan_id
+                    );
+                    true
+                }
+                finished => {
+                    self.stats.duplicates += 1;
+                    tracing::info!(
+                        "Duplicate plan {} for {} skipped: order {} already {finished}",
+                        plan.plan_id,
+                        plan.symbol,
+                        plan.plan_id.client_order_id()
+                    );
+                    false
+                }
+            })
+            .collect())
+    }
+}
+
+fn request(plan: &Plan) -> OrderRequest {
+    OrderRequest {
+        client_order_id: plan.plan_id.client_order_id(),
+        plan_id: plan.plan_id.clone(),
+        symbol: plan.symbol.clone(),
+        side: plan.side,
+        order_type: plan.order_type,
+        qty: plan.qty,
+        limit_price: plan.price,
+        reduce_only: plan.reduce_only,
+        leverage: plan.leverage,
+    }
+}
+
+impl<V: Venue> BatchHandler for Executor<V> {
+    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+        let mut seen = HashSet::new();
+        let steps: Vec<Step> = batch.iter().map(|e| self.triage(e, &mut seen)).collect();
+        let to_execute: Vec<&Plan> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Execute(plan) => Some(plan.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let needs_venue = self.claim(&to_execute).await?;
+
+        let mut finished: Vec<(&Plan, OrderOutcome)> = Vec::new();
+        for (plan, needed) in to_execute.iter().zip(needs_venue) {
+            if !needed {
+                continue;
+            }
+            let outcome = self
+                .venue
+                .execute(&request(plan))
+                .await
+                .map_err(|e| Error::new(ErrorKind::IO, format!("venue {}: {e}", self.venue.name())))?;
+            finished.push((plan, outcome));
+        }
+
+        let trx = self.writer.multi();
+        for step in &steps {
+            if let Step::Result(result) = step {
+                trx.xadd::<(), _, _, _, _>(RESULT_STREAM, false, None, "*", result.to_fields())
+                    .await?;
+            }
+        }
+        for (plan, outcome) in &finished {
+            let coid = plan.plan_id.client_order_id();
+            let (qty, avg, fee) = outcome.totals();
+            let (state, error) = match outcome {
+                OrderOutcome::Filled { fills } => {
+                    for fill in fills {
+                        trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_STREAM, false, None, "*", fill.to_fields())
+                            .await?;
+                    }
+                    ("FILLED", None)
+                }
+                OrderOutcome::Rejected { reason } => ("REJECTED", Some(reason.clone())),
+            };
+            let record = vec![
+                ("state", state.to_string()),
+                ("filled_qty", qty.to_string()),
+                ("avg_price", avg.to_string()),
+                ("fee", fee.to_string()),
+                ("error", error.clone().unwrap_or_default()),
+                ("finished_ts", now_ms().to_string()),
+            ];
+            trx.hset::<(), _, _>(order_key(&coid), record).await?;
+            let result = ExecutionResult {
+                plan_id: plan.plan_id.to_string(),
+                symbol: plan.symbol.to_string(),
+                side: plan.side.to_string(),
+                executed: error.is_none(),
+                decision: plan.decision.to_string(),
+                error,
+                order_id: Some(coid.to_string()),
+                filled_qty: qty,
+                avg_price: avg,
+                fee,
+            };
+            trx.xadd::<(), _, _, _, _>(RESULT_STREAM, false, None, "*", result.to_fields())
+                .await?;
+        }
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
+        trx.exec::<Value>(true).await?;
+
+        for (plan, outcome) in &finished {
+            let coid = plan.plan_id.client_order_id();
+            match outcome {
+                OrderOutcome::Filled { fills } => {
+                    self.stats.filled += 1;
+                    for f in fills {
+                        tracing::info!(
+                            "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
+                            f.symbol,
+                            f.side,
+                            f.qty,
+                            f.price,
+                            plan.plan_id,
+                            f.fill_id,
+                            f.fee
+                        );
+                    }
+                }
+                OrderOutcome::Rejected { reason } => {
+                    self.stats.rejected += 1;
+                    tracing::warn!(
+                        "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
+                        plan.symbol,
+                        plan.side,
+                        plan.qty,
+                        plan.plan_id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the executor until `shutdown` fires.
+pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<ExecutorStats, ExecutorError> {
+    if args.mode == Mode::Live {
+        return Err(ExecutorError::Config(
+            "INTENT_EXECUTOR_MODE=live: the Binance venue is not part of this build yet; use paper".into(),
+        ));
+    }
+    let paper = args.paper_config().map_err(ExecutorError::Config)?;
+    let spec = ConsumerSpec::new(PLAN_STREAM, PLAN_GROUP, "intent_executor", &args.consumer);
+    tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
+    tracing::info!("Redis: {}", args.redis.display());
+    tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
+    tracing::info!(
+        "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
+        paper.seed,
+        paper.slippage_bps,
+        paper.fee_bps,
+        paper.qty_step,
+        paper.price_tick,
+        paper.equity_usd,
+        paper.default_price,
+        args.paper_reference_prices,
+        spec.batch_size
+    );
+    let conns = Connections::connect(&args.redis, &shutdown).await?;
+    let venue = PaperVenue::new(conns.writer.clone(), paper);
+    venue.publish_market().await?;
+    let mut executor = Executor::new(conns.writer.clone(), venue);
+    consumer::run(&conns.reader, &conns.writer, &spec, &mut executor, &shutdown).await?;
+    let s = &executor.stats;
+    tracing::info!(
+        "Intent Executor stopped: filled={} rejected={} not_executed={} duplicates={} malformed={}",
+        s.filled,
+        s.rejected,
+        s.not_executed,
+        s.duplicates,
+        s.malformed
+    );
+    Ok(executor.stats)
+}

@@ -1,0 +1,433 @@
+//! The paper venue: a deterministic exchange simulator whose state lives in Redis, so a
+//! restart loses nothing and a retried order returns its first outcome.
+//!
+//! Prices follow a seeded walk per symbol that advances one step per order; fills happen at
+//! mark ± slippage with a taker fee. After every fill the venue publishes exchange truth to
+//! `quantum:position:snapshot:<SYMBOL>` and the mark to `quantum:market:mark_price`.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::{Decimal, RoundingStrategy};
+use sha2::{Digest, Sha256};
+
+use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
+use quantum_common::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
+use quantum_common::fields::{hash_pairs, StreamEntry};
+use quantum_common::fill::Fill;
+use quantum_common::position::Position;
+use quantum_common::snapshot::Snapshot;
+use quantum_common::time::now_ms;
+use quantum_common::types::{parse_decimal, FillId, OrderType, Side, Symbol};
+
+use crate::venue::{OrderOutcome, OrderRequest, Venue, VenueError};
+
+/// Paper venue settings.
+#[derive(Debug, Clone)]
+pub struct PaperConfig {
+    pub seed: u64,
+    /// Starting mark price per symbol.
+    pub reference_prices: HashMap<Symbol, Decimal>,
+    /// Starting mark for symbols without a reference price.
+    pub default_price: Decimal,
+    pub slippage_bps: Decimal,
+    pub fee_bps: Decimal,
+    /// Quantities are rounded down to a multiple of this.
+    pub qty_step: Decimal,
+    /// Prices are rounded to a multiple of this.
+    pub price_tick: Decimal,
+    /// Account equity published to `quantum:state:portfolio` when none is there yet.
+    pub equity_usd: Decimal,
+}
+
+/// The default reference prices (USD) of the demo's symbols.
+pub const DEFAULT_REFERENCE_PRICES: &str = "BTCUSDT=65000,ETHUSDT=3200,SOLUSDT=150,ZECUSDT=40,WAVESUSDT=1.5,\
+BNBUSDT=580,XRPUSDT=0.6,ADAUSDT=0.45,DOGEUSDT=0.15,LINKUSDT=15,AVAXUSDT=30";
+
+/// Parses `SYMBOL=price,SYMBOL=price`.
+pub fn parse_reference_prices(raw: &str) -> Result<HashMap<Symbol, Decimal>, String> {
+    let mut out = HashMap::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (sym, price) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not SYMBOL=price"))?;
+        let symbol = Symbol::parse(sym).map_err(|e| e.to_string())?;
+        let price = parse_decimal("price", price).map_err(|e| e.to_string())?;
+        if price <= Decimal::ZERO {
+            return Err(format!("reference price of {symbol} must be positive"));
+        }
+        out.insert(symbol, price);
+    }
+    Ok(out)
+}
+
+fn position_key(symbol: &Symbol) -> String {
+    format!("quantum:paper:position:{symbol}")
+}
+
+fn paper_order_key(client_order_id: &str) -> String {
+    format!("quantum:paper:order:{client_order_id}")
+}
+
+/// Rounds `value` down to a multiple of `step` (exact decimal arithmetic).
+pub fn floor_to_step(value: Decimal, step: Decimal) -> Decimal {
+    ((value / step).floor() * step).normalize()
+}
+
+/// Rounds `value` to the nearest multiple of `tick`, never below one tick.
+pub fn round_to_tick(value: Decimal, tick: Decimal) -> Decimal {
+    let ticks = (value / tick).round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
+    (ticks.max(Decimal::ONE) * tick).normalize()
+}
+
+/// The next mark of the seeded walk: a step of -20..=20 bps chosen by sha256(seed|symbol|tick).
+pub fn walk(seed: u64, symbol: &Symbol, tick: u64, previous: Decimal, price_tick: Decimal) -> Decimal {
+    let digest = Sha256::digest(format!("{seed}|{symbol}|{tick}").as_bytes());
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&digest[..8]);
+    let bps = (u64::from_le_bytes(word) % 41) as i64 - 20;
+    round_to_tick(previous * (Decimal::ONE + Decimal::new(bps, 4)), price_tick)
+}
+
+/// Seeds the venue with an existing position (operators migrating an account, the demo).
+/// Refuses to overwrite a position that has already traded.
+pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry_price: Decimal) -> Result<(), Error> {
+    let state = PaperPosition {
+        position: Position {
+            amt,
+            avg_entry: entry_price,
+            realized_pnl: Decimal::ZERO,
+        },
+        mark: Some(entry_price),
+        tick: 0,
+        leverage: Decimal::ONE,
+        version: 1,
+    };
+    let snapshot = Snapshot {
+        position_amt: amt,
+        entry_price,
+        mark_price: entry_price,
+        unrealized_pnl: Decimal::ZERO,
+        leverage: Decimal::ONE,
+        ts: now_ms(),
+    };
+    let write = CasWrite {
+        expected_version: 0,
+        guard: None,
+        writes: vec![
+            (position_key(symbol), CasOp::Hash(state.to_fields())),
+            (snapshot_key(symbol), CasOp::Hash(owned(snapshot.to_fields()))),
+            (
+                MARK_PRICE_KEY.to_string(),
+                CasOp::Hash(vec![(symbol.to_string(), entry_price.to_string())]),
+            ),
+        ],
+    };
+    match write.apply(client).await? {
+        CasOutcome::Applied => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("paper position of {symbol} exists already"),
+        )),
+    }
+}
+
+/// The venue's state for one symbol.
+#[derive(Debug, Clone, Default)]
+struct PaperPosition {
+    position: Position,
+    mark: Option<Decimal>,
+    tick: u64,
+    leverage: Decimal,
+    version: u64,
+}
+
+impl PaperPosition {
+    fn from_hash(symbol: &Symbol, pairs: &[(String, String)]) -> Result<Self, VenueError> {
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let corrupt = |detail: String| VenueError::Corrupt {
+            symbol: symbol.clone(),
+            detail,
+        };
+        let dec = |name: &'static str| -> Result<Option<Decimal>, VenueError> {
+            get(name)
+                .map(|v| parse_decimal(name, v).map_err(|e| corrupt(e.to_string())))
+                .transpose()
+        };
+        let int = |name: &'static str| -> Result<u64, VenueError> {
+            get(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| corrupt(format!("{name} {v:?} is not an integer")))
+                })
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        Ok(Self {
+            position: Position {
+                amt: dec("position_amt")?.unwrap_or_default(),
+                avg_entry: dec("entry_price")?.unwrap_or_default(),
+                realized_pnl: dec("realized_pnl")?.unwrap_or_default(),
+            },
+            mark: dec("mark_price")?,
+            tick: int("tick")?,
+            leverage: dec("leverage")?.unwrap_or(Decimal::ONE),
+            version: int("version")?,
+        })
+    }
+
+    fn to_fields(&self) -> Vec<(String, String)> {
+        owned(vec![
+            ("position_amt", self.position.amt.normalize().to_string()),
+            ("entry_price", self.position.avg_entry.normalize().to_string()),
+            ("realized_pnl", self.position.realized_pnl.normalize().to_string()),
+            ("mark_price", self.mark.unwrap_or_default().to_string()),
+            ("tick", self.tick.to_string()),
+            ("leverage", self.leverage.to_string()),
+            ("version", self.version.to_string()),
+        ])
+    }
+}
+
+/// The paper venue.
+pub struct PaperVenue {
+    client: Client,
+    config: PaperConfig,
+}
+
+impl PaperVenue {
+    /// A venue storing its state through `client`.
+    pub fn new(client: Client, config: PaperConfig) -> Self {
+        Self { client, config }
+    }
+
+    fn reference_price(&self, symbol: &Symbol) -> Decimal {
+        self.config
+            .reference_prices
+            .get(symbol)
+            .copied()
+            .unwrap_or(self.config.default_price)
+    }
+
+    /// Publishes the current marks of the reference symbols (so the bridge can size
+    /// `position_usd` intents before any fill) and the account equity if none is set.
+    pub async fn publish_market(&self) -> Result<(), Error> {
+        let symbols: Vec<&Symbol> = self.config.reference_prices.keys().collect();
+        let pipeline = self.client.pipeline();
+        for symbol in &symbols {
+            pipeline.hget::<(), _, _>(position_key(symbol), "mark_price").await?;
+        }
+        let marks: Vec<Value> = if symbols.is_empty() {
+            Vec::new()
+        } else {
+            pipeline.all().await?
+        };
+        let trx = self.client.pipeline();
+        for (symbol, mark) in symbols.iter().zip(marks) {
+            if mark.is_null() {
+                trx.hset::<(), _, _>(
+                    MARK_PRICE_KEY,
+                    (symbol.as_str(), self.reference_price(symbol).to_string()),
+                )
+                .await?;
+            }
+        }
+        trx.hsetnx::<(), _, _, _>(PORTFOLIO_KEY, "equity_usd", self.config.equity_usd.to_string())
+            .await?;
+        let _: Vec<Value> = trx.all().await?;
+        Ok(())
+    }
+
+    /// Decides the outcome of a new order against the current state (pure apart from the clock).
+    fn simulate(&self, order: &OrderRequest, state: &PaperPosition) -> (OrderOutcome, PaperPosition) {
+        let cfg = &self.config;
+        let mut next = state.clone();
+        next.tick += 1;
+        let previous = state.mark.unwrap_or_else(|| self.reference_price(&order.symbol));
+        let mark = walk(cfg.seed, &order.symbol, next.tick, previous, cfg.price_tick);
+        next.mark = Some(mark);
+        next.version += 1;
+
+        let qty = floor_to_step(order.qty, cfg.qty_step);
+        if qty.is_zero() {
+            let reason = format!("quantity {} is below the step size {}", order.qty, cfg.qty_step);
+            return (OrderOutcome::Rejected { reason }, next);
+        }
+        let amt = state.position.amt;
+        let reduces =
+            (order.side == Side::Sell && amt > Decimal::ZERO) || (order.side == Side::Buy && amt < Decimal::ZERO);
+        if order.reduce_only && (!reduces || qty > amt.abs()) {
+            return (
+                OrderOutcome::Rejected {
+                    reason: "ReduceOnly Order is rejected: it would open or increase a position".into(),
+                },
+                next,
+            );
+        }
+        let slip = Decimal::ONE + order.side.sign() * cfg.slippage_bps / Decimal::from(10_000);
+        let price = round_to_tick(mark * slip, cfg.price_tick);
+        if order.order_type == OrderType::Limit {
+            let limit = order.limit_price.unwrap_or_default();
+            let marketable = match order.side {
+                Side::Buy => limit >= price,
+                Side::Sell => limit <= price,
+            };
+            if !marketable {
+                let reason = format!("limit {limit} not marketable at {price} (immediate-or-cancel)");
+                return (OrderOutcome::Rejected { reason }, next);
+            }
+        }
+        let fee = (qty * price * cfg.fee_bps / Decimal::from(10_000))
+            .round_dp(8)
+            .normalize();
+        next.position.apply(order.side, qty, price, fee);
+        next.leverage = order.leverage;
+        let fill = Fill {
+            fill_id: FillId::new(format!("{}-1", order.client_order_id)),
+            order_id: order.client_order_id.clone(),
+            plan_id: order.plan_id.clone(),
+            symbol: order.symbol.clone(),
+            side: order.side,
+            qty,
+            price,
+            fee,
+            leverage: order.leverage,
+            ts: now_ms(),
+        };
+        (OrderOutcome::Filled { fills: vec![fill] }, next)
+    }
+
+    fn stored_outcome(pairs: Vec<(String, String)>, symbol: &Symbol) -> Result<OrderOutcome, VenueError> {
+        let entry = StreamEntry {
+            id: String::new(),
+            fields: pairs,
+            binary_field: None,
+        };
+        match entry.get("status") {
+            Some("FILLED") => Fill::parse(&entry)
+                .map(|fill| OrderOutcome::Filled { fills: vec![fill] })
+                .map_err(|e| VenueError::Corrupt {
+                    symbol: symbol.clone(),
+                    detail: format!("stored order: {e}"),
+                }),
+            _ => Ok(OrderOutcome::Rejected {
+                reason: entry.get("reason").unwrap_or("rejected").to_string(),
+            }),
+        }
+    }
+}
+
+impl Venue for PaperVenue {
+    fn name(&self) -> &'static str {
+        "paper"
+    }
+
+    async fn execute(&self, order: &OrderRequest) -> Result<OrderOutcome, VenueError> {
+        let order_key = paper_order_key(order.client_order_id.as_str());
+        let pos_key = position_key(&order.symbol);
+        for _ in 0..32 {
+            let pipeline = self.client.pipeline();
+            pipeline.hgetall::<(), _>(&order_key).await?;
+            pipeline.hgetall::<(), _>(&pos_key).await?;
+            let (stored, state): (Value, Value) = pipeline.all().await?;
+            let stored = hash_pairs(stored);
+            if !stored.is_empty() {
+                return Self::stored_outcome(stored, &order.symbol);
+            }
+            let state = PaperPosition::from_hash(&order.symbol, &hash_pairs(state))?;
+            let (outcome, next) = self.simulate(order, &state);
+
+            let mut record = vec![("status".to_string(), String::new())];
+            let mut writes = vec![(pos_key.clone(), CasOp::Hash(next.to_fields()))];
+            match &outcome {
+                OrderOutcome::Filled { fills } => {
+                    record[0].1 = "FILLED".into();
+                    record.extend(owned(fills[0].to_fields()));
+                    let mark = next.mark.unwrap_or_default();
+                    let snapshot = Snapshot {
+                        position_amt: next.position.amt,
+                        entry_price: next.position.avg_entry,
+                        mark_price: mark,
+                        unrealized_pnl: next.position.unrealized(mark).round_dp(8).normalize(),
+                        leverage: next.leverage,
+                        ts: now_ms(),
+                    };
+                    writes.push((snapshot_key(&order.symbol), CasOp::Hash(owned(snapshot.to_fields()))));
+                }
+                OrderOutcome::Rejected { reason } => {
+                    record[0].1 = "REJECTED".into();
+                    record.push(("reason".into(), reason.clone()));
+                }
+            }
+            writes.push((
+                MARK_PRICE_KEY.to_string(),
+                CasOp::Hash(vec![(
+                    order.symbol.to_string(),
+                    next.mark.unwrap_or_default().to_string(),
+                )]),
+            ));
+            writes.push((order_key.clone(), CasOp::Hash(record)));
+            let guard = writes.len() - 1;
+            let write = CasWrite {
+                expected_version: state.version,
+                guard: Some(guard),
+                writes,
+            };
+            match write.apply(&self.client).await? {
+                CasOutcome::Applied => return Ok(outcome),
+                // Another executor moved this symbol or placed this very order: read again.
+                CasOutcome::VersionConflict | CasOutcome::GuardExists => continue,
+            }
+        }
+        Err(VenueError::Contended(order.symbol.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn step_and_tick_rounding_is_exact() {
+        assert_eq!(floor_to_step(d("1.23456"), d("0.001")), d("1.234"));
+        assert_eq!(floor_to_step(d("0.0009"), d("0.001")), Decimal::ZERO);
+        assert_eq!(floor_to_step(d("7"), d("5")), d("5"));
+        assert_eq!(round_to_tick(d("65000.123456"), d("0.01")), d("65000.12"));
+        assert_eq!(round_to_tick(d("0.00001"), d("0.01")), d("0.01"));
+    }
+
+    #[test]
+    fn walk_is_deterministic_and_bounded() {
+        let sym = Symbol::parse("BTCUSDT").unwrap();
+        let a = walk(7, &sym, 1, d("65000"), d("0.01"));
+        assert_eq!(a, walk(7, &sym, 1, d("65000"), d("0.01")));
+        assert!((a - d("65000")).abs() <= d("130"));
+    }
+
+    #[test]
+    fn reference_prices_parse_and_reject_garbage() {
+        let prices = parse_reference_prices(DEFAULT_REFERENCE_PRICES).unwrap();
+        assert_eq!(prices.len(), 11);
+        assert!(parse_reference_prices("BTCUSDT").is_err());
+        assert!(parse_reference_prices("BTCUSDT=-1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn floor_to_step_never_exceeds_and_is_a_multiple(q in 1u64..10_000_000, step_exp in 0u32..6) {
+            let qty = Decimal::new(q as i64, 4);
+            let step = Decimal::new(1, step_exp);
+            let floored = floor_to_step(qty, step);
+            prop_assert!(floored <= qty);
+            prop_assert!(qty - floored < step);
+            prop_assert!((floored % step).is_zero());
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The venue boundary: where orders go and fills come from. Paper today, Binance USD-M next.
+
+use std::future::Future;
+
+use rust_decimal::Decimal;
+use thiserror::Error;
+
+use quantum_common::fill::Fill;
+use quantum_common::types::{OrderId, OrderType, PlanId, Side, Symbol};
+
+/// One order as the executor asks a venue to place it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequest {
+    /// Derived from the plan id; the venue deduplicates on it.
+    pub client_order_id: OrderId,
+    pub plan_id: PlanId,
+    pub symbol: Symbol,
+    pub side: Side,
+    pub order_type: OrderType,
+    pub qty: Decimal,
+    pub limit_price: Option<Decimal>,
+    pub reduce_only: bool,
+    pub leverage: Decimal,
+}
+
+/// What became of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderOutcome {
+    /// Executed, in one or more fills.
+    Filled { fills: Vec<Fill> },
+    /// Refused by the venue, with its reason.
+    Rejected { reason: String },
+}
+
+impl OrderOutcome {
+    /// Total filled quantity, volume-weighted average price and total fee.
+    pub fn totals(&self) -> (Decimal, Decimal, Decimal) {
+        match self {
+            Self::Rejected { .. } => (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO),
+            Self::Filled { fills } => {
+                let qty: Decimal = fills.iter().map(|f| f.qty).sum();
+                let notional: Decimal = fills.iter().map(|f| f.qty * f.price).sum();
+                let fee: Decimal = fills.iter().map(|f| f.fee).sum();
+                let avg = if qty.is_zero() {
+                    Decimal::ZERO
+                } else {
+                    (notional / qty).round_dp(8).normalize()
+                };
+                (qty, avg, fee)
+            }
+        }
+    }
+}
+
+/// A failure that may pass (the venue or its storage unreachable); the plan is retried.
+#[derive(Debug, Error)]
+pub enum VenueError {
+    #[error("venue storage unavailable: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("venue state for {symbol} is corrupt: {detail}")]
+    Corrupt { symbol: Symbol, detail: String },
+    #[error("venue kept conflicting on {0}; will retry")]
+    Contended(Symbol),
+}
+
+/// A place to execute orders. Implementations must be idempotent by client order id:
+/// executing the same request again returns the first outcome and places nothing new.
+pub trait Venue: Send + Sync {
+    /// Short name for logs (`paper`, `binance`).
+    fn name(&self) -> &'static str;
+    /// Places the order, or returns the outcome of the order already placed under its id.
+    fn execute(&self, order: &OrderRequest) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;
+}

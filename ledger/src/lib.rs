@@ -1,0 +1,431 @@
+//! The ledger service: the only writer of `quantum:position:ledger:<SYMBOL>`.
+//!
+//! Fills from `quantum:stream:ledger.commit` are applied exactly once: the new ledger state and
+//! the fill ids' dedup record are written by one Lua script that first checks the ledger's
+//! `version` is the one the state was computed from. A crash at any point leaves either both
+//! or neither; a redelivered or replayed fill finds its id recorded and changes nothing.
+//!
+//! Reconcile rule (exchange truth wins): a symbol whose snapshot disagrees with its ledger is
+//! overwritten from the snapshot only when (1) the snapshot is not older than the ledger's last
+//! change, (2) the drift has persisted at the same ledger version for the grace period, (3) the
+//! pipeline is quiescent (no pending or undelivered plans or fills), and (4) the ledger's
+//! version is still the one observed (CAS). In-flight fills therefore always land first.
+
+pub mod logic;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
+
+use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
+use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::consumer::{self, group_backlog, scan_keys, BatchHandler, Connections, ConsumerSpec};
+use quantum_common::contract::{
+    ledger_applied_key, ledger_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP,
+    PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
+};
+use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
+use quantum_common::fill::Fill;
+use quantum_common::position::LedgerEntry;
+use quantum_common::snapshot::Snapshot;
+use quantum_common::time::{now_ms, now_secs};
+use quantum_common::types::{parse_decimal, Symbol};
+
+use logic::{apply_fills, detect_drift, reconciled, DriftTracker};
+
+/// Command line and environment of `quantum-ledger`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "quantum-ledger",
+    version,
+    about = "Applies fills to per-symbol ledgers exactly once and reconciles with exchange snapshots."
+)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Reconcile ledgers against exchange snapshots (true/false).
+    #[arg(long, env = "LEDGER_RECONCILE", default_value = "true", value_parser = parse_flag, action = clap::ArgAction::Set)]
+    pub reconcile: bool,
+    /// How often to compare ledgers with snapshots (ms).
+    #[arg(long, env = "LEDGER_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
+    pub reconcile_interval_ms: u64,
+    /// How long a drift must persist, with no fill applied, before exchange truth is written (ms).
+    #[arg(long, env = "LEDGER_RECONCILE_GRACE_MS", default_value_t = 15_000)]
+    pub reconcile_grace_ms: u64,
+    /// Differences in position_amt up to this are not drift.
+    #[arg(long, env = "LEDGER_RECONCILE_EPS", default_value = "0", value_parser = parse_eps)]
+    pub reconcile_eps: Decimal,
+    /// Log level when RUST_LOG is unset.
+    #[arg(long, env = "LEDGER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_flag(raw: &str) -> Result<bool, String> {
+    quantum_common::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
+}
+
+fn parse_eps(raw: &str) -> Result<Decimal, String> {
+    let v = parse_decimal("eps", raw).map_err(|e| e.to_string())?;
+    if v < Decimal::ZERO {
+        return Err(format!("{raw} must not be negative"));
+    }
+    Ok(v)
+}
+
+/// Why the ledger service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("Redis refused an operation the ledger needs: {0}")]
+    Redis(#[from] Error),
+}
+
+/// Counts of what the ledger did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
+    pub reconciled: u64,
+}
+
+/// The ledger.commit batch handler.
+pub struct LedgerWriter {
+    writer: Client,
+    pub stats: LedgerStats,
+}
+
+/// How many times a batch retries symbols whose ledger moved under it before giving up.
+const MAX_CAS_ATTEMPTS: usize = 16;
+
+impl LedgerWriter {
+    /// A writer using `writer`.
+    pub fn new(writer: Client) -> Self {
+        Self {
+            writer,
+            stats: LedgerStats::default(),
+        }
+    }
+
+    /// Applies fills grouped by symbol. Returns the ids of entries it could not apply
+    /// (a corrupt ledger); they stay pending and are retried later.
+    async fn apply(&mut self, mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>>) -> Result<HashSet<String>, Error> {
+        let mut stuck = HashSet::new();
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            if by_symbol.is_empty() {
+                return Ok(stuck);
+            }
+            let symbols: Vec<Symbol> = by_symbol.keys().cloned().collect();
+            let read = self.writer.pipeline();
+            for symbol in &symbols {
+                read.hgetall::<(), _>(ledger_key(symbol)).await?;
+                let ids: Vec<String> = by_symbol[symbol].iter().map(|(_, f)| f.fill_id.to_string()).collect();
+                read.smismember::<(), _, _>(ledger_applied_key(symbol), ids).await?;
+            }
+            let replies: Vec<Value> = read.all().await?;
+            let mut replies = replies.into_iter();
+
+            let now = now_ms();
+            let write = self.writer.pipeline();
+            let mut pending_writes = Vec::new();
+            for symbol in symbols {
+                let ledger_hash = hash_pairs(replies.next().unwrap_or(Value::Null));
+                let membership = replies.next().map(Value::into_array).unwrap_or_default();
+                let fills = &by_symbol[&symbol];
+                let current = match LedgerEntry::from_hash(&ledger_hash) {
+                    None => None,
+                    Some(Ok(entry)) => Some(entry),
+                    Some(Err(e)) => {
+                        tracing::error!(
+                            "Ledger of {symbol} is corrupt ({e}); its {} fills stay pending until it is repaired",
+                            fills.len()
+                        );
+                        stuck.extend(fills.iter().map(|(id, _)| id.clone()));
+                        by_symbol.remove(&symbol);
+                        continue;
+                    }
+                };
+                let already: HashSet<String> = fills
+                    .iter()
+                    .zip(membership.iter().chain(std::iter::repeat(&Value::Null)))
+                    .filter(|(_, m)| m.as_i64() == Some(1))
+                    .map(|((_, f), _)| f.fill_id.to_string())
+                    .collect();
+                let list: Vec<Fill> = fills.iter().map(|(_, f)| f.clone()).collect();
+                let app = apply_fills(current.as_ref(), &list, &already, now);
+                let Some(entry) = app.entry.clone() else {
+                    self.report(&symbol, &app);
+                    by_symbol.remove(&symbol);
+                    continue;
+                };
+                let cas = CasWrite {
+                    expected_version: current.as_ref().map_or(0, |c| c.version),
+                    guard: None,
+                    writes: vec![
+                        (ledger_key(&symbol), CasOp::Hash(owned(entry.to_fields()))),
+                        (
+                            ledger_applied_key(&symbol),
+                            CasOp::SetAdd(app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect()),
+                        ),
+                    ],
+                };
+                cas.queue(&write).await?;
+                pending_writes.push((symbol, app));
+            }
+            if pending_writes.is_empty() {
+                continue;
+            }
+            let outcomes: Vec<Value> = write.all().await?;
+            for ((symbol, app), reply) in pending_writes.into_iter().zip(outcomes) {
+                match CasOutcome::from_reply(&reply)? {
+                    CasOutcome::Applied => {
+                        self.report(&symbol, &app);
+                        by_symbol.remove(&symbol);
+                    }
+                    // Another writer (reconcile, a second instance) moved the ledger: recompute.
+                    _ => tracing::debug!("Ledger of {symbol} changed while applying; retrying"),
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Unknown,
+            format!(
+                "ledgers kept changing under {} symbols; batch left pending",
+                by_symbol.len()
+            ),
+        ))
+    }
+
+    fn report(&mut self, symbol: &Symbol, app: &logic::Application) {
+        for a in &app.applied {
+            let f = &a.fill;
+            tracing::info!(
+                "LEDGER_COMMIT symbol={symbol} fill_id={} order_id={} plan_id={} side={} qty={} price={} fee={} position_amt={} realized_pnl={}",
+                f.fill_id,
+                f.order_id,
+                f.plan_id,
+                f.side,
+                f.qty,
+                f.price,
+                f.fee,
+                a.position_amt,
+                a.realized_pnl
+            );
+        }
+        for f in &app.duplicates {
+            tracing::info!(
+                "LEDGER_DUPLICATE symbol={symbol} fill_id={} order_id={} already applied: skipped",
+                f.fill_id,
+                f.order_id
+            );
+        }
+        self.stats.applied += app.applied.len() as u64;
+        self.stats.duplicates += app.duplicates.len() as u64;
+    }
+}
+
+impl BatchHandler for LedgerWriter {
+    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+        let mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>> = HashMap::new();
+        let mut dlq = Vec::new();
+        for entry in &batch {
+            match Fill::parse(entry) {
+                Ok(fill) => by_symbol
+                    .entry(fill.symbol.clone())
+                    .or_default()
+                    .push((entry.id.clone(), fill)),
+                Err(e) => {
+                    tracing::warn!(
+                        "DLQ ledger.commit {}: {e} raw={}",
+                        entry.id,
+                        truncate(&entry.raw_text(), 512)
+                    );
+                    dlq.push((entry, e.to_string()));
+                }
+            }
+        }
+        let stuck = self.apply(by_symbol).await?;
+        let trx = self.writer.multi();
+        for (entry, error) in &dlq {
+            let fields = vec![
+                ("source_id", entry.id.clone()),
+                ("reason", "malformed_fill".to_string()),
+                ("error", truncate(error, 1024).to_string()),
+                ("raw", truncate(&entry.raw_text(), 8192).to_string()),
+                ("timestamp", now_secs().to_string()),
+            ];
+            trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_DLQ_STREAM, false, None, "*", fields)
+                .await?;
+        }
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|e| e.id.clone())
+            .filter(|id| !stuck.contains(id))
+            .collect();
+        consumer::queue_ack(&trx, LEDGER_COMMIT_STREAM, LEDGER_GROUP, &ids).await?;
+        trx.exec::<Value>(true).await?;
+        self.stats.malformed += dlq.len() as u64;
+        Ok(())
+    }
+}
+
+/// Settings of the reconcile loop.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub interval: Duration,
+    pub grace: Duration,
+    pub eps: Decimal,
+}
+
+/// Compares every snapshot with its ledger once; returns how many ledgers were overwritten.
+pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mut DriftTracker) -> Result<u64, Error> {
+    let symbols = snapshot_symbols(client).await?;
+    if symbols.is_empty() {
+        return Ok(0);
+    }
+    let pipeline = client.pipeline();
+    for symbol in &symbols {
+        pipeline.hgetall::<(), _>(snapshot_key(symbol)).await?;
+        pipeline.hgetall::<(), _>(ledger_key(symbol)).await?;
+    }
+    let replies: Vec<Value> = pipeline.all().await?;
+    let mut replies = replies.into_iter();
+    let mut quiescent: Option<bool> = None;
+    let mut written = 0;
+    for symbol in symbols {
+        let snapshot = Snapshot::from_hash(&hash_pairs(replies.next().unwrap_or(Value::Null)));
+        let ledger = match LedgerEntry::from_hash(&hash_pairs(replies.next().unwrap_or(Value::Null))) {
+            Some(Err(e)) => {
+                tracing::warn!("LEDGER_RECONCILE symbol={symbol} skipped: ledger unreadable ({e})");
+                continue;
+            }
+            other => other.and_then(Result::ok),
+        };
+        let Some(snapshot) = snapshot else {
+            tracing::warn!("LEDGER_RECONCILE symbol={symbol} skipped: snapshot lacks position_amt or ts");
+            continue;
+        };
+        let Some(drift) = detect_drift(ledger.as_ref(), &snapshot, cfg.eps) else {
+            tracker.clear(&symbol);
+            continue;
+        };
+        let version = ledger.as_ref().map_or(0, |l| l.version);
+        let ledger_amt = drift.ledger_amt.map_or_else(|| "none".to_string(), |a| a.to_string());
+        if tracker.is_new(&symbol) {
+            tracing::info!(
+                "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=observed",
+                drift.exchange_amt,
+                drift.size()
+            );
+        }
+        if !tracker.observe(&symbol, version, Instant::now(), cfg.grace) {
+            continue;
+        }
+        if quiescent.is_none() {
+            quiescent = Some(pipeline_quiescent(client).await?);
+        }
+        if quiescent != Some(true) {
+            tracing::debug!("LEDGER_RECONCILE symbol={symbol} deferred: fills or plans in flight");
+            continue;
+        }
+        let entry = reconciled(ledger.as_ref(), &snapshot, now_ms());
+        let cas = CasWrite {
+            expected_version: version,
+            guard: None,
+            writes: vec![(ledger_key(&symbol), CasOp::Hash(owned(entry.to_fields())))],
+        };
+        if cas.apply(client).await? == CasOutcome::Applied {
+            written += 1;
+            tracker.clear(&symbol);
+            tracing::warn!(
+                "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=applied version={}",
+                drift.exchange_amt,
+                drift.size(),
+                entry.version
+            );
+        }
+    }
+    Ok(written)
+}
+
+/// No plan waiting for the executor and no fill waiting for the ledger.
+async fn pipeline_quiescent(client: &Client) -> Result<bool, Error> {
+    for (stream, group) in [(PLAN_STREAM, PLAN_GROUP), (LEDGER_COMMIT_STREAM, LEDGER_GROUP)] {
+        if let Some(backlog) = group_backlog(client, stream, group).await? {
+            if !backlog.is_idle() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
+    let keys = scan_keys(client, &format!("{SNAPSHOT_KEY_PREFIX}*")).await?;
+    Ok(keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(SNAPSHOT_KEY_PREFIX))
+        .filter_map(|s| Symbol::parse(s).ok())
+        .collect())
+}
+
+/// Runs the ledger service until `shutdown` fires.
+pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<LedgerStats, LedgerError> {
+    let spec = ConsumerSpec::new(LEDGER_COMMIT_STREAM, LEDGER_GROUP, "ledger", &args.consumer);
+    let reconcile = ReconcileConfig {
+        interval: Duration::from_millis(args.reconcile_interval_ms.max(100)),
+        grace: Duration::from_millis(args.reconcile_grace_ms),
+        eps: args.reconcile_eps,
+    };
+    tracing::info!("Quantum Ledger - ledger.commit → quantum:position:ledger:<SYMBOL>");
+    tracing::info!("Redis: {}", args.redis.display());
+    tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
+    tracing::info!(
+        "Config: reconcile={} reconcile_interval_ms={} reconcile_grace_ms={} reconcile_eps={} batch_size={}",
+        args.reconcile,
+        reconcile.interval.as_millis(),
+        reconcile.grace.as_millis(),
+        reconcile.eps,
+        spec.batch_size
+    );
+    let conns = Connections::connect(&args.redis, &shutdown).await?;
+    let reconciler = args.reconcile.then(|| {
+        let client = conns.writer.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tracker = DriftTracker::default();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(reconcile.interval) => {}
+                }
+                if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
+                    tracing::warn!("Reconcile pass failed: {e}");
+                }
+            }
+        })
+    });
+    let mut writer = LedgerWriter::new(conns.writer.clone());
+    let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
+    shutdown.cancel();
+    if let Some(task) = reconciler {
+        let _ = task.await;
+    }
+    result?;
+    let s = &writer.stats;
+    tracing::info!(
+        "Quantum Ledger stopped: applied={} duplicates={} malformed={}",
+        s.applied,
+        s.duplicates,
+        s.malformed
+    );
+    Ok(writer.stats)
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit/property tests and the system tests against real
+# redis-server processes (installed from the OS packages when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
