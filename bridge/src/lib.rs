@@ -60,6 +60,10 @@ pub struct BridgeArgs {
     /// Highest leverage an intent may ask for; more goes to the DLQ.
     #[arg(long, env = "INTENT_BRIDGE_MAX_LEVERAGE", default_value = "125", value_parser = parse_non_negative)]
     pub max_leverage: Decimal,
+    /// How long (seconds) a processed intent id is remembered, so a replayed intent (a group
+    /// reset, a re-added entry) is never gated and published a second time.
+    #[arg(long, env = "INTENT_BRIDGE_IDEMPOTENCY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_ttl: u64,
     /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
     #[arg(long, env = "INTENT_BRIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -110,6 +114,8 @@ pub enum BridgeError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeStats {
     pub consumed: u64,
+    /// Intents seen before (replays), acknowledged without processing.
+    pub replayed: u64,
     pub published: u64,
     pub ledger_missing_open: u64,
     pub skipped: HashMap<&'static str, u64>,
@@ -121,6 +127,7 @@ pub struct IntentBridge {
     writer: Client,
     gates: GateConfig,
     limits: IntentLimits,
+    idempotency_ttl: u64,
     /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
     allowlist: Vec<Symbol>,
     pub stats: BridgeStats,
@@ -142,16 +149,24 @@ enum Outcome {
 
 impl IntentBridge {
     /// A bridge writing through `writer`.
-    pub fn new(writer: Client, gates: GateConfig, limits: IntentLimits) -> Self {
+    pub fn new(writer: Client, gates: GateConfig, limits: IntentLimits, idempotency_ttl: u64) -> Self {
         let mut allowlist: Vec<Symbol> = gates.allowlist.iter().cloned().collect();
         allowlist.sort();
         Self {
             writer,
             gates,
             limits,
+            idempotency_ttl,
             allowlist,
             stats: BridgeStats::default(),
         }
+    }
+
+    /// Which entries of the batch were processed before (one MGET).
+    async fn already_processed(&self, batch: &[StreamEntry]) -> Result<Vec<bool>, Error> {
+        let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
+        let values: Vec<Value> = self.writer.mget(keys).await?;
+        Ok(values.iter().map(|v| !v.is_null()).collect())
     }
 
     async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
@@ -299,8 +314,14 @@ fn display_opt(value: Option<Decimal>) -> String {
 
 impl BatchHandler for IntentBridge {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
-        let intents: Vec<Result<Intent, IntentError>> = batch.iter().map(|e| Intent::parse(e, &self.limits)).collect();
-        let view = self.read_view(&intents).await?;
+        let seen = self.already_processed(&batch).await?;
+        let intents: Vec<Option<Result<Intent, IntentError>>> = batch
+            .iter()
+            .zip(&seen)
+            .map(|(e, seen)| (!seen).then(|| Intent::parse(e, &self.limits)))
+            .collect();
+        let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
+        let view = self.read_view(&fresh).await?;
         let now = now_secs();
         let stats_before = self.stats.clone();
 
@@ -308,6 +329,22 @@ impl BatchHandler for IntentBridge {
         let mut ids = Vec::with_capacity(batch.len());
         for (entry, intent) in batch.iter().zip(intents) {
             ids.push(entry.id.clone());
+            let Some(intent) = intent else {
+                self.stats.replayed += 1;
+                tracing::info!(
+                    "Already processed: intent {} (a replay); acknowledged without publishing",
+                    entry.id
+                );
+                continue;
+            };
+            trx.set::<(), _, _>(
+                seen_key(&entry.id),
+                "1",
+                Some(Expiration::EX(self.idempotency_ttl as i64)),
+                None,
+                false,
+            )
+            .await?;
             match self.decide(intent, &view, now) {
                 Outcome::Publish(plan) => {
                     trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", plan.to_fields())
@@ -344,6 +381,11 @@ impl BatchHandler for IntentBridge {
     }
 }
 
+/// The marker that an intent entry was processed (kept for INTENT_BRIDGE_IDEMPOTENCY_TTL).
+pub fn seen_key(entry_id: &str) -> String {
+    format!("quantum:intent_bridge:seen:{entry_id}")
+}
+
 /// DLQ fields: the source entry id, a reason code, the error text and the raw fields as JSON.
 fn dlq_fields(entry: &StreamEntry, reason: &str, error: &str, now: u64) -> Vec<(&'static str, String)> {
     let raw: serde_json::Map<String, serde_json::Value> = entry
@@ -377,11 +419,12 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec) {
     tracing::info!("Require ledger for OPEN: {}", args.require_ledger_for_open);
     tracing::info!("Skip flat SELL: {}", args.skip_flat_sell);
     tracing::info!(
-        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
+        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} idempotency_ttl={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
         args.allowlist,
         args.flat_eps,
         args.max_exposure_pct,
         args.max_leverage,
+        args.idempotency_ttl,
         spec.batch_size,
         spec.block.as_millis(),
         spec.claim_idle.as_millis(),
@@ -402,15 +445,16 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let limits = IntentLimits {
         max_leverage: args.max_leverage,
     };
-    let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits);
+    let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
     let s = &bridge.stats;
     tracing::info!(
-        "Intent Bridge stopped: consumed={} published={} ledger_missing_open={} malformed={} skipped={:?}",
+        "Intent Bridge stopped: consumed={} published={} ledger_missing_open={} malformed={} replayed={} skipped={:?}",
         s.consumed,
         s.published,
         s.ledger_missing_open,
         s.malformed,
+        s.replayed,
         s.skipped
     );
     Ok(bridge.stats)

@@ -22,12 +22,12 @@ impl Snapshot {
     /// Hash fields as written to Redis.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("position_amt", self.position_amt.to_string()),
+            ("position_amt", self.position_amt.normalize().to_string()),
             ("side", PositionSide::of(self.position_amt).as_str().to_string()),
-            ("entry_price", self.entry_price.to_string()),
-            ("mark_price", self.mark_price.to_string()),
-            ("unrealized_pnl", self.unrealized_pnl.to_string()),
-            ("leverage", self.leverage.to_string()),
+            ("entry_price", self.entry_price.normalize().to_string()),
+            ("mark_price", self.mark_price.normalize().to_string()),
+            ("unrealized_pnl", self.unrealized_pnl.normalize().to_string()),
+            ("leverage", self.leverage.normalize().to_string()),
             ("ts", self.ts.to_string()),
         ]
     }

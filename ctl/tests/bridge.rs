@@ -1,0 +1,460 @@
+//! The bridge against a real redis-server: every gate and its log line, every intent format,
+//! every malformed case, strict mode and clean shutdown.
+
+mod support;
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::Value;
+use quantum_common::contract::*;
+use quantumctl::stack::Service;
+use support::Stack;
+
+const ALLOWLIST: &str = "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT";
+
+async fn seeded_stack() -> Stack {
+    let stack = Stack::new().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "5"), ("notional_usd", "200")],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:ledger:SOLUSDT",
+            &[("position_amt", "0"), ("notional_usd", "0")],
+        )
+        .await;
+    stack.hset(PORTFOLIO_KEY, &[("equity_usd", "100000")]).await;
+    stack.hset(MARK_PRICE_KEY, &[("ETHUSDT", "3000")]).await;
+    stack
+}
+
+/// Plans by intent id, DLQ entries by source id.
+async fn outputs(
+    stack: &Stack,
+) -> (
+    HashMap<String, HashMap<String, String>>,
+    HashMap<String, HashMap<String, String>>,
+) {
+    let plans = stack
+        .entries(PLAN_STREAM)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.get("intent_id").unwrap_or_default().to_string(),
+                e.fields.into_iter().collect(),
+            )
+        })
+        .collect();
+    let dlq = stack
+        .entries(INTENT_DLQ_STREAM)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.get("source_id").unwrap_or_default().to_string(),
+                e.fields.into_iter().collect(),
+            )
+        })
+        .collect();
+    (plans, dlq)
+}
+
+#[tokio::test]
+async fn default_mode_gates_formats_and_log_lines() {
+    let mut stack = seeded_stack().await;
+    stack.start(Service::Bridge, &[("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST)]);
+
+    let buy_new = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "0.5")],
+        )
+        .await;
+    let sell_unknown = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "ETHUSDT"), ("action", "sell"), ("qty", "1")],
+        )
+        .await;
+    let sell_flat = stack
+        .xadd(INTENT_STREAM, &[("symbol", "SOLUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    let sell_ok = stack
+        .xadd(INTENT_STREAM, &[("symbol", "zecusdt"), ("side", "Sell"), ("qty", "1")])
+        .await;
+    let not_allowed = stack
+        .xadd(INTENT_STREAM, &[("symbol", "DOGEUSDT"), ("side", "BUY"), ("qty", "10")])
+        .await;
+    let payload = stack
+        .xadd(
+            INTENT_STREAM,
+            &[(
+                "payload",
+                r#"{"symbol":"ETHUSDT","side":"BUY","qty":0.25,"leverage":3,"stop_loss":2800,"take_profit":3300,"reduceOnly":false}"#,
+            )],
+        )
+        .await;
+    let size = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("size", "100"),
+                ("price", "40000"),
+            ],
+        )
+        .await;
+    let pos_size = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "ETHUSDT"),
+                ("side", "BUY"),
+                ("position_size_usd", "300"),
+                ("entry_price", "3000"),
+            ],
+        )
+        .await;
+    let margin = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "ETHUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "300"),
+                ("leverage", "2"),
+            ],
+        )
+        .await;
+    let no_mark = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "SOLUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "300"),
+                ("leverage", "2"),
+            ],
+        )
+        .await;
+    let limit = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "0.1"),
+                ("type", "limit"),
+                ("price", "64000"),
+            ],
+        )
+        .await;
+
+    let big = "9".repeat(20_000);
+    let malformed: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("missing_symbol", vec![("side", "BUY"), ("qty", "1")]),
+        (
+            "invalid_symbol",
+            vec![("symbol", "BTC/USDT"), ("side", "BUY"), ("qty", "1")],
+        ),
+        ("missing_side", vec![("symbol", "BTCUSDT"), ("qty", "1")]),
+        (
+            "unknown_side",
+            vec![("symbol", "BTCUSDT"), ("side", "HOLD"), ("qty", "1")],
+        ),
+        (
+            "non_positive_quantity",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0")],
+        ),
+        (
+            "non_positive_quantity",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "-2")],
+        ),
+        (
+            "non_finite_number",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "NaN")],
+        ),
+        (
+            "non_finite_number",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "inf")],
+        ),
+        (
+            "invalid_number",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1,5")],
+        ),
+        ("missing_quantity", vec![("symbol", "BTCUSDT"), ("side", "BUY")]),
+        (
+            "absurd_leverage",
+            vec![
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("leverage", "1000"),
+            ],
+        ),
+        ("invalid_payload", vec![("payload", "{\"symbol\": ")]),
+        (
+            "oversized_or_binary",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", big.as_str())],
+        ),
+    ];
+    let mut malformed_ids = Vec::new();
+    for (reason, fields) in &malformed {
+        malformed_ids.push((*reason, stack.xadd(INTENT_STREAM, fields).await));
+    }
+    // Binary garbage in a field value.
+    let binary: String = stack
+        .client
+        .xadd(
+            INTENT_STREAM,
+            false,
+            None,
+            "*",
+            vec![
+                ("symbol", Value::from("BTCUSDT")),
+                ("side", Value::Bytes(vec![0xff, 0xfe, 0x00].into())),
+            ],
+        )
+        .await
+        .expect("xadd binary");
+    malformed_ids.push(("oversized_or_binary", binary));
+
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (plans, dlq) = outputs(&stack).await;
+
+    // Published, with the contract's fields.
+    let p = &plans[&buy_new];
+    assert_eq!(p["decision"], "EXECUTE");
+    assert_eq!(
+        (p["symbol"].as_str(), p["side"].as_str(), p["qty"].as_str()),
+        ("BTCUSDT", "BUY", "0.5")
+    );
+    assert_eq!(
+        (p["type"].as_str(), p["reduceOnly"].as_str(), p["leverage"].as_str()),
+        ("MARKET", "false", "1")
+    );
+    assert_eq!(p["source"], "intent_bridge");
+    assert_eq!(p["plan_id"].len(), 16);
+    assert!(p["plan_id"]
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(p["timestamp"].parse::<u64>().is_ok());
+    assert_eq!(plans[&sell_ok]["side"], "SELL");
+    assert_eq!(plans[&sell_ok]["symbol"], "ZECUSDT");
+    let j = &plans[&payload];
+    assert_eq!((j["qty"].as_str(), j["leverage"].as_str()), ("0.25", "3"));
+    assert_eq!((j["stop_loss"].as_str(), j["take_profit"].as_str()), ("2800", "3300"));
+    assert_eq!(plans[&size]["qty"], "0.0025");
+    assert_eq!(plans[&pos_size]["qty"], "0.1");
+    assert_eq!(plans[&margin]["qty"], "0.2", "(300 * 2) / mark 3000");
+    assert_eq!(
+        (plans[&limit]["type"].as_str(), plans[&limit]["price"].as_str()),
+        ("LIMIT", "64000")
+    );
+
+    // Skipped: no plan, no DLQ.
+    for id in [&sell_unknown, &sell_flat, &not_allowed] {
+        assert!(
+            !plans.contains_key(id) && !dlq.contains_key(id),
+            "{id} should be skipped"
+        );
+    }
+    assert_eq!(dlq[&no_mark]["reason"], "mark_price_unavailable");
+
+    // Malformed: DLQ with the specific reason, the error text and the raw fields.
+    for (reason, id) in &malformed_ids {
+        let entry = dlq
+            .get(id)
+            .unwrap_or_else(|| panic!("{reason} intent {id} missing from the DLQ"));
+        assert_eq!(entry["reason"], *reason, "intent {id}");
+        assert!(!entry["error"].is_empty());
+        assert!(serde_json::from_str::<serde_json::Value>(&entry["raw"]).is_ok());
+    }
+    assert_eq!(plans.len(), 7);
+
+    let log = stack.log(Service::Bridge);
+    for line in [
+        "Intent Bridge - trade.intent → apply.plan [intent-bridge-ledger-open-v1]",
+        "Require ledger for OPEN: false",
+        "Skip flat SELL: true",
+        "Config: allowlist=BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT",
+        "LEDGER_MISSING_OPEN allowed: symbol=BTCUSDT side=BUY",
+        "LEDGER_MISSING_OPEN allowed: symbol=ETHUSDT side=BUY",
+        "Skip publish: ETHUSDT SELL but ledger unknown",
+        "Skip publish: SOLUSDT SELL but ledger flat",
+        "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol=DOGEUSDT",
+        "Publishing plan for BTCUSDT BUY: leverage=1, sl=None, tp=None",
+        "Publishing plan for ETHUSDT BUY: leverage=3, sl=2800, tp=3300",
+        "Publishing plan for ZECUSDT SELL: leverage=1, sl=None, tp=None",
+        "DLQ intent",
+    ] {
+        assert!(log.contains(line), "bridge log lacks {line:?}:\n{log}");
+    }
+    assert!(
+        !log.contains("LEDGER_MISSING_OPEN allowed: symbol=ZECUSDT"),
+        "ZEC has a ledger"
+    );
+
+    assert!(stack.stop(Service::Bridge), "bridge exits 0 on SIGTERM");
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Intent Bridge stopped: consumed=25 published=7"));
+}
+
+#[tokio::test]
+async fn strict_mode_restores_the_old_gate() {
+    let mut stack = seeded_stack().await;
+    stack.start(
+        Service::Bridge,
+        &[
+            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "true"),
+        ],
+    );
+    let btc = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    let zec = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    let sol = stack
+        .xadd(INTENT_STREAM, &[("symbol", "SOLUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (plans, _) = outputs(&stack).await;
+    assert!(!plans.contains_key(&btc), "no ledger, strict: skipped");
+    assert!(
+        plans.contains_key(&zec) && plans.contains_key(&sol),
+        "ledgers exist (a flat one counts)"
+    );
+    let log = stack.log(Service::Bridge);
+    assert!(log.contains("Require ledger for OPEN: true"));
+    assert!(log.contains("Skip publish: BTCUSDT BUY but ledger unknown (strict mode)"));
+    assert!(!log.contains("LEDGER_MISSING_OPEN"));
+}
+
+#[tokio::test]
+async fn exposure_gate_refuses_buys_but_not_sells() {
+    let mut stack = seeded_stack().await;
+    stack
+        .hset("quantum:position:ledger:ZECUSDT", &[("notional_usd", "85000")])
+        .await;
+    stack.start(Service::Bridge, &[("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST)]);
+    let buy = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    let sell = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (plans, _) = outputs(&stack).await;
+    assert!(!plans.contains_key(&buy));
+    assert!(plans.contains_key(&sell));
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Skip publish: BTCUSDT BUY rejected (exposure=85.0% >= MAX=80.0%)"));
+}
+
+#[tokio::test]
+async fn flat_sell_skipping_can_be_switched_off_and_eps_widens_flat() {
+    let mut stack = seeded_stack().await;
+    stack
+        .hset("quantum:position:ledger:ZECUSDT", &[("position_amt", "0.0005")])
+        .await;
+    stack.start(
+        Service::Bridge,
+        &[
+            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_FLAT_EPS", "0.001"),
+        ],
+    );
+    let zec = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(
+        !outputs(&stack).await.0.contains_key(&zec),
+        "|0.0005| <= eps 0.001 is flat"
+    );
+    assert!(stack.stop(Service::Bridge));
+
+    stack.start(
+        Service::Bridge,
+        &[
+            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_SKIP_FLAT_SELL", "false"),
+        ],
+    );
+    let eth = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ETHUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(
+        outputs(&stack).await.0.contains_key(&eth),
+        "SELL without ledger passes when skipping is off"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_fast_with_a_clear_message() {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Bridge, &[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,BAD/SYM")]);
+    let proc = stack.process(Service::Bridge);
+    support::wait_for("bridge exit", || {
+        let exited = proc.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("INTENT_BRIDGE_ALLOWLIST: symbol \"BAD/SYM\""));
+
+    stack.start(Service::Bridge, &[("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "maybe")]);
+    let proc = stack.process(Service::Bridge);
+    support::wait_for("bridge exit", || {
+        let code = proc.exited();
+        async move { code == Some(Some(2)) }
+    })
+    .await;
+    assert!(stack.log(Service::Bridge).contains("\"maybe\" is not true/false"));
+}
+
+#[tokio::test]
+async fn a_missing_group_is_created_and_a_deleted_pending_entry_is_acknowledged() {
+    let mut stack = Stack::new().await;
+    // An entry delivered to the bridge's consumer, then deleted before it was processed.
+    let id = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    let _: Value = stack
+        .client
+        .xgroup_create(INTENT_STREAM, INTENT_GROUP, "0", true)
+        .await
+        .unwrap();
+    let consumer = format!("intent_bridge-{}", quantum_common::config::hostname());
+    let _: Value = stack
+        .client
+        .xreadgroup(
+            INTENT_GROUP,
+            consumer.as_str(),
+            Some(10),
+            None,
+            false,
+            INTENT_STREAM,
+            ">",
+        )
+        .await
+        .unwrap();
+    let _: u64 = stack.client.xdel(INTENT_STREAM, id.as_str()).await.unwrap();
+    stack.start(Service::Bridge, &[]);
+    stack
+        .wait_log(Service::Bridge, "were deleted before processing; acknowledging them")
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+}

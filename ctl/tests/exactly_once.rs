@@ -1,0 +1,246 @@
+//! Exactly once across redelivery, crashes and outages: no plan lost or doubled, no second
+//! order, no fill counted twice.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::Decimal;
+
+use quantum_common::contract::*;
+use quantum_common::redis_server::RedisServer;
+use quantum_common::types::{Side, Symbol};
+use quantumctl::facts::{exactly_once_problems, wait_idle};
+use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::stack::Service;
+use support::{wait_for, Stack, TIMEOUT};
+
+const ALL_SERVICES: [Service; 3] = [Service::Ledger, Service::Executor, Service::Bridge];
+
+fn env_for(service: Service) -> Vec<(&'static str, String)> {
+    match service {
+        Service::Bridge => vec![
+            ("INTENT_BRIDGE_ALLOWLIST", DEMO_SYMBOLS.join(",")),
+            ("MAX_EXPOSURE_PCT", "1000000".into()),
+        ],
+        // Small batches so kills land mid-batch; quick reclaim of a dead consumer's entries.
+        _ => vec![],
+    }
+}
+
+fn start(stack: &mut Stack, service: Service) {
+    let mut env = env_for(service);
+    env.push(("STREAM_BATCH_SIZE", "25".into()));
+    env.push(("STREAM_CLAIM_IDLE_MS", "2000".into()));
+    env.push(("STREAM_CLAIM_INTERVAL_MS", "1000".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    stack.start(service, &pairs);
+}
+
+/// Starts all three services and waits until each is consuming (the executor has published
+/// the mark prices `position_usd` intents are sized with).
+async fn start_all(stack: &mut Stack) {
+    for s in ALL_SERVICES {
+        start(stack, s);
+    }
+    for s in ALL_SERVICES {
+        stack.wait_log(s, "Consumer ready").await;
+    }
+}
+
+fn buys(n: usize) -> Vec<Vec<(String, String)>> {
+    (0..n)
+        .map(|i| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
+            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
+        })
+        .collect()
+}
+
+/// Every intent became exactly one plan, every plan exactly one result and at most one order,
+/// every fill was applied once, and each ledger equals the venue's position.
+async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
+    let plans = stack.entries(PLAN_STREAM).await;
+    let by_intent: HashMap<String, usize> = plans.iter().fold(HashMap::new(), |mut m, p| {
+        *m.entry(p.get("intent_id").unwrap_or_default().to_string()).or_default() += 1;
+        m
+    });
+    for id in intent_ids {
+        assert_eq!(by_intent.get(id), Some(&1), "intent {id} must produce exactly one plan");
+    }
+    assert_eq!(plans.len(), intent_ids.len());
+
+    let results = stack.entries(RESULT_STREAM).await;
+    let mut seen = HashSet::new();
+    for r in &results {
+        assert!(
+            seen.insert(r.get("plan_id").unwrap_or_default().to_string()),
+            "second result for {:?}",
+            r.get("plan_id")
+        );
+    }
+    assert_eq!(results.len(), plans.len(), "one result per plan");
+    let fills = stack.xlen(LEDGER_COMMIT_STREAM).await;
+    let filled = results.iter().filter(|r| r.get("executed") == Some("true")).count() as u64;
+    assert_eq!(fills, filled, "one fill per executed order");
+
+    let problems = exactly_once_problems(&stack.client, &HashMap::new()).await.unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    for symbol in DEMO_SYMBOLS {
+        let ledger = stack.hash(&format!("quantum:position:ledger:{symbol}")).await;
+        let snapshot = stack.hash(&format!("quantum:position:snapshot:{symbol}")).await;
+        assert_eq!(
+            ledger.get("position_amt"),
+            snapshot.get("position_amt"),
+            "{symbol}: ledger vs venue"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replaying_every_group_from_zero_changes_nothing() {
+    let mut stack = Stack::new().await;
+    start_all(&mut stack).await;
+    let ids = publish(&stack.client, &buys(120), 0).await.unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_exactly_once(&stack, &ids).await;
+    let ledgers_before: Vec<_> = futures_ledgers(&stack).await;
+    let (results_before, fills_before) = (stack.xlen(RESULT_STREAM).await, stack.xlen(LEDGER_COMMIT_STREAM).await);
+    let paper_orders_before = paper_orders(&stack).await;
+
+    // Replay the executor's and the ledger's streams from the start.
+    for (stream, group) in [(PLAN_STREAM, PLAN_GROUP), (LEDGER_COMMIT_STREAM, LEDGER_GROUP)] {
+        let _: Value = stack.client.xgroup_setid(stream, group, "0").await.unwrap();
+    }
+    stack.wait_log(Service::Executor, "Duplicate plan").await;
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_eq!(stack.xlen(RESULT_STREAM).await, results_before, "no second result");
+    assert_eq!(stack.xlen(LEDGER_COMMIT_STREAM).await, fills_before, "no second fill");
+    assert_eq!(paper_orders(&stack).await, paper_orders_before, "no second order");
+    assert_eq!(futures_ledgers(&stack).await, ledgers_before, "no ledger change");
+    stack.wait_log(Service::Ledger, "LEDGER_DUPLICATE").await;
+
+    // Replay the bridge too: every intent is recognised as processed and nothing is published
+    // again (a mark-priced intent would otherwise be re-sized into a different plan).
+    let _: Value = stack
+        .client
+        .xgroup_setid(INTENT_STREAM, INTENT_GROUP, "0")
+        .await
+        .unwrap();
+    let plans_before = stack.xlen(PLAN_STREAM).await;
+    stack
+        .wait_log(Service::Bridge, "(a replay); acknowledged without publishing")
+        .await;
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_eq!(stack.xlen(PLAN_STREAM).await, plans_before, "no plan published twice");
+    assert_eq!(stack.xlen(RESULT_STREAM).await, results_before);
+    assert_eq!(stack.xlen(LEDGER_COMMIT_STREAM).await, fills_before);
+    assert_eq!(paper_orders(&stack).await, paper_orders_before);
+    assert_eq!(futures_ledgers(&stack).await, ledgers_before);
+}
+
+async fn futures_ledgers(stack: &Stack) -> Vec<HashMap<String, String>> {
+    let mut out = Vec::new();
+    for symbol in DEMO_SYMBOLS {
+        out.push(stack.hash(&format!("quantum:position:ledger:{symbol}")).await);
+    }
+    out
+}
+
+async fn paper_orders(stack: &Stack) -> usize {
+    quantum_common::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn sigkill_mid_batch_loses_and_doubles_nothing() {
+    let mut stack = Stack::new().await;
+    start_all(&mut stack).await;
+    let intents = buys(1500);
+    let client = stack.client.clone();
+    let feeder = tokio::spawn(async move { publish(&client, &intents, 600).await.unwrap() });
+
+    // Kill each service several times while work is flowing, each time as soon as its output
+    // has grown, so the kill lands inside a batch; then restart it.
+    let watched = [
+        (Service::Executor, RESULT_STREAM),
+        (Service::Ledger, LEDGER_COMMIT_STREAM),
+        (Service::Bridge, PLAN_STREAM),
+    ];
+    for round in 0..3 {
+        for (service, stream) in watched {
+            let before = stack.xlen(stream).await;
+            let c = stack.client.clone();
+            wait_for(
+                &format!("{} to make progress (round {round})", service.binary()),
+                || {
+                    let c = c.clone();
+                    async move { c.xlen::<u64, _>(stream).await.unwrap() > before + 20 }
+                },
+            )
+            .await;
+            stack.kill(service);
+            start(&mut stack, service);
+        }
+    }
+    // The ledger's progress is its acks, not its stream: kill it again right after a batch read.
+    stack.kill(Service::Ledger);
+    start(&mut stack, Service::Ledger);
+
+    let ids = feeder.await.unwrap();
+    assert!(
+        wait_idle(&stack.client, TIMEOUT).await.unwrap(),
+        "pipeline drains after the crashes"
+    );
+    assert_exactly_once(&stack, &ids).await;
+    for s in ALL_SERVICES {
+        assert!(stack.log(s).contains("Consumer ready"), "{} restarted", s.binary());
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_retried_and_nothing_is_lost() {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).unwrap();
+    let mut stack = Stack::with_redis(redis).await;
+    start_all(&mut stack).await;
+    let first = publish(&stack.client, &buys(100), 0).await.unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+
+    stack.redis.kill();
+    stack.wait_log(Service::Bridge, "backing off").await;
+    stack.redis.restart().unwrap();
+
+    let c = stack.client.clone();
+    wait_for("test client reconnect", || {
+        let c = c.clone();
+        async move { c.ping::<String>(None).await.is_ok() }
+    })
+    .await;
+    let intents: Vec<_> = buys(200).into_iter().skip(100).collect();
+    let second = publish(&stack.client, &intents, 0).await.unwrap();
+    assert!(
+        wait_idle(&stack.client, TIMEOUT).await.unwrap(),
+        "services resume after the outage"
+    );
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_exactly_once(&stack, &all).await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_batch_and_exits_cleanly() {
+    let mut stack = Stack::new().await;
+    start_all(&mut stack).await;
+    let ids = publish(&stack.client, &buys(60), 0).await.unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    for s in ALL_SERVICES {
+        assert!(stack.stop(s), "{} exits 0 on SIGTERM", s.binary());
+        let log = stack.log(s);
+        assert!(log.contains("SIGTERM received: finishing the batch in hand"), "{log}");
+        assert!(log.contains("stopped"), "{log}");
+    }
+    assert_exactly_once(&stack, &ids).await;
+}

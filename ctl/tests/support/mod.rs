@@ -1,0 +1,145 @@
+//! Test harness: a real redis-server per test on a free loopback port, the real service
+//! binaries as child processes, and waits on conditions with timeouts (no sleeps-and-hope).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use quantum_common::config::RedisArgs;
+use quantum_common::consumer::group_backlog;
+use quantum_common::fields::StreamEntry;
+use quantum_common::redis_server::RedisServer;
+use quantumctl::facts::entries_after;
+use quantumctl::stack::{base_env, Service, ServiceProcess};
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct Stack {
+    pub redis: RedisServer,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+    procs: HashMap<Service, ServiceProcess>,
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        Self::with_redis(RedisServer::start().expect("start redis-server")).await
+    }
+
+    pub async fn with_redis(redis: RedisServer) -> Self {
+        let client = RedisArgs::from_url(&redis.url())
+            .connect(&tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("connect to test redis");
+        let env = base_env(&redis.url());
+        Self {
+            redis,
+            client,
+            dir: tempfile::tempdir().expect("temp dir"),
+            env,
+            procs: HashMap::new(),
+        }
+    }
+
+    pub fn log_path(&self, service: Service) -> std::path::PathBuf {
+        self.dir.path().join(format!("{}.log", service.binary()))
+    }
+
+    /// Starts a service with the stack's env plus `extra`.
+    pub fn start(&mut self, service: Service, extra: &[(&str, &str)]) {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let proc = ServiceProcess::start(service, &env, &self.log_path(service)).expect("start service");
+        self.procs.insert(service, proc);
+    }
+
+    /// SIGTERM and wait; returns whether it exited cleanly with status 0.
+    pub fn stop(&mut self, service: Service) -> bool {
+        self.procs
+            .remove(&service)
+            .map(|p| p.stop(Duration::from_secs(20)))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, service: Service) {
+        if let Some(p) = self.procs.remove(&service) {
+            p.kill();
+        }
+    }
+
+    pub fn process(&mut self, service: Service) -> &mut ServiceProcess {
+        self.procs.get_mut(&service).expect("service running")
+    }
+
+    pub fn log(&self, service: Service) -> String {
+        std::fs::read_to_string(self.log_path(service)).unwrap_or_default()
+    }
+
+    pub async fn entries(&self, stream: &str) -> Vec<StreamEntry> {
+        entries_after(&self.client, stream, "-").await.expect("read stream")
+    }
+
+    pub async fn xadd(&self, stream: &str, fields: &[(&str, &str)]) -> String {
+        let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.client
+            .xadd::<String, _, _, _, _>(stream, false, None, "*", pairs)
+            .await
+            .expect("xadd")
+    }
+
+    pub async fn hash(&self, key: &str) -> HashMap<String, String> {
+        let v: Value = self.client.hgetall(key).await.expect("hgetall");
+        quantum_common::fields::hash_pairs(v).into_iter().collect()
+    }
+
+    pub async fn hset(&self, key: &str, fields: &[(&str, &str)]) {
+        let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.client.hset::<(), _, _>(key, pairs).await.expect("hset");
+    }
+
+    pub async fn xlen(&self, stream: &str) -> u64 {
+        self.client.xlen(stream).await.expect("xlen")
+    }
+
+    /// Waits until `group` on `stream` has consumed and acknowledged everything.
+    pub async fn wait_group_idle(&self, stream: &str, group: &str) {
+        let client = self.client.clone();
+        wait_for(&format!("{group} idle on {stream}"), || {
+            let client = client.clone();
+            async move { matches!(group_backlog(&client, stream, group).await, Ok(Some(b)) if b.is_idle()) }
+        })
+        .await;
+    }
+
+    /// Waits until the log of `service` contains `needle`.
+    pub async fn wait_log(&self, service: Service, needle: &str) {
+        let path = self.log_path(service);
+        wait_for(&format!("{needle:?} in the {} log", service.binary()), || {
+            let path = path.clone();
+            async move { std::fs::read_to_string(path).unwrap_or_default().contains(needle) }
+        })
+        .await;
+    }
+}
+
+/// Polls `condition` every 25 ms until it holds; panics after [`TIMEOUT`] naming `what`.
+pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {TIMEOUT:?} waiting for {what}");
+}
