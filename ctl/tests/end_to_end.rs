@@ -1,0 +1,259 @@
+//! The whole story through the operator's tools: `quantumctl demo`, the proof script on a
+//! good and on broken live stacks, `quantumctl sim` and `quantumctl status`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use quantum_common::contract::*;
+use quantumctl::facts::wait_idle;
+use quantumctl::stack::Service;
+use support::{Stack, TIMEOUT};
+
+const ALLOWLIST: &str = "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT,DOGEUSDT";
+
+fn proof_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proofs/proof_intent_bridge_ledger_gate.sh")
+}
+
+fn run_proof(stack: &Stack) -> (i32, String) {
+    let out: Output = Command::new("bash")
+        .arg(proof_script())
+        .arg("--log-file")
+        .arg(stack.log_path(Service::Bridge))
+        .env("REDIS_URL", stack.redis.url())
+        .output()
+        .expect("run proof script");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quantumctl"));
+    cmd.args(args).env_remove("REDIS_URL").env_remove("REDIS_HOST");
+    if let Some(url) = redis_url {
+        cmd.env("REDIS_URL", url);
+    }
+    let out = cmd.output().expect("run quantumctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+async fn live_stack(strict: bool) -> Stack {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Ledger, &[]);
+    stack.start(Service::Executor, &[]);
+    stack.start(
+        Service::Bridge,
+        &[
+            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            (
+                "INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN",
+                if strict { "true" } else { "false" },
+            ),
+        ],
+    );
+    for s in [Service::Ledger, Service::Executor, Service::Bridge] {
+        stack.wait_log(s, "Consumer ready").await;
+    }
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "10"), ("version", "1")],
+        )
+        .await;
+    // BUYs for every symbol, then SELLs: ZEC and the freshly opened ones flow, DOGE's SELL
+    // arrives before any DOGE fill and is blocked.
+    stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "DOGEUSDT"), ("side", "SELL"), ("qty", "10")],
+        )
+        .await;
+    for sym in ALLOWLIST.split(',') {
+        stack
+            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "BUY"), ("quantity", "2")])
+            .await;
+    }
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    for sym in ["BTCUSDT", "ZECUSDT"] {
+        stack
+            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "SELL"), ("quantity", "1")])
+            .await;
+    }
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    stack
+}
+
+#[tokio::test]
+async fn proof_passes_on_the_fixed_stack() {
+    let stack = live_stack(false).await;
+    let (code, out) = run_proof(&stack);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PROOF PASSED: 7/7 checks"), "{out}");
+    assert!(
+        out.contains("SELL blocked without ledger: every SELL plan has a ledger; 1 SELLs skipped"),
+        "{out}"
+    );
+    assert!(out.contains("symbol diversity: 5 symbols"), "{out}");
+    assert!(out.contains("EXECUTE=7 BLOCKED=0"), "{out}");
+}
+
+#[tokio::test]
+async fn proof_fails_on_a_strict_stack_naming_the_checks() {
+    let stack = live_stack(true).await;
+    let (code, out) = run_proof(&stack);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[2/7] FAIL  require ledger for OPEN: last start logged 'true'"),
+        "{out}"
+    );
+    assert!(out.contains("[3/7] FAIL  LEDGER_MISSING_OPEN"), "{out}");
+    assert!(out.contains("[6/7] FAIL  symbol diversity: 1 symbols"), "{out}");
+    assert!(
+        out.contains("failed: 2 (require ledger for OPEN) 3 (LEDGER_MISSING_OPEN) 6 (symbol diversity)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn proof_fails_when_a_sell_was_published_without_a_ledger() {
+    let stack = live_stack(false).await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &[
+                ("plan_id", "ffffffffffffffff"),
+                ("decision", "BLOCKED"),
+                ("symbol", "XRPUSDT"),
+                ("side", "SELL"),
+                ("qty", "1"),
+            ],
+        )
+        .await;
+    let (code, out) = run_proof(&stack);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "[5/7] FAIL  SELL blocked without ledger: SELL plans published for symbols with no ledger: XRPUSDT"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("EXECUTE=7 BLOCKED=1"), "{out}");
+}
+
+#[test]
+fn proof_refuses_to_run_without_a_log_source() {
+    let out = Command::new("bash")
+        .arg(proof_script())
+        .args(["--log-file", "/nonexistent/bridge.log"])
+        .output()
+        .expect("run proof");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read log file"));
+}
+
+#[test]
+fn demo_shows_the_deadlock_then_the_fix() {
+    let (code, out) = quantumctl(&["demo"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("started a throwaway redis-server"), "{out}");
+    let row = |label: &str| {
+        out.lines()
+            .find(|l| l.starts_with(label))
+            .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {label} row in:\n{out}"))
+    };
+    assert_eq!(row("symbols in apply.plan"), vec!["11", "1"]);
+    assert_eq!(row("symbols executing"), vec!["11", "1"]);
+    assert!(
+        out.contains("BUY published / skipped                      1 / 10             11 / 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("SELL published / skipped                     1 / 10             11 / 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("LEDGER_MISSING_OPEN lines                         0                 10"),
+        "{out}"
+    );
+    assert!(out.contains("PASS: strict mode reproduces the deadlock"), "{out}");
+}
+
+#[tokio::test]
+async fn sim_publishes_every_format_and_status_shows_the_pipeline() {
+    let mut stack = Stack::new().await;
+    for s in [Service::Ledger, Service::Executor, Service::Bridge] {
+        stack.start(s, &[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT,SOLUSDT")]);
+    }
+    for s in [Service::Ledger, Service::Executor, Service::Bridge] {
+        stack.wait_log(s, "Consumer ready").await;
+    }
+    let url = stack.redis.url();
+    let (code, out) = quantumctl(
+        &[
+            "sim",
+            "--count",
+            "54",
+            "--rate",
+            "600",
+            "--symbols",
+            "BTCUSDT,ETHUSDT,SOLUSDT",
+            "--format",
+            "mixed",
+        ],
+        Some(&url),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("published 54 intents"), "{out}");
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    // Now that ledgers exist, SELLs (every intent a SELL) go through.
+    let (code, out) = quantumctl(
+        &[
+            "sim",
+            "--count",
+            "6",
+            "--symbols",
+            "BTCUSDT,ETHUSDT,SOLUSDT",
+            "--sell-every",
+            "1",
+            "--usd",
+            "20",
+        ],
+        Some(&url),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_eq!(stack.xlen(INTENT_DLQ_STREAM).await, 0, "every simulated format parses");
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(
+        plans.iter().filter(|p| p.get("side") == Some("SELL")).count(),
+        6,
+        "SELLs flow once ledgers exist"
+    );
+
+    let (code, out) = quantumctl(&["status"], Some(&url));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("quantum:stream:trade.intent                  60"), "{out}");
+    assert!(out.contains("quantum:group:intent_bridge"), "{out}");
+    for sym in ["BTCUSDT", "ETHUSDT", "SOLUSDT"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(sym) && l.contains("LONG")),
+            "{sym} ledger row in:\n{out}"
+        );
+    }
+
+    let (code, out) = quantumctl(&["sim", "--symbols", "BAD/SYM"], Some(&url));
+    assert_eq!(code, 2);
+    assert!(out.contains("--symbols: symbol \"BAD/SYM\""), "{out}");
+}

@@ -1,0 +1,351 @@
+//! Executor and ledger behaviour on a real redis-server: non-executed and malformed plans,
+//! venue rejections, malformed fills, reconcile with exchange truth.
+
+mod support;
+
+use quantum_common::contract::*;
+use quantumctl::stack::Service;
+use support::Stack;
+
+const PLAN_ID: &str = "00112233445566aa";
+
+fn plan<'a>(
+    plan_id: &'a str,
+    decision: &'a str,
+    side: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut fields = vec![
+        ("plan_id", plan_id),
+        ("decision", decision),
+        ("symbol", "BTCUSDT"),
+        ("side", side),
+        ("type", "MARKET"),
+        ("qty", "0.01"),
+        ("reduceOnly", "false"),
+        ("leverage", "1"),
+    ];
+    for (k, v) in extra {
+        match fields.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v,
+            None => fields.push((k, v)),
+        }
+    }
+    fields
+}
+
+#[tokio::test]
+async fn executor_reports_every_plan_once_whatever_its_fate() {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Executor, &[]);
+    stack.wait_log(Service::Executor, "Consumer ready").await;
+    stack.xadd(PLAN_STREAM, &plan(PLAN_ID, "EXECUTE", "BUY", &[])).await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &plan("00112233445566bb", "BLOCKED", "BUY", &[("reason", "risk_governor")]),
+        )
+        .await;
+    stack
+        .xadd(PLAN_STREAM, &plan("00112233445566cc", "SKIP", "SELL", &[]))
+        .await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &plan(
+                "00112233445566dd",
+                "EXECUTE",
+                "SELL",
+                &[("reduceOnly", "true"), ("qty", "5")],
+            ),
+        )
+        .await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &plan("00112233445566ee", "EXECUTE", "BUY", &[("qty", "0.0001")]),
+        )
+        .await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &plan(
+                "00112233445566ff",
+                "EXECUTE",
+                "BUY",
+                &[("type", "LIMIT"), ("price", "1")],
+            ),
+        )
+        .await;
+    stack
+        .xadd(
+            PLAN_STREAM,
+            &[("plan_id", "nothex"), ("decision", "EXECUTE"), ("symbol", "BTCUSDT")],
+        )
+        .await;
+    stack.xadd(PLAN_STREAM, &plan(PLAN_ID, "EXECUTE", "BUY", &[])).await; // redelivered copy
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+
+    let results = stack.entries(RESULT_STREAM).await;
+    let by_plan = |id: &str| {
+        results
+            .iter()
+            .filter(|r| r.get("plan_id") == Some(id))
+            .collect::<Vec<_>>()
+    };
+    let filled = by_plan(PLAN_ID);
+    assert_eq!(filled.len(), 1, "the duplicate plan gets no second result");
+    assert_eq!(filled[0].get("executed"), Some("true"));
+    assert_eq!(filled[0].get("order_id"), Some("qib-00112233445566aa"));
+    assert_eq!(filled[0].get("filled_qty"), Some("0.01"));
+    assert!(filled[0].get("avg_price").unwrap().parse::<f64>().unwrap() > 60_000.0);
+
+    let blocked = by_plan("00112233445566bb");
+    assert_eq!(
+        (blocked[0].get("executed"), blocked[0].get("decision")),
+        (Some("false"), Some("BLOCKED"))
+    );
+    assert_eq!(blocked[0].get("error"), Some("risk_governor"));
+    assert_eq!(by_plan("00112233445566cc")[0].get("error"), Some("decision SKIP"));
+    let reduce_only = by_plan("00112233445566dd");
+    assert_eq!(reduce_only[0].get("executed"), Some("false"));
+    assert!(reduce_only[0]
+        .get("error")
+        .unwrap()
+        .contains("ReduceOnly Order is rejected"));
+    assert!(by_plan("00112233445566ee")[0]
+        .get("error")
+        .unwrap()
+        .contains("below the step size"));
+    assert!(by_plan("00112233445566ff")[0]
+        .get("error")
+        .unwrap()
+        .contains("not marketable"));
+    let malformed = by_plan("nothex");
+    assert_eq!(malformed.len(), 1);
+    assert!(malformed[0].get("error").unwrap().contains("malformed plan"));
+    assert_eq!(results.len(), 7);
+
+    // One fill, handed to the ledger; the order record tells the story.
+    let fills = stack.entries(LEDGER_COMMIT_STREAM).await;
+    assert_eq!(fills.len(), 1);
+    assert_eq!(fills[0].get("fill_id"), Some("qib-00112233445566aa-1"));
+    let order = stack.hash("quantum:order:qib-00112233445566aa").await;
+    assert_eq!(order.get("state").map(String::as_str), Some("FILLED"));
+    let rejected = stack.hash("quantum:order:qib-00112233445566dd").await;
+    assert_eq!(rejected.get("state").map(String::as_str), Some("REJECTED"));
+    let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
+    assert_eq!(snapshot.get("position_amt").map(String::as_str), Some("0.01"));
+    assert_eq!(snapshot.get("side").map(String::as_str), Some("LONG"));
+
+    let log = stack.log(Service::Executor);
+    assert!(log.contains("ORDER FILLED symbol=BTCUSDT side=BUY qty=0.01 price="));
+    assert!(log.contains("order_id=qib-00112233445566aa plan_id=00112233445566aa"));
+    assert!(log.contains("ORDER REJECTED symbol=BTCUSDT side=SELL"));
+    assert!(log.contains("Duplicate plan 00112233445566aa"));
+    assert!(log.contains("Malformed plan"));
+}
+
+#[tokio::test]
+async fn live_mode_is_refused_with_a_clear_message() {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Executor, &[("INTENT_EXECUTOR_MODE", "live")]);
+    stack
+        .wait_log(Service::Executor, "the Binance venue is not part of this build yet")
+        .await;
+}
+
+#[tokio::test]
+async fn ledger_applies_fills_once_and_dead_letters_malformed_ones() {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Ledger, &[("LEDGER_RECONCILE", "false")]);
+    let fill = |id: &'static str, side: &'static str, qty: &'static str, price: &'static str| {
+        vec![
+            ("fill_id", id),
+            ("order_id", "qib-1"),
+            ("plan_id", PLAN_ID),
+            ("symbol", "ETHUSDT"),
+            ("side", side),
+            ("qty", qty),
+            ("price", price),
+            ("fee", "0.1"),
+            ("leverage", "2"),
+            ("ts", "1"),
+        ]
+    };
+    stack.xadd(LEDGER_COMMIT_STREAM, &fill("f1", "BUY", "2", "3000")).await;
+    stack.xadd(LEDGER_COMMIT_STREAM, &fill("f2", "BUY", "1", "3300")).await;
+    stack.xadd(LEDGER_COMMIT_STREAM, &fill("f1", "BUY", "2", "3000")).await; // duplicate
+    stack
+        .xadd(LEDGER_COMMIT_STREAM, &fill("f3", "SELL", "1.5", "3200"))
+        .await;
+    let bad = stack
+        .xadd(
+            LEDGER_COMMIT_STREAM,
+            &[("fill_id", "f4"), ("symbol", "ETHUSDT"), ("qty", "x")],
+        )
+        .await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+
+    let ledger = stack.hash("quantum:position:ledger:ETHUSDT").await;
+    let get = |k: &str| ledger.get(k).map(String::as_str);
+    assert_eq!(get("position_amt"), Some("1.5"));
+    assert_eq!(get("side"), Some("LONG"));
+    assert_eq!(get("avg_entry_price"), Some("3100"));
+    // 1.5 * (3200 - 3100) - 3 fees of 0.1
+    assert_eq!(get("realized_pnl"), Some("149.7"));
+    assert_eq!(
+        (get("fills"), get("last_fill_id"), get("source")),
+        (Some("3"), Some("f3"), Some("fill"))
+    );
+    assert_eq!(get("leverage"), Some("2"));
+    let dlq = stack.entries(LEDGER_COMMIT_DLQ_STREAM).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].get("source_id"), Some(bad.as_str()));
+    assert!(dlq[0].get("error").unwrap().contains("order_id"));
+    let log = stack.log(Service::Ledger);
+    assert!(log.contains("LEDGER_COMMIT symbol=ETHUSDT fill_id=f1"));
+    assert!(log.contains("LEDGER_DUPLICATE symbol=ETHUSDT fill_id=f1"));
+    assert!(log.contains("DLQ ledger.commit"));
+}
+
+#[tokio::test]
+async fn reconcile_lets_exchange_truth_win_after_the_grace_period() {
+    let mut stack = Stack::new().await;
+    stack
+        .hset(
+            "quantum:position:ledger:SOLUSDT",
+            &[
+                ("position_amt", "3"),
+                ("avg_entry_price", "150"),
+                ("fills", "2"),
+                ("last_update_ts", "1000"),
+                ("version", "4"),
+            ],
+        )
+        .await;
+    let now = quantum_common::time::now_ms().to_string();
+    stack
+        .hset(
+            "quantum:position:snapshot:SOLUSDT",
+            &[
+                ("position_amt", "2"),
+                ("entry_price", "151"),
+                ("mark_price", "152"),
+                ("leverage", "3"),
+                ("ts", now.as_str()),
+            ],
+        )
+        .await;
+    // Exchange truth for a symbol the ledger never saw, and a stale snapshot that must be ignored.
+    stack
+        .hset(
+            "quantum:position:snapshot:AVAXUSDT",
+            &[("position_amt", "-4"), ("entry_price", "30"), ("ts", now.as_str())],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:ledger:LINKUSDT",
+            &[
+                ("position_amt", "1"),
+                ("last_update_ts", now.as_str()),
+                ("version", "1"),
+            ],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:snapshot:LINKUSDT",
+            &[("position_amt", "9"), ("ts", "5")],
+        )
+        .await;
+
+    stack.start(
+        Service::Ledger,
+        &[
+            ("LEDGER_RECONCILE_INTERVAL_MS", "100"),
+            ("LEDGER_RECONCILE_GRACE_MS", "300"),
+        ],
+    );
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=SOLUSDT ledger_amt=3 exchange_amt=2 drift=-1 action=observed",
+        )
+        .await;
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=SOLUSDT ledger_amt=3 exchange_amt=2 drift=-1 action=applied",
+        )
+        .await;
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=AVAXUSDT ledger_amt=none exchange_amt=-4 drift=-4 action=applied",
+        )
+        .await;
+
+    let sol = stack.hash("quantum:position:ledger:SOLUSDT").await;
+    let get = |k: &str| sol.get(k).map(String::as_str);
+    assert_eq!(
+        (get("position_amt"), get("avg_entry_price"), get("leverage")),
+        (Some("2"), Some("151"), Some("3"))
+    );
+    assert_eq!(
+        (get("source"), get("fills"), get("version")),
+        (Some("reconcile"), Some("2"), Some("5"))
+    );
+    let avax = stack.hash("quantum:position:ledger:AVAXUSDT").await;
+    assert_eq!(avax.get("side").map(String::as_str), Some("SHORT"));
+    let link = stack.hash("quantum:position:ledger:LINKUSDT").await;
+    assert_eq!(
+        link.get("position_amt").map(String::as_str),
+        Some("1"),
+        "a stale snapshot never wins"
+    );
+    assert!(!stack.log(Service::Ledger).contains("symbol=LINKUSDT"));
+}
+
+#[tokio::test]
+async fn reconcile_waits_while_fills_are_in_flight() {
+    let mut stack = Stack::new().await;
+    let now = quantum_common::time::now_ms().to_string();
+    stack
+        .hset(
+            "quantum:position:snapshot:SOLUSDT",
+            &[("position_amt", "2"), ("ts", now.as_str())],
+        )
+        .await;
+    // A plan nobody has executed yet: the pipeline is not quiescent.
+    stack.xadd(PLAN_STREAM, &plan(PLAN_ID, "EXECUTE", "BUY", &[])).await;
+    let _: fred::types::Value =
+        fred::prelude::StreamsInterface::xgroup_create(&stack.client, PLAN_STREAM, PLAN_GROUP, "0", true)
+            .await
+            .unwrap();
+    stack.start(
+        Service::Ledger,
+        &[
+            ("LEDGER_RECONCILE_INTERVAL_MS", "50"),
+            ("LEDGER_RECONCILE_GRACE_MS", "100"),
+            ("LEDGER_LOG_LEVEL", "debug"),
+        ],
+    );
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=SOLUSDT deferred: fills or plans in flight",
+        )
+        .await;
+    assert!(stack.hash("quantum:position:ledger:SOLUSDT").await.is_empty());
+
+    // Once the executor has drained the plan (and its fill reached the ledger), truth wins.
+    stack.start(Service::Executor, &[]);
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=SOLUSDT ledger_amt=none exchange_amt=2",
+        )
+        .await;
+}
