@@ -101,6 +101,7 @@ impl RedisArgs {
                 Err(_) => tracing::warn!("Redis at {target} did not answer in 10s, retrying in {delay:?}"),
             }
             let _ = client.quit().await;
+            crate::telemetry::flush_logs();
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(ConnectError::Cancelled(target)),
                 _ = tokio::time::sleep(delay) => {}

@@ -117,6 +117,7 @@ pub async fn run<H: BatchHandler>(
     loop {
         if shutdown.is_cancelled() {
             tracing::info!("Shutdown requested: consumer {} stopped between batches", spec.consumer);
+            crate::telemetry::flush_logs();
             return Ok(());
         }
         if recover_from.is_none() && last_claim.is_none_or(|t| t.elapsed() >= spec.claim_interval) {
@@ -135,6 +136,7 @@ pub async fn run<H: BatchHandler>(
         }
 
         let start_id = recover_from.clone().unwrap_or_else(|| ">".to_string());
+        crate::telemetry::flush_logs();
         let read = read_batch(reader, spec, &start_id, shutdown).await;
         let entries = match read {
             ReadOutcome::Shutdown => continue,
@@ -336,6 +338,7 @@ impl Backoff {
 
     /// Sleeps; returns true when shutdown fired meanwhile.
     async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        crate::telemetry::flush_logs();
         let delay = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(5));
         tokio::select! {

@@ -1,6 +1,7 @@
 //! `quantumctl`: the operator's tool for the quantum pipeline, and the harness the system
 //! tests use to stand up a real local stack.
 
+pub mod bench;
 pub mod demo;
 pub mod facts;
 pub mod sim;

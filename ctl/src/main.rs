@@ -9,7 +9,7 @@ use quantum_common::config::RedisArgs;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
-use quantumctl::{demo, status};
+use quantumctl::{bench, demo, status};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +53,19 @@ enum Command {
         /// USD value of each intent.
         #[arg(long, default_value = "200")]
         usd: Decimal,
+    },
+    /// Measure bridge throughput: preload intents on a throwaway redis-server (or the one given),
+    /// start the bridge and time until all are consumed, gated, published and acknowledged.
+    /// Build with --release for meaningful numbers.
+    Bench {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// How many intents.
+        #[arg(long, default_value_t = 200_000)]
+        count: usize,
+        /// The bridge's STREAM_BATCH_SIZE.
+        #[arg(long, default_value_t = 512)]
+        batch_size: u64,
     },
     /// Show stream lengths, consumer-group lag and pending counts, and the ledgers.
     Status {
@@ -115,6 +128,35 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 "published {} intents to quantum:stream:trade.intent in {secs:.3}s ({:.0}/s)",
                 ids.len(),
                 ids.len() as f64 / secs.max(1e-9)
+            );
+            Ok(true)
+        }
+        Command::Bench {
+            redis,
+            count,
+            batch_size,
+        } => {
+            let (_server, url) = if redis_given(&redis) {
+                (None, redis.url())
+            } else {
+                let server = RedisServer::start().map_err(|e| e.to_string())?;
+                let url = server.url();
+                (Some(server), url)
+            };
+            let client = connect(&RedisArgs::from_url(&url)).await?;
+            let log = std::env::temp_dir().join(format!("quantumctl-bench-bridge-{}.log", std::process::id()));
+            let result = bench::bridge_throughput(&client, &url, count, batch_size, &log)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = client.quit().await;
+            let result = result?;
+            println!(
+                "bridge: {} intents -> {} plans in {:.3}s = {:.0} intents/s (batch {batch_size}; log {})",
+                result.intents,
+                result.plans,
+                result.seconds,
+                result.rate(),
+                log.display()
             );
             Ok(true)
         }

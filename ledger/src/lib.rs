@@ -410,6 +410,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
                 if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
                     tracing::warn!("Reconcile pass failed: {e}");
                 }
+                quantum_common::telemetry::flush_logs();
             }
         })
     });

@@ -3,7 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use quantum_ledger::{run, LedgerArgs};
 
-#[tokio::main]
+// The services allocate many small, short-lived buffers per stream entry; mimalloc handles
+// that pattern markedly better than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = LedgerArgs::parse();
     let _logs = quantum_common::telemetry::init_logging(Some(&args.log_level));
