@@ -14,7 +14,7 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     ledger_key, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
@@ -67,19 +67,6 @@ pub struct BridgeArgs {
     /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
     #[arg(long, env = "INTENT_BRIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-}
-
-/// Parses an on/off flag the way the Python services did, plus the usual yes/no/1/0.
-pub fn parse_flag(raw: &str) -> Result<bool, String> {
-    quantum_common::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
-}
-
-fn parse_non_negative(raw: &str) -> Result<Decimal, String> {
-    let value = parse_decimal("value", raw).map_err(|e| e.to_string())?;
-    if value < Decimal::ZERO {
-        return Err(format!("{raw} is negative"));
-    }
-    Ok(value)
 }
 
 impl BridgeArgs {

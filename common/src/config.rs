@@ -25,7 +25,7 @@ pub enum ConnectError {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RedisArgs {
     /// Full connection URL, redis://[user:pass@]host:port/db (or rediss:// for TLS); wins over the parts below.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Redis host, used when REDIS_URL is unset.
     #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
@@ -146,6 +146,29 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Parses an on/off setting the way the Python services did, plus yes/no/1/0.
+pub fn parse_flag(raw: &str) -> Result<bool, String> {
+    crate::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
+}
+
+/// Parses a decimal setting that must be zero or more.
+pub fn parse_non_negative(raw: &str) -> Result<rust_decimal::Decimal, String> {
+    let value = crate::types::parse_decimal("value", raw).map_err(|e| e.to_string())?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(format!("{raw} must not be negative"));
+    }
+    Ok(value)
+}
+
+/// Parses a decimal setting that must be greater than zero.
+pub fn parse_positive(raw: &str) -> Result<rust_decimal::Decimal, String> {
+    let value = parse_non_negative(raw)?;
+    if value.is_zero() {
+        return Err(format!("{raw} must be greater than zero"));
+    }
+    Ok(value)
+}
+
 /// Consumer-group settings shared by every service.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConsumerArgs {
@@ -189,6 +212,16 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setting_parsers_explain_rejections() {
+        assert_eq!(parse_flag("TRUE"), Ok(true));
+        assert_eq!(parse_flag("0"), Ok(false));
+        assert!(parse_flag("maybe").unwrap_err().contains("not true/false"));
+        assert!(parse_non_negative("-1").unwrap_err().contains("negative"));
+        assert!(parse_positive("0").unwrap_err().contains("greater than zero"));
+        assert_eq!(parse_positive("2.5").unwrap().to_string(), "2.5");
+    }
 
     #[test]
     fn urls_are_redacted() {

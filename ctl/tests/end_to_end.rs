@@ -257,3 +257,24 @@ async fn sim_publishes_every_format_and_status_shows_the_pipeline() {
     assert_eq!(code, 2);
     assert!(out.contains("--symbols: symbol \"BAD/SYM\""), "{out}");
 }
+
+#[test]
+fn help_never_prints_the_redis_password() {
+    for bin in ["quantum-intent-bridge", "quantum-intent-executor", "quantum-ledger"] {
+        let out = Command::new(quantumctl::stack::bin_dir().join(bin))
+            .arg("--help")
+            .env("REDIS_URL", "redis://svc:hunter2-secret@127.0.0.1:1/0")
+            .output()
+            .expect("run --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(
+            text.contains("REDIS_URL") && text.contains("INTENT_") || bin == "quantum-ledger",
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2-secret"),
+            "{bin} --help leaks the password:\n{text}"
+        );
+    }
+}

@@ -18,14 +18,14 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use quantum_common::cas::queue_eval;
-use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::config::{parse_non_negative, parse_positive, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
 use quantum_common::fields::StreamEntry;
 use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::now_ms;
-use quantum_common::types::{parse_decimal, Decision};
+use quantum_common::types::Decision;
 
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
 use venue::{OrderOutcome, OrderRequest, Venue};
@@ -67,42 +67,26 @@ pub struct ExecutorArgs {
     #[arg(long, env = "PAPER_REFERENCE_PRICES", default_value = DEFAULT_REFERENCE_PRICES)]
     pub paper_reference_prices: String,
     /// Paper starting price of symbols not listed in PAPER_REFERENCE_PRICES.
-    #[arg(long, env = "PAPER_DEFAULT_PRICE", default_value = "100", value_parser = positive)]
+    #[arg(long, env = "PAPER_DEFAULT_PRICE", default_value = "100", value_parser = parse_positive)]
     pub paper_default_price: Decimal,
     /// Paper slippage against the mark, in basis points.
-    #[arg(long, env = "PAPER_SLIPPAGE_BPS", default_value = "2", value_parser = non_negative)]
+    #[arg(long, env = "PAPER_SLIPPAGE_BPS", default_value = "2", value_parser = parse_non_negative)]
     pub paper_slippage_bps: Decimal,
     /// Paper taker fee, in basis points of notional.
-    #[arg(long, env = "PAPER_FEE_BPS", default_value = "5", value_parser = non_negative)]
+    #[arg(long, env = "PAPER_FEE_BPS", default_value = "5", value_parser = parse_non_negative)]
     pub paper_fee_bps: Decimal,
     /// Paper quantity step: order quantities are rounded down to a multiple of it.
-    #[arg(long, env = "PAPER_QTY_STEP", default_value = "0.001", value_parser = positive)]
+    #[arg(long, env = "PAPER_QTY_STEP", default_value = "0.001", value_parser = parse_positive)]
     pub paper_qty_step: Decimal,
     /// Paper price tick.
-    #[arg(long, env = "PAPER_PRICE_TICK", default_value = "0.0001", value_parser = positive)]
+    #[arg(long, env = "PAPER_PRICE_TICK", default_value = "0.0001", value_parser = parse_positive)]
     pub paper_price_tick: Decimal,
     /// Paper account equity published to quantum:state:portfolio when none is set.
-    #[arg(long, env = "PAPER_EQUITY_USD", default_value = "100000", value_parser = positive)]
+    #[arg(long, env = "PAPER_EQUITY_USD", default_value = "100000", value_parser = parse_positive)]
     pub paper_equity_usd: Decimal,
     /// Log level when RUST_LOG is unset.
     #[arg(long, env = "INTENT_EXECUTOR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-}
-
-fn positive(raw: &str) -> Result<Decimal, String> {
-    let v = parse_decimal("value", raw).map_err(|e| e.to_string())?;
-    if v <= Decimal::ZERO {
-        return Err(format!("{raw} must be greater than zero"));
-    }
-    Ok(v)
-}
-
-fn non_negative(raw: &str) -> Result<Decimal, String> {
-    let v = parse_decimal("value", raw).map_err(|e| e.to_string())?;
-    if v < Decimal::ZERO {
-        return Err(format!("{raw} must not be negative"));
-    }
-    Ok(v)
 }
 
 impl ExecutorArgs {

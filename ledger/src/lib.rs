@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
-use quantum_common::config::{ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, group_backlog, scan_keys, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     ledger_applied_key, ledger_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP,
@@ -34,7 +34,7 @@ use quantum_common::fill::Fill;
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
 use quantum_common::time::{now_ms, now_secs};
-use quantum_common::types::{parse_decimal, Symbol};
+use quantum_common::types::Symbol;
 
 use logic::{apply_fills, detect_drift, reconciled, DriftTracker};
 
@@ -60,23 +60,11 @@ pub struct LedgerArgs {
     #[arg(long, env = "LEDGER_RECONCILE_GRACE_MS", default_value_t = 15_000)]
     pub reconcile_grace_ms: u64,
     /// Differences in position_amt up to this are not drift.
-    #[arg(long, env = "LEDGER_RECONCILE_EPS", default_value = "0", value_parser = parse_eps)]
+    #[arg(long, env = "LEDGER_RECONCILE_EPS", default_value = "0", value_parser = parse_non_negative)]
     pub reconcile_eps: Decimal,
     /// Log level when RUST_LOG is unset.
     #[arg(long, env = "LEDGER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-}
-
-fn parse_flag(raw: &str) -> Result<bool, String> {
-    quantum_common::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
-}
-
-fn parse_eps(raw: &str) -> Result<Decimal, String> {
-    let v = parse_decimal("eps", raw).map_err(|e| e.to_string())?;
-    if v < Decimal::ZERO {
-        return Err(format!("{raw} must not be negative"));
-    }
-    Ok(v)
 }
 
 /// Why the ledger service stopped.
