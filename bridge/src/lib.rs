@@ -115,6 +115,7 @@ pub struct IntentBridge {
     gates: GateConfig,
     limits: IntentLimits,
     idempotency_ttl: u64,
+    last_summary: std::time::Instant,
     /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
     allowlist: Vec<Symbol>,
     pub stats: BridgeStats,
@@ -144,6 +145,7 @@ impl IntentBridge {
             gates,
             limits,
             idempotency_ttl,
+            last_summary: std::time::Instant::now(),
             allowlist,
             stats: BridgeStats::default(),
         }
@@ -364,8 +366,31 @@ impl BatchHandler for IntentBridge {
             return Err(e);
         }
         self.stats.consumed += batch.len() as u64;
+        if self.last_summary.elapsed() >= STATS_INTERVAL {
+            self.last_summary = std::time::Instant::now();
+            log_stats("Intent Bridge stats", &self.stats);
+        }
         Ok(())
     }
+}
+
+/// How often the running totals are logged.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Logs the running totals, skips counted by reason.
+fn log_stats(prefix: &str, s: &BridgeStats) {
+    let mut skipped: Vec<_> = s.skipped.iter().collect();
+    skipped.sort();
+    let skipped: Vec<String> = skipped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(
+        "{prefix}: consumed={} published={} ledger_missing_open={} malformed={} replayed={} skipped=[{}]",
+        s.consumed,
+        s.published,
+        s.ledger_missing_open,
+        s.malformed,
+        s.replayed,
+        skipped.join(",")
+    );
 }
 
 /// The marker that an intent entry was processed (kept for INTENT_BRIDGE_IDEMPOTENCY_TTL).
@@ -434,15 +459,6 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     };
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
-    let s = &bridge.stats;
-    tracing::info!(
-        "Intent Bridge stopped: consumed={} published={} ledger_missing_open={} malformed={} replayed={} skipped={:?}",
-        s.consumed,
-        s.published,
-        s.ledger_missing_open,
-        s.malformed,
-        s.replayed,
-        s.skipped
-    );
+    log_stats("Intent Bridge stopped", &bridge.stats);
     Ok(bridge.stats)
 }

@@ -302,9 +302,14 @@ async fn default_mode_gates_formats_and_log_lines() {
     );
 
     assert!(stack.stop(Service::Bridge), "bridge exits 0 on SIGTERM");
-    assert!(stack
-        .log(Service::Bridge)
-        .contains("Intent Bridge stopped: consumed=25 published=7"));
+    assert!(
+        stack.log(Service::Bridge).contains(
+            "Intent Bridge stopped: consumed=25 published=7 ledger_missing_open=6 malformed=15 replayed=0 \
+             skipped=[ledger_flat_sell=1,ledger_missing_sell=1,not_allowlisted=1]"
+        ),
+        "{}",
+        stack.log(Service::Bridge)
+    );
 }
 
 #[tokio::test]
