@@ -17,6 +17,8 @@ pub enum ConnectError {
         "Redis at {target} refused our credentials: {message} (check REDIS_URL / REDIS_USERNAME / REDIS_PASSWORD)"
     )]
     Auth { target: String, message: String },
+    #[error("cannot load the Redis password for {target}: {message}")]
+    Credentials { target: String, message: String },
     #[error("shut down while waiting for Redis at {0}")]
     Cancelled(String),
 }
@@ -36,6 +38,17 @@ pub struct RedisArgs {
     /// Redis database number, used when REDIS_URL is unset.
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u8,
+    /// ACL user name (overrides one given in REDIS_URL).
+    #[arg(long, env = "REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Password (overrides one given in REDIS_URL). Prefer REDIS_PASSWORD_FILE or a systemd
+    /// credential named redis-password, which keep it out of the environment.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// File holding the password (first line). Without it, $CREDENTIALS_DIRECTORY/redis-password
+    /// is used when systemd provides one (LoadCredential=redis-password:...).
+    #[arg(long, env = "REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
 }
 
 impl RedisArgs {
@@ -46,7 +59,46 @@ impl RedisArgs {
             redis_host: String::new(),
             redis_port: 0,
             redis_db: 0,
+            redis_username: None,
+            redis_password: None,
+            redis_password_file: None,
         }
+    }
+
+    /// The password to use, if any: REDIS_PASSWORD, else the password file, else the systemd
+    /// credential; `None` leaves whatever the URL says.
+    fn password(&self) -> Result<Option<String>, String> {
+        if let Some(password) = &self.redis_password {
+            return Ok(Some(password.clone()));
+        }
+        let file = self.redis_password_file.clone().or_else(|| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            let path = std::path::Path::new(&dir).join("redis-password");
+            path.exists().then_some(path)
+        });
+        let Some(file) = file else { return Ok(None) };
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
+        let password = text.lines().next().unwrap_or_default().trim_end().to_string();
+        if password.is_empty() {
+            return Err(format!("password file {} is empty", file.display()));
+        }
+        Ok(Some(password))
+    }
+
+    /// The client configuration: the URL, then the explicit user name and password on top.
+    pub fn client_config(&self) -> Result<Config, ConnectError> {
+        let target = self.display();
+        let mut config = Config::from_url(&self.url()).map_err(|source| ConnectError::Config {
+            target: target.clone(),
+            source,
+        })?;
+        if let Some(user) = &self.redis_username {
+            config.username = Some(user.clone());
+        }
+        if let Some(password) = self.password().map_err(|message| ConnectError::Credentials { target, message })? {
+            config.password = Some(password);
+        }
+        Ok(config)
     }
 
     /// The URL to connect to.
@@ -66,10 +118,7 @@ impl RedisArgs {
     /// credentials or settings, and gives up when `shutdown` fires.
     pub async fn connect(&self, shutdown: &CancellationToken) -> Result<Client, ConnectError> {
         let target = self.display();
-        let config = Config::from_url(&self.url()).map_err(|source| ConnectError::Config {
-            target: target.clone(),
-            source,
-        })?;
+        let config = self.client_config()?;
         let mut delay = Duration::from_millis(100);
         loop {
             let client = Builder::from_config(config.clone())
@@ -231,13 +280,32 @@ mod tests {
     }
 
     #[test]
+    fn explicit_credentials_override_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\nignored\n").unwrap();
+        let mut args = RedisArgs::from_url("redis://u:url-pass@127.0.0.1:6379/0");
+        let config = args.client_config().unwrap();
+        assert_eq!((config.username.as_deref(), config.password.as_deref()), (Some("u"), Some("url-pass")));
+        args.redis_username = Some("quantum-bridge".into());
+        args.redis_password_file = Some(file);
+        let config = args.client_config().unwrap();
+        assert_eq!(config.username.as_deref(), Some("quantum-bridge"));
+        assert_eq!(config.password.as_deref(), Some("from-file"));
+        args.redis_password = Some("from-env".into());
+        assert_eq!(args.client_config().unwrap().password.as_deref(), Some("from-env"));
+        args.redis_password = None;
+        args.redis_password_file = Some(dir.path().join("missing"));
+        assert!(args.client_config().unwrap_err().to_string().contains("cannot read password file"));
+    }
+
+    #[test]
     fn url_falls_back_to_parts() {
-        let args = RedisArgs {
-            redis_url: None,
-            redis_host: "10.0.0.1".into(),
-            redis_port: 6380,
-            redis_db: 2,
-        };
+        let mut args = RedisArgs::from_url("");
+        args.redis_url = None;
+        args.redis_host = "10.0.0.1".into();
+        args.redis_port = 6380;
+        args.redis_db = 2;
         assert_eq!(args.url(), "redis://10.0.0.1:6380/2");
     }
 }

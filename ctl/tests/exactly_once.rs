@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use fred::prelude::*;
 use fred::types::Value;
@@ -12,10 +12,10 @@ use rust_decimal::Decimal;
 use quantum_common::contract::*;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
-use quantumctl::facts::{exactly_once_problems, wait_idle};
+use quantumctl::facts::wait_idle;
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
-use support::{wait_for, Stack, TIMEOUT};
+use support::{assert_exactly_once, wait_for, Stack, TIMEOUT};
 
 const ALL_SERVICES: [Service; 3] = [Service::Ledger, Service::Executor, Service::Bridge];
 
@@ -57,46 +57,6 @@ fn buys(n: usize) -> Vec<Vec<(String, String)>> {
             intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
         })
         .collect()
-}
-
-/// Every intent became exactly one plan, every plan exactly one result and at most one order,
-/// every fill was applied once, and each ledger equals the venue's position.
-async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
-    let plans = stack.entries(PLAN_STREAM).await;
-    let by_intent: HashMap<String, usize> = plans.iter().fold(HashMap::new(), |mut m, p| {
-        *m.entry(p.get("intent_id").unwrap_or_default().to_string()).or_default() += 1;
-        m
-    });
-    for id in intent_ids {
-        assert_eq!(by_intent.get(id), Some(&1), "intent {id} must produce exactly one plan");
-    }
-    assert_eq!(plans.len(), intent_ids.len());
-
-    let results = stack.entries(RESULT_STREAM).await;
-    let mut seen = HashSet::new();
-    for r in &results {
-        assert!(
-            seen.insert(r.get("plan_id").unwrap_or_default().to_string()),
-            "second result for {:?}",
-            r.get("plan_id")
-        );
-    }
-    assert_eq!(results.len(), plans.len(), "one result per plan");
-    let fills = stack.xlen(LEDGER_COMMIT_STREAM).await;
-    let filled = results.iter().filter(|r| r.get("executed") == Some("true")).count() as u64;
-    assert_eq!(fills, filled, "one fill per executed order");
-
-    let problems = exactly_once_problems(&stack.client, &HashMap::new()).await.unwrap();
-    assert!(problems.is_empty(), "{problems:#?}");
-    for symbol in DEMO_SYMBOLS {
-        let ledger = stack.hash(&format!("quantum:position:ledger:{symbol}")).await;
-        let snapshot = stack.hash(&format!("quantum:position:snapshot:{symbol}")).await;
-        assert_eq!(
-            ledger.get("position_amt"),
-            snapshot.get("position_amt"),
-            "{symbol}: ledger vs venue"
-        );
-    }
 }
 
 #[tokio::test]

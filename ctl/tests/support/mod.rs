@@ -13,7 +13,11 @@ use quantum_common::config::RedisArgs;
 use quantum_common::consumer::group_backlog;
 use quantum_common::fields::StreamEntry;
 use quantum_common::redis_server::RedisServer;
-use quantumctl::facts::entries_after;
+use std::collections::HashSet;
+
+use quantum_common::contract::*;
+use quantumctl::facts::{entries_after, exactly_once_problems};
+use quantumctl::sim::DEMO_SYMBOLS;
 use quantumctl::stack::{base_env, Service, ServiceProcess};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -32,7 +36,14 @@ impl Stack {
     }
 
     pub async fn with_redis(redis: RedisServer) -> Self {
-        let client = RedisArgs::from_url(&redis.url())
+        let url = redis.url();
+        Self::with_redis_as(redis, &url).await
+    }
+
+    /// A stack whose test client connects with `client_url` (e.g. with ACL credentials); the
+    /// services get the plain URL and their own credentials through `env`.
+    pub async fn with_redis_as(redis: RedisServer, client_url: &str) -> Self {
+        let client = RedisArgs::from_url(client_url)
             .connect(&tokio_util::sync::CancellationToken::new())
             .await
             .expect("connect to test redis");
@@ -143,3 +154,44 @@ where
     }
     panic!("timed out after {TIMEOUT:?} waiting for {what}");
 }
+
+/// Every intent became exactly one plan, every plan exactly one result and at most one order,
+/// every fill was applied once, and each ledger equals the venue's position.
+pub async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
+    let plans = stack.entries(PLAN_STREAM).await;
+    let by_intent: HashMap<String, usize> = plans.iter().fold(HashMap::new(), |mut m, p| {
+        *m.entry(p.get("intent_id").unwrap_or_default().to_string()).or_default() += 1;
+        m
+    });
+    for id in intent_ids {
+        assert_eq!(by_intent.get(id), Some(&1), "intent {id} must produce exactly one plan");
+    }
+    assert_eq!(plans.len(), intent_ids.len());
+
+    let results = stack.entries(RESULT_STREAM).await;
+    let mut seen = HashSet::new();
+    for r in &results {
+        assert!(
+            seen.insert(r.get("plan_id").unwrap_or_default().to_string()),
+            "second result for {:?}",
+            r.get("plan_id")
+        );
+    }
+    assert_eq!(results.len(), plans.len(), "one result per plan");
+    let fills = stack.xlen(LEDGER_COMMIT_STREAM).await;
+    let filled = results.iter().filter(|r| r.get("executed") == Some("true")).count() as u64;
+    assert_eq!(fills, filled, "one fill per executed order");
+
+    let problems = exactly_once_problems(&stack.client, &HashMap::new()).await.unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    for symbol in DEMO_SYMBOLS {
+        let ledger = stack.hash(&format!("quantum:position:ledger:{symbol}")).await;
+        let snapshot = stack.hash(&format!("quantum:position:snapshot:{symbol}")).await;
+        assert_eq!(
+            ledger.get("position_amt"),
+            snapshot.get("position_amt"),
+            "{symbol}: ledger vs venue"
+        );
+    }
+}
+
