@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian/Ubuntu machine: redis-server
-# (and redis-cli) from the OS packages, when missing.
+# (and redis-cli), and systemd-analyze for verifying the units, from the OS packages when missing.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -77,7 +77,8 @@ impl RedisArgs {
             path.exists().then_some(path)
         });
         let Some(file) = file else { return Ok(None) };
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
         let password = text.lines().next().unwrap_or_default().trim_end().to_string();
         if password.is_empty() {
             return Err(format!("password file {} is empty", file.display()));
@@ -95,7 +96,10 @@ impl RedisArgs {
         if let Some(user) = &self.redis_username {
             config.username = Some(user.clone());
         }
-        if let Some(password) = self.password().map_err(|message| ConnectError::Credentials { target, message })? {
+        if let Some(password) = self
+            .password()
+            .map_err(|message| ConnectError::Credentials { target, message })?
+        {
             config.password = Some(password);
         }
         Ok(config)
@@ -286,7 +290,10 @@ mod tests {
         std::fs::write(&file, "from-file\nignored\n").unwrap();
         let mut args = RedisArgs::from_url("redis://u:url-pass@127.0.0.1:6379/0");
         let config = args.client_config().unwrap();
-        assert_eq!((config.username.as_deref(), config.password.as_deref()), (Some("u"), Some("url-pass")));
+        assert_eq!(
+            (config.username.as_deref(), config.password.as_deref()),
+            (Some("u"), Some("url-pass"))
+        );
         args.redis_username = Some("quantum-bridge".into());
         args.redis_password_file = Some(file);
         let config = args.client_config().unwrap();
@@ -296,7 +303,11 @@ mod tests {
         assert_eq!(args.client_config().unwrap().password.as_deref(), Some("from-env"));
         args.redis_password = None;
         args.redis_password_file = Some(dir.path().join("missing"));
-        assert!(args.client_config().unwrap_err().to_string().contains("cannot read password file"));
+        assert!(args
+            .client_config()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read password file"));
     }
 
     #[test]

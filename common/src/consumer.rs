@@ -111,12 +111,17 @@ pub async fn run<H: BatchHandler>(
         spec.batch_size
     );
 
+    crate::systemd::notify_ready(&format!("consuming {} as {}", spec.stream, spec.consumer));
+    let mut watchdog = crate::systemd::Watchdog::from_env();
+
     // Start by draining our own pending entries (a previous run of ours died mid-batch).
     let mut recover_from: Option<String> = Some("0".to_string());
     let mut last_claim: Option<Instant> = None;
     loop {
+        watchdog.ping();
         if shutdown.is_cancelled() {
             tracing::info!("Shutdown requested: consumer {} stopped between batches", spec.consumer);
+            crate::systemd::notify_stopping();
             crate::telemetry::flush_logs();
             return Ok(());
         }

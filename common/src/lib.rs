@@ -14,6 +14,7 @@ pub mod position;
 pub mod redis_server;
 pub mod result;
 pub mod snapshot;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;
 pub mod types;

@@ -61,12 +61,18 @@ fn start_services(stack: &mut Stack) {
     );
     stack.start(
         Service::Executor,
-        &[("REDIS_USERNAME", "quantum-executor"), ("REDIS_PASSWORD_FILE", pw_file.to_str().unwrap())],
+        &[
+            ("REDIS_USERNAME", "quantum-executor"),
+            ("REDIS_PASSWORD_FILE", pw_file.to_str().unwrap()),
+        ],
     );
     let ledger_url = url_as(&stack.redis, "quantum-ledger", LEDGER_PW);
     stack.start(
         Service::Ledger,
-        &[("REDIS_URL", ledger_url.as_str()), ("LEDGER_RECONCILE_INTERVAL_MS", "200")],
+        &[
+            ("REDIS_URL", ledger_url.as_str()),
+            ("LEDGER_RECONCILE_INTERVAL_MS", "200"),
+        ],
     );
 }
 
@@ -95,13 +101,18 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
             assert!(!log.contains(secret), "{} logged a password", s.binary());
         }
     }
-    assert!(stack.log(Service::Ledger).contains("redis://quantum-ledger:***@127.0.0.1"));
+    assert!(stack
+        .log(Service::Ledger)
+        .contains("redis://quantum-ledger:***@127.0.0.1"));
 }
 
 async fn denied(client: &Client, cmd: &str, args: Vec<&str>) -> String {
     let args: Vec<Value> = args.into_iter().map(Value::from).collect();
     let reply: Result<Value, Error> = client
-        .custom(fred::types::CustomCommand::new(cmd.to_string(), fred::types::ClusterHash::FirstKey, false), args)
+        .custom(
+            fred::types::CustomCommand::new(cmd.to_string(), fred::types::ClusterHash::FirstKey, false),
+            args,
+        )
         .await;
     match reply {
         Ok(v) => panic!("{cmd} was allowed: {v:?}"),
@@ -117,22 +128,44 @@ async fn acls_deny_writes_outside_each_service_s_role() {
     let executor = client_as(&stack, "quantum-executor", EXECUTOR_PW).await;
     let ledger = client_as(&stack, "quantum-ledger", LEDGER_PW).await;
 
-    assert!(denied(&bridge, "HSET", vec![ledger_key, "position_amt", "1"]).await.contains("NOPERM"));
-    assert!(denied(&bridge, "XADD", vec!["quantum:stream:ledger.commit", "*", "f", "v"]).await.contains("NOPERM"));
+    assert!(denied(&bridge, "HSET", vec![ledger_key, "position_amt", "1"])
+        .await
+        .contains("NOPERM"));
+    assert!(
+        denied(&bridge, "XADD", vec!["quantum:stream:ledger.commit", "*", "f", "v"])
+            .await
+            .contains("NOPERM")
+    );
     // The executor may HSET its own keys but not a ledger.
     let _: Value = executor.hset("quantum:order:qib-x", ("state", "NEW")).await.unwrap();
-    assert!(denied(&executor, "HSET", vec![ledger_key, "position_amt", "1"]).await.contains("NOPERM"));
+    assert!(denied(&executor, "HSET", vec![ledger_key, "position_amt", "1"])
+        .await
+        .contains("NOPERM"));
     assert!(denied(&executor, "DEL", vec![ledger_key]).await.contains("NOPERM"));
     // Even through a script, the executor cannot touch a ledger.
     let script = "return redis.call('HSET', KEYS[1], 'position_amt', '1')";
-    assert!(denied(&executor, "EVAL", vec![script, "1", ledger_key]).await.contains("NOPERM"));
+    assert!(denied(&executor, "EVAL", vec![script, "1", ledger_key])
+        .await
+        .contains("NOPERM"));
     // The ledger may write ledgers but not plans or snapshots.
     let _: Value = ledger.hset(ledger_key, ("position_amt", "1")).await.unwrap();
-    assert!(denied(&ledger, "XADD", vec!["quantum:stream:apply.plan", "*", "f", "v"]).await.contains("NOPERM"));
-    assert!(denied(&ledger, "HSET", vec!["quantum:position:snapshot:BTCUSDT", "position_amt", "1"]).await.contains("NOPERM"));
+    assert!(
+        denied(&ledger, "XADD", vec!["quantum:stream:apply.plan", "*", "f", "v"])
+            .await
+            .contains("NOPERM")
+    );
+    assert!(denied(
+        &ledger,
+        "HSET",
+        vec!["quantum:position:snapshot:BTCUSDT", "position_amt", "1"]
+    )
+    .await
+    .contains("NOPERM"));
     // Operators read everything and may only publish intents.
     let _: Value = stack.client.hgetall(ledger_key).await.unwrap();
-    assert!(denied(&stack.client, "HSET", vec![ledger_key, "position_amt", "2"]).await.contains("NOPERM"));
+    assert!(denied(&stack.client, "HSET", vec![ledger_key, "position_amt", "2"])
+        .await
+        .contains("NOPERM"));
     assert!(denied(&stack.client, "FLUSHALL", vec![]).await.contains("NOPERM"));
 
     // The default user is off.
@@ -148,7 +181,10 @@ async fn acls_deny_writes_outside_each_service_s_role() {
 async fn wrong_credentials_fail_fast_with_a_clear_message() {
     let mut stack = acl_stack().await;
     for (service, user) in [(Service::Bridge, "quantum-bridge"), (Service::Ledger, "quantum-ledger")] {
-        stack.start(service, &[("REDIS_USERNAME", user), ("REDIS_PASSWORD", "not-the-password-123")]);
+        stack.start(
+            service,
+            &[("REDIS_USERNAME", user), ("REDIS_PASSWORD", "not-the-password-123")],
+        );
     }
     stack.start(Service::Executor, &[]); // no credentials at all: the default user is off
     let started = Instant::now();
@@ -161,7 +197,14 @@ async fn wrong_credentials_fail_fast_with_a_clear_message() {
         .await;
         let log = stack.log(service);
         assert!(log.contains("refused our credentials"), "{log}");
-        assert!(!log.contains("not-the-password-123"), "{} logged the password", service.binary());
+        assert!(
+            !log.contains("not-the-password-123"),
+            "{} logged the password",
+            service.binary()
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(20), "fails fast, does not retry forever");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fails fast, does not retry forever"
+    );
 }

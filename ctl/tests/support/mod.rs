@@ -194,4 +194,3 @@ pub async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
         );
     }
 }
-

@@ -1,0 +1,208 @@
+//! Deployment files: the systemd units verify, the example env files list every setting, the
+//! install script is idempotent and keeps configuration, and readiness/watchdog reach systemd.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use quantumctl::stack::{bin_dir, Service};
+use support::Stack;
+
+const SERVICES: [(&str, &str); 3] = [
+    ("quantum-intent-bridge", "intent-bridge.env"),
+    ("quantum-intent-executor", "intent-executor.env"),
+    ("quantum-ledger", "ledger.env"),
+];
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn env_names(text: &str, pattern: &str) -> BTreeSet<String> {
+    text.match_indices(pattern)
+        .map(|(i, _)| {
+            text[i + pattern.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for (unit, _) in SERVICES {
+        let text = std::fs::read_to_string(deploy().join(format!("systemd/{unit}.service"))).unwrap();
+        for directive in [
+            "Type=notify",
+            "WatchdogSec=",
+            "Restart=always",
+            "User=quantum",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "RestrictAddressFamilies=",
+            "SystemCallFilter=",
+            "CapabilityBoundingSet=\n",
+            "MemoryMax=",
+            "LoadCredential=redis-password:",
+        ] {
+            assert!(text.contains(directive), "{unit} lacks {directive:?}");
+        }
+        assert!(text.contains(&format!(
+            "EnvironmentFile=/etc/quantum/{}",
+            SERVICES.iter().find(|s| s.0 == unit).unwrap().1
+        )));
+        // Point ExecStart at the freshly built binary; verify checks that it exists.
+        let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir().display()));
+        std::fs::write(dir.path().join(format!("{unit}.service")), text).unwrap();
+    }
+    let executor = std::fs::read_to_string(deploy().join("systemd/quantum-intent-executor.service")).unwrap();
+    assert!(
+        executor.contains("LoadCredential=binance-api-key:") && executor.contains("LoadCredential=binance-api-secret:")
+    );
+    for (unit, _) in SERVICES {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(format!("{unit}.service")))
+            .output()
+            .expect("systemd-analyze (Debian package systemd) must be installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.trim().is_empty(), "{unit}: {text}");
+    }
+}
+
+#[test]
+fn example_env_files_list_every_setting_with_no_secret() {
+    for (binary, env) in SERVICES {
+        let help = Command::new(bin_dir().join(binary)).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        let mut expected = env_names(&help, "[env: ");
+        expected.remove("REDIS_PASSWORD");
+        let file = std::fs::read_to_string(deploy().join(format!("systemd/env/{env}"))).unwrap();
+        let listed: BTreeSet<String> = file
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k.to_string())
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "{env} is out of date: regenerate it from {binary} --help"
+        );
+        assert!(
+            !file.lines().any(|l| l.starts_with("REDIS_PASSWORD")),
+            "{env} must not set a password"
+        );
+    }
+}
+
+fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((
+                    path.strip_prefix(root).unwrap().display().to_string(),
+                    std::fs::read(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn install_script_is_idempotent_and_keeps_configuration() {
+    let root = tempfile::tempdir().unwrap();
+    let install = |expect: &str| {
+        let out = Command::new("bash")
+            .arg(deploy().join("install.sh"))
+            .args([
+                "--root",
+                root.path().to_str().unwrap(),
+                "--bin-dir",
+                bin_dir().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(expect), "{text}");
+    };
+    install("installed");
+    for (binary, env) in SERVICES {
+        assert!(root.path().join(format!("usr/local/bin/{binary}")).exists());
+        assert!(root
+            .path()
+            .join(format!("etc/systemd/system/{binary}.service"))
+            .exists());
+        assert!(root.path().join(format!("etc/quantum/{env}")).exists());
+        let cred = root
+            .path()
+            .join(format!("etc/quantum/credentials/{binary}.redis-password"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // The operator edits a setting and stores a password: a re-run keeps both, changes nothing.
+    let env = root.path().join("etc/quantum/intent-bridge.env");
+    std::fs::write(&env, "INTENT_BRIDGE_ALLOWLIST=BTCUSDT,ETHUSDT\n").unwrap();
+    let cred = root
+        .path()
+        .join("etc/quantum/credentials/quantum-intent-bridge.redis-password");
+    std::fs::write(&cred, "s3cret\n").unwrap();
+    let before = tree(root.path());
+    install("nothing to do");
+    assert_eq!(tree(root.path()), before);
+}
+
+#[tokio::test]
+async fn readiness_watchdog_and_stopping_reach_systemd() {
+    let mut stack = Stack::new().await;
+    let socket_path = stack.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stack.start(
+        Service::Bridge,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut received = Vec::new();
+    let mut buf = [0u8; 512];
+    while received.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 3 {
+        let n = socket.recv(&mut buf).expect("a notification within 30s");
+        received.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(received[0].contains("READY=1"), "{received:?}");
+    assert!(
+        received[0].contains("STATUS=consuming quantum:stream:trade.intent"),
+        "{received:?}"
+    );
+    assert!(stack.stop(Service::Bridge));
+    let stopping = loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !msg.contains("WATCHDOG") {
+            break msg;
+        }
+    };
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+}
