@@ -19,6 +19,8 @@ pub enum ConnectError {
     Auth { target: String, message: String },
     #[error("cannot load the Redis password for {target}: {message}")]
     Credentials { target: String, message: String },
+    #[error("TLS settings for {target}: {message}")]
+    Tls { target: String, message: String },
     #[error("shut down while waiting for Redis at {0}")]
     Cancelled(String),
 }
@@ -49,6 +51,10 @@ pub struct RedisArgs {
     /// is used when systemd provides one (LoadCredential=redis-password:...).
     #[arg(long, env = "REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the Redis server's certificate, for rediss:// URLs
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisArgs {
@@ -62,6 +68,7 @@ impl RedisArgs {
             redis_username: None,
             redis_password: None,
             redis_password_file: None,
+            redis_tls_ca_file: None,
         }
     }
 
@@ -96,11 +103,21 @@ impl RedisArgs {
         if let Some(user) = &self.redis_username {
             config.username = Some(user.clone());
         }
-        if let Some(password) = self
-            .password()
-            .map_err(|message| ConnectError::Credentials { target, message })?
-        {
+        if let Some(password) = self.password().map_err(|message| ConnectError::Credentials {
+            target: target.clone(),
+            message,
+        })? {
             config.password = Some(password);
+        }
+        if let Some(ca) = &self.redis_tls_ca_file {
+            if !self.url().starts_with("rediss://") {
+                return Err(ConnectError::Tls {
+                    target,
+                    message: "REDIS_TLS_CA_FILE is set but the URL is not rediss://".into(),
+                });
+            }
+            let connector = tls_with_ca(ca).map_err(|message| ConnectError::Tls { target, message })?;
+            config.tls = Some(connector.into());
         }
         Ok(config)
     }
@@ -150,6 +167,13 @@ impl RedisArgs {
                     Err(e) => tracing::warn!("Redis at {target} not ready ({e}), retrying in {delay:?}"),
                 },
                 Ok(Err(e)) if is_auth_error(&e) => return Err(auth(target, &e, client).await),
+                Ok(Err(e)) if e.to_string().contains("InvalidCertificate") => {
+                    let _ = client.quit().await;
+                    return Err(ConnectError::Tls {
+                        target,
+                        message: format!("the server's certificate is not trusted ({e}); set REDIS_TLS_CA_FILE"),
+                    });
+                }
                 Ok(Err(e)) => tracing::warn!("Redis at {target} unreachable ({e}), retrying in {delay:?}"),
                 Err(_) => tracing::warn!("Redis at {target} did not answer in 10s, retrying in {delay:?}"),
             }
@@ -162,6 +186,29 @@ impl RedisArgs {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// A TLS connector trusting only the CA in `ca_file`.
+fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConnector, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs =
+        CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", ca_file.display()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config.into())
 }
 
 async fn auth(target: String, e: &fred::error::Error, client: Client) -> ConnectError {

@@ -97,10 +97,7 @@ fn example_env_files_list_every_setting_with_no_secret() {
             .map(|(k, _)| k.to_string())
             .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
             .collect();
-        assert_eq!(
-            listed, expected,
-            "{env} is out of date: regenerate it from {binary} --help"
-        );
+        assert_eq!(listed, expected, "{env} is out of date: run deploy/systemd/gen-env.sh");
         assert!(
             !file.lines().any(|l| l.starts_with("REDIS_PASSWORD")),
             "{env} must not set a password"

@@ -208,3 +208,144 @@ async fn wrong_credentials_fail_fast_with_a_clear_message() {
         "fails fast, does not retry forever"
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=quantum-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test]
+async fn the_pipeline_runs_over_tls_when_configured() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |f: &str| certs.path().join(f).to_str().unwrap().to_string();
+    let (cert, key, ca, port) = (
+        path("server.crt"),
+        path("server.key"),
+        path("ca.crt"),
+        tls_port.to_string(),
+    );
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with TLS");
+    let mut stack = Stack::with_redis(redis).await;
+    let tls_url = format!("rediss://127.0.0.1:{tls_port}/0");
+    for s in [Service::Bridge, Service::Executor, Service::Ledger] {
+        stack.start(
+            s,
+            &[
+                ("REDIS_URL", tls_url.as_str()),
+                ("REDIS_TLS_CA_FILE", ca.as_str()),
+                ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT"),
+            ],
+        );
+    }
+    for s in [Service::Bridge, Service::Executor, Service::Ledger] {
+        stack.wait_log(s, "Consumer ready").await;
+    }
+    let intents: Vec<_> = (0..20)
+        .map(|i| {
+            let symbol = Symbol::parse(["BTCUSDT", "ETHUSDT"][i % 2]).unwrap();
+            intent_fields(&symbol, Side::Buy, Decimal::from(100), Format::Flat, i)
+        })
+        .collect();
+    publish(&stack.client, &intents, 0).await.unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_eq!(stack.xlen("quantum:stream:ledger.commit").await, 20);
+    // The services only knew the TLS port, which speaks nothing but TLS: the whole pipeline ran over it.
+
+    // Without the private CA the certificate is refused, with a clear error.
+    stack.start(
+        Service::Bridge,
+        &[("REDIS_URL", tls_url.as_str()), ("STREAM_BLOCK_MS", "200")],
+    );
+    stack
+        .wait_log(Service::Bridge, "the server's certificate is not trusted")
+        .await;
+    let proc = stack.process(Service::Bridge);
+    support::wait_for("the bridge to exit", || {
+        let code = proc.exited();
+        async move { code == Some(Some(1)) }
+    })
+    .await;
+    // A CA file with a plain redis:// URL is a configuration error.
+    let plain = stack.redis.url();
+    stack.start(
+        Service::Ledger,
+        &[("REDIS_URL", plain.as_str()), ("REDIS_TLS_CA_FILE", ca.as_str())],
+    );
+    stack
+        .wait_log(Service::Ledger, "REDIS_TLS_CA_FILE is set but the URL is not rediss://")
+        .await;
+}
