@@ -47,6 +47,8 @@ impl ExecutionResult {
             ("executed", self.executed.to_string()),
             ("decision", self.decision.clone()),
             ("error", self.error.clone().unwrap_or_default()),
+            // The Python apply layer called it `reason`; both names carry the same text.
+            ("reason", self.error.clone().unwrap_or_default()),
             ("order_id", self.order_id.clone().unwrap_or_default()),
             ("filled_qty", self.filled_qty.to_string()),
             ("avg_price", self.avg_price.to_string()),

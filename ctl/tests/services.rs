@@ -106,6 +106,7 @@ async fn executor_reports_every_plan_once_whatever_its_fate() {
         (Some("false"), Some("BLOCKED"))
     );
     assert_eq!(blocked[0].get("error"), Some("risk_governor"));
+    assert_eq!(blocked[0].get("reason"), Some("risk_governor"));
     assert_eq!(by_plan("00112233445566cc")[0].get("error"), Some("decision SKIP"));
     let reduce_only = by_plan("00112233445566dd");
     assert_eq!(reduce_only[0].get("executed"), Some("false"));

@@ -9,7 +9,7 @@
 pub mod paper;
 pub mod venue;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use clap::{Parser, ValueEnum};
 use fred::prelude::*;
@@ -257,6 +257,36 @@ impl<V: Venue> Executor<V> {
     }
 }
 
+impl<V: Venue> Executor<V> {
+    /// Places the orders: one symbol's orders in plan order, different symbols concurrently
+    /// (their venue state is independent), so a batch costs a few round trips per symbol rather
+    /// than per order. Outcomes come back in plan order.
+    async fn execute_all<'p>(&self, plans: &[&'p Plan]) -> Result<Vec<(&'p Plan, OrderOutcome)>, Error> {
+        let mut by_symbol: HashMap<&str, Vec<(usize, &'p Plan)>> = HashMap::new();
+        for (i, plan) in plans.iter().enumerate() {
+            by_symbol.entry(plan.symbol.as_str()).or_default().push((i, plan));
+        }
+        let venue = &self.venue;
+        let per_symbol = by_symbol.into_values().map(|orders| async move {
+            let mut done = Vec::with_capacity(orders.len());
+            for (i, plan) in orders {
+                let outcome = venue
+                    .execute(&request(plan))
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::IO, format!("venue {}: {e}", venue.name())))?;
+                done.push((i, plan, outcome));
+            }
+            Ok::<_, Error>(done)
+        });
+        let mut all = Vec::with_capacity(plans.len());
+        for result in futures_util::future::join_all(per_symbol).await {
+            all.extend(result?);
+        }
+        all.sort_by_key(|(i, _, _)| *i);
+        Ok(all.into_iter().map(|(_, plan, outcome)| (plan, outcome)).collect())
+    }
+}
+
 fn request(plan: &Plan) -> OrderRequest {
     OrderRequest {
         client_order_id: plan.plan_id.client_order_id(),
@@ -284,18 +314,13 @@ impl<V: Venue> BatchHandler for Executor<V> {
             .collect();
         let needs_venue = self.claim(&to_execute).await?;
 
-        let mut finished: Vec<(&Plan, OrderOutcome)> = Vec::new();
-        for (plan, needed) in to_execute.iter().zip(needs_venue) {
-            if !needed {
-                continue;
-            }
-            let outcome = self
-                .venue
-                .execute(&request(plan))
-                .await
-                .map_err(|e| Error::new(ErrorKind::IO, format!("venue {}: {e}", self.venue.name())))?;
-            finished.push((plan, outcome));
-        }
+        let pending: Vec<&Plan> = to_execute
+            .iter()
+            .zip(needs_venue)
+            .filter(|(_, n)| *n)
+            .map(|(p, _)| *p)
+            .collect();
+        let finished = self.execute_all(&pending).await?;
 
         let trx = self.writer.multi();
         for step in &steps {
