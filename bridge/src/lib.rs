@@ -20,6 +20,7 @@ use quantum_common::contract::{
     ledger_key, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::fields::{opt_text, truncate, StreamEntry};
+use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits};
 use quantum_common::plan::Plan;
 use quantum_common::time::now_secs;
@@ -42,6 +43,11 @@ pub struct BridgeArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
+    #[arg(long, env = "INTENT_BRIDGE_METRICS_PORT", default_value_t = 9101)]
+    pub metrics_port: u16,
     /// Symbols allowed to trade, comma separated.
     #[arg(long, env = "INTENT_BRIDGE_ALLOWLIST", default_value = "BTCUSDT")]
     pub allowlist: String,
@@ -95,6 +101,8 @@ pub enum BridgeError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the bridge needs: {0}")]
     Redis(#[from] Error),
+    #[error("cannot serve the HTTP endpoints: {0}")]
+    Http(#[from] std::io::Error),
 }
 
 /// Counts of what the bridge did, by outcome.
@@ -259,7 +267,12 @@ impl IntentBridge {
         let ledger = view.ledgers.get(sym).copied().unwrap_or(LedgerView::Missing);
         match gate(&self.gates, sym, side, ledger, view.exposure_pct) {
             GateOutcome::Publish { ledger_missing_open } => {
+                metrics::counter!("quantum_bridge_outcomes_total", "reason" => "published").increment(1);
+                metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => "EXECUTE")
+                    .increment(1);
                 if ledger_missing_open {
+                    metrics::counter!("quantum_bridge_ledger_missing_open_total", "symbol" => sym.to_string())
+                        .increment(1);
                     self.stats.ledger_missing_open += 1;
                     tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
                 }
@@ -272,6 +285,7 @@ impl IntentBridge {
                 Outcome::Publish(Box::new(plan))
             }
             GateOutcome::Skip(reason) => {
+                metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
                 *self.stats.skipped.entry(reason.code()).or_default() += 1;
                 match reason {
                     SkipReason::NotAllowlisted => tracing::info!(
@@ -303,6 +317,7 @@ fn display_opt(value: Option<Decimal>) -> String {
 
 impl BatchHandler for IntentBridge {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let seen = self.already_processed(&batch).await?;
         let intents: Vec<Option<Result<Intent, IntentError>>> = batch
             .iter()
@@ -355,6 +370,9 @@ impl BatchHandler for IntentBridge {
                     )
                     .await?;
                     self.stats.malformed += 1;
+                    metrics::counter!("quantum_bridge_outcomes_total", "reason" => "malformed").increment(1);
+                    metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
+                        .increment(1);
                 }
                 Outcome::Skip => {}
             }
@@ -366,6 +384,9 @@ impl BatchHandler for IntentBridge {
             return Err(e);
         }
         self.stats.consumed += batch.len() as u64;
+        metrics::counter!("quantum_bridge_intents_consumed_total").increment(batch.len() as u64);
+        metrics::histogram!("quantum_bridge_batch_size").record(batch.len() as f64);
+        metrics::histogram!("quantum_bridge_batch_seconds").record(started.elapsed().as_secs_f64());
         if self.last_summary.elapsed() >= STATS_INTERVAL {
             self.last_summary = std::time::Instant::now();
             log_stats("Intent Bridge stats", &self.stats);
@@ -453,7 +474,9 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     }
     let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
     log_startup(&args, &spec);
+    let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
+    readiness.watch(conns.writer.clone(), INTENT_STREAM, INTENT_GROUP);
     let limits = IntentLimits {
         max_leverage: args.max_leverage,
     };

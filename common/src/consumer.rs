@@ -189,14 +189,22 @@ pub async fn run<H: BatchHandler>(
         if entries.is_empty() {
             continue;
         }
+        let count = entries.len() as u64;
+        if recover_from.is_some() {
+            metrics::counter!("quantum_consumer_redeliveries_total", "stream" => spec.stream).increment(count);
+        }
         match dispatch(writer, spec, handler, entries).await {
-            Ok(()) => backoff.reset(),
+            Ok(()) => {
+                backoff.reset();
+                metrics::counter!("quantum_consumer_entries_total", "stream" => spec.stream).increment(count);
+            }
             Err(e) if is_auth_error(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(
                     "Batch on {} failed: {e}; it stays pending and is redelivered",
                     spec.stream
                 );
+                metrics::counter!("quantum_consumer_errors_total", "stream" => spec.stream).increment(1);
                 recover_from = Some("0".to_string());
                 if backoff.wait(shutdown).await {
                     return Ok(());
@@ -304,6 +312,8 @@ async fn reclaim_stale<H: BatchHandler>(
         let entries =
             decode_entries(parts.next().unwrap_or(Value::Null)).map_err(|e| Error::new(ErrorKind::Parse, e))?;
         claimed_total += entries.len();
+        metrics::counter!("quantum_consumer_redeliveries_total", "stream" => spec.stream)
+            .increment(entries.len() as u64);
         if !entries.is_empty() {
             dispatch(writer, spec, handler, entries).await?;
         }

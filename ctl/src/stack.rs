@@ -131,5 +131,13 @@ pub fn base_env(redis_url: &str) -> HashMap<String, String> {
     let mut env = HashMap::new();
     env.insert("REDIS_URL".to_string(), redis_url.to_string());
     env.insert("STREAM_BLOCK_MS".to_string(), "200".to_string());
+    // Any free port, so several local stacks (tests, the demo) never collide on 9101-9103.
+    for port in [
+        "INTENT_BRIDGE_METRICS_PORT",
+        "INTENT_EXECUTOR_METRICS_PORT",
+        "LEDGER_METRICS_PORT",
+    ] {
+        env.insert(port.to_string(), "0".to_string());
+    }
     env
 }

@@ -12,15 +12,20 @@ for spec in "quantum-intent-bridge intent-bridge.env" "quantum-intent-executor i
     echo "# Every setting with its default; uncomment to change. Secrets do not belong here: the"
     echo "# Redis password comes from the redis-password credential (LoadCredential= in the unit)."
     echo
+    # One block per option (clap may spread an option over several lines).
     "$bin/$1" --help | awk '
-      /\[env: / {
-        line = $0
-        match(line, /\[env: [A-Z_]+/); name = substr(line, RSTART + 6, RLENGTH - 6)
-        def = ""; if (match(line, /\[default: [^]]*\]/)) def = substr(line, RSTART + 10, RLENGTH - 11)
-        desc = line; sub(/^ +/, "", desc); sub(/ \[env: .*$/, "", desc)
+      function flush(   name, def, desc) {
+        if (block !~ /\[env: /) return
+        match(block, /\[env: [A-Z_]+/); name = substr(block, RSTART + 6, RLENGTH - 6)
+        def = ""; if (match(block, /\[default: [^]]*\]/)) def = substr(block, RSTART + 10, RLENGTH - 11)
+        desc = block; sub(/ *(\[env: |\[default: |Possible values:).*$/, "", desc)
+        gsub(/ +/, " ", desc); sub(/^ /, "", desc)
         print "# " desc
-        if (name == "REDIS_PASSWORD") { print "# REDIS_PASSWORD: never here; use the credential."; print ""; next }
+        if (name == "REDIS_PASSWORD") { print "# REDIS_PASSWORD: never here; use the credential."; print ""; return }
         print "#" name "=" def; print ""
-      }'
+      }
+      /^ *--?[a-zA-Z]/ { flush(); block = ""; next }
+      { block = block " " $0 }
+      END { flush() }'
   } > "$here/env/$2"
 done

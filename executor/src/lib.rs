@@ -22,6 +22,7 @@ use quantum_common::config::{parse_non_negative, parse_positive, ConnectError, C
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
 use quantum_common::fields::StreamEntry;
+use quantum_common::http::{self, HttpArgs};
 use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::now_ms;
@@ -51,6 +52,11 @@ pub struct ExecutorArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
+    #[arg(long, env = "INTENT_EXECUTOR_METRICS_PORT", default_value_t = 9102)]
+    pub metrics_port: u16,
     /// Venue: paper (default) or live.
     #[arg(
         long,
@@ -115,6 +121,8 @@ pub enum ExecutorError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the executor needs: {0}")]
     Redis(#[from] Error),
+    #[error("cannot serve the HTTP endpoints: {0}")]
+    Http(#[from] std::io::Error),
 }
 
 /// Counts of what the executor did.
@@ -166,6 +174,8 @@ impl<V: Venue> Executor<V> {
             Ok(plan) => plan,
             Err(e) => {
                 self.stats.malformed += 1;
+                metrics::counter!("quantum_executor_plans_total", "decision" => "INVALID", "outcome" => "malformed")
+                    .increment(1);
                 tracing::warn!("Malformed plan {}: {e}", entry.id);
                 let get = |k: &str| entry.get(k).unwrap_or_default().to_string();
                 return Step::Result(ExecutionResult::not_executed(
@@ -179,10 +189,12 @@ impl<V: Venue> Executor<V> {
         };
         if !seen.insert(plan.plan_id.to_string()) {
             self.stats.duplicates += 1;
+            metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {
             self.stats.not_executed += 1;
+            metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "not_executed").increment(1);
             let reason = plan
                 .reason
                 .clone()
@@ -244,6 +256,7 @@ impl<V: Venue> Executor<V> {
                 }
                 finished => {
                     self.stats.duplicates += 1;
+                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "duplicate").increment(1);
                     tracing::info!(
                         "Duplicate plan {} for {} skipped: order {} already {finished}",
                         plan.plan_id,
@@ -375,6 +388,9 @@ impl<V: Venue> BatchHandler for Executor<V> {
             match outcome {
                 OrderOutcome::Filled { fills } => {
                     self.stats.filled += 1;
+                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
+                        .increment(1);
+                    metrics::counter!("quantum_executor_orders_total", "side" => plan.side.as_str(), "status" => "FILLED").increment(1);
                     for f in fills {
                         tracing::info!(
                             "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
@@ -390,6 +406,9 @@ impl<V: Venue> BatchHandler for Executor<V> {
                 }
                 OrderOutcome::Rejected { reason } => {
                     self.stats.rejected += 1;
+                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
+                        .increment(1);
+                    metrics::counter!("quantum_executor_orders_total", "side" => plan.side.as_str(), "status" => "REJECTED").increment(1);
                     tracing::warn!(
                         "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
                         plan.symbol,
@@ -428,7 +447,9 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
         args.paper_reference_prices,
         spec.batch_size
     );
+    let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
+    readiness.watch(conns.writer.clone(), PLAN_STREAM, PLAN_GROUP);
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
     let mut executor = Executor::new(conns.writer.clone(), venue);

@@ -31,6 +31,7 @@ use quantum_common::contract::{
 };
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
 use quantum_common::fill::Fill;
+use quantum_common::http::{self, HttpArgs};
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
 use quantum_common::time::{now_ms, now_secs};
@@ -50,6 +51,11 @@ pub struct LedgerArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
+    #[arg(long, env = "LEDGER_METRICS_PORT", default_value_t = 9103)]
+    pub metrics_port: u16,
     /// Reconcile ledgers against exchange snapshots (true/false).
     #[arg(long, env = "LEDGER_RECONCILE", default_value = "true", value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub reconcile: bool,
@@ -74,6 +80,8 @@ pub enum LedgerError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the ledger needs: {0}")]
     Redis(#[from] Error),
+    #[error("cannot serve the HTTP endpoints: {0}")]
+    Http(#[from] std::io::Error),
 }
 
 /// Counts of what the ledger did.
@@ -217,6 +225,8 @@ impl LedgerWriter {
         }
         self.stats.applied += app.applied.len() as u64;
         self.stats.duplicates += app.duplicates.len() as u64;
+        metrics::counter!("quantum_ledger_fills_applied_total").increment(app.applied.len() as u64);
+        metrics::counter!("quantum_ledger_duplicates_suppressed_total").increment(app.duplicates.len() as u64);
     }
 }
 
@@ -261,6 +271,8 @@ impl BatchHandler for LedgerWriter {
         consumer::queue_ack(&trx, LEDGER_COMMIT_STREAM, LEDGER_GROUP, &ids).await?;
         trx.exec::<Value>(true).await?;
         self.stats.malformed += dlq.len() as u64;
+        metrics::counter!("quantum_dlq_entries_total", "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
+            .increment(dlq.len() as u64);
         Ok(())
     }
 }
@@ -308,6 +320,7 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         let version = ledger.as_ref().map_or(0, |l| l.version);
         let ledger_amt = drift.ledger_amt.map_or_else(|| "none".to_string(), |a| a.to_string());
         if tracker.is_new(&symbol) {
+            metrics::counter!("quantum_ledger_reconcile_drift_events_total").increment(1);
             tracing::info!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=observed",
                 drift.exchange_amt,
@@ -332,6 +345,9 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         };
         if cas.apply(client).await? == CasOutcome::Applied {
             written += 1;
+            metrics::counter!("quantum_ledger_reconcile_applied_total").increment(1);
+            metrics::histogram!("quantum_ledger_reconcile_drift_size")
+                .record(drift.size().abs().try_into().unwrap_or(f64::MAX));
             tracker.clear(&symbol);
             tracing::warn!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=applied version={}",
@@ -384,7 +400,9 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
         reconcile.eps,
         spec.batch_size
     );
+    let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
+    readiness.watch(conns.writer.clone(), LEDGER_COMMIT_STREAM, LEDGER_GROUP);
     let reconciler = args.reconcile.then(|| {
         let client = conns.writer.clone();
         let stop = shutdown.clone();

@@ -1,0 +1,106 @@
+//! Each service's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is
+//! alive) and `/readyz` (Redis answers and the service's consumer group exists).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use fred::prelude::Client;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::group_backlog;
+
+/// Where the endpoints listen.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Address the HTTP endpoints bind to (0.0.0.0 to expose them beyond this host).
+    #[arg(long, env = "METRICS_BIND", default_value = "127.0.0.1")]
+    pub metrics_bind: std::net::IpAddr,
+}
+
+/// What `/readyz` checks, known once the service has connected.
+#[derive(Default)]
+pub struct Readiness {
+    target: OnceLock<(Client, &'static str, &'static str)>,
+}
+
+impl Readiness {
+    /// Sets the client and the stream/group whose presence means ready.
+    pub fn watch(&self, client: Client, stream: &'static str, group: &'static str) {
+        let _ = self.target.set((client, stream, group));
+    }
+
+    async fn check(&self) -> (StatusCode, String) {
+        let Some((client, stream, group)) = self.target.get() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, "not connected to Redis yet\n".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(2), group_backlog(client, stream, group)).await {
+            Ok(Ok(Some(_))) => (StatusCode::OK, format!("ready: group {group} on {stream}\n")),
+            Ok(Ok(None)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("group {group} missing on {stream}\n"),
+            ),
+            Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis error: {e}\n")),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis did not answer within 2s\n".into(),
+            ),
+        }
+    }
+}
+
+struct AppState {
+    metrics: PrometheusHandle,
+    readiness: Arc<Readiness>,
+}
+
+/// Installs the Prometheus recorder and serves the endpoints on `bind:port` (port 0: any free
+/// port, logged) until `shutdown`. Returns the readiness handle to fill in once connected.
+pub async fn serve(bind: std::net::IpAddr, port: u16, shutdown: CancellationToken) -> std::io::Result<Arc<Readiness>> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| std::io::Error::other(format!("cannot install the metrics recorder: {e}")))?;
+    let upkeep = metrics.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => upkeep.run_upkeep(),
+            }
+        }
+    });
+    let readiness = Arc::new(Readiness::default());
+    let state = Arc::new(AppState {
+        metrics,
+        readiness: readiness.clone(),
+    });
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move { s.metrics.render() }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<AppState>>| async move { s.readiness.check().await }),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, port)).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("HTTP endpoints on http://{addr}: /metrics /healthz /readyz");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("HTTP endpoints stopped: {e}");
+        }
+    });
+    Ok(readiness)
+}
