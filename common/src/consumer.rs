@@ -117,8 +117,13 @@ pub async fn run<H: BatchHandler>(
     // Start by draining our own pending entries (a previous run of ours died mid-batch).
     let mut recover_from: Option<String> = Some("0".to_string());
     let mut last_claim: Option<Instant> = None;
+    let mut last_backlog: Option<Instant> = None;
     loop {
         watchdog.ping();
+        if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_SAMPLE_EVERY) {
+            last_backlog = Some(Instant::now());
+            record_backlog(writer, spec).await;
+        }
         if shutdown.is_cancelled() {
             tracing::info!("Shutdown requested: consumer {} stopped between batches", spec.consumer);
             crate::systemd::notify_stopping();
@@ -210,6 +215,20 @@ pub async fn run<H: BatchHandler>(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// How often the group's lag and pending count are sampled into gauges.
+const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Publishes the group's lag and pending count as gauges (best effort: a failed sample is skipped).
+async fn record_backlog(writer: &Client, spec: &ConsumerSpec) {
+    if let Ok(Some(backlog)) = group_backlog(writer, spec.stream, spec.group).await {
+        let labels = [("stream", spec.stream), ("group", spec.group)];
+        metrics::gauge!("quantum_consumer_pending", &labels).set(backlog.pending as f64);
+        if let Some(lag) = backlog.lag {
+            metrics::gauge!("quantum_consumer_lag", &labels).set(lag as f64);
         }
     }
 }

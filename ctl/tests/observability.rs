@@ -145,6 +145,14 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
         ),
         3.0
     );
+    // Sampled at start: the group exists, nothing is pending.
+    assert_eq!(
+        metric(
+            &ledger,
+            r#"quantum_consumer_pending{stream="quantum:stream:ledger.commit",group="quantum:group:ledger"}"#
+        ),
+        0.0
+    );
 
     // Redis gone: not ready, still alive.
     stack.redis.kill();
@@ -162,4 +170,49 @@ async fn a_taken_port_is_a_clear_startup_error() {
     let port = taken.local_addr().unwrap().port().to_string();
     stack.start(Service::Ledger, &[("LEDGER_METRICS_PORT", port.as_str())]);
     stack.wait_log(Service::Ledger, "cannot serve the HTTP endpoints").await;
+}
+
+#[tokio::test]
+async fn json_logs_keep_the_contract_lines_greppable() {
+    let mut stack = Stack::new().await;
+    stack.start(
+        Service::Bridge,
+        &[("LOG_FORMAT", "json"), ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT")],
+    );
+    stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(stack.stop(Service::Bridge));
+    let log = stack.log(Service::Bridge);
+    let messages: Vec<String> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+            v["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no message: {l}"))
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "Intent Bridge - trade.intent → apply.plan [intent-bridge-ledger-open-v1]",
+        "Require ledger for OPEN: false",
+        "LEDGER_MISSING_OPEN allowed: symbol=BTCUSDT side=BUY",
+        "Publishing plan for BTCUSDT BUY: leverage=1, sl=None, tp=None",
+        "Skip publish: BTCUSDT SELL but ledger unknown",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(expected)),
+            "no {expected:?} in {messages:#?}"
+        );
+        assert!(
+            log.contains(expected),
+            "plain grep for {expected:?} fails on the JSON log"
+        );
+    }
 }
