@@ -203,3 +203,70 @@ async fn readiness_watchdog_and_stopping_reach_systemd() {
     };
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
 }
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn compose_stack_validates_and_matches_the_acls() {
+    let out = Command::new("docker-compose")
+        .args(["-f", "compose.yaml", "config"])
+        .current_dir(repo())
+        .output()
+        .expect("docker-compose (Debian package docker-compose) must be installed");
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for service in ["redis", "bridge", "executor", "ledger", "sim", "prometheus", "grafana"] {
+        assert!(
+            config.contains(&format!("\n  {service}:\n")),
+            "service {service} missing:\n{config}"
+        );
+    }
+    for port in ["9101", "9102", "9103"] {
+        assert!(
+            config.contains(&format!("http://127.0.0.1:{port}/readyz")),
+            "no /readyz healthcheck on {port}"
+        );
+    }
+    assert!(
+        config.contains("--appendonly") && config.contains("--aclfile"),
+        "redis must run with AOF and the ACL file"
+    );
+    assert!(config.contains("deploy/grafana/provisioning") && config.contains("deploy/prometheus"));
+
+    // Every development secret is the password the ACL file expects for its user.
+    use sha2::{Digest, Sha256};
+    let acl = std::fs::read_to_string(repo().join("deploy/redis/users.acl")).unwrap();
+    for user in ["bridge", "executor", "ledger", "ops"] {
+        let secret =
+            std::fs::read_to_string(repo().join(format!("deploy/compose/secrets/{user}-redis-password"))).unwrap();
+        let hash: String = Sha256::digest(secret.trim_end().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let line = acl
+            .lines()
+            .find(|l| l.starts_with(&format!("user quantum-{user} ")))
+            .unwrap();
+        assert!(
+            line.contains(&format!("#{hash}")),
+            "secret of quantum-{user} does not match users.acl"
+        );
+    }
+
+    // The image ships exactly the binaries the workspace builds.
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    for binary in [
+        "quantum-intent-bridge",
+        "quantum-intent-executor",
+        "quantum-ledger",
+        "quantumctl",
+    ] {
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/{binary}")),
+            "Dockerfile misses {binary}"
+        );
+        assert!(bin_dir().join(binary).exists());
+    }
+}
