@@ -286,6 +286,10 @@ impl IntentBridge {
             }
             GateOutcome::Skip(reason) => {
                 metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
+                if side == Side::Sell && reason != SkipReason::NotAllowlisted {
+                    metrics::counter!("quantum_bridge_sell_blocked_total", "symbol" => sym.to_string(), "reason" => reason.code())
+                        .increment(1);
+                }
                 *self.stats.skipped.entry(reason.code()).or_default() += 1;
                 match reason {
                     SkipReason::NotAllowlisted => tracing::info!(
@@ -480,6 +484,8 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let limits = IntentLimits {
         max_leverage: args.max_leverage,
     };
+    metrics::gauge!("quantum_bridge_allowlist_symbols")
+        .set(args.gate_config().map(|g| g.allowlist.len()).unwrap_or(0) as f64);
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
     log_stats("Intent Bridge stopped", &bridge.stats);

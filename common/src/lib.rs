@@ -10,6 +10,7 @@ pub mod fields;
 pub mod fill;
 pub mod http;
 pub mod intent;
+pub mod labels;
 pub mod plan;
 pub mod position;
 pub mod redis_server;

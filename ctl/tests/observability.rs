@@ -121,6 +121,14 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
         3.0
     );
     assert!(bridge.contains("quantum_bridge_batch_seconds"), "{bridge}");
+    assert_eq!(metric(&bridge, "quantum_bridge_allowlist_symbols"), 2.0);
+    assert_eq!(
+        metric(
+            &bridge,
+            r#"quantum_bridge_sell_blocked_total{symbol="ETHUSDT",reason="ledger_missing_sell"}"#
+        ),
+        1.0
+    );
     let (_, executor) = get(ports[1], "/metrics");
     assert_eq!(
         metric(
@@ -132,12 +140,15 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
     assert_eq!(
         metric(
             &executor,
-            r#"quantum_executor_orders_total{side="BUY",status="FILLED"}"#
+            r#"quantum_executor_orders_total{symbol="BTCUSDT",side="BUY",status="FILLED"}"#
         ),
         3.0
     );
     let (_, ledger) = get(ports[2], "/metrics");
-    assert_eq!(metric(&ledger, "quantum_ledger_fills_applied_total"), 3.0);
+    assert_eq!(
+        metric(&ledger, r#"quantum_ledger_fills_applied_total{symbol="BTCUSDT"}"#),
+        3.0
+    );
     assert_eq!(
         metric(
             &ledger,

@@ -23,6 +23,7 @@ use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
 use quantum_common::fields::StreamEntry;
 use quantum_common::http::{self, HttpArgs};
+use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::now_ms;
@@ -390,7 +391,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
                     self.stats.filled += 1;
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
                         .increment(1);
-                    metrics::counter!("quantum_executor_orders_total", "side" => plan.side.as_str(), "status" => "FILLED").increment(1);
+                    metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&plan.symbol), "side" => plan.side.as_str(), "status" => "FILLED").increment(1);
                     for f in fills {
                         tracing::info!(
                             "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
@@ -408,7 +409,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
                     self.stats.rejected += 1;
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
                         .increment(1);
-                    metrics::counter!("quantum_executor_orders_total", "side" => plan.side.as_str(), "status" => "REJECTED").increment(1);
+                    metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&plan.symbol), "side" => plan.side.as_str(), "status" => "REJECTED").increment(1);
                     tracing::warn!(
                         "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
                         plan.symbol,

@@ -32,6 +32,7 @@ use quantum_common::contract::{
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
 use quantum_common::fill::Fill;
 use quantum_common::http::{self, HttpArgs};
+use quantum_common::labels::symbol_label;
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
 use quantum_common::time::{now_ms, now_secs};
@@ -225,7 +226,13 @@ impl LedgerWriter {
         }
         self.stats.applied += app.applied.len() as u64;
         self.stats.duplicates += app.duplicates.len() as u64;
-        metrics::counter!("quantum_ledger_fills_applied_total").increment(app.applied.len() as u64);
+        let label = symbol_label(symbol);
+        metrics::counter!("quantum_ledger_fills_applied_total", "symbol" => label.clone())
+            .increment(app.applied.len() as u64);
+        if let Some(entry) = &app.entry {
+            metrics::gauge!("quantum_ledger_position", "symbol" => label)
+                .set(entry.position.amt.try_into().unwrap_or(0.0));
+        }
         metrics::counter!("quantum_ledger_duplicates_suppressed_total").increment(app.duplicates.len() as u64);
     }
 }
