@@ -124,6 +124,8 @@ pub struct IntentBridge {
     limits: IntentLimits,
     idempotency_ttl: u64,
     last_summary: std::time::Instant,
+    /// Distinct symbols with published plans over the last 5 minutes (a live gauge).
+    plan_symbols: Option<quantum_common::window::SymbolWindow>,
     /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
     allowlist: Vec<Symbol>,
     pub stats: BridgeStats,
@@ -154,6 +156,7 @@ impl IntentBridge {
             limits,
             idempotency_ttl,
             last_summary: std::time::Instant::now(),
+            plan_symbols: None,
             allowlist,
             stats: BridgeStats::default(),
         }
@@ -268,6 +271,9 @@ impl IntentBridge {
         match gate(&self.gates, sym, side, ledger, view.exposure_pct) {
             GateOutcome::Publish { ledger_missing_open } => {
                 metrics::counter!("quantum_bridge_outcomes_total", "reason" => "published").increment(1);
+                if let Some(window) = &self.plan_symbols {
+                    window.saw(sym);
+                }
                 metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => "EXECUTE")
                     .increment(1);
                 if ledger_missing_open {
@@ -391,6 +397,9 @@ impl BatchHandler for IntentBridge {
         metrics::counter!("quantum_bridge_intents_consumed_total").increment(batch.len() as u64);
         metrics::histogram!("quantum_bridge_batch_size").record(batch.len() as f64);
         metrics::histogram!("quantum_bridge_batch_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(window) = &self.plan_symbols {
+            window.publish();
+        }
         if self.last_summary.elapsed() >= STATS_INTERVAL {
             self.last_summary = std::time::Instant::now();
             log_stats("Intent Bridge stats", &self.stats);
@@ -487,6 +496,11 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     metrics::gauge!("quantum_bridge_allowlist_symbols")
         .set(args.gate_config().map(|g| g.allowlist.len()).unwrap_or(0) as f64);
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
+    bridge.plan_symbols = Some(quantum_common::window::SymbolWindow::spawn(
+        "quantum_apply_plan_symbols",
+        std::time::Duration::from_secs(300),
+        shutdown.clone(),
+    ));
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
     log_stats("Intent Bridge stopped", &bridge.stats);
     Ok(bridge.stats)

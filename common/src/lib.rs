@@ -20,5 +20,6 @@ pub mod systemd;
 pub mod telemetry;
 pub mod time;
 pub mod types;
+pub mod window;
 
 pub use rust_decimal::Decimal;

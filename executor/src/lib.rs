@@ -149,6 +149,8 @@ pub struct Executor<V: Venue> {
     writer: Client,
     venue: V,
     pub stats: ExecutorStats,
+    /// Distinct symbols with fills over the last 5 minutes (a live gauge).
+    executing_symbols: Option<quantum_common::window::SymbolWindow>,
 }
 
 enum Step {
@@ -167,6 +169,7 @@ impl<V: Venue> Executor<V> {
             writer,
             venue,
             stats: ExecutorStats::default(),
+            executing_symbols: None,
         }
     }
 
@@ -284,10 +287,11 @@ impl<V: Venue> Executor<V> {
         let per_symbol = by_symbol.into_values().map(|orders| async move {
             let mut done = Vec::with_capacity(orders.len());
             for (i, plan) in orders {
-                let outcome = venue
-                    .execute(&request(plan))
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::IO, format!("venue {}: {e}", venue.name())))?;
+                let outcome = venue.execute(&request(plan)).await.map_err(|e| {
+                    metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue.name(), "kind" => e.kind())
+                        .increment(1);
+                    Error::new(ErrorKind::IO, format!("venue {}: {e}", venue.name()))
+                })?;
                 done.push((i, plan, outcome));
             }
             Ok::<_, Error>(done)
@@ -319,6 +323,11 @@ impl<V: Venue> BatchHandler for Executor<V> {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
         let mut seen = HashSet::new();
         let steps: Vec<Step> = batch.iter().map(|e| self.triage(e, &mut seen)).collect();
+        // A plan's stream entry id starts with the millisecond the bridge published it.
+        let plan_entry_ms: HashMap<&str, u64> = batch
+            .iter()
+            .filter_map(|e| Some((e.get("plan_id")?, e.id.split('-').next()?.parse().ok()?)))
+            .collect();
         let to_execute: Vec<&Plan> = steps
             .iter()
             .filter_map(|s| match s {
@@ -389,6 +398,13 @@ impl<V: Venue> BatchHandler for Executor<V> {
             match outcome {
                 OrderOutcome::Filled { fills } => {
                     self.stats.filled += 1;
+                    if let Some(window) = &self.executing_symbols {
+                        window.saw(&plan.symbol);
+                    }
+                    if let Some(published_ms) = plan_entry_ms.get(plan.plan_id.as_str()) {
+                        let latency = quantum_common::time::now_ms().saturating_sub(*published_ms) as f64 / 1000.0;
+                        metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
+                    }
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
                         .increment(1);
                     metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&plan.symbol), "side" => plan.side.as_str(), "status" => "FILLED").increment(1);
@@ -419,6 +435,9 @@ impl<V: Venue> BatchHandler for Executor<V> {
                     );
                 }
             }
+        }
+        if let Some(window) = &self.executing_symbols {
+            window.publish();
         }
         Ok(())
     }
@@ -454,6 +473,11 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
     let mut executor = Executor::new(conns.writer.clone(), venue);
+    executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
+        "quantum_executing_symbols",
+        std::time::Duration::from_secs(300),
+        shutdown.clone(),
+    ));
     consumer::run(&conns.reader, &conns.writer, &spec, &mut executor, &shutdown).await?;
     let s = &executor.stats;
     tracing::info!(

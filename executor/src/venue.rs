@@ -63,6 +63,17 @@ pub enum VenueError {
     Contended(Symbol),
 }
 
+impl VenueError {
+    /// Short kind for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "storage",
+            Self::Corrupt { .. } => "corrupt_state",
+            Self::Contended(_) => "contended",
+        }
+    }
+}
+
 /// A place to execute orders. Implementations must be idempotent by client order id:
 /// executing the same request again returns the first outcome and places nothing new.
 pub trait Venue: Send + Sync {
