@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The system tests start the real service binaries, which `cargo test` alone does not (re)build.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
