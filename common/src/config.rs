@@ -160,22 +160,23 @@ impl RedisArgs {
                 _ = shutdown.cancelled() => return Err(ConnectError::Cancelled(target)),
                 r = tokio::time::timeout(Duration::from_secs(10), client.init()) => r,
             };
-            match attempt {
+            let failure = match attempt {
                 Ok(Ok(_)) => match client.ping::<String>(None).await {
                     Ok(_) => return Ok(client),
-                    Err(e) if is_auth_error(&e) => return Err(auth(target, &e, client).await),
-                    Err(e) => tracing::warn!("Redis at {target} not ready ({e}), retrying in {delay:?}"),
+                    Err(e) => Some(e),
                 },
-                Ok(Err(e)) if is_auth_error(&e) => return Err(auth(target, &e, client).await),
-                Ok(Err(e)) if e.to_string().contains("InvalidCertificate") => {
-                    let _ = client.quit().await;
-                    return Err(ConnectError::Tls {
-                        target,
-                        message: format!("the server's certificate is not trusted ({e}); set REDIS_TLS_CA_FILE"),
-                    });
+                Ok(Err(e)) => Some(e),
+                Err(_) => None,
+            };
+            match failure {
+                Some(e) => {
+                    if let Some(fatal) = unrecoverable(&target, &e) {
+                        let _ = client.quit().await;
+                        return Err(fatal);
+                    }
+                    tracing::warn!("Redis at {target} unreachable ({e}), retrying in {delay:?}");
                 }
-                Ok(Err(e)) => tracing::warn!("Redis at {target} unreachable ({e}), retrying in {delay:?}"),
-                Err(_) => tracing::warn!("Redis at {target} did not answer in 10s, retrying in {delay:?}"),
+                None => tracing::warn!("Redis at {target} did not answer in 10s, retrying in {delay:?}"),
             }
             let _ = client.quit().await;
             crate::telemetry::flush_logs();
@@ -211,12 +212,18 @@ fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConn
     Ok(config.into())
 }
 
-async fn auth(target: String, e: &fred::error::Error, client: Client) -> ConnectError {
-    let _ = client.quit().await;
-    ConnectError::Auth {
-        target,
-        message: e.details().to_string(),
+/// Connection failures retrying cannot fix: refused credentials, an untrusted certificate.
+fn unrecoverable(target: &str, e: &fred::error::Error) -> Option<ConnectError> {
+    if is_auth_error(e) {
+        return Some(ConnectError::Auth {
+            target: target.to_string(),
+            message: e.details().to_string(),
+        });
     }
+    e.to_string().contains("InvalidCertificate").then(|| ConnectError::Tls {
+        target: target.to_string(),
+        message: format!("the server's certificate is not trusted ({e}); set REDIS_TLS_CA_FILE"),
+    })
 }
 
 /// Whether an error means our credentials or permissions are wrong (retrying cannot help).

@@ -78,6 +78,20 @@ fn redis_given(redis: &RedisArgs) -> bool {
     redis.redis_url.is_some() || std::env::var_os("REDIS_HOST").is_some()
 }
 
+/// The Redis a command works on: the one given (with all its credentials and TLS settings), or
+/// a throwaway redis-server started for the command's lifetime.
+async fn given_or_throwaway(redis: &RedisArgs) -> Result<(Option<RedisServer>, String, fred::prelude::Client), String> {
+    if redis_given(redis) {
+        println!("using the Redis at {} (REDIS_URL/REDIS_HOST given)", redis.display());
+        return Ok((None, redis.url(), connect(redis).await?));
+    }
+    let server = RedisServer::start().map_err(|e| e.to_string())?;
+    println!("started a throwaway redis-server on 127.0.0.1:{}", server.port());
+    let url = server.url();
+    let client = connect(&RedisArgs::from_url(&url)).await?;
+    Ok((Some(server), url, client))
+}
+
 async fn connect(redis: &RedisArgs) -> Result<fred::prelude::Client, String> {
     redis
         .connect(&CancellationToken::new())
@@ -136,14 +150,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             count,
             batch_size,
         } => {
-            let (_server, url) = if redis_given(&redis) {
-                (None, redis.url())
-            } else {
-                let server = RedisServer::start().map_err(|e| e.to_string())?;
-                let url = server.url();
-                (Some(server), url)
-            };
-            let client = connect(&RedisArgs::from_url(&url)).await?;
+            let (_server, url, client) = given_or_throwaway(&redis).await?;
             let log = std::env::temp_dir().join(format!("quantumctl-bench-bridge-{}.log", std::process::id()));
             let result = bench::bridge_throughput(&client, &url, count, batch_size, &log)
                 .await
@@ -166,16 +173,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 .tempdir()
                 .map_err(|e| e.to_string())?
                 .keep();
-            let (_server, url) = if redis_given(&redis) {
-                println!("using the Redis at {} (REDIS_URL/REDIS_HOST given)", redis.display());
-                (None, redis.url())
-            } else {
-                let server = RedisServer::start().map_err(|e| e.to_string())?;
-                println!("started a throwaway redis-server on 127.0.0.1:{}", server.port());
-                let url = server.url();
-                (Some(server), url)
-            };
-            let client = connect(&RedisArgs::from_url(&url)).await?;
+            let (_server, url, client) = given_or_throwaway(&redis).await?;
             let report = demo::run(&client, &url, &log_dir).await.map_err(|e| e.to_string());
             let _ = client.quit().await;
             let report = report?;

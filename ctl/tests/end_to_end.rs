@@ -278,3 +278,21 @@ fn help_never_prints_the_redis_password() {
         );
     }
 }
+
+#[tokio::test]
+async fn demo_runs_against_a_given_redis() {
+    let stack = Stack::new().await;
+    let (code, out) = quantumctl(&["demo"], Some(&stack.redis.url()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("using the Redis at redis://127.0.0.1"), "{out}");
+    assert!(!out.contains("started a throwaway"), "{out}");
+    assert!(out.contains("PASS: strict mode reproduces the deadlock"), "{out}");
+    assert_eq!(
+        stack
+            .hash("quantum:position:ledger:BTCUSDT")
+            .await
+            .get("side")
+            .map(String::as_str),
+        Some("LONG")
+    );
+}
