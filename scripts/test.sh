@@ -7,5 +7,6 @@ scripts/ensure-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The system tests start the real service binaries, which `cargo test` alone does not (re)build.
-cargo build --workspace --bins --locked
+# --all-targets builds them with the same features as the tests, so nothing is compiled twice.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked

@@ -24,6 +24,7 @@ use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits};
 use quantum_common::plan::Plan;
 use quantum_common::time::now_secs;
+use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Side, Symbol};
 
 use gate::{exposure_pct, gate, GateConfig, GateOutcome, LedgerView, SkipReason};
@@ -36,7 +37,8 @@ pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
 #[command(
     name = "quantum-intent-bridge",
     version,
-    about = "Gates trade intents and publishes apply plans."
+    about = "Gates trade intents and publishes apply plans.",
+    after_help = quantum_common::trace::HELP
 )]
 pub struct BridgeArgs {
     #[command(flatten)]
@@ -145,6 +147,20 @@ enum Outcome {
     Skip,
 }
 
+impl Outcome {
+    /// Ends the intent's span with what became of it.
+    fn record(&self, span: &tracing::Span) {
+        match self {
+            Self::Publish(plan) => {
+                span.record("quantum.plan_id", plan.plan_id.as_str());
+                trace::record_outcome(span, "published", false);
+            }
+            Self::Dlq { reason, .. } => trace::record_outcome(span, reason, true),
+            Self::Skip => {}
+        }
+    }
+}
+
 impl IntentBridge {
     /// A bridge writing through `writer`.
     pub fn new(writer: Client, gates: GateConfig, limits: IntentLimits, idempotency_ttl: u64) -> Self {
@@ -246,7 +262,13 @@ impl IntentBridge {
         Ok(view)
     }
 
-    fn decide(&mut self, intent: Result<Intent, IntentError>, view: &BatchView, now: u64) -> Outcome {
+    fn decide(
+        &mut self,
+        intent: Result<Intent, IntentError>,
+        view: &BatchView,
+        now: u64,
+        span: &tracing::Span,
+    ) -> Outcome {
         let intent = match intent {
             Ok(intent) => intent,
             Err(e) => {
@@ -267,6 +289,8 @@ impl IntentBridge {
         };
         let plan = Plan::from_intent(&intent, qty, now);
         let (sym, side, short) = (&intent.symbol, intent.side, plan.plan_id.short());
+        span.record("quantum.symbol", sym.as_str());
+        span.record("quantum.side", side.as_str());
         let ledger = view.ledgers.get(sym).copied().unwrap_or(LedgerView::Missing);
         match gate(&self.gates, sym, side, ledger, view.exposure_pct) {
             GateOutcome::Publish { ledger_missing_open } => {
@@ -297,6 +321,7 @@ impl IntentBridge {
                         .increment(1);
                 }
                 *self.stats.skipped.entry(reason.code()).or_default() += 1;
+                trace::record_outcome(span, reason.code(), false);
                 match reason {
                     SkipReason::NotAllowlisted => tracing::info!(
                         "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
@@ -341,9 +366,13 @@ impl BatchHandler for IntentBridge {
 
         let trx = self.writer.multi();
         let mut ids = Vec::with_capacity(batch.len());
+        // Each intent's span ends once its plan is committed (only kept while tracing is on).
+        let mut spans = Vec::new();
         for (entry, intent) in batch.iter().zip(intents) {
             ids.push(entry.id.clone());
+            let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
             let Some(intent) = intent else {
+                trace::record_outcome(&span, "replayed", false);
                 self.stats.replayed += 1;
                 tracing::info!(
                     "Already processed: intent {} (a replay); acknowledged without publishing",
@@ -359,9 +388,13 @@ impl BatchHandler for IntentBridge {
                 false,
             )
             .await?;
-            match self.decide(intent, &view, now) {
+            let outcome = span.in_scope(|| self.decide(intent, &view, now, &span));
+            outcome.record(&span);
+            match outcome {
                 Outcome::Publish(plan) => {
-                    trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", plan.to_fields())
+                    let mut fields = plan.to_fields();
+                    trace::propagate(&span, Some(entry), &mut fields);
+                    trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", fields)
                         .await?;
                     self.stats.published += 1;
                 }
@@ -386,11 +419,17 @@ impl BatchHandler for IntentBridge {
                 }
                 Outcome::Skip => {}
             }
+            if !span.is_disabled() {
+                spans.push(span);
+            }
         }
         consumer::queue_ack(&trx, INTENT_STREAM, INTENT_GROUP, &ids).await?;
         if let Err(e) = trx.exec::<Value>(true).await {
             // Nothing was published or acked: the whole batch is redelivered, so undo the counts.
             self.stats = stats_before;
+            for span in &spans {
+                trace::record_outcome(span, "not_committed", true);
+            }
             return Err(e);
         }
         self.stats.consumed += batch.len() as u64;

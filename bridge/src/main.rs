@@ -11,7 +11,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = BridgeArgs::parse();
-    let _logs = quantum_common::telemetry::init_logging(Some(&args.log_level));
+    let _telemetry = match quantum_common::telemetry::init("quantum-intent-bridge", Some(&args.log_level)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("quantum-intent-bridge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = quantum_common::consumer::shutdown_on_signals();
     match run(args, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 //! alive) and `/readyz` (Redis answers and the service's consumer group exists).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -59,12 +59,25 @@ struct AppState {
     readiness: Arc<Readiness>,
 }
 
+/// The process's Prometheus recorder, installed on first use; services run in one process
+/// (the in-process tests) share it.
+fn recorder() -> std::io::Result<PrometheusHandle> {
+    static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = RECORDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| std::io::Error::other(format!("cannot install the metrics recorder: {e}")))?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
 /// Installs the Prometheus recorder and serves the endpoints on `bind:port` (port 0: any free
 /// port, logged) until `shutdown`. Returns the readiness handle to fill in once connected.
 pub async fn serve(bind: std::net::IpAddr, port: u16, shutdown: CancellationToken) -> std::io::Result<Arc<Readiness>> {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| std::io::Error::other(format!("cannot install the metrics recorder: {e}")))?;
+    let metrics = recorder()?;
     let upkeep = metrics.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {

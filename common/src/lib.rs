@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod systemd;
 pub mod telemetry;
 pub mod time;
+pub mod trace;
 pub mod types;
 pub mod window;
 

@@ -89,6 +89,11 @@ fn example_env_files_list_every_setting_with_no_secret() {
         let help = String::from_utf8_lossy(&help.stdout);
         let mut expected = env_names(&help, "[env: ");
         expected.remove("REDIS_PASSWORD");
+        // Trace export uses the standard OpenTelemetry variables, which --help names in its footer.
+        for otel in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"] {
+            assert!(help.contains(otel), "{binary} --help does not mention {otel}");
+            expected.insert(otel.to_string());
+        }
         let file = std::fs::read_to_string(deploy().join(format!("systemd/env/{env}"))).unwrap();
         let listed: BTreeSet<String> = file
             .lines()
@@ -217,7 +222,16 @@ fn compose_stack_validates_and_matches_the_acls() {
         .expect("docker-compose (Debian package docker-compose) must be installed");
     let config = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for service in ["redis", "bridge", "executor", "ledger", "sim", "prometheus", "grafana"] {
+    for service in [
+        "redis",
+        "bridge",
+        "executor",
+        "ledger",
+        "sim",
+        "prometheus",
+        "grafana",
+        "jaeger",
+    ] {
         assert!(
             config.contains(&format!("\n  {service}:\n")),
             "service {service} missing:\n{config}"
@@ -234,6 +248,13 @@ fn compose_stack_validates_and_matches_the_acls() {
         "redis must run with AOF and the ACL file"
     );
     assert!(config.contains("deploy/grafana/provisioning") && config.contains("deploy/prometheus"));
+    assert_eq!(
+        config
+            .matches("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318")
+            .count(),
+        3,
+        "the three services export their traces to jaeger"
+    );
 
     // Every development secret is the password the ACL file expects for its user.
     use sha2::{Digest, Sha256};

@@ -2,8 +2,10 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 
 use quantum_common::contract::*;
 use quantumctl::facts::wait_idle;
@@ -60,7 +62,13 @@ fn metric(body: &str, series: &str) -> f64 {
 async fn endpoints_serve_health_readiness_and_true_counters() {
     let mut stack = Stack::new().await;
     for s in SERVICES {
-        stack.start(s, &[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT")]);
+        stack.start(
+            s,
+            &[
+                ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT"),
+                ("LEDGER_RECONCILE_INTERVAL_MS", "200"),
+            ],
+        );
     }
     for s in SERVICES {
         stack.wait_log(s, "Consumer ready").await;
@@ -168,6 +176,12 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
         ),
         3.0
     );
+    // The one ledger the fills created is counted on the next census (every 200 ms here).
+    support::wait_for("quantum_ledger_entries 1", || async {
+        let (_, ledger) = get(ports[2], "/metrics");
+        ledger.lines().any(|l| l == "quantum_ledger_entries 1")
+    })
+    .await;
     // Sampled at start: the group exists, nothing is pending.
     assert_eq!(
         metric(
@@ -322,4 +336,266 @@ async fn real_prometheus_reads_the_diversity_rule_from_the_live_stack() {
     wait_for_query(port, "max(quantum_bridge_allowlist_symbols)", 4.0).await;
     let _ = prometheus.kill();
     let _ = prometheus.wait();
+}
+
+/// One span as a stand-in OTLP collector received it.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: HashMap<String, String>,
+}
+
+/// A stand-in OTLP/HTTP collector: takes `POST /v1/traces` protobuf exports as the OTLP
+/// specification describes (200 with an ExportTraceServiceResponse, 400 for an undecodable
+/// body) and keeps every span with its resource's service.name.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<ExportedSpan>>>,
+    rejected: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    /// Serves on a free loopback port; returns the collector and its base URL.
+    async fn start() -> (Self, String) {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use axum::http::{header, StatusCode};
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+        use prost::Message as _;
+
+        async fn export(
+            State(collector): State<Collector>,
+            body: Bytes,
+        ) -> (StatusCode, [(header::HeaderName, &'static str); 1], Vec<u8>) {
+            let request = match ExportTraceServiceRequest::decode(body) {
+                Ok(request) => request,
+                Err(e) => {
+                    collector.rejected.lock().unwrap().push(e.to_string());
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        [(header::CONTENT_TYPE, "text/plain")],
+                        e.to_string().into_bytes(),
+                    );
+                }
+            };
+            let mut spans = collector.spans.lock().unwrap();
+            for resource_spans in request.resource_spans {
+                let resource = resource_spans
+                    .resource
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default();
+                let service = resource.get("service.name").cloned().unwrap_or_default();
+                for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    spans.push(ExportedSpan {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent_span_id: span.parent_span_id,
+                        attributes: attributes(&span.attributes),
+                    });
+                }
+            }
+            let reply = ExportTraceServiceResponse::default().encode_to_vec();
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                reply,
+            )
+        }
+
+        let collector = Collector::default();
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(export))
+            .with_state(collector.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (collector, url)
+    }
+
+    fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn attributes(list: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    list.iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                Value::BoolValue(b) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            Some((kv.key.clone(), value))
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_carries_one_trace_per_intent_across_the_three_processes() {
+    let (collector, endpoint) = Collector::start().await;
+    let mut stack = Stack::new().await;
+    // Export only at exit: what arrives proves the shutdown flush.
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    let with =
+        |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> { otel.iter().chain(extra).copied().collect() };
+    stack.start(Service::Ledger, &with(&[("OTEL_SERVICE_NAME", "ledger-eu1")]));
+    stack.start(Service::Executor, &with(&[]));
+    stack.start(
+        Service::Bridge,
+        &with(&[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT")]),
+    );
+    let intents = [
+        stack
+            .xadd(INTENT_STREAM, &[("symbol", "ETHUSDT"), ("side", "BUY"), ("qty", "0.5")])
+            .await,
+        stack
+            .xadd(
+                INTENT_STREAM,
+                &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+            )
+            .await,
+    ];
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    for service in [Service::Bridge, Service::Executor, Service::Ledger] {
+        assert!(stack.stop(service), "{} exits cleanly", service.binary());
+    }
+
+    assert!(collector.rejected.lock().unwrap().is_empty(), "undecodable exports");
+    let spans = collector.spans();
+    let plans = stack.entries(PLAN_STREAM).await;
+    let fills = stack.entries(LEDGER_COMMIT_STREAM).await;
+    for intent in &intents {
+        let start = spans
+            .iter()
+            .find(|s| s.name == "intent_bridge.intent" && s.attributes.get("messaging.message.id") == Some(intent))
+            .unwrap_or_else(|| panic!("no bridge span for {intent} in {spans:#?}"));
+        assert_eq!(start.service, "quantum-intent-bridge");
+        assert!(start.parent_span_id.is_empty(), "the bridge starts the trace");
+        let in_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == start.trace_id).collect();
+        let named = |name: &str| -> &ExportedSpan {
+            let found: Vec<&&ExportedSpan> = in_trace.iter().filter(|s| s.name == name).collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "one {name} span in the trace of {intent}: {in_trace:#?}"
+            );
+            found[0]
+        };
+        let (plan_span, venue, fill_span) = (
+            named("intent_executor.plan"),
+            named("venue.order"),
+            named("ledger.fill"),
+        );
+        assert_eq!(in_trace.len(), 4, "{in_trace:#?}");
+        assert_eq!(plan_span.service, "quantum-intent-executor");
+        assert_eq!(venue.service, "quantum-intent-executor");
+        assert_eq!(fill_span.service, "ledger-eu1", "OTEL_SERVICE_NAME wins");
+        assert_eq!(plan_span.parent_span_id, start.span_id);
+        assert_eq!(venue.parent_span_id, plan_span.span_id);
+        assert_eq!(fill_span.parent_span_id, plan_span.span_id);
+        assert_eq!(
+            fill_span.attributes.get("quantum.outcome").map(String::as_str),
+            Some("applied")
+        );
+
+        let plan = plans
+            .iter()
+            .find(|p| p.get("intent_id") == Some(intent.as_str()))
+            .expect("plan");
+        let expected = format!("00-{}-{}-01", hex(&start.trace_id), hex(&start.span_id));
+        assert_eq!(plan.get("traceparent"), Some(expected.as_str()));
+        let fill = fills
+            .iter()
+            .find(|f| f.get("plan_id") == plan.get("plan_id"))
+            .expect("fill");
+        let expected = format!("00-{}-{}-01", hex(&plan_span.trace_id), hex(&plan_span.span_id));
+        assert_eq!(fill.get("traceparent"), Some(expected.as_str()));
+    }
+
+    let log = stack.log(Service::Bridge);
+    assert!(
+        log.contains(&format!(
+            "Trace export: OTLP http/protobuf to {endpoint} as service.name=quantum-intent-bridge"
+        )),
+        "{log}"
+    );
+    // The spans never show in log lines: the contract's lines read as with tracing off.
+    let line = log
+        .lines()
+        .find(|l| l.contains("LEDGER_MISSING_OPEN allowed: symbol=ETHUSDT"))
+        .expect("the LEDGER_MISSING_OPEN line");
+    assert!(
+        line.contains(" INFO LEDGER_MISSING_OPEN allowed: symbol=ETHUSDT side=BUY plan_id="),
+        "{line}"
+    );
+    assert!(
+        !log.contains("intent_bridge.intent") && !log.contains("process{"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn trace_export_settings_fail_fast_and_a_dead_collector_costs_no_intent() {
+    let mut stack = Stack::new().await;
+    stack.start(
+        Service::Bridge,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let bridge = stack.process(Service::Bridge);
+    support::wait_for("the bridge to refuse OTLP over grpc", || {
+        let exited = bridge.exited();
+        async move { exited.is_some() }
+    })
+    .await;
+    assert_eq!(bridge.exited(), Some(Some(1)));
+    assert!(stack.log(Service::Bridge).contains(
+        "quantum-intent-bridge: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this build exports OTLP over http/protobuf only"
+    ));
+
+    // Nothing listens on the collector's port: export fails, the pipeline does not care.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    stack.start(
+        Service::Bridge,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT"),
+        ],
+    );
+    for _ in 0..3 {
+        stack
+            .xadd(
+                INTENT_STREAM,
+                &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+            )
+            .await;
+    }
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert_eq!(stack.xlen(PLAN_STREAM).await, 3);
+    stack.wait_log(Service::Bridge, "BatchSpanProcessor.ExportError").await;
+    assert!(stack.stop(Service::Bridge), "exits cleanly with the collector gone");
 }

@@ -27,5 +27,9 @@ for spec in "quantum-intent-bridge intent-bridge.env" "quantum-intent-executor i
       /^ *--?[a-zA-Z]/ { flush(); block = ""; next }
       { block = block " " $0 }
       END { flush() }'
+    echo "# OpenTelemetry traces: off unless an endpoint is set (OTLP http/protobuf, e.g. http://127.0.0.1:4318)."
+    echo "# The other standard OTEL_* variables apply too (see --help)."
+    echo "#OTEL_EXPORTER_OTLP_ENDPOINT="
+    echo "#OTEL_SERVICE_NAME=$1"
   } > "$here/env/$2"
 done

@@ -16,6 +16,7 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, Span};
 
 use quantum_common::cas::queue_eval;
 use quantum_common::config::{parse_non_negative, parse_positive, ConnectError, ConsumerArgs, RedisArgs};
@@ -27,6 +28,7 @@ use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::now_ms;
+use quantum_common::trace;
 use quantum_common::types::Decision;
 
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
@@ -46,7 +48,8 @@ pub enum Mode {
 #[command(
     name = "quantum-intent-executor",
     version,
-    about = "Executes apply plans exactly once and reports fills to the ledger."
+    about = "Executes apply plans exactly once and reports fills to the ledger.",
+    after_help = quantum_common::trace::HELP
 )]
 pub struct ExecutorArgs {
     #[command(flatten)]
@@ -173,10 +176,11 @@ impl<V: Venue> Executor<V> {
         }
     }
 
-    fn triage(&mut self, entry: &StreamEntry, seen: &mut HashSet<String>) -> Step {
+    fn triage(&mut self, entry: &StreamEntry, seen: &mut HashSet<String>, span: &Span) -> Step {
         let plan = match Plan::parse(entry) {
             Ok(plan) => plan,
             Err(e) => {
+                trace::record_outcome(span, "malformed", true);
                 self.stats.malformed += 1;
                 metrics::counter!("quantum_executor_plans_total", "decision" => "INVALID", "outcome" => "malformed")
                     .increment(1);
@@ -191,12 +195,17 @@ impl<V: Venue> Executor<V> {
                 ));
             }
         };
+        span.record("quantum.symbol", plan.symbol.as_str());
+        span.record("quantum.side", plan.side.as_str());
+        span.record("quantum.plan_id", plan.plan_id.as_str());
         if !seen.insert(plan.plan_id.to_string()) {
+            trace::record_outcome(span, "duplicate", false);
             self.stats.duplicates += 1;
             metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {
+            trace::record_outcome(span, "not_executed", false);
             self.stats.not_executed += 1;
             metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "not_executed").increment(1);
             let reason = plan
@@ -277,17 +286,24 @@ impl<V: Venue> Executor<V> {
 impl<V: Venue> Executor<V> {
     /// Places the orders: one symbol's orders in plan order, different symbols concurrently
     /// (their venue state is independent), so a batch costs a few round trips per symbol rather
-    /// than per order. Outcomes come back in plan order.
-    async fn execute_all<'p>(&self, plans: &[&'p Plan]) -> Result<Vec<(&'p Plan, OrderOutcome)>, Error> {
+    /// than per order. `plans` are (batch position, plan) in batch order; outcomes come back
+    /// in the same order, each venue call traced as a step of the plan's span.
+    async fn execute_all<'p>(
+        &self,
+        plans: &[(usize, &'p Plan)],
+        spans: &[Span],
+    ) -> Result<Vec<(usize, &'p Plan, OrderOutcome)>, Error> {
         let mut by_symbol: HashMap<&str, Vec<(usize, &'p Plan)>> = HashMap::new();
-        for (i, plan) in plans.iter().enumerate() {
-            by_symbol.entry(plan.symbol.as_str()).or_default().push((i, plan));
+        for (i, plan) in plans {
+            by_symbol.entry(plan.symbol.as_str()).or_default().push((*i, plan));
         }
         let venue = &self.venue;
         let per_symbol = by_symbol.into_values().map(|orders| async move {
             let mut done = Vec::with_capacity(orders.len());
             for (i, plan) in orders {
-                let outcome = venue.execute(&request(plan)).await.map_err(|e| {
+                let order = request(plan);
+                let step = trace::step_span(&spans[i], "venue.order");
+                let outcome = venue.execute(&order).instrument(step).await.map_err(|e| {
                     metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue.name(), "kind" => e.kind())
                         .increment(1);
                     Error::new(ErrorKind::IO, format!("venue {}: {e}", venue.name()))
@@ -301,7 +317,7 @@ impl<V: Venue> Executor<V> {
             all.extend(result?);
         }
         all.sort_by_key(|(i, _, _)| *i);
-        Ok(all.into_iter().map(|(_, plan, outcome)| (plan, outcome)).collect())
+        Ok(all)
     }
 }
 
@@ -322,28 +338,36 @@ fn request(plan: &Plan) -> OrderRequest {
 impl<V: Venue> BatchHandler for Executor<V> {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
         let mut seen = HashSet::new();
-        let steps: Vec<Step> = batch.iter().map(|e| self.triage(e, &mut seen)).collect();
-        // A plan's stream entry id starts with the millisecond the bridge published it.
-        let plan_entry_ms: HashMap<&str, u64> = batch
+        let spans: Vec<Span> = batch
             .iter()
-            .filter_map(|e| Some((e.get("plan_id")?, e.id.split('-').next()?.parse().ok()?)))
+            .map(|e| trace::entry_span("intent_executor.plan", PLAN_STREAM, e))
             .collect();
-        let to_execute: Vec<&Plan> = steps
+        let steps: Vec<Step> = batch
             .iter()
-            .filter_map(|s| match s {
-                Step::Execute(plan) => Some(plan.as_ref()),
+            .zip(&spans)
+            .map(|(e, span)| self.triage(e, &mut seen, span))
+            .collect();
+        // Plans to execute with their batch position (of their entry and span).
+        let to_execute: Vec<(usize, &Plan)> = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Step::Execute(plan) => Some((i, plan.as_ref())),
                 _ => None,
             })
             .collect();
-        let needs_venue = self.claim(&to_execute).await?;
+        let plans: Vec<&Plan> = to_execute.iter().map(|(_, plan)| *plan).collect();
+        let needs_venue = self.claim(&plans).await?;
 
-        let pending: Vec<&Plan> = to_execute
-            .iter()
-            .zip(needs_venue)
-            .filter(|(_, n)| *n)
-            .map(|(p, _)| *p)
-            .collect();
-        let finished = self.execute_all(&pending).await?;
+        let mut pending = Vec::with_capacity(to_execute.len());
+        for ((i, plan), needed) in to_execute.into_iter().zip(needs_venue) {
+            if needed {
+                pending.push((i, plan));
+            } else {
+                trace::record_outcome(&spans[i], "duplicate", false);
+            }
+        }
+        let finished = self.execute_all(&pending, &spans).await?;
 
         let trx = self.writer.multi();
         for step in &steps {
@@ -352,13 +376,15 @@ impl<V: Venue> BatchHandler for Executor<V> {
                     .await?;
             }
         }
-        for (plan, outcome) in &finished {
+        for (i, plan, outcome) in &finished {
             let coid = plan.plan_id.client_order_id();
             let (qty, avg, fee) = outcome.totals();
             let (state, error) = match outcome {
                 OrderOutcome::Filled { fills } => {
                     for fill in fills {
-                        trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_STREAM, false, None, "*", fill.to_fields())
+                        let mut fields = fill.to_fields();
+                        trace::propagate(&spans[*i], Some(&batch[*i]), &mut fields);
+                        trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_STREAM, false, None, "*", fields)
                             .await?;
                     }
                     ("FILLED", None)
@@ -393,16 +419,20 @@ impl<V: Venue> BatchHandler for Executor<V> {
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
         trx.exec::<Value>(true).await?;
 
-        for (plan, outcome) in &finished {
+        for (i, plan, outcome) in &finished {
             let coid = plan.plan_id.client_order_id();
+            let span = &spans[*i];
+            let _in_span = span.enter();
             match outcome {
                 OrderOutcome::Filled { fills } => {
+                    trace::record_outcome(span, "filled", false);
                     self.stats.filled += 1;
                     if let Some(window) = &self.executing_symbols {
                         window.saw(&plan.symbol);
                     }
-                    if let Some(published_ms) = plan_entry_ms.get(plan.plan_id.as_str()) {
-                        let latency = quantum_common::time::now_ms().saturating_sub(*published_ms) as f64 / 1000.0;
+                    // A plan's entry id starts with the millisecond the bridge published it.
+                    if let Some(published_ms) = batch[*i].id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()) {
+                        let latency = quantum_common::time::now_ms().saturating_sub(published_ms) as f64 / 1000.0;
                         metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
                     }
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
@@ -422,6 +452,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
                     }
                 }
                 OrderOutcome::Rejected { reason } => {
+                    trace::record_outcome(span, "rejected", false);
                     self.stats.rejected += 1;
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
                         .increment(1);

@@ -27,7 +27,7 @@ use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, Consu
 use quantum_common::consumer::{self, group_backlog, scan_keys, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     ledger_applied_key, ledger_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP,
-    PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
+    LEDGER_KEY_PREFIX, PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
 };
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
 use quantum_common::fill::Fill;
@@ -36,7 +36,9 @@ use quantum_common::labels::symbol_label;
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
 use quantum_common::time::{now_ms, now_secs};
-use quantum_common::types::Symbol;
+use quantum_common::trace;
+use quantum_common::types::{FillId, Symbol};
+use tracing::Span;
 
 use logic::{apply_fills, detect_drift, reconciled, DriftTracker};
 
@@ -45,7 +47,8 @@ use logic::{apply_fills, detect_drift, reconciled, DriftTracker};
 #[command(
     name = "quantum-ledger",
     version,
-    about = "Applies fills to per-symbol ledgers exactly once and reconciles with exchange snapshots."
+    about = "Applies fills to per-symbol ledgers exactly once and reconciles with exchange snapshots.",
+    after_help = quantum_common::trace::HELP
 )]
 pub struct LedgerArgs {
     #[command(flatten)]
@@ -60,7 +63,7 @@ pub struct LedgerArgs {
     /// Reconcile ledgers against exchange snapshots (true/false).
     #[arg(long, env = "LEDGER_RECONCILE", default_value = "true", value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub reconcile: bool,
-    /// How often to compare ledgers with snapshots (ms).
+    /// How often to compare ledgers with snapshots and count the ledger entries (ms).
     #[arg(long, env = "LEDGER_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
     pub reconcile_interval_ms: u64,
     /// How long a drift must persist, with no fill applied, before exchange truth is written (ms).
@@ -98,6 +101,8 @@ pub struct LedgerStats {
 pub struct LedgerWriter {
     writer: Client,
     pub stats: LedgerStats,
+    /// The current batch's fill spans by fill id (only while tracing is on).
+    spans: HashMap<String, Span>,
 }
 
 /// How many times a batch retries symbols whose ledger moved under it before giving up.
@@ -109,6 +114,7 @@ impl LedgerWriter {
         Self {
             writer,
             stats: LedgerStats::default(),
+            spans: HashMap::new(),
         }
     }
 
@@ -145,7 +151,10 @@ impl LedgerWriter {
                             "Ledger of {symbol} is corrupt ({e}); its {} fills stay pending until it is repaired",
                             fills.len()
                         );
-                        stuck.extend(fills.iter().map(|(id, _)| id.clone()));
+                        for (id, fill) in fills {
+                            stuck.insert(id.clone());
+                            self.record(&fill.fill_id, "pending_corrupt_ledger", true);
+                        }
                         by_symbol.remove(&symbol);
                         continue;
                     }
@@ -201,9 +210,16 @@ impl LedgerWriter {
         ))
     }
 
+    fn record(&self, fill_id: &FillId, outcome: &str, error: bool) {
+        if let Some(span) = self.spans.get(fill_id.as_str()) {
+            trace::record_outcome(span, outcome, error);
+        }
+    }
+
     fn report(&mut self, symbol: &Symbol, app: &logic::Application) {
         for a in &app.applied {
             let f = &a.fill;
+            self.record(&f.fill_id, "applied", false);
             tracing::info!(
                 "LEDGER_COMMIT symbol={symbol} fill_id={} order_id={} plan_id={} side={} qty={} price={} fee={} position_amt={} realized_pnl={}",
                 f.fill_id,
@@ -218,6 +234,7 @@ impl LedgerWriter {
             );
         }
         for f in &app.duplicates {
+            self.record(&f.fill_id, "duplicate", false);
             tracing::info!(
                 "LEDGER_DUPLICATE symbol={symbol} fill_id={} order_id={} already applied: skipped",
                 f.fill_id,
@@ -239,10 +256,33 @@ impl LedgerWriter {
 
 impl BatchHandler for LedgerWriter {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+        let result = self.process(batch).await;
+        // The fills' spans end here, once their effect is durable (or the batch failed).
+        self.spans.clear();
+        result
+    }
+}
+
+impl LedgerWriter {
+    async fn process(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
         let mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>> = HashMap::new();
         let mut dlq = Vec::new();
         for entry in &batch {
-            match Fill::parse(entry) {
+            let span = trace::entry_span("ledger.fill", LEDGER_COMMIT_STREAM, entry);
+            let parsed = Fill::parse(entry);
+            if !span.is_disabled() {
+                match &parsed {
+                    Ok(fill) => {
+                        span.record("quantum.symbol", fill.symbol.as_str());
+                        span.record("quantum.side", fill.side.as_str());
+                        span.record("quantum.plan_id", fill.plan_id.as_str());
+                        span.record("quantum.fill_id", fill.fill_id.as_str());
+                        self.spans.insert(fill.fill_id.to_string(), span);
+                    }
+                    Err(_) => trace::record_outcome(&span, "malformed", true),
+                }
+            }
+            match parsed {
                 Ok(fill) => by_symbol
                     .entry(fill.symbol.clone())
                     .or_default()
@@ -379,6 +419,18 @@ async fn pipeline_quiescent(client: &Client) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Counts the ledger hashes present and publishes the count as `quantum_ledger_entries`.
+pub async fn ledger_census(client: &Client) -> Result<usize, Error> {
+    let keys = scan_keys(client, &format!("{LEDGER_KEY_PREFIX}*")).await?;
+    let count = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(LEDGER_KEY_PREFIX))
+        .filter(|s| Symbol::parse(s).is_ok())
+        .count();
+    metrics::gauge!("quantum_ledger_entries").set(count as f64);
+    Ok(count)
+}
+
 async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
     let keys = scan_keys(client, &format!("{SNAPSHOT_KEY_PREFIX}*")).await?;
     Ok(keys
@@ -410,29 +462,33 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     readiness.watch(conns.writer.clone(), LEDGER_COMMIT_STREAM, LEDGER_GROUP);
-    let reconciler = args.reconcile.then(|| {
+    let periodic = {
         let client = conns.writer.clone();
         let stop = shutdown.clone();
+        let reconcile_on = args.reconcile;
         tokio::spawn(async move {
             let mut tracker = DriftTracker::default();
             loop {
+                if let Err(e) = ledger_census(&client).await {
+                    tracing::warn!("Counting ledgers failed: {e}");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(reconcile.interval) => {}
                 }
-                if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
-                    tracing::warn!("Reconcile pass failed: {e}");
+                if reconcile_on {
+                    if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
+                        tracing::warn!("Reconcile pass failed: {e}");
+                    }
                 }
                 quantum_common::telemetry::flush_logs();
             }
         })
-    });
+    };
     let mut writer = LedgerWriter::new(conns.writer.clone());
     let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
     shutdown.cancel();
-    if let Some(task) = reconciler {
-        let _ = task.await;
-    }
+    let _ = periodic.await;
     result?;
     let s = &writer.stats;
     tracing::info!(
