@@ -427,9 +427,7 @@ impl BatchHandler for IntentBridge {
         if let Err(e) = trx.exec::<Value>(true).await {
             // Nothing was published or acked: the whole batch is redelivered, so undo the counts.
             self.stats = stats_before;
-            for span in &spans {
-                trace::record_outcome(span, "not_committed", true);
-            }
+            trace::record_batch_failed(&spans);
             return Err(e);
         }
         self.stats.consumed += batch.len() as u64;

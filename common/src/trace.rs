@@ -174,6 +174,7 @@ pub fn entry_span(stage: &'static str, stream: &'static str, entry: &StreamEntry
         quantum.plan_id = tracing::field::Empty,
         quantum.fill_id = tracing::field::Empty,
         quantum.outcome = tracing::field::Empty,
+        quantum.error = tracing::field::Empty,
     );
     if !span.is_disabled() && entry.get(TRACEPARENT).is_some() {
         let parent = TraceContextPropagator::new().extract(&EntryContext(entry));
@@ -192,6 +193,15 @@ pub fn step_span(parent: &Span, step: &'static str) -> Span {
 pub fn record_outcome(span: &Span, outcome: &str, error: bool) {
     span.record("quantum.outcome", outcome);
     if error {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Marks the spans of a batch that failed as a whole: what the stage decided (the outcome)
+/// was not committed, and the batch is redelivered and traced again.
+pub fn record_batch_failed<'a>(spans: impl IntoIterator<Item = &'a Span>) {
+    for span in spans {
+        span.record("quantum.error", "batch_failed");
         span.record("otel.status_code", "ERROR");
     }
 }
@@ -325,6 +335,49 @@ mod tests {
         let mut fields = Vec::new();
         propagate(&span, None, &mut fields);
         assert!(fields.is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_marks_its_spans_as_errors() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(layer(tracer(&provider), LevelFilter::INFO));
+        tracing::subscriber::with_default(subscriber, || {
+            let spans = vec![
+                entry_span("test", "s", &StreamEntry::new("1-0", &[])),
+                entry_span("test", "s", &StreamEntry::new("2-0", &[])),
+            ];
+            record_outcome(&spans[0], "applied", false);
+            record_batch_failed(&spans);
+        });
+        let exported = exporter.get_finished_spans().unwrap();
+        assert_eq!(exported.len(), 2);
+        for span in &exported {
+            let values = |key: &str| -> Vec<String> {
+                span.attributes
+                    .iter()
+                    .filter(|kv| kv.key.as_str() == key)
+                    .map(|kv| kv.value.as_str().into_owned())
+                    .collect()
+            };
+            assert_eq!(values("quantum.error"), vec!["batch_failed"]);
+            assert!(
+                matches!(span.status, opentelemetry::trace::Status::Error { .. }),
+                "{span:?}"
+            );
+        }
+        let outcomes: Vec<usize> = exported
+            .iter()
+            .map(|s| {
+                s.attributes
+                    .iter()
+                    .filter(|kv| kv.key.as_str() == "quantum.outcome")
+                    .count()
+            })
+            .collect();
+        assert_eq!(outcomes.iter().sum::<usize>(), 1, "the decided outcome stays, once");
     }
 
     #[test]

@@ -337,14 +337,24 @@ fn request(plan: &Plan) -> OrderRequest {
 
 impl<V: Venue> BatchHandler for Executor<V> {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
-        let mut seen = HashSet::new();
         let spans: Vec<Span> = batch
             .iter()
             .map(|e| trace::entry_span("intent_executor.plan", PLAN_STREAM, e))
             .collect();
+        let result = self.process(&batch, &spans).await;
+        if result.is_err() {
+            trace::record_batch_failed(&spans);
+        }
+        result
+    }
+}
+
+impl<V: Venue> Executor<V> {
+    async fn process(&mut self, batch: &[StreamEntry], spans: &[Span]) -> Result<(), Error> {
+        let mut seen = HashSet::new();
         let steps: Vec<Step> = batch
             .iter()
-            .zip(&spans)
+            .zip(spans)
             .map(|(e, span)| self.triage(e, &mut seen, span))
             .collect();
         // Plans to execute with their batch position (of their entry and span).
@@ -367,7 +377,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
                 trace::record_outcome(&spans[i], "duplicate", false);
             }
         }
-        let finished = self.execute_all(&pending, &spans).await?;
+        let finished = self.execute_all(&pending, spans).await?;
 
         let trx = self.writer.multi();
         for step in &steps {

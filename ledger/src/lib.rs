@@ -257,6 +257,9 @@ impl LedgerWriter {
 impl BatchHandler for LedgerWriter {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
         let result = self.process(batch).await;
+        if result.is_err() {
+            trace::record_batch_failed(self.spans.values());
+        }
         // The fills' spans end here, once their effect is durable (or the batch failed).
         self.spans.clear();
         result
