@@ -100,8 +100,12 @@ async fn an_intents_spans_in_the_three_stages_share_one_trace_id() {
             &[("symbol", "ETHUSDT"), ("side", "SELL"), ("qty", "0.5")],
         )
         .await;
-    let ledger_spans = || spans_named(&exporter.get_finished_spans().unwrap_or_default(), "ledger.fill");
-    wait_for("the SELL's fill span", || async { ledger_spans().len() >= 3 }).await;
+    // Each stage's span ends after its commit, so the next stage may finish first: wait for all.
+    let finished = |name: &str| spans_named(&exporter.get_finished_spans().unwrap_or_default(), name).len();
+    wait_for("the SELL's spans in every stage", || async {
+        finished("intent_bridge.intent") >= 5 && finished("intent_executor.plan") >= 3 && finished("ledger.fill") >= 3
+    })
+    .await;
     shutdown.cancel();
     for service in services {
         service.abort();
@@ -123,6 +127,18 @@ async fn an_intents_spans_in_the_three_stages_share_one_trace_id() {
     let executor_spans = spans_named(&spans, "intent_executor.plan");
     let venue_spans = spans_named(&spans, "venue.order");
     let fill_spans = spans_named(&spans, "ledger.fill");
+    // The log lines of a stage become events of its span.
+    let events: Vec<String> = by_intent[eth_buy.as_str()]
+        .events
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("LEDGER_MISSING_OPEN allowed: symbol=ETHUSDT side=BUY")),
+        "{events:?}"
+    );
     for intent in [&eth_buy, &btc_buy, &eth_sell] {
         let start = by_intent[intent.as_str()];
         let trace_id = start.span_context.trace_id();
