@@ -143,8 +143,12 @@ struct BatchView {
 
 enum Outcome {
     Publish(Box<Plan>),
-    Dlq { reason: &'static str, error: String },
-    Skip,
+    Dlq {
+        reason: &'static str,
+        error: String,
+    },
+    /// Refused by a gate, with the reason code.
+    Skip(&'static str),
 }
 
 impl Outcome {
@@ -156,7 +160,7 @@ impl Outcome {
                 trace::record_outcome(span, "published", false);
             }
             Self::Dlq { reason, .. } => trace::record_outcome(span, reason, true),
-            Self::Skip => {}
+            Self::Skip(reason) => trace::record_outcome(span, reason, false),
         }
     }
 }
@@ -321,7 +325,6 @@ impl IntentBridge {
                         .increment(1);
                 }
                 *self.stats.skipped.entry(reason.code()).or_default() += 1;
-                trace::record_outcome(span, reason.code(), false);
                 match reason {
                     SkipReason::NotAllowlisted => tracing::info!(
                         "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
@@ -340,7 +343,7 @@ impl IntentBridge {
                         "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
                     ),
                 }
-                Outcome::Skip
+                Outcome::Skip(reason.code())
             }
         }
     }
@@ -417,7 +420,7 @@ impl BatchHandler for IntentBridge {
                     metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
                         .increment(1);
                 }
-                Outcome::Skip => {}
+                Outcome::Skip(_) => {}
             }
             if !span.is_disabled() {
                 spans.push(span);

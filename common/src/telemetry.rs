@@ -105,7 +105,7 @@ pub fn init(service: &str, service_level: Option<&str>) -> Result<TelemetryGuard
     let provider = settings.provider()?;
     let filter = level_filter(service_level);
     let events = filter.max_level_hint().unwrap_or(LevelFilter::INFO);
-    install(filter, Some(trace::tracer(&provider)).map(|t| (t, events)));
+    install(filter, Some((trace::tracer(&provider), events)));
     tracing::info!(
         "Trace export: OTLP http/protobuf to {} as service.name={}",
         settings.endpoint,
