@@ -58,6 +58,10 @@ for svc in "${SERVICES[@]}"; do
     echo "created empty $cred: put the service's Redis password in it (see deploy/redis/README.md)"
   fi
 done
+put 0644 "$here/systemd/env/quantum.env" "$ROOT/usr/local/share/quantum/quantum.env.example"
+if [ ! -e "$ROOT/etc/quantum/quantum.env" ]; then
+  install -m 0640 "$here/systemd/env/quantum.env" "$ROOT/etc/quantum/quantum.env"; changed=1; echo "created $ROOT/etc/quantum/quantum.env"
+fi
 for cred in binance-api-key binance-api-secret; do
   f="$ROOT/etc/quantum/credentials/$cred"
   [ -e "$f" ] || { install -m 0600 /dev/null "$f"; changed=1; echo "created empty $f (needed only with INTENT_EXECUTOR_MODE=live)"; }

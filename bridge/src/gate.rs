@@ -1,4 +1,5 @@
 //! The bridge's gates, in order: allowlist, ledger (split by side), exposure. Pure functions.
+//! (Freshness is checked before them and shares their skip reasons.)
 
 use std::collections::HashSet;
 
@@ -35,8 +36,18 @@ pub enum SkipReason {
     NotAllowlisted,
     StrictLedgerMissingBuy,
     LedgerMissingSell,
-    LedgerFlatSell { last_known_amt: Decimal },
-    Exposure { exposure_pct: Decimal, max_pct: Decimal },
+    LedgerFlatSell {
+        last_known_amt: Decimal,
+    },
+    Exposure {
+        exposure_pct: Decimal,
+        max_pct: Decimal,
+    },
+    /// Older than INTENT_BRIDGE_MAX_INTENT_AGE_MS (checked before the gates proper).
+    Stale {
+        age_ms: u64,
+        max_ms: u64,
+    },
 }
 
 impl SkipReason {
@@ -48,6 +59,7 @@ impl SkipReason {
             Self::LedgerMissingSell => "ledger_missing_sell",
             Self::LedgerFlatSell { .. } => "ledger_flat_sell",
             Self::Exposure { .. } => "exposure",
+            Self::Stale { .. } => "stale",
         }
     }
 }

@@ -1,10 +1,20 @@
 //! The intent bridge: `quantum:stream:trade.intent` → gates → `quantum:stream:apply.plan`.
 //!
-//! Each batch costs two round trips: one pipelined read of the ledgers, portfolio and mark
-//! prices it needs, and one MULTI/EXEC that publishes every plan and DLQ entry together with
-//! the XACK of the whole batch, so a crash can neither lose nor duplicate a plan.
+//! Each batch costs three round trips: one MGET of the replay markers, one pipelined read of
+//! the ledgers, portfolio, mark prices and governor inputs it needs, and one MULTI/EXEC that
+//! publishes every plan and DLQ entry together with the XACK of the batch, so a crash can
+//! neither lose nor duplicate a plan.
+//!
+//! Per intent: parse → size (an intent waiting for its mark price stays pending and is retried
+//! up to `INTENT_BRIDGE_MAX_INTENT_AGE_MS`) → freshness → gates (`gate`: allowlist, ledger,
+//! exposure; a refusal publishes nothing) → governor (`governor`: EXECUTE or BLOCKED, both
+//! published) → publish.
+//!
+//! Layout: `gate` (pure gates), `governor` (its settings and batch glue; the decision is
+//! `quantum_common::governor`), this file (the batch handler and `run`).
 
 pub mod gate;
+pub mod governor;
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,20 +24,22 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     ledger_key, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::fields::{opt_text, truncate, StreamEntry};
+use quantum_common::governor::{GovernorConfig, ProposalView};
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits};
 use quantum_common::plan::Plan;
-use quantum_common::time::now_secs;
+use quantum_common::time::{now_ms, now_secs};
 use quantum_common::trace;
-use quantum_common::types::{parse_decimal, Side, Symbol};
+use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
 use gate::{exposure_pct, gate, GateConfig, GateOutcome, LedgerView, SkipReason};
+use governor::{GovernorArgs, SymbolRisk};
 
 /// Deployment marker operators grep for to confirm the ledger-open fix is running.
 pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
@@ -47,12 +59,18 @@ pub struct BridgeArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub governor: GovernorArgs,
     /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
     #[arg(long, env = "INTENT_BRIDGE_METRICS_PORT", default_value_t = 9101)]
     pub metrics_port: u16,
-    /// Symbols allowed to trade, comma separated.
-    #[arg(long, env = "INTENT_BRIDGE_ALLOWLIST", default_value = "BTCUSDT")]
-    pub allowlist: String,
+    /// Symbols allowed to trade, comma separated: the one allowlist every service reads
+    /// [default: BTCUSDT].
+    #[arg(long, env = "SYMBOL_ALLOWLIST")]
+    pub symbol_allowlist: Option<String>,
+    /// Deprecated: use SYMBOL_ALLOWLIST (still read; an error when the two disagree).
+    #[arg(long = "allowlist", env = "INTENT_BRIDGE_ALLOWLIST")]
+    pub legacy_allowlist: Option<String>,
     /// Strict mode: refuse an opening BUY when the symbol has no ledger yet (the old behaviour).
     #[arg(long, env = "INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", default_value = "false", value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub require_ledger_for_open: bool,
@@ -72,20 +90,36 @@ pub struct BridgeArgs {
     /// reset, a re-added entry) is never gated and published a second time.
     #[arg(long, env = "INTENT_BRIDGE_IDEMPOTENCY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_ttl: u64,
+    /// Intents older than this (ms, by their entry id) are skipped as stale; an intent waiting
+    /// for its mark price waits at most this long, then goes to the DLQ. 0: no limit (and no
+    /// waiting for marks).
+    #[arg(long, env = "INTENT_BRIDGE_MAX_INTENT_AGE_MS", default_value_t = 60_000)]
+    pub max_intent_age_ms: u64,
     /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
     #[arg(long, env = "INTENT_BRIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
 impl BridgeArgs {
-    /// The gate settings these arguments describe; invalid allowlist entries are reported.
+    /// The allowlist: `SYMBOL_ALLOWLIST`, or the deprecated `INTENT_BRIDGE_ALLOWLIST`.
+    ///
+    /// # Errors
+    /// An invalid symbol, or the two settings disagreeing.
+    pub fn allowlist(&self) -> Result<Allowlist, String> {
+        Allowlist::resolve(
+            self.symbol_allowlist.as_deref(),
+            "INTENT_BRIDGE_ALLOWLIST",
+            self.legacy_allowlist.as_deref(),
+        )
+    }
+
+    /// The gate settings these arguments describe.
+    ///
+    /// # Errors
+    /// As [`Self::allowlist`].
     pub fn gate_config(&self) -> Result<GateConfig, String> {
-        let mut allowlist = HashSet::new();
-        for raw in self.allowlist.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            allowlist.insert(Symbol::parse(raw).map_err(|e| format!("INTENT_BRIDGE_ALLOWLIST: {e}"))?);
-        }
         Ok(GateConfig {
-            allowlist,
+            allowlist: self.allowlist()?.symbols.into_iter().collect(),
             require_ledger_for_open: self.require_ledger_for_open,
             skip_flat_sell: self.skip_flat_sell,
             flat_eps: self.flat_eps,
@@ -113,7 +147,10 @@ pub struct BridgeStats {
     pub consumed: u64,
     /// Intents seen before (replays), acknowledged without processing.
     pub replayed: u64,
+    /// Plans published, EXECUTE and BLOCKED.
     pub published: u64,
+    /// Of those, BLOCKED by the governor.
+    pub blocked: u64,
     pub ledger_missing_open: u64,
     pub skipped: HashMap<&'static str, u64>,
     pub malformed: u64,
@@ -123,8 +160,15 @@ pub struct BridgeStats {
 pub struct IntentBridge {
     writer: Client,
     gates: GateConfig,
+    governor: GovernorConfig,
     limits: IntentLimits,
     idempotency_ttl: u64,
+    /// 0: no limit.
+    max_intent_age_ms: u64,
+    /// Entries left pending while they wait for a mark price (logged and counted once each).
+    waiting: HashSet<String>,
+    /// Whether the last batch left entries waiting.
+    deferred: bool,
     last_summary: std::time::Instant,
     /// Distinct symbols with published plans over the last 5 minutes (a live gauge).
     plan_symbols: Option<quantum_common::window::SymbolWindow>,
@@ -139,6 +183,7 @@ struct BatchView {
     ledgers: HashMap<Symbol, LedgerView>,
     exposure_pct: Decimal,
     marks: HashMap<Symbol, Decimal>,
+    risk: HashMap<Symbol, SymbolRisk>,
 }
 
 enum Outcome {
@@ -149,6 +194,8 @@ enum Outcome {
     },
     /// Refused by a gate, with the reason code.
     Skip(&'static str),
+    /// Not decidable yet (no mark price): left pending, retried.
+    Wait,
 }
 
 impl Outcome {
@@ -161,20 +208,25 @@ impl Outcome {
             }
             Self::Dlq { reason, .. } => trace::record_outcome(span, reason, true),
             Self::Skip(reason) => trace::record_outcome(span, reason, false),
+            Self::Wait => trace::record_outcome(span, "waiting_mark_price", false),
         }
     }
 }
 
 impl IntentBridge {
-    /// A bridge writing through `writer`.
+    /// A bridge writing through `writer`, with the governor's default settings and no age limit.
     pub fn new(writer: Client, gates: GateConfig, limits: IntentLimits, idempotency_ttl: u64) -> Self {
         let mut allowlist: Vec<Symbol> = gates.allowlist.iter().cloned().collect();
         allowlist.sort();
         Self {
             writer,
             gates,
+            governor: GovernorConfig::default(),
             limits,
             idempotency_ttl,
+            max_intent_age_ms: 0,
+            waiting: HashSet::new(),
+            deferred: false,
             last_summary: std::time::Instant::now(),
             plan_symbols: None,
             allowlist,
@@ -192,16 +244,16 @@ impl IntentBridge {
     async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
         let parsed = || intents.iter().filter_map(|i| i.as_ref().ok());
         let any_buy = parsed().any(|i| i.side == Side::Buy && self.gates.allowlist.contains(&i.symbol));
-        // Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
-        let ledger_symbols: Vec<Symbol> = if any_buy {
-            self.allowlist.clone()
-        } else {
+        // The batch's allowlisted symbols: their ledgers and governor inputs are read.
+        let gated_symbols: Vec<Symbol> = {
             let set: HashSet<&Symbol> = parsed()
                 .map(|i| &i.symbol)
                 .filter(|s| self.gates.allowlist.contains(*s))
                 .collect();
             set.into_iter().cloned().collect()
         };
+        // Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
+        let ledger_symbols: &[Symbol] = if any_buy { &self.allowlist } else { &gated_symbols };
         let mark_symbols: Vec<Symbol> = {
             let set: HashSet<&Symbol> = parsed().filter(|i| i.needs_mark_price()).map(|i| &i.symbol).collect();
             set.into_iter().cloned().collect()
@@ -211,7 +263,7 @@ impl IntentBridge {
         }
 
         let pipeline = self.writer.pipeline();
-        for symbol in &ledger_symbols {
+        for symbol in ledger_symbols {
             pipeline
                 .hmget::<(), _, _>(ledger_key(symbol), vec!["position_amt", "notional_usd"])
                 .await?;
@@ -219,6 +271,9 @@ impl IntentBridge {
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
         for symbol in &mark_symbols {
             pipeline.hget::<(), _, _>(MARK_PRICE_KEY, symbol.as_str()).await?;
+        }
+        for symbol in &gated_symbols {
+            governor::queue_reads(&pipeline, &self.governor, symbol).await?;
         }
         let replies: Vec<Value> = pipeline.all().await?;
         let mut replies = replies.into_iter();
@@ -243,7 +298,7 @@ impl IntentBridge {
             {
                 total_notional += notional.abs();
             }
-            view.ledgers.insert(symbol, ledger);
+            view.ledgers.insert(symbol.clone(), ledger);
         }
         let equity = replies
             .next()
@@ -263,11 +318,28 @@ impl IntentBridge {
                 view.marks.insert(symbol, mark);
             }
         }
+        let now = now_secs();
+        for symbol in gated_symbols {
+            let proposal = replies.next().unwrap_or(Value::Null);
+            let history = replies.next().unwrap_or(Value::Null);
+            let risk = governor::read_replies(&self.governor, proposal, history, now);
+            if let quantum_common::governor::ProposalView::Unreadable(e) = &risk.view {
+                tracing::warn!("Proposal of {symbol} unreadable ({e}); entries are BLOCKED until it is fixed");
+            }
+            view.risk.insert(symbol, risk);
+        }
         Ok(view)
     }
 
+    /// Whether an intent this old may still wait for its mark price.
+    fn can_wait(&self, age_ms: u64) -> bool {
+        self.max_intent_age_ms > 0 && age_ms <= self.max_intent_age_ms
+    }
+
+    /// read → size → freshness → gates → governor, for one intent.
     fn decide(
         &mut self,
+        entry: &StreamEntry,
         intent: Result<Intent, IntentError>,
         view: &BatchView,
         now: u64,
@@ -275,78 +347,153 @@ impl IntentBridge {
     ) -> Outcome {
         let intent = match intent {
             Ok(intent) => intent,
-            Err(e) => {
-                return Outcome::Dlq {
-                    reason: e.reason(),
-                    error: e.to_string(),
-                }
-            }
+            Err(e) => return Outcome::dlq(&e, String::new()),
         };
+        let age_ms = entry_age_ms(&entry.id, now_ms());
         let qty = match intent.quantity(view.marks.get(&intent.symbol).copied()) {
             Ok(qty) => qty,
-            Err(e) => {
-                return Outcome::Dlq {
-                    reason: e.reason(),
-                    error: e.to_string(),
-                }
+            Err(IntentError::MarkPriceUnavailable(_)) if self.can_wait(age_ms) => {
+                return self.wait_for_mark(entry, &intent, age_ms)
             }
+            Err(e @ IntentError::MarkPriceUnavailable(_)) if self.max_intent_age_ms > 0 => {
+                let waited = format!(
+                    "; waited {age_ms} ms (INTENT_BRIDGE_MAX_INTENT_AGE_MS={})",
+                    self.max_intent_age_ms
+                );
+                return Outcome::dlq(&e, waited);
+            }
+            Err(e) => return Outcome::dlq(&e, String::new()),
         };
         let plan = Plan::from_intent(&intent, qty, now);
-        let (sym, side, short) = (&intent.symbol, intent.side, plan.plan_id.short());
-        span.record("quantum.symbol", sym.as_str());
-        span.record("quantum.side", side.as_str());
-        let ledger = view.ledgers.get(sym).copied().unwrap_or(LedgerView::Missing);
-        match gate(&self.gates, sym, side, ledger, view.exposure_pct) {
-            GateOutcome::Publish { ledger_missing_open } => {
-                metrics::counter!("quantum_bridge_outcomes_total", "reason" => "published").increment(1);
-                if let Some(window) = &self.plan_symbols {
-                    window.saw(sym);
-                }
-                metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => "EXECUTE")
-                    .increment(1);
-                if ledger_missing_open {
-                    metrics::counter!("quantum_bridge_ledger_missing_open_total", "symbol" => sym.to_string())
-                        .increment(1);
-                    self.stats.ledger_missing_open += 1;
-                    tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
-                }
-                tracing::info!(
-                    "Publishing plan for {sym} {side}: leverage={}, sl={}, tp={} plan_id={short} qty={qty}",
-                    plan.leverage,
-                    display_opt(plan.stop_loss),
-                    display_opt(plan.take_profit)
-                );
-                Outcome::Publish(Box::new(plan))
-            }
-            GateOutcome::Skip(reason) => {
-                metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
-                if side == Side::Sell && reason != SkipReason::NotAllowlisted {
-                    metrics::counter!("quantum_bridge_sell_blocked_total", "symbol" => sym.to_string(), "reason" => reason.code())
-                        .increment(1);
-                }
-                *self.stats.skipped.entry(reason.code()).or_default() += 1;
-                match reason {
-                    SkipReason::NotAllowlisted => tracing::info!(
-                        "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
-                        self.gates.allowlist.len()
-                    ),
-                    SkipReason::StrictLedgerMissingBuy => {
-                        tracing::info!("Skip publish: {sym} BUY but ledger unknown (strict mode) plan_id={short}")
-                    }
-                    SkipReason::LedgerMissingSell => {
-                        tracing::info!("Skip publish: {sym} SELL but ledger unknown plan_id={short}")
-                    }
-                    SkipReason::LedgerFlatSell { last_known_amt } => tracing::info!(
-                        "Skip publish: {sym} SELL but ledger flat last_known_amt={last_known_amt} plan_id={short}"
-                    ),
-                    SkipReason::Exposure { exposure_pct, max_pct } => tracing::info!(
-                        "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
-                    ),
-                }
-                Outcome::Skip(reason.code())
-            }
+        span.record("quantum.symbol", plan.symbol.as_str());
+        span.record("quantum.side", plan.side.as_str());
+        if self.max_intent_age_ms > 0 && age_ms > self.max_intent_age_ms {
+            return self.skip(
+                &plan,
+                SkipReason::Stale {
+                    age_ms,
+                    max_ms: self.max_intent_age_ms,
+                },
+            );
+        }
+        let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
+        match gate(&self.gates, &plan.symbol, plan.side, ledger, view.exposure_pct) {
+            GateOutcome::Publish { ledger_missing_open } => self.publish(plan, ledger_missing_open, view),
+            GateOutcome::Skip(reason) => self.skip(&plan, reason),
         }
     }
+
+    fn wait_for_mark(&mut self, entry: &StreamEntry, intent: &Intent, age_ms: u64) -> Outcome {
+        if self.waiting.insert(entry.id.clone()) {
+            metrics::counter!("quantum_bridge_outcomes_total", "reason" => "waiting_mark_price").increment(1);
+            tracing::info!(
+                "Waiting for mark price: {} {} intent {} (age={age_ms}ms, max={}ms); left pending and retried",
+                intent.symbol,
+                intent.side,
+                entry.id,
+                self.max_intent_age_ms
+            );
+        }
+        Outcome::Wait
+    }
+
+    /// The governor's verdict, put on the plan, then the plan published.
+    fn publish(&mut self, mut plan: Plan, ledger_missing_open: bool, view: &BatchView) -> Outcome {
+        let (sym, side, short) = (plan.symbol.clone(), plan.side, plan.plan_id.short().to_string());
+        if ledger_missing_open {
+            metrics::counter!("quantum_bridge_ledger_missing_open_total", "symbol" => sym.to_string()).increment(1);
+            self.stats.ledger_missing_open += 1;
+            tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
+        }
+        static NO_PROPOSAL: ProposalView = ProposalView::Missing;
+        let (proposal, history) = view
+            .risk
+            .get(&sym)
+            .map_or((&NO_PROPOSAL, &[][..]), |r| (&r.view, &r.history[..]));
+        let verdict = quantum_common::governor::decide(&self.governor, side, proposal, history);
+        governor::annotate(&mut plan, &verdict, proposal);
+        governor::report(&self.governor, &plan, &verdict);
+        let outcome = if verdict.decision == Decision::Blocked {
+            self.stats.blocked += 1;
+            "blocked"
+        } else {
+            "published"
+        };
+        metrics::counter!("quantum_bridge_outcomes_total", "reason" => outcome).increment(1);
+        if let Some(window) = &self.plan_symbols {
+            window.saw(&sym);
+        }
+        metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
+            .increment(1);
+        tracing::info!(
+            "Publishing plan for {sym} {side}: leverage={}, sl={}, tp={} plan_id={short} qty={} decision={}",
+            plan.leverage,
+            display_opt(plan.stop_loss),
+            display_opt(plan.take_profit),
+            plan.qty,
+            plan.decision
+        );
+        Outcome::Publish(Box::new(plan))
+    }
+
+    fn skip(&mut self, plan: &Plan, reason: SkipReason) -> Outcome {
+        let (sym, side, short) = (&plan.symbol, plan.side, plan.plan_id.short());
+        metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
+        if side == Side::Sell && reason != SkipReason::NotAllowlisted {
+            metrics::counter!("quantum_bridge_sell_blocked_total", "symbol" => sym.to_string(), "reason" => reason.code())
+                .increment(1);
+        }
+        *self.stats.skipped.entry(reason.code()).or_default() += 1;
+        match reason {
+            SkipReason::NotAllowlisted => tracing::info!(
+                "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
+                self.gates.allowlist.len()
+            ),
+            SkipReason::StrictLedgerMissingBuy => {
+                tracing::info!("Skip publish: {sym} BUY but ledger unknown (strict mode) plan_id={short}")
+            }
+            SkipReason::LedgerMissingSell => {
+                tracing::info!("Skip publish: {sym} SELL but ledger unknown plan_id={short}")
+            }
+            SkipReason::LedgerFlatSell { last_known_amt } => tracing::info!(
+                "Skip publish: {sym} SELL but ledger flat last_known_amt={last_known_amt} plan_id={short}"
+            ),
+            SkipReason::Exposure { exposure_pct, max_pct } => tracing::info!(
+                "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
+            ),
+            SkipReason::Stale { age_ms, max_ms } => tracing::info!(
+                "Skip publish: {sym} {side} stale intent (age={age_ms}ms > max={max_ms}ms) plan_id={short}"
+            ),
+        }
+        Outcome::Skip(reason.code())
+    }
+
+    /// Forgets waiting entries past the age limit (deleted from the stream while waiting).
+    fn prune_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let (now, max) = (now_ms(), self.max_intent_age_ms);
+        self.waiting.retain(|id| entry_age_ms(id, now) <= max);
+    }
+}
+
+impl Outcome {
+    fn dlq(e: &IntentError, detail: String) -> Self {
+        Self::Dlq {
+            reason: e.reason(),
+            error: format!("{e}{detail}"),
+        }
+    }
+}
+
+/// How old an entry is, by the millisecond time in its id (Redis' clock when it was added).
+fn entry_age_ms(entry_id: &str, now_ms: u64) -> u64 {
+    entry_id
+        .split('-')
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(0, |added| now_ms.saturating_sub(added))
 }
 
 fn display_opt(value: Option<Decimal>) -> String {
@@ -356,6 +503,8 @@ fn display_opt(value: Option<Decimal>) -> String {
 impl BatchHandler for IntentBridge {
     async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
         let started = std::time::Instant::now();
+        self.deferred = false;
+        self.prune_waiting();
         let seen = self.already_processed(&batch).await?;
         let intents: Vec<Option<Result<Intent, IntentError>>> = batch
             .iter()
@@ -372,9 +521,9 @@ impl BatchHandler for IntentBridge {
         // Each intent's span ends once its plan is committed (only kept while tracing is on).
         let mut spans = Vec::new();
         for (entry, intent) in batch.iter().zip(intents) {
-            ids.push(entry.id.clone());
             let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
             let Some(intent) = intent else {
+                ids.push(entry.id.clone());
                 trace::record_outcome(&span, "replayed", false);
                 self.stats.replayed += 1;
                 tracing::info!(
@@ -383,47 +532,23 @@ impl BatchHandler for IntentBridge {
                 );
                 continue;
             };
-            trx.set::<(), _, _>(
-                seen_key(&entry.id),
-                "1",
-                Some(Expiration::EX(self.idempotency_ttl as i64)),
-                None,
-                false,
-            )
-            .await?;
-            let outcome = span.in_scope(|| self.decide(intent, &view, now, &span));
+            let outcome = span.in_scope(|| self.decide(entry, intent, &view, now, &span));
             outcome.record(&span);
-            match outcome {
-                Outcome::Publish(plan) => {
-                    let mut fields = plan.to_fields();
-                    trace::propagate(&span, Some(entry), &mut fields);
-                    trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", fields)
-                        .await?;
-                    self.stats.published += 1;
-                }
-                Outcome::Dlq { reason, error } => {
-                    tracing::warn!(
-                        "DLQ intent {}: {reason}: {error} raw={}",
-                        entry.id,
-                        truncate(&entry.raw_text(), 512)
-                    );
-                    trx.xadd::<(), _, _, _, _>(
-                        INTENT_DLQ_STREAM,
-                        false,
-                        None,
-                        "*",
-                        dlq_fields(entry, reason, &error, now),
-                    )
-                    .await?;
-                    self.stats.malformed += 1;
-                    metrics::counter!("quantum_bridge_outcomes_total", "reason" => "malformed").increment(1);
-                    metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
-                        .increment(1);
-                }
-                Outcome::Skip(_) => {}
-            }
             if !span.is_disabled() {
-                spans.push(span);
+                spans.push(span.clone());
+            }
+            if matches!(outcome, Outcome::Wait) {
+                // Neither marked nor acknowledged: it stays pending and is read again.
+                self.deferred = true;
+                continue;
+            }
+            self.waiting.remove(&entry.id);
+            ids.push(entry.id.clone());
+            self.queue_outcome(&trx, entry, outcome, &span, now).await?;
+        }
+        for (symbol, risk) in &view.risk {
+            if let Some(sample) = risk.unrecorded {
+                governor::queue_record(&trx, &self.governor, symbol, sample).await?;
             }
         }
         consumer::queue_ack(&trx, INTENT_STREAM, INTENT_GROUP, &ids).await?;
@@ -433,8 +558,9 @@ impl BatchHandler for IntentBridge {
             trace::record_batch_failed(&spans);
             return Err(e);
         }
-        self.stats.consumed += batch.len() as u64;
-        metrics::counter!("quantum_bridge_intents_consumed_total").increment(batch.len() as u64);
+        self.stats.consumed += ids.len() as u64;
+        metrics::counter!("quantum_bridge_intents_consumed_total").increment(ids.len() as u64);
+        metrics::gauge!("quantum_bridge_waiting_intents").set(self.waiting.len() as f64);
         metrics::histogram!("quantum_bridge_batch_size").record(batch.len() as f64);
         metrics::histogram!("quantum_bridge_batch_seconds").record(started.elapsed().as_secs_f64());
         if let Some(window) = &self.plan_symbols {
@@ -443,6 +569,64 @@ impl BatchHandler for IntentBridge {
         if self.last_summary.elapsed() >= STATS_INTERVAL {
             self.last_summary = std::time::Instant::now();
             log_stats("Intent Bridge stats", &self.stats);
+        }
+        Ok(())
+    }
+
+    fn retry_pending_after(&mut self) -> Option<std::time::Duration> {
+        self.deferred.then_some(MARK_RETRY_DELAY)
+    }
+}
+
+/// How soon an intent waiting for its mark price is looked at again.
+const MARK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl IntentBridge {
+    /// Queues an intent's marker and its plan or DLQ entry on the batch's transaction.
+    async fn queue_outcome(
+        &mut self,
+        trx: &fred::clients::Transaction,
+        entry: &StreamEntry,
+        outcome: Outcome,
+        span: &tracing::Span,
+        now: u64,
+    ) -> Result<(), Error> {
+        trx.set::<(), _, _>(
+            seen_key(&entry.id),
+            "1",
+            Some(Expiration::EX(self.idempotency_ttl as i64)),
+            None,
+            false,
+        )
+        .await?;
+        match outcome {
+            Outcome::Publish(plan) => {
+                let mut fields = plan.to_fields();
+                trace::propagate(span, Some(entry), &mut fields);
+                trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", fields)
+                    .await?;
+                self.stats.published += 1;
+            }
+            Outcome::Dlq { reason, error } => {
+                tracing::warn!(
+                    "DLQ intent {}: {reason}: {error} raw={}",
+                    entry.id,
+                    truncate(&entry.raw_text(), 512)
+                );
+                trx.xadd::<(), _, _, _, _>(
+                    INTENT_DLQ_STREAM,
+                    false,
+                    None,
+                    "*",
+                    dlq_fields(entry, reason, &error, now),
+                )
+                .await?;
+                self.stats.malformed += 1;
+                metrics::counter!("quantum_bridge_outcomes_total", "reason" => "malformed").increment(1);
+                metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
+                    .increment(1);
+            }
+            Outcome::Skip(_) | Outcome::Wait => {}
         }
         Ok(())
     }
@@ -457,9 +641,10 @@ fn log_stats(prefix: &str, s: &BridgeStats) {
     skipped.sort();
     let skipped: Vec<String> = skipped.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(
-        "{prefix}: consumed={} published={} ledger_missing_open={} malformed={} replayed={} skipped=[{}]",
+        "{prefix}: consumed={} published={} blocked={} ledger_missing_open={} malformed={} replayed={} skipped=[{}]",
         s.consumed,
         s.published,
+        s.blocked,
         s.ledger_missing_open,
         s.malformed,
         s.replayed,
@@ -494,7 +679,7 @@ fn dlq_fields(entry: &StreamEntry, reason: &str, error: &str, now: u64) -> Vec<(
 }
 
 /// Logs the startup banner and the effective configuration (no secrets).
-pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec) {
+pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec, allowlist: &Allowlist, governor: &GovernorConfig) {
     tracing::info!("{}", "=".repeat(80));
     tracing::info!("Intent Bridge - trade.intent → apply.plan [{BUILD_TAG}]");
     tracing::info!("{}", "=".repeat(80));
@@ -504,13 +689,29 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec) {
     tracing::info!("Plan stream: {PLAN_STREAM}");
     tracing::info!("Require ledger for OPEN: {}", args.require_ledger_for_open);
     tracing::info!("Skip flat SELL: {}", args.skip_flat_sell);
+    tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
     tracing::info!(
-        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} idempotency_ttl={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
-        args.allowlist,
+        "Governor: mode={} k_block_critical={} k_block_warning={} entry_k_critical={} entry_z_block={} entry_k_fallback={} z_window={} z_min_samples={} z_min_std={} proposal_max_age_s={} missing_proposal={:?}",
+        governor.mode.as_str(),
+        governor.k_block_critical,
+        governor.k_block_warning,
+        governor.entry_k_critical,
+        governor.entry_z_block,
+        governor.entry_k_fallback,
+        governor.history_window,
+        governor.min_samples,
+        governor.z_min_std,
+        governor.max_age_secs,
+        governor.missing
+    );
+    tracing::info!(
+        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} idempotency_ttl={} max_intent_age_ms={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
+        allowlist.display(),
         args.flat_eps,
         args.max_exposure_pct,
         args.max_leverage,
         args.idempotency_ttl,
+        args.max_intent_age_ms,
         spec.batch_size,
         spec.block.as_millis(),
         spec.claim_idle.as_millis(),
@@ -521,21 +722,30 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec) {
 
 /// Runs the bridge until `shutdown` fires.
 pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<BridgeStats, BridgeError> {
+    let allowlist = args.allowlist().map_err(BridgeError::Config)?;
     let gates = args.gate_config().map_err(BridgeError::Config)?;
-    if gates.allowlist.is_empty() {
-        tracing::warn!("INTENT_BRIDGE_ALLOWLIST is empty: every intent will be skipped as not allowlisted");
-    }
+    let governor = args.governor.config().map_err(BridgeError::Config)?;
     let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
-    log_startup(&args, &spec);
+    log_startup(&args, &spec, &allowlist, &governor);
+    if let Some(notice) = &allowlist.deprecation {
+        tracing::warn!("{notice}");
+    }
+    if gates.allowlist.is_empty() {
+        tracing::warn!(
+            "{} is empty: every intent will be skipped as not allowlisted",
+            allowlist.source
+        );
+    }
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     readiness.watch(conns.writer.clone(), INTENT_STREAM, INTENT_GROUP);
     let limits = IntentLimits {
         max_leverage: args.max_leverage,
     };
-    metrics::gauge!("quantum_bridge_allowlist_symbols")
-        .set(args.gate_config().map(|g| g.allowlist.len()).unwrap_or(0) as f64);
+    metrics::gauge!("quantum_bridge_allowlist_symbols").set(gates.allowlist.len() as f64);
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
+    bridge.governor = governor;
+    bridge.max_intent_age_ms = args.max_intent_age_ms;
     bridge.plan_symbols = Some(quantum_common::window::SymbolWindow::spawn(
         "quantum_apply_plan_symbols",
         std::time::Duration::from_secs(300),

@@ -276,6 +276,91 @@ pub fn parse_positive(raw: &str) -> Result<rust_decimal::Decimal, String> {
     Ok(value)
 }
 
+/// The allowlist when neither `SYMBOL_ALLOWLIST` nor a deprecated per-service variable is set.
+pub const DEFAULT_ALLOWLIST: &str = "BTCUSDT";
+
+/// The one symbol allowlist every service reads (`SYMBOL_ALLOWLIST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowlist {
+    pub symbols: std::collections::BTreeSet<crate::types::Symbol>,
+    /// The setting it came from: `SYMBOL_ALLOWLIST`, a deprecated variable, or `default`.
+    pub source: &'static str,
+    /// What to log at start when a deprecated variable was used.
+    pub deprecation: Option<String>,
+}
+
+impl Allowlist {
+    /// Resolves `SYMBOL_ALLOWLIST` (`primary`) against a service's deprecated variable: either
+    /// alone is used (the deprecated one with a notice); both set must name the same symbols.
+    ///
+    /// # Errors
+    /// An invalid symbol (naming the variable), or the two settings disagreeing.
+    pub fn resolve(primary: Option<&str>, legacy_name: &'static str, legacy: Option<&str>) -> Result<Self, String> {
+        let notice = |how: &str| {
+            format!("{legacy_name} is deprecated{how}: set SYMBOL_ALLOWLIST, the one allowlist every service reads")
+        };
+        match (primary, legacy) {
+            (None, None) => Ok(Self {
+                symbols: Self::parse_list("SYMBOL_ALLOWLIST", DEFAULT_ALLOWLIST)?,
+                source: "default",
+                deprecation: None,
+            }),
+            (Some(raw), None) => Ok(Self {
+                symbols: Self::parse_list("SYMBOL_ALLOWLIST", raw)?,
+                source: "SYMBOL_ALLOWLIST",
+                deprecation: None,
+            }),
+            (None, Some(raw)) => Ok(Self {
+                symbols: Self::parse_list(legacy_name, raw)?,
+                source: legacy_name,
+                deprecation: Some(notice(" (used, since SYMBOL_ALLOWLIST is unset)")),
+            }),
+            (Some(raw), Some(old)) => {
+                let symbols = Self::parse_list("SYMBOL_ALLOWLIST", raw)?;
+                let legacy_symbols = Self::parse_list(legacy_name, old)?;
+                if symbols != legacy_symbols {
+                    return Err(format!(
+                        "SYMBOL_ALLOWLIST ({}) and the deprecated {legacy_name} ({}) disagree; remove {legacy_name}",
+                        join_symbols(&symbols),
+                        join_symbols(&legacy_symbols)
+                    ));
+                }
+                Ok(Self {
+                    symbols,
+                    source: "SYMBOL_ALLOWLIST",
+                    deprecation: Some(notice(" (it names the same symbols, so it is ignored)")),
+                })
+            }
+        }
+    }
+
+    /// Parses a comma-separated list of symbols, naming `variable` in the error.
+    ///
+    /// # Errors
+    /// The first entry that is not a symbol.
+    pub fn parse_list(variable: &str, raw: &str) -> Result<std::collections::BTreeSet<crate::types::Symbol>, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::types::Symbol::parse(s).map_err(|e| format!("{variable}: {e}")))
+            .collect()
+    }
+
+    /// Whether `symbol` may trade.
+    pub fn contains(&self, symbol: &crate::types::Symbol) -> bool {
+        self.symbols.contains(symbol)
+    }
+
+    /// The symbols, comma separated.
+    pub fn display(&self) -> String {
+        join_symbols(&self.symbols)
+    }
+}
+
+fn join_symbols(symbols: &std::collections::BTreeSet<crate::types::Symbol>) -> String {
+    symbols.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
 /// Consumer-group settings shared by every service.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConsumerArgs {
@@ -328,6 +413,32 @@ mod tests {
         assert!(parse_non_negative("-1").unwrap_err().contains("negative"));
         assert!(parse_positive("0").unwrap_err().contains("greater than zero"));
         assert_eq!(parse_positive("2.5").unwrap().to_string(), "2.5");
+    }
+
+    #[test]
+    fn one_allowlist_with_deprecated_fallbacks() {
+        let legacy = "INTENT_BRIDGE_ALLOWLIST";
+        let default = Allowlist::resolve(None, legacy, None).unwrap();
+        assert_eq!((default.display().as_str(), default.source), ("BTCUSDT", "default"));
+        let primary = Allowlist::resolve(Some("ethusdt, BTCUSDT"), legacy, None).unwrap();
+        assert_eq!(primary.display(), "BTCUSDT,ETHUSDT");
+        assert_eq!(primary.deprecation, None);
+        let old = Allowlist::resolve(None, legacy, Some("SOLUSDT")).unwrap();
+        assert_eq!((old.display().as_str(), old.source), ("SOLUSDT", legacy));
+        assert!(old
+            .deprecation
+            .unwrap()
+            .contains("INTENT_BRIDGE_ALLOWLIST is deprecated"));
+        let same = Allowlist::resolve(Some("BTCUSDT,ETHUSDT"), legacy, Some("ETHUSDT,BTCUSDT")).unwrap();
+        assert_eq!(same.source, "SYMBOL_ALLOWLIST");
+        assert!(same.deprecation.is_some());
+        let clash = Allowlist::resolve(Some("BTCUSDT,ETHUSDT"), legacy, Some("BTCUSDT")).unwrap_err();
+        assert_eq!(
+            clash,
+            "SYMBOL_ALLOWLIST (BTCUSDT,ETHUSDT) and the deprecated INTENT_BRIDGE_ALLOWLIST (BTCUSDT) disagree; remove INTENT_BRIDGE_ALLOWLIST"
+        );
+        let bad = Allowlist::resolve(None, legacy, Some("BTCUSDT,BAD/SYM")).unwrap_err();
+        assert!(bad.starts_with("INTENT_BRIDGE_ALLOWLIST: symbol \"BAD/SYM\""), "{bad}");
     }
 
     #[test]

@@ -49,3 +49,18 @@ pub fn snapshot_key(symbol: &Symbol) -> String {
 pub fn order_key(order_id: &OrderId) -> String {
     format!("quantum:order:{order_id}")
 }
+
+/// Prefix of the risk kernel's per-symbol proposal hashes (kill score and its components),
+/// followed by the symbol; read by the bridge's governor.
+pub const PROPOSAL_KEY_PREFIX: &str = "quantum:harvest:proposal:";
+
+/// The risk kernel's proposal for a symbol.
+pub fn proposal_key(symbol: &Symbol) -> String {
+    format!("{PROPOSAL_KEY_PREFIX}{symbol}")
+}
+
+/// The kill scores the governor observed for a symbol (a sorted set, bounded), from which
+/// entries get their z-score. Hash-tagged with the proposal key so both share a cluster slot.
+pub fn kill_history_key(symbol: &Symbol) -> String {
+    format!("{{{PROPOSAL_KEY_PREFIX}{symbol}}}:kill_history")
+}

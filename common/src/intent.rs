@@ -3,7 +3,7 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use thiserror::Error;
 
-use crate::fields::StreamEntry;
+use crate::fields::{truncate, StreamEntry};
 use crate::types::{parse_bool, parse_decimal, OrderType, ParseError, Side, Symbol};
 
 /// Decimal places kept when a quantity is derived from a USD size and a price.
@@ -25,7 +25,11 @@ pub enum IntentError {
     #[error("side {side:?} and action {action:?} disagree")]
     ConflictingSide { side: String, action: String },
     #[error(
-        "missing quantity: none of quantity, qty, size+price, position_size_usd+entry_price, position_usd+leverage"
+        "side {0:?} asks to open a short, which this pipeline does not do (BUY/LONG opens or adds to a long, SELL reduces or closes it)"
+    )]
+    ShortNotSupported(String),
+    #[error(
+        "missing quantity: none of quantity, qty, position_usd+leverage, size+price, position_size_usd (with or without entry_price)"
     )]
     MissingQuantity,
     #[error("{field} must be greater than zero, got {value}")]
@@ -34,7 +38,7 @@ pub enum IntentError {
     AbsurdLeverage { value: Decimal, max: Decimal },
     #[error("LIMIT order without a price")]
     LimitWithoutPrice,
-    #[error("no mark price known for {0} (needed for position_usd sizing)")]
+    #[error("no mark price known for {0} (needed to size position_usd / position_size_usd without entry_price)")]
     MarkPriceUnavailable(Symbol),
     #[error("quantity {0} rounds to zero at {DERIVED_QTY_DP} decimal places")]
     QuantityRoundsToZero(Decimal),
@@ -51,6 +55,7 @@ impl IntentError {
             Self::MissingSymbol => "missing_symbol",
             Self::MissingSide => "missing_side",
             Self::ConflictingSide { .. } => "conflicting_side",
+            Self::ShortNotSupported(_) => "short_not_supported",
             Self::MissingQuantity => "missing_quantity",
             Self::NotPositive { .. } | Self::QuantityRoundsToZero(_) => "non_positive_quantity",
             Self::AbsurdLeverage { .. } => "absurd_leverage",
@@ -75,7 +80,25 @@ pub enum Sizing {
     Notional { usd: Decimal, price: Decimal },
     /// `position_usd` margin times `leverage`, priced at the venue's current mark.
     MarginAtMark { usd: Decimal, leverage: Decimal },
+    /// `position_size_usd` without `entry_price`: a USD notional priced at the current mark.
+    NotionalAtMark { usd: Decimal },
 }
+
+/// Optional fields producers send that plans carry through unchanged when present (the later
+/// Python bridge did the same); never required, never interpreted.
+pub const CARRIED_FIELDS: [&str; 8] = [
+    "confidence",
+    "atr_value",
+    "volatility_factor",
+    "regime",
+    "funding_rate",
+    "strategy",
+    "model",
+    "timeframe",
+];
+
+/// Longest carried value; a longer one is cut (the field is informational).
+pub const MAX_CARRIED_LEN: usize = 128;
 
 /// A validated trade intent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +115,8 @@ pub struct Intent {
     pub leverage: Decimal,
     pub stop_loss: Option<Decimal>,
     pub take_profit: Option<Decimal>,
+    /// The [`CARRIED_FIELDS`] present on the intent, in that order.
+    pub carried: Vec<(&'static str, String)>,
 }
 
 /// Bounds an intent must respect.
@@ -187,9 +212,9 @@ impl Intent {
         let symbol = Symbol::parse(f.get("symbol").ok_or(IntentError::MissingSymbol)?)?;
         let side = match (f.get("side"), f.get("action")) {
             (None, None) => return Err(IntentError::MissingSide),
-            (Some(s), None) | (None, Some(s)) => Side::parse(s)?,
+            (Some(s), None) | (None, Some(s)) => parse_side(s)?,
             (Some(side), Some(action)) => {
-                let (a, b) = (Side::parse(side)?, Side::parse(action)?);
+                let (a, b) = (parse_side(side)?, parse_side(action)?);
                 if a != b {
                     return Err(IntentError::ConflictingSide {
                         side: side.to_string(),
@@ -219,6 +244,8 @@ impl Intent {
             Sizing::Notional { usd, price }
         } else if let Some((usd, price)) = f.pair("position_size_usd", "entry_price")? {
             Sizing::Notional { usd, price }
+        } else if let Some(usd) = f.positive("position_size_usd")? {
+            Sizing::NotionalAtMark { usd }
         } else {
             return Err(IntentError::MissingQuantity);
         };
@@ -250,12 +277,16 @@ impl Intent {
             leverage,
             stop_loss: f.positive("stop_loss")?,
             take_profit: f.positive("take_profit")?,
+            carried: CARRIED_FIELDS
+                .iter()
+                .filter_map(|name| f.get(name).map(|v| (*name, truncate(v, MAX_CARRIED_LEN).to_string())))
+                .collect(),
         })
     }
 
     /// Whether sizing this intent needs the venue's current mark price.
     pub fn needs_mark_price(&self) -> bool {
-        matches!(self.sizing, Sizing::MarginAtMark { .. })
+        matches!(self.sizing, Sizing::MarginAtMark { .. } | Sizing::NotionalAtMark { .. })
     }
 
     /// The order quantity in base units; `mark` is the current mark price when known.
@@ -263,12 +294,8 @@ impl Intent {
         let (notional, price) = match self.sizing {
             Sizing::Quantity(qty) => return Ok(qty),
             Sizing::Notional { usd, price } => (usd, price),
-            Sizing::MarginAtMark { usd, leverage } => {
-                let mark = mark
-                    .filter(|m| *m > Decimal::ZERO)
-                    .ok_or_else(|| IntentError::MarkPriceUnavailable(self.symbol.clone()))?;
-                (usd * leverage, mark)
-            }
+            Sizing::MarginAtMark { usd, leverage } => (usd * leverage, self.mark(mark)?),
+            Sizing::NotionalAtMark { usd } => (usd, self.mark(mark)?),
         };
         let exact = notional / price;
         let qty = exact
@@ -278,6 +305,21 @@ impl Intent {
             return Err(IntentError::QuantityRoundsToZero(exact));
         }
         Ok(qty)
+    }
+
+    fn mark(&self, mark: Option<Decimal>) -> Result<Decimal, IntentError> {
+        mark.filter(|m| *m > Decimal::ZERO)
+            .ok_or_else(|| IntentError::MarkPriceUnavailable(self.symbol.clone()))
+    }
+}
+
+/// An intent's side: BUY/SELL as the contract spells them, plus producers' `LONG` (an entry,
+/// i.e. BUY). `SHORT` would open a short, which this pipeline does not do.
+fn parse_side(raw: &str) -> Result<Side, IntentError> {
+    match raw.trim().to_ascii_uppercase().as_str() {
+        "LONG" => Ok(Side::Buy),
+        "SHORT" => Err(IntentError::ShortNotSupported(raw.trim().to_string())),
+        _ => Ok(Side::parse(raw)?),
     }
 }
 
@@ -370,6 +412,66 @@ mod tests {
         // (300 * 2) / 60000 = 0.01
         assert_eq!(i.quantity(Some(d("60000"))).unwrap(), d("0.01"));
         assert_eq!(i.quantity(None).unwrap_err().reason(), "mark_price_unavailable");
+    }
+
+    #[test]
+    fn producers_long_is_a_buy_and_short_is_refused() {
+        for long in ["LONG", "long", " Long "] {
+            let i = parse(&[("symbol", "BTCUSDT"), ("side", long), ("qty", "1")]).unwrap();
+            assert_eq!(i.side, Side::Buy);
+        }
+        let agree = parse(&[("symbol", "BTCUSDT"), ("side", "long"), ("action", "BUY"), ("qty", "1")]).unwrap();
+        assert_eq!(agree.side, Side::Buy);
+        for short in ["SHORT", "short"] {
+            let err = parse(&[("symbol", "BTCUSDT"), ("side", short), ("qty", "1")]).unwrap_err();
+            assert_eq!(err.reason(), "short_not_supported");
+            assert!(err.to_string().contains("does not do"), "{err}");
+        }
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "LONG"),
+                ("action", "SELL"),
+                ("qty", "1")
+            ]),
+            "conflicting_side"
+        );
+    }
+
+    #[test]
+    fn position_size_usd_without_entry_price_is_sized_at_the_mark() {
+        let i = parse(&[("symbol", "ETHUSDT"), ("side", "LONG"), ("position_size_usd", "100")]).unwrap();
+        assert_eq!(i.sizing, Sizing::NotionalAtMark { usd: d("100") });
+        assert!(i.needs_mark_price());
+        // No leverage factor: 100 / 3000, rounded down at 8 dp.
+        assert_eq!(i.quantity(Some(d("3000"))).unwrap(), d("0.03333333"));
+        assert_eq!(i.quantity(None).unwrap_err().reason(), "mark_price_unavailable");
+        assert_eq!(
+            i.quantity(Some(Decimal::ZERO)).unwrap_err().reason(),
+            "mark_price_unavailable"
+        );
+    }
+
+    #[test]
+    fn producer_extras_are_carried_when_present() {
+        let payload = r#"{"symbol":"SOLUSDT","side":"LONG","qty":1,"confidence":0.72,"atr_value":3.1,
+            "volatility_factor":1.2,"regime":"trend_up","funding_rate":-0.0001,"unknown_field":"x"}"#;
+        let i = parse(&[("payload", payload)]).unwrap();
+        assert_eq!(
+            i.carried,
+            vec![
+                ("confidence", "0.72".to_string()),
+                ("atr_value", "3.1".to_string()),
+                ("volatility_factor", "1.2".to_string()),
+                ("regime", "trend_up".to_string()),
+                ("funding_rate", "-0.0001".to_string()),
+            ]
+        );
+        let plain = parse(&[("symbol", "SOLUSDT"), ("side", "BUY"), ("qty", "1"), ("regime", "None")]).unwrap();
+        assert!(
+            plain.carried.is_empty(),
+            "absent and None-valued extras are not carried"
+        );
     }
 
     #[test]

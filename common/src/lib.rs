@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod contract;
 pub mod fields;
 pub mod fill;
+pub mod governor;
 pub mod http;
 pub mod intent;
 pub mod labels;

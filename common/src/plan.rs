@@ -4,7 +4,7 @@ use rust_decimal::Decimal;
 use thiserror::Error;
 
 use crate::fields::StreamEntry;
-use crate::intent::Intent;
+use crate::intent::{Intent, CARRIED_FIELDS, MAX_CARRIED_LEN};
 use crate::types::{parse_bool, parse_decimal, Decision, OrderType, ParseError, PlanId, Side, Symbol};
 
 /// Why a plan entry could not be read.
@@ -39,9 +39,28 @@ pub struct Plan {
     pub intent_id: String,
     /// Why a BLOCKED/SKIP plan is not to be executed.
     pub reason: Option<String>,
+    /// The codes of every rule that decided the plan (the governor's, today).
+    pub reason_codes: Vec<String>,
+    /// The governor's inputs, in [`RISK_FIELDS`] order: the kill score, its z-score and the
+    /// proposal's components and action, as the operator should see them beside the decision.
+    pub risk: Vec<(&'static str, String)>,
+    /// The producer's extras ([`CARRIED_FIELDS`]), in that order.
+    pub carried: Vec<(&'static str, String)>,
     /// Unix seconds when the plan was made.
     pub timestamp: u64,
 }
+
+/// The governor fields a plan may carry, in the order they are written.
+pub const RISK_FIELDS: [&str; 8] = [
+    "kill_score",
+    "kill_score_z",
+    "k_regime_flip",
+    "k_sigma_spike",
+    "k_ts_drop",
+    "k_age_penalty",
+    "harvest_action",
+    "computed_at_utc",
+];
 
 /// Value of the `source` field on plans the bridge writes.
 pub const PLAN_SOURCE: &str = "intent_bridge";
@@ -63,6 +82,9 @@ impl Plan {
             take_profit: intent.take_profit,
             intent_id: intent.intent_id.clone(),
             reason: None,
+            reason_codes: Vec::new(),
+            risk: Vec::new(),
+            carried: intent.carried.clone(),
             timestamp,
         }
     }
@@ -92,6 +114,11 @@ impl Plan {
         if let Some(reason) = &self.reason {
             fields.push(("reason", reason.clone()));
         }
+        if !self.reason_codes.is_empty() {
+            fields.push(("reason_codes", self.reason_codes.join(",")));
+        }
+        fields.extend(self.risk.iter().cloned());
+        fields.extend(self.carried.iter().cloned());
         fields.push(("source", PLAN_SOURCE.to_string()));
         fields.push(("signature", PLAN_SOURCE.to_string()));
         fields.push(("intent_id", self.intent_id.clone()));
@@ -142,9 +169,35 @@ impl Plan {
             take_profit: opt("take_profit")?,
             intent_id: entry.get("intent_id").unwrap_or_default().to_string(),
             reason: entry.get("reason").map(str::to_string),
+            reason_codes: entry
+                .get("reason_codes")
+                .map(|codes| {
+                    codes
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            risk: present(entry, &RISK_FIELDS),
+            carried: present(entry, &CARRIED_FIELDS),
             timestamp: entry.get("timestamp").and_then(|t| t.parse().ok()).unwrap_or_default(),
         })
     }
+}
+
+/// The `names` present on `entry`, in `names` order (informational text, length-capped).
+fn present(entry: &StreamEntry, names: &[&'static str]) -> Vec<(&'static str, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            entry
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| (*name, crate::fields::truncate(v, MAX_CARRIED_LEN).to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -162,15 +215,23 @@ mod tests {
                 ("qty", "0.25"),
                 ("stop_loss", "2900"),
                 ("leverage", "3"),
+                ("confidence", "0.8"),
+                ("regime", "range"),
             ],
         );
         let intent = Intent::parse(&entry, &IntentLimits::default()).unwrap();
-        let plan = Plan::from_intent(&intent, intent.quantity(None).unwrap(), 1_700_000_000);
+        let mut plan = Plan::from_intent(&intent, intent.quantity(None).unwrap(), 1_700_000_000);
+        plan.decision = Decision::Blocked;
+        plan.reason = Some("kill_score_warning_risk_increase".into());
+        plan.reason_codes = vec!["kill_score_warning_risk_increase".into()];
+        plan.risk = vec![("kill_score", "0.7563".into()), ("k_regime_flip", "1.0".into())];
         let fields = plan.to_fields();
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert!(pairs.contains(&("reduceOnly", "false")));
         assert!(pairs.contains(&("source", "intent_bridge")));
         assert!(!pairs.iter().any(|(k, _)| *k == "take_profit"));
+        assert!(pairs.contains(&("reason_codes", "kill_score_warning_risk_increase")));
+        assert!(pairs.contains(&("confidence", "0.8")));
         let back = Plan::parse(&StreamEntry::new("10-0", &pairs)).unwrap();
         assert_eq!(back, plan);
     }

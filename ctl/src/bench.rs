@@ -50,7 +50,7 @@ pub async fn bridge_throughput(
     let plans_before: u64 = client.xlen(PLAN_STREAM).await?;
 
     let mut env: HashMap<String, String> = base_env(redis_url);
-    env.insert("INTENT_BRIDGE_ALLOWLIST".into(), DEMO_SYMBOLS.join(","));
+    env.insert("SYMBOL_ALLOWLIST".into(), DEMO_SYMBOLS.join(","));
     env.insert("MAX_EXPOSURE_PCT".into(), "1000000000".into());
     env.insert("STREAM_BATCH_SIZE".into(), batch_size.to_string());
     let started = Instant::now();

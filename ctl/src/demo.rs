@@ -1,4 +1,5 @@
-//! `quantumctl demo`: the deadlock in strict mode, then the fix, on one machine.
+//! `quantumctl demo`: the whole story on one machine: the deadlock in strict mode, the ledger
+//! fix with production's governor blocking the fresh symbols' entries, then entry/exit separation.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -16,7 +17,7 @@ use quantum_common::types::{Side, Symbol};
 use quantum_intent_executor::paper::seed_position;
 
 use crate::facts::{exactly_once_problems, last_id, phase_facts, wait_idle, PhaseFacts};
-use crate::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use crate::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
 /// The symbol that already has a ledger before the demo starts.
@@ -25,76 +26,139 @@ const SEEDED_AMT: i64 = 25;
 const SEEDED_PRICE: i64 = 40;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One phase of the story: its bridge settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN=true`: the deadlock.
+    Strict,
+    /// The ledger fix, with the governor as production ran it (`GOVERNOR_MODE=legacy`) and a
+    /// regime flip in every proposal: the fresh symbols' entries are published BLOCKED.
+    LegacyGovernor,
+    /// The ledger fix and entry/exit separation (`GOVERNOR_MODE=separated`, the default).
+    Separated,
+}
+
+impl Phase {
+    /// The table's column heading.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Self::Strict => "STRICT (deadlock)",
+            Self::LegacyGovernor => "FIX+LEGACY GOV",
+            Self::Separated => "FIX+SEPARATED",
+        }
+    }
+
+    fn log_name(self) -> &'static str {
+        match self {
+            Self::Strict => "bridge-strict.log",
+            Self::LegacyGovernor => "bridge-legacy-governor.log",
+            // The fixed bridge's log, as the proof script reads it.
+            Self::Separated => "bridge-default.log",
+        }
+    }
+
+    fn env(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Self::Strict => [
+                ("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "true"),
+                ("GOVERNOR_MODE", "separated"),
+            ],
+            Self::LegacyGovernor => [
+                ("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "false"),
+                ("GOVERNOR_MODE", "legacy"),
+            ],
+            Self::Separated => [
+                ("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "false"),
+                ("GOVERNOR_MODE", "separated"),
+            ],
+        }
+    }
+}
+
+/// The phases, in the order the story runs them.
+pub const PHASES: [Phase; 3] = [Phase::Strict, Phase::LegacyGovernor, Phase::Separated];
+
+/// What one phase showed.
+#[derive(Debug, Clone)]
+pub struct PhaseReport {
+    pub phase: Phase,
+    pub facts: PhaseFacts,
+    /// BUYs and SELLs skipped by the bridge's gates (no plan at all).
+    pub skipped: (u64, u64),
+    pub ledger_missing_open_lines: usize,
+}
+
 /// Demo results.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
-    pub strict: PhaseFacts,
-    pub fixed: PhaseFacts,
-    pub strict_skipped: (u64, u64),
-    pub fixed_skipped: (u64, u64),
-    pub ledger_missing_open_lines: usize,
+    pub phases: Vec<PhaseReport>,
     pub problems: Vec<String>,
     pub log_dir: PathBuf,
 }
 
 impl DemoReport {
-    /// Whether the run showed the deadlock, then the fix, with every fill counted once.
+    /// Whether the run showed the deadlock, the governor's block and both fixes, with every
+    /// fill counted once.
     pub fn passed(&self) -> bool {
         self.problems.is_empty()
     }
 
-    /// The before/after table.
+    /// The phase-by-phase table.
     pub fn table(&self) -> String {
-        let (s, f) = (&self.strict, &self.fixed);
         let mut out = String::new();
-        let row = |out: &mut String, label: &str, a: String, b: String| {
-            let _ = writeln!(out, "{label:<32} {a:>18} {b:>18}");
+        let row = |out: &mut String, label: &str, cells: Vec<String>| {
+            let _ = write!(out, "{label:<32}");
+            for cell in cells {
+                let _ = write!(out, " {cell:>18}");
+            }
+            let _ = writeln!(out);
         };
-        row(&mut out, "", "STRICT (deadlock)".into(), "DEFAULT (fix)".into());
+        let cells = |f: &dyn Fn(&PhaseReport) -> String| self.phases.iter().map(f).collect::<Vec<_>>();
+        row(&mut out, "", cells(&|p| p.phase.heading().to_string()));
         row(
             &mut out,
             "symbols in apply.plan",
-            s.plan_symbols.len().to_string(),
-            f.plan_symbols.len().to_string(),
+            cells(&|p| p.facts.plan_symbols.len().to_string()),
         );
         row(
             &mut out,
             "symbols executing",
-            s.executing_symbols.len().to_string(),
-            f.executing_symbols.len().to_string(),
+            cells(&|p| p.facts.executing_symbols.len().to_string()),
         );
         row(
             &mut out,
             "ledger entries (end of phase)",
-            s.ledgers.to_string(),
-            f.ledgers.to_string(),
+            cells(&|p| p.facts.ledgers.to_string()),
         );
         row(
             &mut out,
             "BUY published / skipped",
-            format!("{} / {}", s.buy_published, self.strict_skipped.0),
-            format!("{} / {}", f.buy_published, self.fixed_skipped.0),
+            cells(&|p| format!("{} / {}", p.facts.buy_published, p.skipped.0)),
         );
         row(
             &mut out,
             "SELL published / skipped",
-            format!("{} / {}", s.sell_published, self.strict_skipped.1),
-            format!("{} / {}", f.sell_published, self.fixed_skipped.1),
+            cells(&|p| format!("{} / {}", p.facts.sell_published, p.skipped.1)),
         );
         row(
             &mut out,
             "EXECUTE / BLOCKED plans",
-            format!("{} / {}", s.execute_plans, s.blocked_plans),
-            format!("{} / {}", f.execute_plans, f.blocked_plans),
+            cells(&|p| format!("{} / {}", p.facts.execute_plans, p.facts.blocked_plans)),
         );
         row(
             &mut out,
             "LEDGER_MISSING_OPEN lines",
-            "0".into(),
-            self.ledger_missing_open_lines.to_string(),
+            cells(&|p| p.ledger_missing_open_lines.to_string()),
         );
-        let _ = writeln!(out, "\nsymbols in apply.plan (strict):  {}", join(&s.plan_symbols));
-        let _ = writeln!(out, "symbols in apply.plan (default): {}", join(&f.plan_symbols));
+        let _ = writeln!(out);
+        for p in &self.phases {
+            let _ = writeln!(
+                out,
+                "symbols in apply.plan ({}): {}",
+                p.phase.heading(),
+                join(&p.facts.plan_symbols)
+            );
+        }
         out
     }
 }
@@ -145,15 +209,15 @@ fn intents(side: Side, n0: usize) -> Vec<Vec<(String, String)>> {
 async fn run_phase(
     client: &Client,
     redis_url: &str,
-    strict: bool,
-    log: &Path,
-) -> Result<(PhaseFacts, (u64, u64)), Box<dyn std::error::Error>> {
+    phase: Phase,
+    log_dir: &Path,
+) -> Result<PhaseReport, Box<dyn std::error::Error>> {
     let plans_mark = last_id(client, PLAN_STREAM).await?;
     let results_mark = last_id(client, RESULT_STREAM).await?;
     let mut env = base_env(redis_url);
-    env.insert("INTENT_BRIDGE_ALLOWLIST".into(), DEMO_SYMBOLS.join(","));
-    env.insert("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN".into(), strict.to_string());
-    let bridge = ServiceProcess::start(Service::Bridge, &env, log)?;
+    env.extend(phase.env().iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let log = log_dir.join(phase.log_name());
+    let bridge = ServiceProcess::start(Service::Bridge, &env, &log)?;
     let fed = DEMO_SYMBOLS.len() as u64;
     for side in [Side::Buy, Side::Sell] {
         publish(client, &intents(side, if side == Side::Buy { 0 } else { 3 }), 0).await?;
@@ -167,8 +231,17 @@ async fn run_phase(
     }
     bridge.stop(Duration::from_secs(10));
     let facts = phase_facts(client, &plans_mark, &results_mark).await?;
-    let skipped = (fed - facts.buy_published, fed - facts.sell_published);
-    Ok((facts, skipped))
+    let ledger_missing_open_lines = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("LEDGER_MISSING_OPEN allowed"))
+        .count();
+    Ok(PhaseReport {
+        phase,
+        skipped: (fed - facts.buy_published, fed - facts.sell_published),
+        facts,
+        ledger_missing_open_lines,
+    })
 }
 
 /// Runs the whole story against `redis_url`, logging into `log_dir`.
@@ -178,63 +251,101 @@ pub async fn run(client: &Client, redis_url: &str, log_dir: &Path) -> Result<Dem
     let ledger = ServiceProcess::start(Service::Ledger, &env, &log_dir.join("ledger.log"))?;
     let executor = ServiceProcess::start(Service::Executor, &env, &log_dir.join("executor.log"))?;
 
-    println!("phase 1: strict mode (INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN=true), 11 BUYs then 11 SELLs ...");
-    let (strict, strict_skipped) = run_phase(client, redis_url, true, &log_dir.join("bridge-strict.log")).await?;
-    println!("phase 2: default mode (the fix), 11 BUYs then 11 SELLs ...");
-    let fixed_log = log_dir.join("bridge-default.log");
-    let (fixed, fixed_skipped) = run_phase(client, redis_url, false, &fixed_log).await?;
+    let mut phases = Vec::new();
+    for phase in PHASES {
+        let intro = match phase {
+            Phase::Strict => "strict mode (INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN=true)",
+            Phase::LegacyGovernor => {
+                let symbols: Vec<Symbol> = DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()).collect();
+                write_proposals(client, &symbols, ProposalKind::Production).await?;
+                "the ledger fix, governor as in production (GOVERNOR_MODE=legacy), every proposal at K=0.7563"
+            }
+            Phase::Separated => "the ledger fix and entry/exit separation (GOVERNOR_MODE=separated, the default)",
+        };
+        println!("phase {}: {intro}, 11 BUYs then 11 SELLs ...", phases.len() + 1);
+        phases.push(run_phase(client, redis_url, phase, log_dir).await?);
+    }
 
     executor.stop(Duration::from_secs(10));
     ledger.stop(Duration::from_secs(10));
 
-    let fixed_text = std::fs::read_to_string(&fixed_log).unwrap_or_default();
-    let ledger_missing_open_lines = fixed_text
-        .lines()
-        .filter(|l| l.contains("LEDGER_MISSING_OPEN allowed"))
-        .count();
     let starting: HashMap<String, Decimal> = [(SEEDED_SYMBOL.to_string(), Decimal::from(SEEDED_AMT))].into();
     let mut problems = exactly_once_problems(client, &starting).await?;
-    let all = DEMO_SYMBOLS.len();
-    if strict.plan_symbols.len() != 1 || !strict.plan_symbols.contains(SEEDED_SYMBOL) {
-        problems.push(format!(
-            "strict mode should let only {SEEDED_SYMBOL} through, saw {}",
-            join(&strict.plan_symbols)
-        ));
-    }
-    if fixed.plan_symbols.len() != all {
-        problems.push(format!(
-            "default mode should publish plans for all {all} symbols, saw {}",
-            fixed.plan_symbols.len()
-        ));
-    }
-    if fixed.executing_symbols.len() != all {
-        problems.push(format!(
-            "default mode should execute all {all} symbols, saw {}",
-            fixed.executing_symbols.len()
-        ));
-    }
-    if fixed.ledgers != all as u64 {
-        problems.push(format!("expected {all} ledgers after the fix, found {}", fixed.ledgers));
-    }
-    if fixed.sell_published != all as u64 {
-        problems.push(format!(
-            "SELLs should flow for all {all} symbols once ledgers exist, {} did",
-            fixed.sell_published
-        ));
-    }
-    if ledger_missing_open_lines != all - 1 {
-        problems.push(format!(
-            "expected {} LEDGER_MISSING_OPEN lines, found {ledger_missing_open_lines}",
-            all - 1
-        ));
+    for p in &phases {
+        problems.extend(phase_problems(p));
     }
     Ok(DemoReport {
-        strict,
-        fixed,
-        strict_skipped,
-        fixed_skipped,
-        ledger_missing_open_lines,
+        phases,
         problems,
         log_dir: log_dir.to_path_buf(),
     })
+}
+
+/// What each phase must show for the story to hold.
+fn phase_problems(p: &PhaseReport) -> Vec<String> {
+    let all = DEMO_SYMBOLS.len();
+    let f = &p.facts;
+    let mut problems = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("{}: {what}", p.phase.heading()));
+        }
+    };
+    match p.phase {
+        Phase::Strict => expect(
+            f.plan_symbols.len() == 1 && f.plan_symbols.contains(SEEDED_SYMBOL),
+            format!(
+                "only {SEEDED_SYMBOL} should publish plans, saw {}",
+                join(&f.plan_symbols)
+            ),
+        ),
+        Phase::LegacyGovernor => {
+            expect(
+                f.plan_symbols.len() == all,
+                format!("plans for all {all} symbols expected, saw {}", f.plan_symbols.len()),
+            );
+            expect(
+                f.blocked_plans == all as u64,
+                format!(
+                    "every entry should be BLOCKED by the kill score, {} were",
+                    f.blocked_plans
+                ),
+            );
+            expect(
+                f.executing_symbols.len() == 1 && f.executing_symbols.contains(SEEDED_SYMBOL),
+                format!(
+                    "only {SEEDED_SYMBOL}'s close should execute, saw {}",
+                    join(&f.executing_symbols)
+                ),
+            );
+        }
+        Phase::Separated => {
+            expect(
+                f.plan_symbols.len() == all && f.executing_symbols.len() == all,
+                format!(
+                    "all {all} symbols should publish and execute, saw {} and {}",
+                    f.plan_symbols.len(),
+                    f.executing_symbols.len()
+                ),
+            );
+            expect(f.blocked_plans == 0, format!("{} plans BLOCKED", f.blocked_plans));
+            expect(
+                f.ledgers == all as u64,
+                format!("expected {all} ledgers, found {}", f.ledgers),
+            );
+            expect(
+                f.sell_published == all as u64,
+                format!("SELLs should flow for all {all} symbols, {} did", f.sell_published),
+            );
+            expect(
+                p.ledger_missing_open_lines == all - 1,
+                format!(
+                    "expected {} LEDGER_MISSING_OPEN lines, found {}",
+                    all - 1,
+                    p.ledger_missing_open_lines
+                ),
+            );
+        }
+    }
+    problems
 }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::RedisArgs;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
-use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use quantumctl::{bench, demo, status};
 
 #[derive(Parser, Debug)]
@@ -24,9 +24,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the deadlock-and-fix story end to end: strict mode first (only the symbol with a
-    /// ledger trades), then default mode (all symbols trade). Starts a throwaway redis-server
-    /// unless REDIS_URL or REDIS_HOST is set. Exits non-zero if the fix is not demonstrated.
+    /// Run the whole story end to end: strict mode first (only the symbol with a ledger
+    /// trades), then the ledger fix under production's legacy governor (every fresh symbol
+    /// publishes, but its entries are BLOCKED at K=0.7563), then entry/exit separation (all
+    /// symbols trade). Starts a throwaway redis-server unless REDIS_URL or REDIS_HOST is set.
+    /// Exits non-zero if any step of the story is not demonstrated.
     Demo {
         #[command(flatten)]
         redis: RedisArgs,
@@ -53,6 +55,10 @@ enum Command {
         /// USD value of each intent.
         #[arg(long, default_value = "200")]
         usd: Decimal,
+        /// First write a risk-kernel proposal (quantum:harvest:proposal:<SYMBOL>) of this kind
+        /// for every symbol; with --count 0 only the proposals are written.
+        #[arg(long, value_enum)]
+        proposal: Option<ProposalKind>,
     },
     /// Measure bridge throughput: preload intents on a throwaway redis-server (or the one given),
     /// start the bridge and time until all are consumed, gated, published and acknowledged.
@@ -114,6 +120,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             format,
             sell_every,
             usd,
+            proposal,
         } => {
             let symbols: Vec<Symbol> = symbols
                 .split(',')
@@ -135,6 +142,16 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 })
                 .collect();
             let client = connect(&redis).await?;
+            if let Some(kind) = proposal {
+                write_proposals(&client, &symbols, kind)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "wrote {kind:?} proposals (K={:.4}) for {} symbols",
+                    quantum_common::governor::KillWeights::default().kill_score(&kind.components()),
+                    symbols.len()
+                );
+            }
             let started = std::time::Instant::now();
             let ids = publish(&client, &intents, rate).await.map_err(|e| e.to_string())?;
             let secs = started.elapsed().as_secs_f64();
@@ -184,9 +201,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 report.log_dir.join("bridge-default.log").display()
             );
             if report.passed() {
-                println!("\nPASS: strict mode reproduces the deadlock; default mode trades all {} symbols; no fill counted twice", DEMO_SYMBOLS.len());
+                println!(
+                    "\nPASS: strict mode reproduces the deadlock; the legacy governor blocks the fresh symbols' entries; \
+                     separated mode trades all {} symbols; no fill counted twice",
+                    DEMO_SYMBOLS.len()
+                );
             } else {
-                println!("\nFAIL: the fix was not demonstrated:");
+                println!("\nFAIL: the story was not demonstrated:");
                 for p in &report.problems {
                     println!("  - {p}");
                 }

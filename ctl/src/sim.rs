@@ -8,7 +8,9 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::contract::INTENT_STREAM;
+use quantum_common::contract::{proposal_key, INTENT_STREAM};
+use quantum_common::governor::{Components, KillWeights};
+use quantum_common::time::now_secs;
 use quantum_common::types::{Side, Symbol};
 
 /// The demo's eleven symbols.
@@ -152,4 +154,56 @@ pub async fn publish(client: &Client, intents: &[Vec<(String, String)>], rate: u
         ids.extend(written.iter().filter_map(|v| v.as_string()));
     }
     Ok(ids)
+}
+
+/// A risk-kernel proposal `quantumctl sim --proposal` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProposalKind {
+    /// Every component 0: K = 0.5.
+    Calm,
+    /// A regime flip alone: K = 0.7311, above the legacy 0.60 warning by construction.
+    RegimeFlip,
+    /// Production's BTC proposal (1.0 / 0.0 / 0.2398 / 0.0417): K = 0.7563.
+    Production,
+    /// Regime flip with a sigma spike and a time-series drop: K = 0.8808.
+    SigmaSpike,
+}
+
+impl ProposalKind {
+    /// The kill-score components of this kind.
+    pub fn components(self) -> Components {
+        let c = |regime_flip, sigma_spike, ts_drop, age_penalty| Components {
+            regime_flip,
+            sigma_spike,
+            ts_drop,
+            age_penalty,
+        };
+        match self {
+            Self::Calm => c(0.0, 0.0, 0.0, 0.0),
+            Self::RegimeFlip => c(1.0, 0.0, 0.0, 0.0),
+            Self::Production => c(1.0, 0.0, 0.2398, 0.0417),
+            Self::SigmaSpike => c(1.0, 1.0, 1.0, 0.0),
+        }
+    }
+}
+
+/// Writes `quantum:harvest:proposal:<SYMBOL>` for each symbol as the risk kernel does: the
+/// components, K computed with the kernel's weights, and a fresh `last_update_epoch`.
+pub async fn write_proposals(client: &Client, symbols: &[Symbol], kind: ProposalKind) -> Result<(), Error> {
+    let c = kind.components();
+    let k = KillWeights::default().kill_score(&c);
+    let fields = vec![
+        ("kill_score", format!("{k:.4}")),
+        ("k_regime_flip", format!("{:.4}", c.regime_flip)),
+        ("k_sigma_spike", format!("{:.4}", c.sigma_spike)),
+        ("k_ts_drop", format!("{:.4}", c.ts_drop)),
+        ("k_age_penalty", format!("{:.4}", c.age_penalty)),
+        ("harvest_action", "UNKNOWN".to_string()),
+        ("last_update_epoch", now_secs().to_string()),
+    ];
+    let pipeline = client.pipeline();
+    for symbol in symbols {
+        pipeline.hset::<(), _, _>(proposal_key(symbol), fields.clone()).await?;
+    }
+    pipeline.all::<Vec<Value>>().await.map(|_| ())
 }

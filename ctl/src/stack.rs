@@ -126,10 +126,12 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// The environment every service of a local stack gets: the Redis URL and snappy timings.
+/// The environment every service of a local stack gets: the Redis URL, the demo's symbols as
+/// the allowlist, and snappy timings.
 pub fn base_env(redis_url: &str) -> HashMap<String, String> {
     let mut env = HashMap::new();
     env.insert("REDIS_URL".to_string(), redis_url.to_string());
+    env.insert("SYMBOL_ALLOWLIST".to_string(), crate::sim::DEMO_SYMBOLS.join(","));
     env.insert("STREAM_BLOCK_MS".to_string(), "200".to_string());
     // Any free port, so several local stacks (tests, the demo) never collide on 9101-9103.
     for port in [

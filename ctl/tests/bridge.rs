@@ -67,7 +67,14 @@ async fn outputs(
 #[tokio::test]
 async fn default_mode_gates_formats_and_log_lines() {
     let mut stack = seeded_stack().await;
-    stack.start(Service::Bridge, &[("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST)]);
+    // No age limit: an intent without a mark price is dead-lettered at once instead of waiting.
+    stack.start(
+        Service::Bridge,
+        &[
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "0"),
+        ],
+    );
 
     let buy_new = stack
         .xadd(
@@ -304,7 +311,7 @@ async fn default_mode_gates_formats_and_log_lines() {
     assert!(stack.stop(Service::Bridge), "bridge exits 0 on SIGTERM");
     assert!(
         stack.log(Service::Bridge).contains(
-            "Intent Bridge stopped: consumed=25 published=7 ledger_missing_open=6 malformed=15 replayed=0 \
+            "Intent Bridge stopped: consumed=25 published=7 blocked=0 ledger_missing_open=6 malformed=15 replayed=0 \
              skipped=[ledger_flat_sell=1,ledger_missing_sell=1,not_allowlisted=1]"
         ),
         "{}",
@@ -318,7 +325,7 @@ async fn strict_mode_restores_the_old_gate() {
     stack.start(
         Service::Bridge,
         &[
-            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
             ("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "true"),
         ],
     );
@@ -350,7 +357,7 @@ async fn exposure_gate_refuses_buys_but_not_sells() {
     stack
         .hset("quantum:position:ledger:ZECUSDT", &[("notional_usd", "85000")])
         .await;
-    stack.start(Service::Bridge, &[("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST)]);
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
     let buy = stack
         .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
         .await;
@@ -374,10 +381,7 @@ async fn flat_sell_skipping_can_be_switched_off_and_eps_widens_flat() {
         .await;
     stack.start(
         Service::Bridge,
-        &[
-            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
-            ("INTENT_BRIDGE_FLAT_EPS", "0.001"),
-        ],
+        &[("SYMBOL_ALLOWLIST", ALLOWLIST), ("INTENT_BRIDGE_FLAT_EPS", "0.001")],
     );
     let zec = stack
         .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")])
@@ -392,7 +396,7 @@ async fn flat_sell_skipping_can_be_switched_off_and_eps_widens_flat() {
     stack.start(
         Service::Bridge,
         &[
-            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
             ("INTENT_BRIDGE_SKIP_FLAT_SELL", "false"),
         ],
     );

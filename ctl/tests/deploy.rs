@@ -156,15 +156,26 @@ fn install_script_is_idempotent_and_keeps_configuration() {
             .join(format!("etc/systemd/system/{binary}.service"))
             .exists());
         assert!(root.path().join(format!("etc/quantum/{env}")).exists());
+        let unit = std::fs::read_to_string(root.path().join(format!("etc/systemd/system/{binary}.service"))).unwrap();
+        let shared = unit
+            .find("EnvironmentFile=-/etc/quantum/quantum.env")
+            .expect("shared env file");
+        assert!(
+            shared < unit.find(&format!("EnvironmentFile=/etc/quantum/{env}")).unwrap(),
+            "shared first"
+        );
         let cred = root
             .path()
             .join(format!("etc/quantum/credentials/{binary}.redis-password"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777, 0o600);
     }
+    assert!(std::fs::read_to_string(root.path().join("etc/quantum/quantum.env"))
+        .unwrap()
+        .contains("#SYMBOL_ALLOWLIST=BTCUSDT"));
     // The operator edits a setting and stores a password: a re-run keeps both, changes nothing.
     let env = root.path().join("etc/quantum/intent-bridge.env");
-    std::fs::write(&env, "INTENT_BRIDGE_ALLOWLIST=BTCUSDT,ETHUSDT\n").unwrap();
+    std::fs::write(&env, "SYMBOL_ALLOWLIST=BTCUSDT,ETHUSDT\n").unwrap();
     let cred = root
         .path()
         .join("etc/quantum/credentials/quantum-intent-bridge.redis-password");
@@ -259,7 +270,7 @@ fn compose_stack_validates_and_matches_the_acls() {
     // Every development secret is the password the ACL file expects for its user.
     use sha2::{Digest, Sha256};
     let acl = std::fs::read_to_string(repo().join("deploy/redis/users.acl")).unwrap();
-    for user in ["bridge", "executor", "ledger", "ops"] {
+    for user in ["bridge", "executor", "ledger", "ops", "kernel"] {
         let secret =
             std::fs::read_to_string(repo().join(format!("deploy/compose/secrets/{user}-redis-password"))).unwrap();
         let hash: String = Sha256::digest(secret.trim_end().as_bytes())

@@ -55,7 +55,7 @@ async fn live_stack(strict: bool) -> Stack {
     stack.start(
         Service::Bridge,
         &[
-            ("INTENT_BRIDGE_ALLOWLIST", ALLOWLIST),
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
             (
                 "INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN",
                 if strict { "true" } else { "false" },
@@ -163,30 +163,30 @@ fn proof_refuses_to_run_without_a_log_source() {
 }
 
 #[test]
-fn demo_shows_the_deadlock_then_the_fix() {
+fn demo_shows_the_deadlock_then_the_governor_then_both_fixes() {
     let (code, out) = quantumctl(&["demo"], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("started a throwaway redis-server"), "{out}");
-    let row = |label: &str| {
-        out.lines()
+    // Each row: the label, then one cell per phase (strict, legacy governor, separated).
+    let row = |label: &str| -> Vec<String> {
+        let line = out
+            .lines()
             .find(|l| l.starts_with(label))
-            .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
-            .unwrap_or_else(|| panic!("no {label} row in:\n{out}"))
+            .unwrap_or_else(|| panic!("no {label} row in:\n{out}"));
+        line[label.len()..]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
     };
-    assert_eq!(row("symbols in apply.plan"), vec!["11", "1"]);
-    assert_eq!(row("symbols executing"), vec!["11", "1"]);
-    assert!(
-        out.contains("BUY published / skipped                      1 / 10             11 / 0"),
-        "{out}"
-    );
-    assert!(
-        out.contains("SELL published / skipped                     1 / 10             11 / 0"),
-        "{out}"
-    );
-    assert!(
-        out.contains("LEDGER_MISSING_OPEN lines                         0                 10"),
-        "{out}"
-    );
+    assert_eq!(row("symbols in apply.plan"), ["1", "11", "11"]);
+    assert_eq!(row("symbols executing"), ["1", "1", "11"]);
+    assert_eq!(row("ledger entries (end of phase)"), ["1", "1", "11"]);
+    assert_eq!(row("BUY published / skipped"), ["1 / 10", "11 / 0", "11 / 0"]);
+    assert_eq!(row("SELL published / skipped"), ["1 / 10", "1 / 10", "11 / 0"]);
+    assert_eq!(row("EXECUTE / BLOCKED plans"), ["2 / 0", "1 / 11", "22 / 0"]);
+    assert_eq!(row("LEDGER_MISSING_OPEN lines"), ["0", "10", "10"]);
     assert!(out.contains("PASS: strict mode reproduces the deadlock"), "{out}");
 }
 
@@ -194,7 +194,7 @@ fn demo_shows_the_deadlock_then_the_fix() {
 async fn sim_publishes_every_format_and_status_shows_the_pipeline() {
     let mut stack = Stack::new().await;
     for s in [Service::Ledger, Service::Executor, Service::Bridge] {
-        stack.start(s, &[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT,SOLUSDT")]);
+        stack.start(s, &[("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT,SOLUSDT")]);
     }
     for s in [Service::Ledger, Service::Executor, Service::Bridge] {
         stack.wait_log(s, "Consumer ready").await;

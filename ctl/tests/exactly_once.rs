@@ -22,7 +22,7 @@ const ALL_SERVICES: [Service; 3] = [Service::Ledger, Service::Executor, Service:
 fn env_for(service: Service) -> Vec<(&'static str, String)> {
     match service {
         Service::Bridge => vec![
-            ("INTENT_BRIDGE_ALLOWLIST", DEMO_SYMBOLS.join(",")),
+            ("SYMBOL_ALLOWLIST", DEMO_SYMBOLS.join(",")),
             ("MAX_EXPOSURE_PCT", "1000000".into()),
         ],
         // Small batches so kills land mid-batch; quick reclaim of a dead consumer's entries.

@@ -137,7 +137,7 @@ async fn generated_garbage_on_every_stream_is_handled_as_bad_input() {
         stack.start(
             s,
             &[
-                ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT,ZECUSDT"),
+                ("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT,ZECUSDT"),
                 ("STREAM_BATCH_SIZE", "37"),
             ],
         );

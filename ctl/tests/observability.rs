@@ -65,7 +65,7 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
         stack.start(
             s,
             &[
-                ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT"),
+                ("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT"),
                 ("LEDGER_RECONCILE_INTERVAL_MS", "200"),
             ],
         );
@@ -214,7 +214,7 @@ async fn json_logs_keep_the_contract_lines_greppable() {
     let mut stack = Stack::new().await;
     stack.start(
         Service::Bridge,
-        &[("LOG_FORMAT", "json"), ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT")],
+        &[("LOG_FORMAT", "json"), ("SYMBOL_ALLOWLIST", "BTCUSDT")],
     );
     stack
         .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
@@ -284,7 +284,7 @@ async fn real_prometheus_reads_the_diversity_rule_from_the_live_stack() {
     let mut stack = Stack::new().await;
     let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"];
     for s in SERVICES {
-        stack.start(s, &[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT")]);
+        stack.start(s, &[("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT")]);
     }
     for s in SERVICES {
         stack.wait_log(s, "Consumer ready").await;
@@ -455,10 +455,7 @@ async fn otlp_export_carries_one_trace_per_intent_across_the_three_processes() {
         |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> { otel.iter().chain(extra).copied().collect() };
     stack.start(Service::Ledger, &with(&[("OTEL_SERVICE_NAME", "ledger-eu1")]));
     stack.start(Service::Executor, &with(&[]));
-    stack.start(
-        Service::Bridge,
-        &with(&[("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT")]),
-    );
+    stack.start(Service::Bridge, &with(&[("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT")]));
     let intents = [
         stack
             .xadd(INTENT_STREAM, &[("symbol", "ETHUSDT"), ("side", "BUY"), ("qty", "0.5")])
@@ -583,7 +580,7 @@ async fn trace_export_settings_fail_fast_and_a_dead_collector_costs_no_intent() 
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-            ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT"),
+            ("SYMBOL_ALLOWLIST", "BTCUSDT"),
         ],
     );
     for _ in 0..3 {

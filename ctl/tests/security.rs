@@ -15,7 +15,7 @@ use quantum_common::config::RedisArgs;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 use quantumctl::facts::wait_idle;
-use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, Stack, TIMEOUT};
 
@@ -23,6 +23,7 @@ const BRIDGE_PW: &str = "quantum-bridge-dev-password";
 const EXECUTOR_PW: &str = "quantum-executor-dev-password";
 const LEDGER_PW: &str = "quantum-ledger-dev-password";
 const OPS_PW: &str = "quantum-ops-dev-password";
+const KERNEL_PW: &str = "quantum-kernel-dev-password";
 
 fn acl_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis/users.acl")
@@ -56,7 +57,7 @@ fn start_services(stack: &mut Stack) {
         &[
             ("REDIS_USERNAME", "quantum-bridge"),
             ("REDIS_PASSWORD", BRIDGE_PW),
-            ("INTENT_BRIDGE_ALLOWLIST", allow.as_str()),
+            ("SYMBOL_ALLOWLIST", allow.as_str()),
         ],
     );
     stack.start(
@@ -89,9 +90,22 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
             intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
         })
         .collect();
+    // The risk kernel publishes proposals under its own user; the bridge reads them and records
+    // the governor's history under its own.
+    let kernel = client_as(&stack, "quantum-kernel", KERNEL_PW).await;
+    let symbols: Vec<Symbol> = DEMO_SYMBOLS.iter().map(|s| Symbol::parse(s).unwrap()).collect();
+    write_proposals(&kernel, &symbols, ProposalKind::Production)
+        .await
+        .unwrap();
     let ids = publish(&stack.client, &intents, 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     assert_exactly_once(&stack, &ids).await;
+    let recorded: u64 = stack
+        .client
+        .zcard("{quantum:harvest:proposal:BTCUSDT}:kill_history")
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "the bridge recorded the proposal's sample");
     // The reconcile loop ran under the ledger's user without a permission error.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for s in [Service::Bridge, Service::Executor, Service::Ledger] {
@@ -307,7 +321,7 @@ async fn the_pipeline_runs_over_tls_when_configured() {
             &[
                 ("REDIS_URL", tls_url.as_str()),
                 ("REDIS_TLS_CA_FILE", ca.as_str()),
-                ("INTENT_BRIDGE_ALLOWLIST", "BTCUSDT,ETHUSDT"),
+                ("SYMBOL_ALLOWLIST", "BTCUSDT,ETHUSDT"),
             ],
         );
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
 use quantum_common::cas::queue_eval;
-use quantum_common::config::{parse_non_negative, parse_positive, ConnectError, ConsumerArgs, RedisArgs};
+use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
 use quantum_common::fields::StreamEntry;
@@ -61,6 +61,13 @@ pub struct ExecutorArgs {
     /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
     #[arg(long, env = "INTENT_EXECUTOR_METRICS_PORT", default_value_t = 9102)]
     pub metrics_port: u16,
+    /// Symbols allowed to trade, comma separated: the one allowlist every service reads; a
+    /// plan for another symbol is answered executed=false [default: BTCUSDT].
+    #[arg(long, env = "SYMBOL_ALLOWLIST")]
+    pub symbol_allowlist: Option<String>,
+    /// Deprecated: use SYMBOL_ALLOWLIST (still read; an error when the two disagree).
+    #[arg(long = "allowlist", env = "INTENT_EXECUTOR_ALLOWLIST")]
+    pub legacy_allowlist: Option<String>,
     /// Venue: paper (default) or live.
     #[arg(
         long,
@@ -100,6 +107,18 @@ pub struct ExecutorArgs {
 }
 
 impl ExecutorArgs {
+    /// The allowlist: `SYMBOL_ALLOWLIST`, or the deprecated `INTENT_EXECUTOR_ALLOWLIST`.
+    ///
+    /// # Errors
+    /// An invalid symbol, or the two settings disagreeing.
+    pub fn allowlist(&self) -> Result<Allowlist, String> {
+        Allowlist::resolve(
+            self.symbol_allowlist.as_deref(),
+            "INTENT_EXECUTOR_ALLOWLIST",
+            self.legacy_allowlist.as_deref(),
+        )
+    }
+
     /// The paper venue settings.
     pub fn paper_config(&self) -> Result<PaperConfig, String> {
         Ok(PaperConfig {
@@ -151,6 +170,8 @@ return 'CLAIMED'
 pub struct Executor<V: Venue> {
     writer: Client,
     venue: V,
+    /// Plans for other symbols are refused (other producers write apply.plan too).
+    allowlist: Allowlist,
     pub stats: ExecutorStats,
     /// Distinct symbols with fills over the last 5 minutes (a live gauge).
     executing_symbols: Option<quantum_common::window::SymbolWindow>,
@@ -166,11 +187,12 @@ enum Step {
 }
 
 impl<V: Venue> Executor<V> {
-    /// An executor placing orders on `venue`.
-    pub fn new(writer: Client, venue: V) -> Self {
+    /// An executor placing orders on `venue` for the symbols of `allowlist`.
+    pub fn new(writer: Client, venue: V, allowlist: Allowlist) -> Self {
         Self {
             writer,
             venue,
+            allowlist,
             stats: ExecutorStats::default(),
             executing_symbols: None,
         }
@@ -227,7 +249,32 @@ impl<V: Venue> Executor<V> {
                 reason,
             ));
         }
+        if !self.allowlist.contains(&plan.symbol) {
+            return self.refuse_not_allowlisted(&plan, span);
+        }
         Step::Execute(Box::new(plan))
+    }
+
+    fn refuse_not_allowlisted(&mut self, plan: &Plan, span: &Span) -> Step {
+        trace::record_outcome(span, "not_allowlisted", false);
+        self.stats.not_executed += 1;
+        metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "not_allowlisted")
+            .increment(1);
+        let reason = format!("symbol_not_in_allowlist:{}", plan.symbol);
+        tracing::warn!(
+            "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
+            plan.symbol,
+            plan.side,
+            plan.decision,
+            plan.plan_id
+        );
+        Step::Result(ExecutionResult::not_executed(
+            plan.plan_id.as_str(),
+            plan.symbol.as_str(),
+            plan.side.as_str(),
+            plan.decision.as_str(),
+            reason,
+        ))
     }
 
     /// Claims order records for the plans to execute, in one round trip. Returns, per plan,
@@ -492,10 +539,15 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
         ));
     }
     let paper = args.paper_config().map_err(ExecutorError::Config)?;
+    let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
     let spec = ConsumerSpec::new(PLAN_STREAM, PLAN_GROUP, "intent_executor", &args.consumer);
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
+    tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
+    if let Some(notice) = &allowlist.deprecation {
+        tracing::warn!("{notice}");
+    }
     tracing::info!(
         "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
         paper.seed,
@@ -513,7 +565,7 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     readiness.watch(conns.writer.clone(), PLAN_STREAM, PLAN_GROUP);
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
-    let mut executor = Executor::new(conns.writer.clone(), venue);
+    let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);
     executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
         "quantum_executing_symbols",
         std::time::Duration::from_secs(300),
