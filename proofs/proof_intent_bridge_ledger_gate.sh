@@ -12,6 +12,8 @@
 #   --min-symbols N   symbol diversity needed in the last plans (default 2)
 #   --count N         how many recent plans to inspect (default 200)
 # Redis: REDIS_URL, or REDIS_HOST / REDIS_PORT / REDIS_DB (defaults 127.0.0.1 / 6379 / 0).
+# With quantumctl installed (or QUANTUMCTL=<path>), it also prints the bridge's outcomes by reason
+# and, for each allowlisted symbol without an EXECUTE plan, the `quantumctl why` verdict.
 set -u -o pipefail
 
 LOG_FILE=""
@@ -24,7 +26,7 @@ BUILD_TAG="intent-bridge-ledger-open-v1"
 PLAN_STREAM="quantum:stream:apply.plan"
 LEDGER_PREFIX="quantum:position:ledger:"
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -163,6 +165,23 @@ if [ "$EXECUTE" -gt 0 ]; then
   check "EXECUTE vs BLOCKED" 0 "EXECUTE=$EXECUTE BLOCKED=$BLOCKED"
 else
   check "EXECUTE vs BLOCKED" 1 "EXECUTE=0 BLOCKED=$BLOCKED: nothing is being executed"
+fi
+
+# --- explanations (quantumctl status / why, when quantumctl is installed) -------------------
+# The same answers the grep recipes in docs/operations.md give, one command each.
+QCTL="${QUANTUMCTL:-$(command -v quantumctl || true)}"
+if [ -n "$QCTL" ]; then
+  echo
+  "$QCTL" status 2>/dev/null | sed -n '/^BRIDGE OUTCOMES/,/^$/p' | sed '/^$/d'
+  ALLOW=$(rcli HGET quantum:config:intent_bridge allowlist 2>/dev/null | tr ',' ' ')
+  QUIET=""
+  for sym in $ALLOW; do
+    printf '%s\n' "$PLANS" | awk -v s="$sym" '$1 == s && $3 == "EXECUTE" {found=1} END {exit !found}' || QUIET="$QUIET $sym"
+  done
+  if [ -n "$QUIET" ]; then
+    echo "Allowlisted symbols without an EXECUTE plan in the last $COUNT (quantumctl why <SYMBOL>):"
+    for sym in $QUIET; do "$QCTL" why "$sym" 2>/dev/null | tail -n 1 | sed 's/^/  /'; done
+  fi
 fi
 
 echo

@@ -228,28 +228,16 @@ pub fn annotate(plan: &mut Plan, verdict: &Verdict, view: &ProposalView) {
     }
 }
 
+/// A score at 4 decimals, or `none`.
 fn opt4(value: Option<f64>) -> String {
     value.map_or_else(|| "none".to_string(), |v| format!("{v:.4}"))
 }
 
-/// The greppable decision line and the decision metrics.
+/// The decision metrics, and for a BLOCKED plan its greppable `GOVERNOR decision=BLOCKED` line
+/// (every plan's `Publishing plan ...` line also ends with its decision and the governor's reason).
 pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
-    let line = format!(
-        "GOVERNOR decision={} symbol={} side={} mode={} kill_score={} z={} threshold={} reason={} plan_id={}",
-        verdict.decision,
-        plan.symbol,
-        plan.side,
-        cfg.mode.as_str(),
-        opt4(verdict.kill_score),
-        opt4(verdict.z),
-        verdict.threshold.map_or_else(|| "none".to_string(), |t| format!("{t}")),
-        verdict.reason,
-        plan.plan_id.short()
-    );
     if verdict.decision == Decision::Blocked {
-        tracing::warn!("{line}");
-    } else {
-        tracing::info!("{line}");
+        tracing::warn!("{}", blocked_line(cfg, plan, verdict));
     }
     let symbol = symbol_label(&plan.symbol);
     metrics::counter!(
@@ -265,5 +253,102 @@ pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
     }
     if let Some(z) = verdict.z {
         metrics::gauge!("quantum_governor_kill_score_z", "symbol" => symbol).set(z);
+    }
+}
+
+fn blocked_line(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) -> String {
+    format!(
+        "GOVERNOR decision={} symbol={} side={} mode={} kill_score={} z={} threshold={} reason={} plan_id={}",
+        verdict.decision,
+        plan.symbol,
+        plan.side,
+        cfg.mode.as_str(),
+        opt4(verdict.kill_score),
+        opt4(verdict.z),
+        verdict.threshold.map_or_else(|| "none".to_string(), |t| format!("{t}")),
+        verdict.reason,
+        plan.plan_id.short()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantum_common::governor::{decide, Reason};
+    use quantum_common::types::Side;
+
+    fn array(values: &[Option<&str>]) -> Value {
+        Value::Array(
+            values
+                .iter()
+                .map(|v| v.map_or(Value::Null, |s| Value::from(s.to_string())))
+                .collect(),
+        )
+    }
+
+    fn proposal(k: &str, epoch: &str) -> Value {
+        array(&[
+            Some(k),
+            Some("1.0"),
+            None,
+            None,
+            None,
+            Some("UNKNOWN"),
+            None,
+            Some(epoch),
+        ])
+    }
+
+    #[test]
+    fn a_new_proposal_is_recorded_once_and_never_judged_against_itself() {
+        let cfg = GovernorConfig::default();
+        let history = array(&[Some("100:0.500000"), Some("200:0.600000")]);
+        let fresh = read_replies(&cfg, proposal("0.7", "300"), history.clone(), 310);
+        assert_eq!(fresh.history, vec![0.5, 0.6]);
+        assert_eq!(
+            fresh.unrecorded,
+            Some(Sample {
+                epoch: 300,
+                kill_score: 0.7
+            })
+        );
+        // Once recorded, the same proposal is judged against the same earlier samples.
+        let recorded = array(&[Some("100:0.500000"), Some("200:0.600000"), Some("300:0.700000")]);
+        let again = read_replies(&cfg, proposal("0.7", "300"), recorded, 311);
+        assert_eq!(again.history, vec![0.5, 0.6]);
+        assert_eq!(again.unrecorded, None);
+        // Stale and missing proposals record nothing.
+        let stale = read_replies(&cfg, proposal("0.7", "300"), history, 300 + 301);
+        assert!(matches!(stale.view, ProposalView::Stale { .. }));
+        assert_eq!(stale.unrecorded, None);
+        let missing = read_replies(&cfg, Value::Null, Value::Null, 0);
+        assert_eq!(missing.view, ProposalView::Missing);
+    }
+
+    #[test]
+    fn the_verdict_shapes_the_plan() {
+        let entry =
+            quantum_common::fields::StreamEntry::new("1-0", &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")]);
+        let intent = quantum_common::intent::Intent::parse(&entry, &Default::default()).unwrap();
+        let mut plan = Plan::from_intent(&intent, rust_decimal::Decimal::ONE, 0);
+        let cfg = GovernorConfig {
+            mode: Mode::Legacy,
+            ..GovernorConfig::default()
+        };
+        let risk = read_replies(&cfg, proposal("0.7563", "300"), Value::Null, 300);
+        let verdict = decide(&cfg, Side::Buy, &risk.view, &risk.history);
+        assert_eq!(verdict.reason, Reason::WarningRiskIncrease);
+        annotate(&mut plan, &verdict, &risk.view);
+        assert_eq!(plan.decision, Decision::Blocked);
+        assert_eq!(plan.reason.as_deref(), Some("kill_score_warning_risk_increase"));
+        assert_eq!(plan.reason_codes, vec!["kill_score_warning_risk_increase"]);
+        assert_eq!(
+            plan.risk,
+            vec![
+                ("kill_score", "0.7563".to_string()),
+                ("k_regime_flip", "1.0".to_string()),
+                ("harvest_action", "UNKNOWN".to_string()),
+            ]
+        );
     }
 }

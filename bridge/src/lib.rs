@@ -27,12 +27,14 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_key, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
+    ledger_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM,
+    PORTFOLIO_KEY,
 };
 use quantum_common::fields::{opt_text, truncate, StreamEntry};
 use quantum_common::governor::{GovernorConfig, ProposalView};
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits};
+use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
 use quantum_common::time::{now_ms, now_secs};
 use quantum_common::trace;
@@ -192,8 +194,8 @@ enum Outcome {
         reason: &'static str,
         error: String,
     },
-    /// Refused by a gate, with the reason code.
-    Skip(&'static str),
+    /// Refused by a gate: the reason code and the record of what decided it.
+    Skip(&'static str, OutcomeRecord),
     /// Not decidable yet (no mark price): left pending, retried.
     Wait,
 }
@@ -207,7 +209,7 @@ impl Outcome {
                 trace::record_outcome(span, "published", false);
             }
             Self::Dlq { reason, .. } => trace::record_outcome(span, reason, true),
-            Self::Skip(reason) => trace::record_outcome(span, reason, false),
+            Self::Skip(reason, _) => trace::record_outcome(span, reason, false),
             Self::Wait => trace::record_outcome(span, "waiting_mark_price", false),
         }
     }
@@ -234,11 +236,14 @@ impl IntentBridge {
         }
     }
 
-    /// Which entries of the batch were processed before (one MGET).
-    async fn already_processed(&self, batch: &[StreamEntry]) -> Result<Vec<bool>, Error> {
+    /// The recorded outcome of each entry of the batch processed before (one MGET).
+    async fn already_processed(&self, batch: &[StreamEntry]) -> Result<Vec<Option<OutcomeRecord>>, Error> {
         let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
         let values: Vec<Value> = self.writer.mget(keys).await?;
-        Ok(values.iter().map(|v| !v.is_null()).collect())
+        Ok(values
+            .iter()
+            .map(|v| opt_text(v).map(|text| OutcomeRecord::parse(&text)))
+            .collect())
     }
 
     async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
@@ -342,14 +347,14 @@ impl IntentBridge {
         entry: &StreamEntry,
         intent: Result<Intent, IntentError>,
         view: &BatchView,
-        now: u64,
+        now_ms: u64,
         span: &tracing::Span,
     ) -> Outcome {
         let intent = match intent {
             Ok(intent) => intent,
             Err(e) => return Outcome::dlq(&e, String::new()),
         };
-        let age_ms = entry_age_ms(&entry.id, now_ms());
+        let age_ms = entry_age_ms(&entry.id, now_ms);
         let qty = match intent.quantity(view.marks.get(&intent.symbol).copied()) {
             Ok(qty) => qty,
             Err(IntentError::MarkPriceUnavailable(_)) if self.can_wait(age_ms) => {
@@ -364,7 +369,7 @@ impl IntentBridge {
             }
             Err(e) => return Outcome::dlq(&e, String::new()),
         };
-        let plan = Plan::from_intent(&intent, qty, now);
+        let plan = Plan::from_intent(&intent, qty, now_ms / 1000);
         span.record("quantum.symbol", plan.symbol.as_str());
         span.record("quantum.side", plan.side.as_str());
         if self.max_intent_age_ms > 0 && age_ms > self.max_intent_age_ms {
@@ -425,13 +430,17 @@ impl IntentBridge {
         }
         metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
             .increment(1);
+        // The kill score only when there is one: this line is the bridge's hottest.
+        let kill_score = verdict.kill_score.map(|k| format!(" kill_score={k:.4}"));
         tracing::info!(
-            "Publishing plan for {sym} {side}: leverage={}, sl={}, tp={} plan_id={short} qty={} decision={}",
+            "Publishing plan for {sym} {side}: leverage={}, sl={}, tp={} plan_id={short} qty={} decision={} governor={}{}",
             plan.leverage,
             display_opt(plan.stop_loss),
             display_opt(plan.take_profit),
             plan.qty,
-            plan.decision
+            plan.decision,
+            verdict.reason,
+            kill_score.as_deref().unwrap_or_default()
         );
         Outcome::Publish(Box::new(plan))
     }
@@ -444,6 +453,7 @@ impl IntentBridge {
                 .increment(1);
         }
         *self.stats.skipped.entry(reason.code()).or_default() += 1;
+        let record = skip_record(plan, reason);
         match reason {
             SkipReason::NotAllowlisted => tracing::info!(
                 "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
@@ -465,7 +475,7 @@ impl IntentBridge {
                 "Skip publish: {sym} {side} stale intent (age={age_ms}ms > max={max_ms}ms) plan_id={short}"
             ),
         }
-        Outcome::Skip(reason.code())
+        Outcome::Skip(reason.code(), record)
     }
 
     /// Forgets waiting entries past the age limit (deleted from the stream while waiting).
@@ -509,21 +519,27 @@ impl BatchHandler for IntentBridge {
         let intents: Vec<Option<Result<Intent, IntentError>>> = batch
             .iter()
             .zip(&seen)
-            .map(|(e, seen)| (!seen).then(|| Intent::parse(e, &self.limits)))
+            .map(|(e, seen)| seen.is_none().then(|| Intent::parse(e, &self.limits)))
             .collect();
         let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
         let view = self.read_view(&fresh).await?;
-        let now = now_secs();
+        let now_ms = now_ms();
         let stats_before = self.stats.clone();
 
         let trx = self.writer.multi();
         let mut ids = Vec::with_capacity(batch.len());
         // Each intent's span ends once its plan is committed (only kept while tracing is on).
         let mut spans = Vec::new();
-        for (entry, intent) in batch.iter().zip(intents) {
+        for ((entry, intent), seen) in batch.iter().zip(intents).zip(seen) {
             let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
             let Some(intent) = intent else {
                 ids.push(entry.id.clone());
+                if let Some(first) = seen {
+                    // The first outcome stays; the record counts the replay.
+                    let record = first.replayed(now_ms).to_string();
+                    trx.set::<(), _, _>(seen_key(&entry.id), record, Some(Expiration::KEEPTTL), None, false)
+                        .await?;
+                }
                 trace::record_outcome(&span, "replayed", false);
                 self.stats.replayed += 1;
                 tracing::info!(
@@ -532,7 +548,7 @@ impl BatchHandler for IntentBridge {
                 );
                 continue;
             };
-            let outcome = span.in_scope(|| self.decide(entry, intent, &view, now, &span));
+            let outcome = span.in_scope(|| self.decide(entry, intent, &view, now_ms, &span));
             outcome.record(&span);
             if !span.is_disabled() {
                 spans.push(span.clone());
@@ -544,7 +560,7 @@ impl BatchHandler for IntentBridge {
             }
             self.waiting.remove(&entry.id);
             ids.push(entry.id.clone());
-            self.queue_outcome(&trx, entry, outcome, &span, now).await?;
+            self.queue_outcome(&trx, entry, outcome, &span, now_ms).await?;
         }
         for (symbol, risk) in &view.risk {
             if let Some(sample) = risk.unrecorded {
@@ -589,11 +605,13 @@ impl IntentBridge {
         entry: &StreamEntry,
         outcome: Outcome,
         span: &tracing::Span,
-        now: u64,
+        now_ms: u64,
     ) -> Result<(), Error> {
+        let now = now_ms / 1000;
+        let record = outcome_record(&outcome, now_ms).to_string();
         trx.set::<(), _, _>(
             seen_key(&entry.id),
-            "1",
+            record,
             Some(Expiration::EX(self.idempotency_ttl as i64)),
             None,
             false,
@@ -626,7 +644,7 @@ impl IntentBridge {
                 metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
                     .increment(1);
             }
-            Outcome::Skip(_) | Outcome::Wait => {}
+            Outcome::Skip(..) | Outcome::Wait => {}
         }
         Ok(())
     }
@@ -652,7 +670,52 @@ fn log_stats(prefix: &str, s: &BridgeStats) {
     );
 }
 
-/// The marker that an intent entry was processed (kept for INTENT_BRIDGE_IDEMPOTENCY_TTL).
+/// The record of an outcome, as the replay marker keeps it (see `quantum_common::outcome`).
+fn outcome_record(outcome: &Outcome, now_ms: u64) -> OutcomeRecord {
+    let record = match outcome {
+        Outcome::Publish(plan) => {
+            let kind = if plan.decision == Decision::Blocked {
+                "blocked"
+            } else {
+                "published"
+            };
+            let mut r = OutcomeRecord::new(kind)
+                .with("plan_id", &plan.plan_id)
+                .with("symbol", &plan.symbol)
+                .with("side", plan.side)
+                .with("qty", plan.qty)
+                .with("decision", plan.decision)
+                .with("reason", plan.reason_codes.join(","));
+            for (name, value) in plan.risk.iter().filter(|(n, _)| n.starts_with("kill_score")) {
+                r.set(name, value);
+            }
+            r
+        }
+        Outcome::Skip(_, record) => record.clone(),
+        Outcome::Dlq { reason, .. } => OutcomeRecord::new("dlq").with("reason", reason),
+        Outcome::Wait => OutcomeRecord::new("waiting"),
+    };
+    record.with("ts", now_ms)
+}
+
+/// A skip's record: the reason and the values that decided it.
+fn skip_record(plan: &Plan, reason: SkipReason) -> OutcomeRecord {
+    let r = OutcomeRecord::new("skipped")
+        .with("symbol", &plan.symbol)
+        .with("side", plan.side)
+        .with("qty", plan.qty)
+        .with("reason", reason.code());
+    match reason {
+        SkipReason::NotAllowlisted => r,
+        SkipReason::StrictLedgerMissingBuy | SkipReason::LedgerMissingSell => r.with("ledger", "missing"),
+        SkipReason::LedgerFlatSell { last_known_amt } => r.with("ledger", last_known_amt),
+        SkipReason::Exposure { exposure_pct, max_pct } => r.with("exposure_pct", exposure_pct).with("max_pct", max_pct),
+        SkipReason::Stale { age_ms, max_ms } => r.with("age_ms", age_ms).with("max_ms", max_ms),
+    }
+}
+
+/// The marker that an intent entry was processed (kept for INTENT_BRIDGE_IDEMPOTENCY_TTL); its
+/// value is the intent's [`OutcomeRecord`].
 pub fn seen_key(entry_id: &str) -> String {
     format!("quantum:intent_bridge:seen:{entry_id}")
 }
@@ -720,6 +783,33 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec, allowlist: &Allowlist
     tracing::info!("{}", "=".repeat(80));
 }
 
+/// Writes the effective settings to [`BRIDGE_CONFIG_KEY`] for `quantumctl why`. Best effort: a
+/// refusal (an ACL without the key) is logged and the bridge runs on.
+async fn publish_config(
+    writer: &Client,
+    args: &BridgeArgs,
+    spec: &ConsumerSpec,
+    allowlist: &Allowlist,
+    governor: &GovernorConfig,
+) {
+    let mut fields = vec![
+        ("allowlist", allowlist.display()),
+        ("allowlist_source", allowlist.source.to_string()),
+        ("require_ledger_for_open", args.require_ledger_for_open.to_string()),
+        ("skip_flat_sell", args.skip_flat_sell.to_string()),
+        ("max_exposure_pct", args.max_exposure_pct.to_string()),
+        ("max_intent_age_ms", args.max_intent_age_ms.to_string()),
+        ("consumer", spec.consumer.clone()),
+        ("build", BUILD_TAG.to_string()),
+        ("started_ts", now_ms().to_string()),
+    ];
+    fields.extend(governor.to_fields());
+    let written: Result<(), Error> = writer.hset(BRIDGE_CONFIG_KEY, quantum_common::cas::owned(fields)).await;
+    if let Err(e) = written {
+        tracing::warn!("Cannot publish the settings to {BRIDGE_CONFIG_KEY} ({e}); quantumctl why will not see them");
+    }
+}
+
 /// Runs the bridge until `shutdown` fires.
 pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<BridgeStats, BridgeError> {
     let allowlist = args.allowlist().map_err(BridgeError::Config)?;
@@ -729,6 +819,12 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     log_startup(&args, &spec, &allowlist, &governor);
     if let Some(notice) = &allowlist.deprecation {
         tracing::warn!("{notice}");
+    }
+    if allowlist.source == "default" {
+        tracing::warn!(
+            "SYMBOL_ALLOWLIST is unset: only {} may trade; set it (for every service) in /etc/quantum/quantum.env",
+            allowlist.display()
+        );
     }
     if gates.allowlist.is_empty() {
         tracing::warn!(
@@ -743,6 +839,7 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
         max_leverage: args.max_leverage,
     };
     metrics::gauge!("quantum_bridge_allowlist_symbols").set(gates.allowlist.len() as f64);
+    publish_config(&conns.writer, &args, &spec, &allowlist, &governor).await;
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     bridge.governor = governor;
     bridge.max_intent_age_ms = args.max_intent_age_ms;
@@ -754,4 +851,20 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
     log_stats("Intent Bridge stopped", &bridge.stats);
     Ok(bridge.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_as_old_as_its_id_says() {
+        assert_eq!(entry_age_ms("1000-0", 4000), 3000);
+        assert_eq!(
+            entry_age_ms("5000-7", 4000),
+            0,
+            "a clock behind Redis' is not negative age"
+        );
+        assert_eq!(entry_age_ms("garbage", 4000), 0);
+    }
 }

@@ -64,3 +64,10 @@ pub fn proposal_key(symbol: &Symbol) -> String {
 pub fn kill_history_key(symbol: &Symbol) -> String {
     format!("{{{PROPOSAL_KEY_PREFIX}{symbol}}}:kill_history")
 }
+
+/// The bridge's effective settings (allowlist and its source, gates, governor), written at
+/// each start so `quantumctl why` can explain a symbol with the settings actually running.
+pub const BRIDGE_CONFIG_KEY: &str = "quantum:config:intent_bridge";
+
+/// The executor's effective settings (allowlist and its source, venue), written at each start.
+pub const EXECUTOR_CONFIG_KEY: &str = "quantum:config:intent_executor";

@@ -322,6 +322,70 @@ impl Default for GovernorConfig {
     }
 }
 
+impl GovernorConfig {
+    /// The settings as flat fields (the bridge publishes them for `quantumctl why`).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("governor_mode", self.mode.as_str().to_string()),
+            ("k_block_critical", self.k_block_critical.to_string()),
+            ("k_block_warning", self.k_block_warning.to_string()),
+            ("entry_k_critical", self.entry_k_critical.to_string()),
+            ("entry_k_fallback", self.entry_k_fallback.to_string()),
+            ("entry_z_block", self.entry_z_block.to_string()),
+            ("z_window", self.history_window.to_string()),
+            ("z_min_samples", self.min_samples.to_string()),
+            ("z_min_std", self.z_min_std.to_string()),
+            ("proposal_max_age_s", self.max_age_secs.to_string()),
+            (
+                "missing_proposal",
+                match self.missing {
+                    MissingPolicy::Allow => "allow",
+                    MissingPolicy::BlockEntries => "block-entries",
+                }
+                .to_string(),
+            ),
+            ("w_regime_flip", self.weights.regime_flip.to_string()),
+            ("w_sigma_spike", self.weights.sigma_spike.to_string()),
+            ("w_ts_drop", self.weights.ts_drop.to_string()),
+            ("w_age_penalty", self.weights.age_penalty.to_string()),
+        ]
+    }
+
+    /// Reads [`Self::to_fields`] back; a field missing or unreadable keeps its default.
+    pub fn from_fields(get: impl Fn(&str) -> Option<String>) -> Self {
+        let d = Self::default();
+        let num = |k: &str, default: f64| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(default);
+        let int = |k: &str, default: usize| get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(default);
+        Self {
+            mode: match get("governor_mode").as_deref() {
+                Some("legacy") => Mode::Legacy,
+                _ => Mode::Separated,
+            },
+            k_block_critical: num("k_block_critical", d.k_block_critical),
+            k_block_warning: num("k_block_warning", d.k_block_warning),
+            entry_k_critical: num("entry_k_critical", d.entry_k_critical),
+            entry_k_fallback: num("entry_k_fallback", d.entry_k_fallback),
+            entry_z_block: num("entry_z_block", d.entry_z_block),
+            history_window: int("z_window", d.history_window),
+            min_samples: int("z_min_samples", d.min_samples),
+            z_min_std: num("z_min_std", d.z_min_std),
+            max_age_secs: get("proposal_max_age_s")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.max_age_secs),
+            missing: match get("missing_proposal").as_deref() {
+                Some("block-entries") => MissingPolicy::BlockEntries,
+                _ => MissingPolicy::Allow,
+            },
+            weights: KillWeights {
+                regime_flip: num("w_regime_flip", d.weights.regime_flip),
+                sigma_spike: num("w_sigma_spike", d.weights.sigma_spike),
+                ts_drop: num("w_ts_drop", d.weights.ts_drop),
+                age_penalty: num("w_age_penalty", d.weights.age_penalty),
+            },
+        }
+    }
+}
+
 /// Why the governor decided as it did: the plan's `reason_codes` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -717,6 +781,21 @@ mod tests {
             ]
         );
         assert_eq!(parse_epoch("1738450000.75"), Some(1_738_450_000));
+    }
+
+    #[test]
+    fn settings_round_trip_through_fields() {
+        let cfg = GovernorConfig {
+            mode: Mode::Legacy,
+            k_block_warning: 0.55,
+            min_samples: 7,
+            missing: MissingPolicy::BlockEntries,
+            ..GovernorConfig::default()
+        };
+        let fields = cfg.to_fields();
+        let back = GovernorConfig::from_fields(|k| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        assert_eq!(back, cfg);
+        assert_eq!(GovernorConfig::from_fields(|_| None), GovernorConfig::default());
     }
 
     #[test]

@@ -84,6 +84,17 @@ pub enum Sizing {
     NotionalAtMark { usd: Decimal },
 }
 
+impl std::fmt::Display for Sizing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Quantity(qty) => write!(f, "qty={qty}"),
+            Self::Notional { usd, price } => write!(f, "usd={usd} price={price}"),
+            Self::MarginAtMark { usd, leverage } => write!(f, "position_usd={usd} leverage={leverage} (at the mark)"),
+            Self::NotionalAtMark { usd } => write!(f, "position_size_usd={usd} (at the mark)"),
+        }
+    }
+}
+
 /// Optional fields producers send that plans carry through unchanged when present (the later
 /// Python bridge did the same); never required, never interpreted.
 pub const CARRIED_FIELDS: [&str; 8] = [

@@ -12,6 +12,7 @@ pub mod governor;
 pub mod http;
 pub mod intent;
 pub mod labels;
+pub mod outcome;
 pub mod plan;
 pub mod position;
 pub mod redis_server;

@@ -4,6 +4,7 @@ use rust_decimal::Decimal;
 use thiserror::Error;
 
 use crate::fields::StreamEntry;
+use crate::governor::PROPOSAL_FIELDS;
 use crate::intent::{Intent, CARRIED_FIELDS, MAX_CARRIED_LEN};
 use crate::types::{parse_bool, parse_decimal, Decision, OrderType, ParseError, PlanId, Side, Symbol};
 
@@ -41,7 +42,7 @@ pub struct Plan {
     pub reason: Option<String>,
     /// The codes of every rule that decided the plan (the governor's, today).
     pub reason_codes: Vec<String>,
-    /// The governor's inputs, in [`RISK_FIELDS`] order: the kill score, its z-score and the
+    /// The governor's inputs: the kill score and its z-score ([`SCORE_FIELDS`]), then the
     /// proposal's components and action, as the operator should see them beside the decision.
     pub risk: Vec<(&'static str, String)>,
     /// The producer's extras ([`CARRIED_FIELDS`]), in that order.
@@ -50,17 +51,9 @@ pub struct Plan {
     pub timestamp: u64,
 }
 
-/// The governor fields a plan may carry, in the order they are written.
-pub const RISK_FIELDS: [&str; 8] = [
-    "kill_score",
-    "kill_score_z",
-    "k_regime_flip",
-    "k_sigma_spike",
-    "k_ts_drop",
-    "k_age_penalty",
-    "harvest_action",
-    "computed_at_utc",
-];
+/// The governor's scores a plan may carry, written first; the proposal's own fields follow
+/// (`governor::PROPOSAL_FIELDS` without K and the epoch, in that order).
+pub const SCORE_FIELDS: [&str; 2] = ["kill_score", "kill_score_z"];
 
 /// Value of the `source` field on plans the bridge writes.
 pub const PLAN_SOURCE: &str = "intent_bridge";
@@ -180,7 +173,11 @@ impl Plan {
                         .collect()
                 })
                 .unwrap_or_default(),
-            risk: present(entry, &RISK_FIELDS),
+            risk: {
+                let mut risk = present(entry, &SCORE_FIELDS);
+                risk.extend(present(entry, &PROPOSAL_FIELDS[1..7]));
+                risk
+            },
             carried: present(entry, &CARRIED_FIELDS),
             timestamp: entry.get("timestamp").and_then(|t| t.parse().ok()).unwrap_or_default(),
         })

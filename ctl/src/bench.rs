@@ -9,10 +9,10 @@ use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_common::consumer::group_backlog;
-use quantum_common::contract::{INTENT_GROUP, INTENT_STREAM, PLAN_STREAM};
+use quantum_common::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM};
 use quantum_common::types::{Side, Symbol};
 
-use crate::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
 /// One measurement.
@@ -47,6 +47,13 @@ pub async fn bridge_throughput(
         })
         .collect();
     publish(client, &intents, 0).await?;
+    // Marks as the venue publishes them, so intents sized at the mark are sized, not kept waiting.
+    let marks: Vec<(String, String)> = DEMO_SYMBOLS
+        .iter()
+        .filter_map(|s| Symbol::parse(s).ok())
+        .map(|s| (s.to_string(), approx_price(&s).to_string()))
+        .collect();
+    client.hset::<(), _, _>(MARK_PRICE_KEY, marks).await?;
     let plans_before: u64 = client.xlen(PLAN_STREAM).await?;
 
     let mut env: HashMap<String, String> = base_env(redis_url);

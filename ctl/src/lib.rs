@@ -7,3 +7,4 @@ pub mod facts;
 pub mod sim;
 pub mod stack;
 pub mod status;
+pub mod why;

@@ -9,7 +9,7 @@ use quantum_common::config::RedisArgs;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
-use quantumctl::{bench, demo, status};
+use quantumctl::{bench, demo, status, why};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,10 +73,34 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         batch_size: u64,
     },
-    /// Show stream lengths, consumer-group lag and pending counts, and the ledgers.
+    /// Show stream lengths, consumer-group lag and pending counts, what the bridge did with the
+    /// last minutes' intents (by outcome and reason), and the ledgers.
     Status {
         #[command(flatten)]
         redis: RedisArgs,
+        /// The window of the bridge's outcomes, in minutes.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain what happened: `why --intent <entry id>` follows one intent through every stage
+    /// (bridge, governor, plan, executor, venue order, fills, ledger) and names where it stopped;
+    /// `why <SYMBOL>` says whether the symbol trades, and if not, why, in one verdict line.
+    /// Read-only: works as the quantum-ops ACL user.
+    Why {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// The symbol to explain.
+        #[arg(required_unless_present = "intent", conflicts_with = "intent")]
+        symbol: Option<String>,
+        /// A trade.intent entry id (as XADD returned it) to follow.
+        #[arg(long)]
+        intent: Option<String>,
+        /// How far back `why <SYMBOL>` looks, in minutes.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
     },
 }
 
@@ -107,9 +131,35 @@ async fn connect(redis: &RedisArgs) -> Result<fred::prelude::Client, String> {
 
 async fn run(cli: Cli) -> Result<bool, String> {
     match cli.command {
-        Command::Status { redis } => {
+        Command::Status { redis, minutes, json } => {
             let client = connect(&redis).await?;
-            print!("{}", status::report(&client).await.map_err(|e| e.to_string())?);
+            let status = status::gather(&client, minutes).await.map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", status.to_json());
+            } else {
+                print!("{}", status.render(why::stdout_is_terminal()));
+            }
+            Ok(true)
+        }
+        Command::Why {
+            redis,
+            symbol,
+            intent,
+            minutes,
+        } => {
+            let client = connect(&redis).await?;
+            let color = why::stdout_is_terminal();
+            if let Some(id) = intent {
+                let report = why::intent(&client, id.trim()).await.map_err(|e| e.to_string())?;
+                print!("{}", report.render(color));
+                return Ok(true);
+            }
+            let raw = symbol.unwrap_or_default();
+            let symbol = Symbol::parse(&raw).map_err(|e| format!("SYMBOL: {e}"))?;
+            let report = why::symbol(&client, &symbol, minutes)
+                .await
+                .map_err(|e| e.to_string())?;
+            print!("{}", report.render(color));
             Ok(true)
         }
         Command::Sim {

@@ -1,11 +1,13 @@
-//! `quantumctl status`: stream lengths, group backlogs and the ledgers as a table.
+//! `quantumctl status`: stream lengths, group backlogs, the bridge's outcomes by reason over
+//! the last minutes, and the ledgers, as a table or as JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use fred::prelude::*;
 use fred::types::Value;
 
-use quantum_common::consumer::{group_backlog, scan_keys};
+use quantum_common::consumer::{group_backlog, scan_keys, GroupBacklog};
 use quantum_common::contract::*;
 use quantum_common::fields::hash_pairs;
 use quantum_common::position::LedgerEntry;
@@ -35,10 +37,30 @@ pub async fn ledgers(client: &Client) -> Result<Vec<(Symbol, Result<LedgerEntry,
         .collect())
 }
 
-/// Renders the status report.
-pub async fn report(client: &Client) -> Result<String, Error> {
-    let mut out = String::new();
-    let _ = writeln!(out, "STREAM                                   LENGTH");
+/// What `quantumctl status` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub streams: Vec<(&'static str, u64)>,
+    /// (group, stream, backlog; None when the group does not exist yet)
+    pub groups: Vec<(&'static str, &'static str, Option<GroupBacklog>)>,
+    /// (symbol, ledger or why it is unreadable, exchange position)
+    pub ledgers: Vec<(Symbol, Result<LedgerEntry, String>, Option<String>)>,
+    /// The window the outcomes cover, in minutes.
+    pub minutes: u64,
+    /// Intents added in the window, and what the bridge did with them (`kind[:reason]`).
+    pub intents: u64,
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// Reads everything the status shows; outcomes cover the last `minutes`.
+///
+/// # Errors
+/// Redis errors only.
+pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
+    let mut status = Status {
+        minutes,
+        ..Status::default()
+    };
     for stream in [
         INTENT_STREAM,
         INTENT_DLQ_STREAM,
@@ -47,63 +69,138 @@ pub async fn report(client: &Client) -> Result<String, Error> {
         LEDGER_COMMIT_STREAM,
         LEDGER_COMMIT_DLQ_STREAM,
     ] {
-        let len: u64 = client.xlen(stream).await?;
-        let _ = writeln!(out, "{stream:<40} {len:>6}");
+        status.streams.push((stream, client.xlen(stream).await?));
     }
-    let _ = writeln!(
-        out,
-        "\nGROUP                         STREAM                              CONSUMERS  PENDING      LAG"
-    );
     for (stream, group) in [
         (INTENT_STREAM, INTENT_GROUP),
         (PLAN_STREAM, PLAN_GROUP),
         (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
     ] {
-        match group_backlog(client, stream, group).await? {
-            Some(b) => {
-                let lag = b.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
-                let _ = writeln!(
-                    out,
-                    "{group:<29} {stream:<35} {:>9} {:>8} {lag:>8}",
-                    b.consumers, b.pending
-                );
-            }
-            None => {
-                let _ = writeln!(out, "{group:<29} {stream:<35} (no group yet)");
-            }
-        }
+        status
+            .groups
+            .push((group, stream, group_backlog(client, stream, group).await?));
     }
-    let _ = writeln!(
-        out,
-        "\nLEDGER       SIDE   POSITION_AMT     AVG_ENTRY   REALIZED_PNL  FILLS  SOURCE     EXCHANGE_AMT"
-    );
-    let all = ledgers(client).await?;
-    if all.is_empty() {
-        let _ = writeln!(out, "(no ledgers)");
-    }
-    for (symbol, entry) in all {
+    for (symbol, entry) in ledgers(client).await? {
         let snap: Value = client.hgetall(snapshot_key(&symbol)).await?;
-        let exchange =
-            Snapshot::from_hash(&hash_pairs(snap)).map_or_else(|| "-".to_string(), |s| s.position_amt.to_string());
-        match entry {
-            Ok(e) => {
-                let _ = writeln!(
-                    out,
-                    "{:<12} {:<6} {:>12} {:>13} {:>14} {:>6}  {:<10} {:>12}",
-                    symbol.as_str(),
-                    e.position.side().as_str(),
-                    e.position.amt.to_string(),
-                    e.position.avg_entry.round_dp(4).to_string(),
-                    e.position.realized_pnl.round_dp(4).to_string(),
-                    e.fills,
-                    e.source,
-                    exchange
-                );
-            }
-            Err(err) => {
-                let _ = writeln!(out, "{:<12} UNREADABLE: {err}", symbol.as_str());
+        let exchange = Snapshot::from_hash(&hash_pairs(snap)).map(|s| s.position_amt.to_string());
+        status.ledgers.push((symbol, entry, exchange));
+    }
+    (status.intents, status.outcomes) = crate::why::bridge_outcomes(client, minutes).await?;
+    Ok(status)
+}
+
+impl Status {
+    /// The report as text; `color` only on a terminal.
+    pub fn render(&self, color: bool) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "STREAM                                   LENGTH");
+        for (stream, len) in &self.streams {
+            let _ = writeln!(out, "{stream:<40} {len:>6}");
+        }
+        let _ = writeln!(
+            out,
+            "\nGROUP                         STREAM                              CONSUMERS  PENDING      LAG"
+        );
+        for (group, stream, backlog) in &self.groups {
+            match backlog {
+                Some(b) => {
+                    let lag = b.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
+                    let _ = writeln!(
+                        out,
+                        "{group:<29} {stream:<35} {:>9} {:>8} {lag:>8}",
+                        b.consumers, b.pending
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{group:<29} {stream:<35} (no group yet)");
+                }
             }
         }
+        let _ = writeln!(
+            out,
+            "\nBRIDGE OUTCOMES (last {} min): {} intents",
+            self.minutes, self.intents
+        );
+        if self.outcomes.is_empty() {
+            let _ = writeln!(out, "(no intents in the window)");
+        }
+        for (label, n) in &self.outcomes {
+            let style = if label == "published" {
+                anstyle::AnsiColor::Green
+            } else if label.starts_with("blocked") || label.starts_with("dlq") {
+                anstyle::AnsiColor::Red
+            } else {
+                anstyle::AnsiColor::Yellow
+            };
+            let text = format!("{label:<48} {n:>8}");
+            if color {
+                let style = anstyle::Style::new().fg_color(Some(style.into()));
+                let _ = writeln!(out, "{}{text}{}", style.render(), style.render_reset());
+            } else {
+                let _ = writeln!(out, "{text}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nLEDGER       SIDE   POSITION_AMT     AVG_ENTRY   REALIZED_PNL  FILLS  SOURCE     EXCHANGE_AMT"
+        );
+        if self.ledgers.is_empty() {
+            let _ = writeln!(out, "(no ledgers)");
+        }
+        for (symbol, entry, exchange) in &self.ledgers {
+            let exchange = exchange.as_deref().unwrap_or("-");
+            match entry {
+                Ok(e) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<12} {:<6} {:>12} {:>13} {:>14} {:>6}  {:<10} {:>12}",
+                        symbol.as_str(),
+                        e.position.side().as_str(),
+                        e.position.amt.to_string(),
+                        e.position.avg_entry.round_dp(4).to_string(),
+                        e.position.realized_pnl.round_dp(4).to_string(),
+                        e.fills,
+                        e.source,
+                        exchange
+                    );
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "{:<12} UNREADABLE: {err}", symbol.as_str());
+                }
+            }
+        }
+        out
     }
-    Ok(out)
+
+    /// The same facts as JSON, for scripts.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        json!({
+            "streams": self.streams.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "groups": self.groups.iter().map(|(g, s, b)| json!({
+                "group": g, "stream": s,
+                "consumers": b.as_ref().map(|b| b.consumers),
+                "pending": b.as_ref().map(|b| b.pending),
+                "lag": b.as_ref().and_then(|b| b.lag),
+            })).collect::<Vec<_>>(),
+            "bridge_outcomes": {
+                "minutes": self.minutes,
+                "intents": self.intents,
+                "by_outcome": self.outcomes,
+            },
+            "ledgers": self.ledgers.iter().map(|(sym, e, exchange)| match e {
+                Ok(e) => json!({
+                    "symbol": sym.as_str(),
+                    "position_amt": e.position.amt.to_string(),
+                    "side": e.position.side().as_str(),
+                    "avg_entry_price": e.position.avg_entry.to_string(),
+                    "realized_pnl": e.position.realized_pnl.to_string(),
+                    "fills": e.fills,
+                    "source": e.source,
+                    "exchange_amt": exchange,
+                }),
+                Err(err) => json!({"symbol": sym.as_str(), "error": err}),
+            }).collect::<Vec<_>>(),
+        })
+    }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use quantum_common::contract::*;
 use quantumctl::facts::wait_idle;
 use quantumctl::stack::Service;
-use support::{Stack, TIMEOUT};
+use support::{quantumctl, Stack, TIMEOUT};
 
 const ALLOWLIST: &str = "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT,DOGEUSDT";
 
@@ -23,23 +23,9 @@ fn run_proof(stack: &Stack) -> (i32, String) {
         .arg("--log-file")
         .arg(stack.log_path(Service::Bridge))
         .env("REDIS_URL", stack.redis.url())
+        .env("QUANTUMCTL", env!("CARGO_BIN_EXE_quantumctl"))
         .output()
         .expect("run proof script");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
-fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quantumctl"));
-    cmd.args(args).env_remove("REDIS_URL").env_remove("REDIS_HOST");
-    if let Some(url) = redis_url {
-        cmd.env("REDIS_URL", url);
-    }
-    let out = cmd.output().expect("run quantumctl");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -119,6 +105,13 @@ async fn proof_fails_on_a_strict_stack_naming_the_checks() {
     );
     assert!(out.contains("[3/7] FAIL  LEDGER_MISSING_OPEN"), "{out}");
     assert!(out.contains("[6/7] FAIL  symbol diversity: 1 symbols"), "{out}");
+    // The proof explains, with quantumctl, what the checks found.
+    assert!(out.contains("BRIDGE OUTCOMES (last 5 min)"), "{out}");
+    assert!(out.contains("skipped:strict_ledger_missing_buy"), "{out}");
+    assert!(
+        out.contains("  BTCUSDT: entries skipped: no ledger (strict mode)"),
+        "{out}"
+    );
     assert!(
         out.contains("failed: 2 (require ledger for OPEN) 3 (LEDGER_MISSING_OPEN) 6 (symbol diversity)"),
         "{out}"

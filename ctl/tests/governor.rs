@@ -143,9 +143,10 @@ async fn legacy_governor_blocks_entries_and_lets_closes_through_and_the_executor
     for line in [
         "Governor: mode=legacy k_block_critical=0.8 k_block_warning=0.6",
         "GOVERNOR decision=BLOCKED symbol=BTCUSDT side=BUY mode=legacy kill_score=0.7563 z=none threshold=0.6 reason=kill_score_warning_risk_increase plan_id=",
-        "GOVERNOR decision=EXECUTE symbol=ZECUSDT side=SELL mode=legacy kill_score=0.7563 z=none threshold=0.6 reason=kill_score_warning_close_ok",
+        "Publishing plan for ZECUSDT SELL: leverage=1, sl=None, tp=None",
+        "decision=EXECUTE governor=kill_score_warning_close_ok kill_score=0.7563",
         "Publishing plan for BTCUSDT BUY: leverage=1, sl=None, tp=None",
-        "decision=BLOCKED",
+        "decision=BLOCKED governor=kill_score_warning_risk_increase kill_score=0.7563",
     ] {
         assert!(log.contains(line), "bridge log lacks {line:?}:\n{log}");
     }

@@ -137,6 +137,14 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
         ),
         3.0
     );
+    // No risk kernel runs here: the governor counts each entry's missing proposal.
+    assert_eq!(
+        metric(
+            &bridge,
+            r#"quantum_governor_decisions_total{symbol="BTCUSDT",side="BUY",decision="EXECUTE",reason="proposal_missing"}"#
+        ),
+        3.0
+    );
     assert!(bridge.contains("quantum_bridge_batch_seconds"), "{bridge}");
     assert_eq!(metric(&bridge, "quantum_bridge_allowlist_symbols"), 2.0);
     assert_eq!(

@@ -106,6 +106,18 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
         .await
         .unwrap();
     assert_eq!(recorded, 1, "the bridge recorded the proposal's sample");
+    // Operators explain the pipeline with the read-only quantum-ops user.
+    let ops = url_as(&stack.redis, "quantum-ops", OPS_PW);
+    let (code, why) = support::quantumctl(&["why", "BTCUSDT"], Some(&ops));
+    assert_eq!(code, 0, "{why}");
+    assert!(why.contains("\nBTCUSDT: trading ("), "{why}");
+    assert!(why.contains("governor: mode=separated; kill_score 0.7563"), "{why}");
+    let (code, intent) = support::quantumctl(&["why", "--intent", &ids[0]], Some(&ops));
+    assert_eq!(code, 0, "{intent}");
+    assert!(intent.contains("done: filled"), "{intent}");
+    let (code, status) = support::quantumctl(&["status", "--json"], Some(&ops));
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("\"published\":110"), "{status}");
     // The reconcile loop ran under the ledger's user without a permission error.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for s in [Service::Bridge, Service::Executor, Service::Ledger] {

@@ -56,7 +56,9 @@ async fn an_intents_spans_in_the_three_stages_share_one_trace_id() {
         ]
     };
     let mut bridge = common("quantum-intent-bridge");
-    bridge.push("--allowlist=BTCUSDT,ETHUSDT,SOLUSDT".into());
+    bridge.push("--symbol-allowlist=BTCUSDT,ETHUSDT,SOLUSDT".into());
+    let mut executor = common("quantum-intent-executor");
+    executor.push("--symbol-allowlist=BTCUSDT,ETHUSDT,SOLUSDT".into());
     let shutdown = CancellationToken::new();
     let services = [
         tokio::spawn(quantum_intent_bridge::run(
@@ -65,7 +67,7 @@ async fn an_intents_spans_in_the_three_stages_share_one_trace_id() {
         ))
         .abort_handle(),
         tokio::spawn(quantum_intent_executor::run(
-            ExecutorArgs::parse_from(common("quantum-intent-executor")),
+            ExecutorArgs::parse_from(executor),
             shutdown.clone(),
         ))
         .abort_handle(),

@@ -21,7 +21,9 @@ use tracing::{Instrument as _, Span};
 use quantum_common::cas::queue_eval;
 use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
-use quantum_common::contract::{order_key, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
+use quantum_common::contract::{
+    order_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
+};
 use quantum_common::fields::StreamEntry;
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
@@ -548,6 +550,12 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     if let Some(notice) = &allowlist.deprecation {
         tracing::warn!("{notice}");
     }
+    if allowlist.source == "default" {
+        tracing::warn!(
+            "SYMBOL_ALLOWLIST is unset: only {} may trade; set it (for every service) in /etc/quantum/quantum.env",
+            allowlist.display()
+        );
+    }
     tracing::info!(
         "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
         paper.seed,
@@ -563,6 +571,20 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     readiness.watch(conns.writer.clone(), PLAN_STREAM, PLAN_GROUP);
+    let config = vec![
+        ("allowlist", allowlist.display()),
+        ("allowlist_source", allowlist.source.to_string()),
+        ("mode", "paper".to_string()),
+        ("consumer", spec.consumer.clone()),
+        ("started_ts", now_ms().to_string()),
+    ];
+    let written: Result<(), Error> = conns
+        .writer
+        .hset(EXECUTOR_CONFIG_KEY, quantum_common::cas::owned(config))
+        .await;
+    if let Err(e) = written {
+        tracing::warn!("Cannot publish the settings to {EXECUTOR_CONFIG_KEY} ({e}); quantumctl why will not see them");
+    }
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
     let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);

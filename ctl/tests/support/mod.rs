@@ -194,3 +194,20 @@ pub async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
         );
     }
 }
+
+/// Runs the `quantumctl` binary against `redis_url` (none: it starts its own Redis where it
+/// can); returns its exit code and its stdout and stderr together.
+pub fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quantumctl"));
+    cmd.args(args).env_remove("REDIS_URL").env_remove("REDIS_HOST");
+    if let Some(url) = redis_url {
+        cmd.env("REDIS_URL", url);
+    }
+    let out = cmd.output().expect("run quantumctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
