@@ -61,6 +61,13 @@ done
 put 0644 "$here/systemd/env/quantum.env" "$ROOT/usr/local/share/quantum/quantum.env.example"
 if [ ! -e "$ROOT/etc/quantum/quantum.env" ]; then
   install -m 0640 "$here/systemd/env/quantum.env" "$ROOT/etc/quantum/quantum.env"; changed=1; echo "created $ROOT/etc/quantum/quantum.env"
+  # Upgrade: the bridge's old allowlist becomes the one every service reads (the executor
+  # reads it too now, and would otherwise trade only the default).
+  old=$(sed -n 's/^INTENT_BRIDGE_ALLOWLIST=//p' "$ROOT/etc/quantum/intent-bridge.env" 2>/dev/null | tail -n 1)
+  if [ -n "$old" ]; then
+    printf '# Migrated from INTENT_BRIDGE_ALLOWLIST in intent-bridge.env by install.sh.\nSYMBOL_ALLOWLIST=%s\n' "$old" >> "$ROOT/etc/quantum/quantum.env"
+    echo "migrated INTENT_BRIDGE_ALLOWLIST=$old to SYMBOL_ALLOWLIST in $ROOT/etc/quantum/quantum.env"
+  fi
 fi
 for cred in binance-api-key binance-api-secret; do
   f="$ROOT/etc/quantum/credentials/$cred"

@@ -9,8 +9,8 @@ use fred::types::Value;
 use quantum_common::contract::{kill_history_key, proposal_key};
 use quantum_common::fields::opt_text;
 use quantum_common::governor::{
-    reference_history, GovernorConfig, KillWeights, MissingPolicy, Mode, ProposalFields, ProposalView, Sample, Verdict,
-    PROPOSAL_FIELDS,
+    GovernorConfig, KillWeights, MissingPolicy, Mode, ProposalError, ProposalFields, ProposalView, Sample, SymbolRisk,
+    Verdict, PROPOSAL_FIELDS,
 };
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
@@ -118,6 +118,15 @@ impl GovernorArgs {
                 self.k_block_warning, self.k_block_critical
             ));
         }
+        if self.z_min_std <= 0.0 {
+            return Err("GOVERNOR_Z_MIN_STD must be greater than 0 (it divides the z-score)".into());
+        }
+        if self.z_min_samples > self.z_window {
+            return Err(format!(
+                "GOVERNOR_Z_MIN_SAMPLES ({}) is above GOVERNOR_Z_WINDOW ({}): the z-score would never apply",
+                self.z_min_samples, self.z_window
+            ));
+        }
         Ok(GovernorConfig {
             mode: self.governor_mode,
             k_block_critical: self.k_block_critical,
@@ -140,17 +149,8 @@ impl GovernorArgs {
     }
 }
 
-/// What the batch read tells the governor about one symbol.
-#[derive(Debug, Clone)]
-pub struct SymbolRisk {
-    pub view: ProposalView,
-    /// Earlier kill scores (never the current proposal's own sample).
-    pub history: Vec<f64>,
-    /// The current proposal's sample, when the history does not hold it yet.
-    pub unrecorded: Option<Sample>,
-}
-
-/// Queues the reads of one symbol's proposal and history on the batch's pipeline.
+/// Queues the reads of one symbol's proposal and history on the batch's pipeline: the newest
+/// `window + 1` samples, so `window` remain older than a proposal already recorded.
 ///
 /// # Errors
 /// Only a failure to queue the commands.
@@ -158,37 +158,36 @@ pub async fn queue_reads(pipeline: &Pipeline<Client>, cfg: &GovernorConfig, symb
     pipeline
         .hmget::<(), _, _>(proposal_key(symbol), PROPOSAL_FIELDS.to_vec())
         .await?;
-    let window = cfg.history_window as i64;
+    let newest = cfg.history_window as i64 + 1;
     pipeline
-        .zrange::<(), _, _, _>(kill_history_key(symbol), -window, -1, None, false, None, false)
+        .zrange::<(), _, _, _>(kill_history_key(symbol), -newest, -1, None, false, None, false)
         .await
 }
 
-/// Builds a symbol's risk view from the two replies [`queue_reads`] queued.
-pub fn read_replies(cfg: &GovernorConfig, proposal: Value, history: Value, now: u64) -> SymbolRisk {
+/// Builds a symbol's risk view from the two replies [`queue_reads`] queued. A reply that is an
+/// error (a key of the wrong type) makes the proposal unreadable for this symbol only.
+pub fn read_replies(
+    cfg: &GovernorConfig,
+    proposal: Result<Value, Error>,
+    history: Result<Value, Error>,
+    now: u64,
+) -> SymbolRisk {
+    let (proposal, history) = match (proposal, history) {
+        (Ok(p), Ok(h)) => (p, h),
+        (Err(e), _) | (_, Err(e)) => {
+            return SymbolRisk {
+                view: ProposalView::Unreadable(ProposalError::Storage(e.to_string())),
+                history: Vec::new(),
+                unrecorded: None,
+            }
+        }
+    };
     let mut fields = ProposalFields::default();
     for (slot, value) in fields.0.iter_mut().zip(proposal.into_array()) {
         *slot = opt_text(&value);
     }
-    let view = ProposalView::assess(&fields, &cfg.weights, cfg.max_age_secs, now);
     let members: Vec<String> = history.into_array().iter().filter_map(opt_text).collect();
-    let (history, unrecorded) = match &view {
-        ProposalView::Fresh(p) => {
-            let epoch = p.updated_epoch.unwrap_or_default();
-            let newest = members.iter().filter_map(|m| Sample::parse(m)).map(|s| s.epoch).max();
-            let unrecorded = (newest.is_none_or(|n| epoch > n)).then_some(Sample {
-                epoch,
-                kill_score: p.kill_score,
-            });
-            (reference_history(members.iter().map(String::as_str), epoch), unrecorded)
-        }
-        _ => (Vec::new(), None),
-    };
-    SymbolRisk {
-        view,
-        history,
-        unrecorded,
-    }
+    SymbolRisk::assess(cfg, &fields, &members, now)
 }
 
 /// Queues the recording of a new sample (bounded to the window) on the batch's transaction.
@@ -303,7 +302,7 @@ mod tests {
     fn a_new_proposal_is_recorded_once_and_never_judged_against_itself() {
         let cfg = GovernorConfig::default();
         let history = array(&[Some("100:0.500000"), Some("200:0.600000")]);
-        let fresh = read_replies(&cfg, proposal("0.7", "300"), history.clone(), 310);
+        let fresh = read_replies(&cfg, Ok(proposal("0.7", "300")), Ok(history.clone()), 310);
         assert_eq!(fresh.history, vec![0.5, 0.6]);
         assert_eq!(
             fresh.unrecorded,
@@ -314,15 +313,24 @@ mod tests {
         );
         // Once recorded, the same proposal is judged against the same earlier samples.
         let recorded = array(&[Some("100:0.500000"), Some("200:0.600000"), Some("300:0.700000")]);
-        let again = read_replies(&cfg, proposal("0.7", "300"), recorded, 311);
+        let again = read_replies(&cfg, Ok(proposal("0.7", "300")), Ok(recorded), 311);
         assert_eq!(again.history, vec![0.5, 0.6]);
         assert_eq!(again.unrecorded, None);
         // Stale and missing proposals record nothing.
-        let stale = read_replies(&cfg, proposal("0.7", "300"), history, 300 + 301);
+        let stale = read_replies(&cfg, Ok(proposal("0.7", "300")), Ok(history), 300 + 301);
         assert!(matches!(stale.view, ProposalView::Stale { .. }));
         assert_eq!(stale.unrecorded, None);
-        let missing = read_replies(&cfg, Value::Null, Value::Null, 0);
+        let missing = read_replies(&cfg, Ok(Value::Null), Ok(Value::Null), 0);
         assert_eq!(missing.view, ProposalView::Missing);
+        let wrong_type = Error::new(
+            ErrorKind::Unknown,
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        );
+        let broken = read_replies(&cfg, Err(wrong_type), Ok(Value::Null), 0);
+        assert!(matches!(
+            broken.view,
+            ProposalView::Unreadable(ProposalError::Storage(_))
+        ));
     }
 
     #[test]
@@ -335,7 +343,7 @@ mod tests {
             mode: Mode::Legacy,
             ..GovernorConfig::default()
         };
-        let risk = read_replies(&cfg, proposal("0.7563", "300"), Value::Null, 300);
+        let risk = read_replies(&cfg, Ok(proposal("0.7563", "300")), Ok(Value::Null), 300);
         let verdict = decide(&cfg, Side::Buy, &risk.view, &risk.history);
         assert_eq!(verdict.reason, Reason::WarningRiskIncrease);
         annotate(&mut plan, &verdict, &risk.view);

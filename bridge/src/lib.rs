@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM,
-    PORTFOLIO_KEY,
+    ledger_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY,
+    PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::fields::{opt_text, truncate, StreamEntry};
 use quantum_common::governor::{GovernorConfig, ProposalView};
@@ -41,7 +41,8 @@ use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
 use gate::{exposure_pct, gate, GateConfig, GateOutcome, LedgerView, SkipReason};
-use governor::{GovernorArgs, SymbolRisk};
+use governor::GovernorArgs;
+use quantum_common::governor::SymbolRisk;
 
 /// Deployment marker operators grep for to confirm the ledger-open fix is running.
 pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
@@ -93,9 +94,10 @@ pub struct BridgeArgs {
     #[arg(long, env = "INTENT_BRIDGE_IDEMPOTENCY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_ttl: u64,
     /// Intents older than this (ms, by their entry id) are skipped as stale; an intent waiting
-    /// for its mark price waits at most this long, then goes to the DLQ. 0: no limit (and no
-    /// waiting for marks).
-    #[arg(long, env = "INTENT_BRIDGE_MAX_INTENT_AGE_MS", default_value_t = 60_000)]
+    /// for its mark price waits at most this long, then goes to the DLQ. Must exceed
+    /// STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS (entries reclaimed from a dead replica are that
+    /// old). 0: no limit (and no waiting for marks).
+    #[arg(long, env = "INTENT_BRIDGE_MAX_INTENT_AGE_MS", default_value_t = 300_000)]
     pub max_intent_age_ms: u64,
     /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
     #[arg(long, env = "INTENT_BRIDGE_LOG_LEVEL", default_value = "info")]
@@ -280,13 +282,14 @@ impl IntentBridge {
         for symbol in &gated_symbols {
             governor::queue_reads(&pipeline, &self.governor, symbol).await?;
         }
-        let replies: Vec<Value> = pipeline.all().await?;
-        let mut replies = replies.into_iter();
+        // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        let mut next = || replies.next().unwrap_or(Ok(Value::Null));
 
         let mut view = BatchView::default();
         let mut total_notional = Decimal::ZERO;
         for symbol in ledger_symbols {
-            let pair = replies.next().map(Value::into_array).unwrap_or_default();
+            let pair = next()?.into_array();
             let amt = pair.first().and_then(opt_text);
             let ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
                 None => LedgerView::Missing,
@@ -305,28 +308,20 @@ impl IntentBridge {
             }
             view.ledgers.insert(symbol.clone(), ledger);
         }
-        let equity = replies
-            .next()
-            .and_then(|v| opt_text(&v))
-            .and_then(|v| parse_decimal("equity_usd", &v).ok());
+        let equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
         view.exposure_pct = if any_buy {
             exposure_pct(total_notional, equity)
         } else {
             Decimal::ZERO
         };
         for symbol in mark_symbols {
-            if let Some(mark) = replies
-                .next()
-                .and_then(|v| opt_text(&v))
-                .and_then(|v| parse_decimal("mark", &v).ok())
-            {
+            if let Some(mark) = opt_text(&next()?).and_then(|v| parse_decimal("mark", &v).ok()) {
                 view.marks.insert(symbol, mark);
             }
         }
         let now = now_secs();
         for symbol in gated_symbols {
-            let proposal = replies.next().unwrap_or(Value::Null);
-            let history = replies.next().unwrap_or(Value::Null);
+            let (proposal, history) = (next(), next());
             let risk = governor::read_replies(&self.governor, proposal, history, now);
             if let quantum_common::governor::ProposalView::Unreadable(e) = &risk.view {
                 tracing::warn!("Proposal of {symbol} unreadable ({e}); entries are BLOCKED until it is fixed");
@@ -354,43 +349,48 @@ impl IntentBridge {
             Ok(intent) => intent,
             Err(e) => return Outcome::dlq(&e, String::new()),
         };
+        span.record("quantum.symbol", intent.symbol.as_str());
+        span.record("quantum.side", intent.side.as_str());
         let age_ms = entry_age_ms(&entry.id, now_ms);
+        let max_ms = self.max_intent_age_ms;
+        let stale = SkipReason::Stale { age_ms, max_ms };
         let qty = match intent.quantity(view.marks.get(&intent.symbol).copied()) {
             Ok(qty) => qty,
-            Err(IntentError::MarkPriceUnavailable(_)) if self.can_wait(age_ms) => {
-                return self.wait_for_mark(entry, &intent, age_ms)
-            }
-            Err(e @ IntentError::MarkPriceUnavailable(_)) if self.max_intent_age_ms > 0 => {
-                let waited = format!(
-                    "; waited {age_ms} ms (INTENT_BRIDGE_MAX_INTENT_AGE_MS={})",
-                    self.max_intent_age_ms
-                );
+            Err(e @ IntentError::MarkPriceUnavailable(_)) => {
+                // Decide what needs no quantity first: an intent that could never trade
+                // does not wait for a price.
+                if !self.gates.allowlist.contains(&intent.symbol) {
+                    return self.skip(&Subject::without_qty(&intent), SkipReason::NotAllowlisted);
+                }
+                if self.can_wait(age_ms) {
+                    return self.wait_for_mark(entry, &intent, age_ms);
+                }
+                if max_ms > 0 && !self.waiting.contains(&entry.id) {
+                    return self.skip(&Subject::without_qty(&intent), stale);
+                }
+                let waited = if max_ms > 0 {
+                    format!("; waited {age_ms} ms (INTENT_BRIDGE_MAX_INTENT_AGE_MS={max_ms})")
+                } else {
+                    String::new()
+                };
                 return Outcome::dlq(&e, waited);
             }
             Err(e) => return Outcome::dlq(&e, String::new()),
         };
         let plan = Plan::from_intent(&intent, qty, now_ms / 1000);
-        span.record("quantum.symbol", plan.symbol.as_str());
-        span.record("quantum.side", plan.side.as_str());
-        if self.max_intent_age_ms > 0 && age_ms > self.max_intent_age_ms {
-            return self.skip(
-                &plan,
-                SkipReason::Stale {
-                    age_ms,
-                    max_ms: self.max_intent_age_ms,
-                },
-            );
+        if max_ms > 0 && age_ms > max_ms {
+            return self.skip(&Subject::of(&plan), stale);
         }
         let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
         match gate(&self.gates, &plan.symbol, plan.side, ledger, view.exposure_pct) {
             GateOutcome::Publish { ledger_missing_open } => self.publish(plan, ledger_missing_open, view),
-            GateOutcome::Skip(reason) => self.skip(&plan, reason),
+            GateOutcome::Skip(reason) => self.skip(&Subject::of(&plan), reason),
         }
     }
 
     fn wait_for_mark(&mut self, entry: &StreamEntry, intent: &Intent, age_ms: u64) -> Outcome {
         if self.waiting.insert(entry.id.clone()) {
-            metrics::counter!("quantum_bridge_outcomes_total", "reason" => "waiting_mark_price").increment(1);
+            metrics::counter!("quantum_bridge_mark_waits_total").increment(1);
             tracing::info!(
                 "Waiting for mark price: {} {} intent {} (age={age_ms}ms, max={}ms); left pending and retried",
                 intent.symbol,
@@ -445,15 +445,15 @@ impl IntentBridge {
         Outcome::Publish(Box::new(plan))
     }
 
-    fn skip(&mut self, plan: &Plan, reason: SkipReason) -> Outcome {
-        let (sym, side, short) = (&plan.symbol, plan.side, plan.plan_id.short());
+    fn skip(&mut self, subject: &Subject, reason: SkipReason) -> Outcome {
+        let (sym, side, short) = (&subject.symbol, subject.side, subject.plan_id.as_str());
         metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
         if side == Side::Sell && reason != SkipReason::NotAllowlisted {
             metrics::counter!("quantum_bridge_sell_blocked_total", "symbol" => sym.to_string(), "reason" => reason.code())
                 .increment(1);
         }
         *self.stats.skipped.entry(reason.code()).or_default() += 1;
-        let record = skip_record(plan, reason);
+        let record = skip_record(subject, reason);
         match reason {
             SkipReason::NotAllowlisted => tracing::info!(
                 "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol={sym} side={side} allowlist_count={} plan_id={short}",
@@ -478,13 +478,14 @@ impl IntentBridge {
         Outcome::Skip(reason.code(), record)
     }
 
-    /// Forgets waiting entries past the age limit (deleted from the stream while waiting).
+    /// Forgets waiting entries long past the age limit: an entry still pending is decided at
+    /// its first retry past the limit, so one kept longer was deleted from the stream meanwhile.
     fn prune_waiting(&mut self) {
         if self.waiting.is_empty() {
             return;
         }
-        let (now, max) = (now_ms(), self.max_intent_age_ms);
-        self.waiting.retain(|id| entry_age_ms(id, now) <= max);
+        let (now, keep) = (now_ms(), self.max_intent_age_ms.saturating_mul(2) + 60_000);
+        self.waiting.retain(|id| entry_age_ms(id, now) <= keep);
     }
 }
 
@@ -537,8 +538,15 @@ impl BatchHandler for IntentBridge {
                 if let Some(first) = seen {
                     // The first outcome stays; the record counts the replay.
                     let record = first.replayed(now_ms).to_string();
-                    trx.set::<(), _, _>(seen_key(&entry.id), record, Some(Expiration::KEEPTTL), None, false)
-                        .await?;
+                    // XX: a marker that expired meanwhile is not recreated without a TTL.
+                    trx.set::<(), _, _>(
+                        seen_key(&entry.id),
+                        record,
+                        Some(Expiration::KEEPTTL),
+                        Some(SetOptions::XX),
+                        false,
+                    )
+                    .await?;
                 }
                 trace::record_outcome(&span, "replayed", false);
                 self.stats.replayed += 1;
@@ -698,13 +706,44 @@ fn outcome_record(outcome: &Outcome, now_ms: u64) -> OutcomeRecord {
     record.with("ts", now_ms)
 }
 
+/// What a skip is about: the plan it would have been, or an intent that could not be sized.
+struct Subject {
+    symbol: Symbol,
+    side: Side,
+    qty: Option<Decimal>,
+    /// The plan id's short form, `none` without a quantity.
+    plan_id: String,
+}
+
+impl Subject {
+    fn of(plan: &Plan) -> Self {
+        Self {
+            symbol: plan.symbol.clone(),
+            side: plan.side,
+            qty: Some(plan.qty),
+            plan_id: plan.plan_id.short().to_string(),
+        }
+    }
+
+    fn without_qty(intent: &Intent) -> Self {
+        Self {
+            symbol: intent.symbol.clone(),
+            side: intent.side,
+            qty: None,
+            plan_id: "none".to_string(),
+        }
+    }
+}
+
 /// A skip's record: the reason and the values that decided it.
-fn skip_record(plan: &Plan, reason: SkipReason) -> OutcomeRecord {
-    let r = OutcomeRecord::new("skipped")
-        .with("symbol", &plan.symbol)
-        .with("side", plan.side)
-        .with("qty", plan.qty)
-        .with("reason", reason.code());
+fn skip_record(subject: &Subject, reason: SkipReason) -> OutcomeRecord {
+    let mut r = OutcomeRecord::new("skipped")
+        .with("symbol", &subject.symbol)
+        .with("side", subject.side);
+    if let Some(qty) = subject.qty {
+        r.set("qty", qty);
+    }
+    let r = r.with("reason", reason.code());
     match reason {
         SkipReason::NotAllowlisted => r,
         SkipReason::StrictLedgerMissingBuy | SkipReason::LedgerMissingSell => r.with("ledger", "missing"),
@@ -712,12 +751,6 @@ fn skip_record(plan: &Plan, reason: SkipReason) -> OutcomeRecord {
         SkipReason::Exposure { exposure_pct, max_pct } => r.with("exposure_pct", exposure_pct).with("max_pct", max_pct),
         SkipReason::Stale { age_ms, max_ms } => r.with("age_ms", age_ms).with("max_ms", max_ms),
     }
-}
-
-/// The marker that an intent entry was processed (kept for INTENT_BRIDGE_IDEMPOTENCY_TTL); its
-/// value is the intent's [`OutcomeRecord`].
-pub fn seen_key(entry_id: &str) -> String {
-    format!("quantum:intent_bridge:seen:{entry_id}")
 }
 
 /// DLQ fields: the source entry id, a reason code, the error text and the raw fields as JSON.
@@ -815,6 +848,14 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let allowlist = args.allowlist().map_err(BridgeError::Config)?;
     let gates = args.gate_config().map_err(BridgeError::Config)?;
     let governor = args.governor.config().map_err(BridgeError::Config)?;
+    let reclaim_age = args.consumer.claim_idle_ms + args.consumer.block_ms;
+    if args.max_intent_age_ms > 0 && args.max_intent_age_ms <= reclaim_age {
+        return Err(BridgeError::Config(format!(
+            "INTENT_BRIDGE_MAX_INTENT_AGE_MS ({}) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS ({reclaim_age}): \
+             every entry reclaimed from a dead replica would be refused as stale",
+            args.max_intent_age_ms
+        )));
+    }
     let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
     log_startup(&args, &spec, &allowlist, &governor);
     if let Some(notice) = &allowlist.deprecation {

@@ -126,12 +126,15 @@ pub async fn run<H: BatchHandler>(
     let mut recover_from: Option<String> = Some("0".to_string());
     let mut last_claim: Option<Instant> = None;
     let mut last_backlog: Option<Instant> = None;
-    // When to re-read the entries the handler left pending on purpose.
+    // When to re-read the entries the handler left pending on purpose, and whether the
+    // current pass over our pending list is such a retry (not a recovery after a restart).
     let mut retry_at: Option<Instant> = None;
+    let mut retrying = false;
     loop {
         watchdog.ping();
         if recover_from.is_none() && retry_at.is_some_and(|t| Instant::now() >= t) {
             retry_at = None;
+            retrying = true;
             recover_from = Some("0".to_string());
         }
         if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_SAMPLE_EVERY) {
@@ -146,7 +149,13 @@ pub async fn run<H: BatchHandler>(
         }
         if recover_from.is_none() && last_claim.is_none_or(|t| t.elapsed() >= spec.claim_interval) {
             match reclaim_stale(writer, spec, handler, shutdown).await {
-                Ok(()) => last_claim = Some(Instant::now()),
+                Ok(()) => {
+                    last_claim = Some(Instant::now());
+                    // Reclaimed entries may be left waiting too.
+                    if let Some(delay) = handler.retry_pending_after() {
+                        retry_at = Some(Instant::now() + delay);
+                    }
+                }
                 Err(e) if is_auth_error(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!("XAUTOCLAIM on {} failed: {e}", spec.stream);
@@ -193,14 +202,19 @@ pub async fn run<H: BatchHandler>(
             match entries.last() {
                 None => {
                     recover_from = None;
+                    retrying = false;
                     continue;
                 }
                 Some((last_id, _)) => {
-                    tracing::info!(
-                        "Recovering {} pending entries of {} from before a restart",
-                        entries.len(),
-                        spec.consumer
-                    );
+                    if retrying {
+                        tracing::debug!("Retrying {} entries left pending on purpose", entries.len());
+                    } else {
+                        tracing::info!(
+                            "Recovering {} pending entries of {} from before a restart",
+                            entries.len(),
+                            spec.consumer
+                        );
+                    }
                     *cursor = last_id.clone();
                 }
             }
@@ -210,7 +224,12 @@ pub async fn run<H: BatchHandler>(
         }
         let count = entries.len() as u64;
         if recover_from.is_some() {
-            metrics::counter!("quantum_consumer_redeliveries_total", "stream" => spec.stream).increment(count);
+            let counter = if retrying {
+                "quantum_consumer_retries_total"
+            } else {
+                "quantum_consumer_redeliveries_total"
+            };
+            metrics::counter!(counter, "stream" => spec.stream).increment(count);
         }
         match dispatch(writer, spec, handler, entries).await {
             Ok(()) => {

@@ -45,6 +45,12 @@ pub fn snapshot_key(symbol: &Symbol) -> String {
     format!("{SNAPSHOT_KEY_PREFIX}{symbol}")
 }
 
+/// The bridge's replay marker of an intent entry; its value is the intent's outcome record
+/// (`outcome::OutcomeRecord`), kept for `INTENT_BRIDGE_IDEMPOTENCY_TTL`.
+pub fn seen_key(entry_id: &str) -> String {
+    format!("quantum:intent_bridge:seen:{entry_id}")
+}
+
 /// The executor's record of one order (state before and after the venue call).
 pub fn order_key(order_id: &OrderId) -> String {
     format!("quantum:order:{order_id}")

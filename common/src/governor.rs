@@ -123,6 +123,8 @@ pub enum ProposalError {
     Incomplete(&'static str),
     #[error("last_update_epoch {0:?} is not unix seconds")]
     BadEpoch(String),
+    #[error("cannot read it: {0}")]
+    Storage(String),
 }
 
 /// A usable proposal.
@@ -208,6 +210,9 @@ fn parse_epoch(raw: &str) -> Option<u64> {
     (secs < 1e12).then_some(secs as u64)
 }
 
+/// How far ahead of the bridge's clock a proposal's `last_update_epoch` may be (clock skew).
+pub const FUTURE_TOLERANCE_SECS: u64 = 60;
+
 /// What the governor knows of a symbol's proposal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProposalView {
@@ -224,15 +229,19 @@ pub enum ProposalView {
 }
 
 impl ProposalView {
-    /// Classifies a proposal hash read at `now` (unix seconds).
+    /// Classifies a proposal hash read at `now` (unix seconds). One dated more than
+    /// [`FUTURE_TOLERANCE_SECS`] ahead of `now` is stale too: a skewed clock must not make a
+    /// proposal fresh forever.
     pub fn assess(fields: &ProposalFields, weights: &KillWeights, max_age_secs: u64, now: u64) -> Self {
         match Proposal::parse(fields, weights) {
             Ok(None) => Self::Missing,
             Err(e) => Self::Unreadable(e),
             Ok(Some(proposal)) => match proposal.updated_epoch {
-                Some(at) if now.saturating_sub(at) <= max_age_secs => Self::Fresh(proposal),
+                Some(at) if now.saturating_sub(at) <= max_age_secs && at <= now + FUTURE_TOLERANCE_SECS => {
+                    Self::Fresh(proposal)
+                }
                 at => Self::Stale {
-                    age_secs: at.map(|at| now.saturating_sub(at)),
+                    age_secs: at.filter(|at| *at <= now).map(|at| now - at),
                     proposal,
                 },
             },
@@ -590,15 +599,64 @@ impl Sample {
     }
 }
 
-/// The kill scores of `members` older than the proposal being judged (`current_epoch`), so a
-/// proposal is never compared with itself and its verdict is the same in every batch.
-pub fn reference_history<'a>(members: impl IntoIterator<Item = &'a str>, current_epoch: u64) -> Vec<f64> {
-    members
+/// The newest `window` kill scores of `members` older than the proposal being judged
+/// (`current_epoch`), so a proposal is never compared with itself and its verdict is the same
+/// in every batch, before and after its own sample is stored. `members` come oldest first.
+pub fn reference_history<'a>(
+    members: impl IntoIterator<Item = &'a str>,
+    current_epoch: u64,
+    window: usize,
+) -> Vec<f64> {
+    let older: Vec<f64> = members
         .into_iter()
         .filter_map(Sample::parse)
         .filter(|s| s.epoch < current_epoch)
         .map(|s| s.kill_score)
-        .collect()
+        .collect();
+    older[older.len().saturating_sub(window)..].to_vec()
+}
+
+/// Everything the governor needs about one symbol, from its proposal hash and its stored
+/// history (the newest `history_window + 1` members, oldest first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymbolRisk {
+    pub view: ProposalView,
+    /// Earlier kill scores (never the current proposal's own sample).
+    pub history: Vec<f64>,
+    /// The current proposal's sample, when the history does not hold it yet.
+    pub unrecorded: Option<Sample>,
+}
+
+impl SymbolRisk {
+    /// Assesses the proposal read at `now` (unix seconds) against its history.
+    pub fn assess(cfg: &GovernorConfig, fields: &ProposalFields, members: &[String], now: u64) -> Self {
+        let view = ProposalView::assess(fields, &cfg.weights, cfg.max_age_secs, now);
+        let ProposalView::Fresh(p) = &view else {
+            return Self {
+                view,
+                history: Vec::new(),
+                unrecorded: None,
+            };
+        };
+        let epoch = p.updated_epoch.unwrap_or_default();
+        let newest = members.iter().filter_map(|m| Sample::parse(m)).map(|s| s.epoch).max();
+        let unrecorded = newest.is_none_or(|n| epoch > n).then_some(Sample {
+            epoch,
+            kill_score: p.kill_score,
+        });
+        let history = reference_history(members.iter().map(String::as_str), epoch, cfg.history_window);
+        Self {
+            view,
+            history,
+            unrecorded,
+        }
+    }
+
+    /// K's z-score against the history, when there is enough of it.
+    pub fn zscore(&self, cfg: &GovernorConfig) -> Option<f64> {
+        let k = self.view.proposal()?.kill_score;
+        zscore(k, &self.history, cfg.min_samples, cfg.z_min_std)
+    }
 }
 
 #[cfg(test)]
@@ -801,7 +859,8 @@ mod tests {
     #[test]
     fn history_samples_exclude_the_current_proposal() {
         let members = ["100:0.500000", "200:0.700000", "300:0.756300", "junk", "400:7"];
-        assert_eq!(reference_history(members, 300), vec![0.5, 0.7]);
+        assert_eq!(reference_history(members, 300, 120), vec![0.5, 0.7]);
+        assert_eq!(reference_history(members, 300, 1), vec![0.7], "the newest window");
         let s = Sample {
             epoch: 7,
             kill_score: 0.7563,

@@ -15,11 +15,11 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 
 use quantum_common::contract::*;
 use quantum_common::fields::{decode_entries, hash_pairs, opt_text, StreamEntry};
-use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, PROPOSAL_FIELDS};
+use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
 use quantum_common::intent::{Intent, IntentLimits};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::time::now_ms;
-use quantum_common::types::{Side, Symbol};
+use quantum_common::types::{OrderId, Side, Symbol};
 
 /// Most entries one search reads from a stream (so a huge stream costs a bounded scan).
 const MAX_SCAN: usize = 200_000;
@@ -392,7 +392,7 @@ async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, 
     let order_id = fields.get("order_id").cloned().unwrap_or_default();
     // The venue call comes before the result that reports it.
     if !order_id.is_empty() {
-        let order: Value = client.hgetall(format!("quantum:order:{order_id}")).await?;
+        let order: Value = client.hgetall(order_key(&OrderId::new(order_id.clone()))).await?;
         let order: BTreeMap<String, String> = hash_pairs(order).into_iter().collect();
         report.order_state = order.get("state").cloned();
         let o = |k: &str| order.get(k).map(String::as_str).unwrap_or("-");
@@ -500,11 +500,6 @@ fn intent_symbol(entry: &StreamEntry) -> Option<(Symbol, Option<Side>)> {
     Symbol::parse(&raw).ok().map(|s| (s, None))
 }
 
-/// The marker key of an intent (the bridge's replay marker).
-fn seen_key(entry_id: &str) -> String {
-    format!("quantum:intent_bridge:seen:{entry_id}")
-}
-
 /// Everything `why <SYMBOL>` looks at.
 #[derive(Debug, Clone, Default)]
 pub struct SymbolReport {
@@ -515,11 +510,8 @@ pub struct SymbolReport {
     /// position_amt, or None without a ledger; Err for an unreadable one.
     pub ledger: Option<BTreeMap<String, String>>,
     pub governor: GovernorConfig,
-    pub proposal: Option<ProposalView>,
-    pub z: Option<f64>,
-    /// The earlier kill scores the z-score is computed against.
-    pub history: Vec<f64>,
-    pub history_samples: usize,
+    /// The proposal and the history, assessed as the bridge does.
+    pub risk: Option<SymbolRisk>,
     /// (intent id, side, outcome) of the symbol's intents in the window, newest first.
     pub intents: Vec<(String, Option<Side>, Option<OutcomeRecord>)>,
     pub plans: u64,
@@ -714,7 +706,7 @@ impl SymbolReport {
     fn governor_line(&self) -> String {
         let g = &self.governor;
         let mode = g.mode.as_str();
-        match &self.proposal {
+        match self.risk.as_ref().map(|r| &r.view) {
             None | Some(ProposalView::Missing) => {
                 format!("mode={mode}; no proposal (quantum:harvest:proposal:{})", self.sym())
             }
@@ -727,16 +719,19 @@ impl SymbolReport {
             Some(ProposalView::Fresh(p)) => format!(
                 "mode={mode}; kill_score {:.4}, z {} over {} sample(s); an entry now: {}",
                 p.kill_score,
-                self.z.map_or("n/a".into(), |z| format!("{z:.2}")),
-                self.history_samples,
+                self.risk
+                    .as_ref()
+                    .and_then(|r| r.zscore(g))
+                    .map_or("n/a".into(), |z| format!("{z:.2}")),
+                self.risk.as_ref().map_or(0, |r| r.history.len()),
                 self.entry_now()
             ),
         }
     }
 
     fn entry_now(&self) -> String {
-        let Some(view) = &self.proposal else { return "-".into() };
-        let v = governor::decide(&self.governor, Side::Buy, view, &self.history);
+        let Some(risk) = &self.risk else { return "-".into() };
+        let v = governor::decide(&self.governor, Side::Buy, &risk.view, &risk.history);
         format!("{} ({})", v.decision, v.reason)
     }
 }
@@ -783,8 +778,9 @@ pub async fn symbol(client: &Client, symbol: &Symbol, minutes: u64) -> Result<Sy
     pipeline
         .hmget::<(), _, _>(proposal_key(symbol), PROPOSAL_FIELDS.to_vec())
         .await?;
+    // The newest samples (the window cannot exceed 10,000; SymbolRisk keeps the configured one).
     pipeline
-        .zrange::<(), _, _, _>(kill_history_key(symbol), 0, -1, None, false, None, false)
+        .zrange::<(), _, _, _>(kill_history_key(symbol), -10_001, -1, None, false, None, false)
         .await?;
     let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
     let mut next_hash =
@@ -803,12 +799,6 @@ pub async fn symbol(client: &Client, symbol: &Symbol, minutes: u64) -> Result<Sy
     {
         *slot = opt_text(&v);
     }
-    let view = ProposalView::assess(
-        &fields,
-        &report.governor.weights,
-        report.governor.max_age_secs,
-        now_ms() / 1000,
-    );
     let members: Vec<String> = replies
         .next()
         .unwrap_or(Value::Null)
@@ -816,17 +806,7 @@ pub async fn symbol(client: &Client, symbol: &Symbol, minutes: u64) -> Result<Sy
         .iter()
         .filter_map(opt_text)
         .collect();
-    if let ProposalView::Fresh(p) = &view {
-        report.history = governor::reference_history(members.iter().map(String::as_str), p.updated_epoch.unwrap_or(0));
-        report.history_samples = report.history.len();
-        report.z = governor::zscore(
-            p.kill_score,
-            &report.history,
-            report.governor.min_samples,
-            report.governor.z_min_std,
-        );
-    }
-    report.proposal = Some(view);
+    report.risk = Some(SymbolRisk::assess(&report.governor, &fields, &members, now_ms() / 1000));
     recent_intents(client, &mut report, since).await?;
     recent_flow(client, &mut report, since).await?;
     Ok(report)

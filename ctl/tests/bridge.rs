@@ -424,6 +424,18 @@ async fn bad_configuration_fails_fast_with_a_clear_message() {
         .log(Service::Bridge)
         .contains("INTENT_BRIDGE_ALLOWLIST: symbol \"BAD/SYM\""));
 
+    // An age limit below the reclaim age would refuse every reclaimed entry as stale.
+    stack.start(Service::Bridge, &[("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "30000")]);
+    let proc = stack.process(Service::Bridge);
+    support::wait_for("bridge exit", || {
+        let exited = proc.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    assert!(stack.log(Service::Bridge).contains(
+        "INTENT_BRIDGE_MAX_INTENT_AGE_MS (30000) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS (60200)"
+    ));
+
     stack.start(Service::Bridge, &[("INTENT_BRIDGE_REQUIRE_LEDGER_FOR_OPEN", "maybe")]);
     let proc = stack.process(Service::Bridge);
     support::wait_for("bridge exit", || {

@@ -185,6 +185,33 @@ fn install_script_is_idempotent_and_keeps_configuration() {
     assert_eq!(tree(root.path()), before);
 }
 
+#[test]
+fn an_upgrade_migrates_the_bridge_allowlist_to_the_shared_one() {
+    // A host installed before SYMBOL_ALLOWLIST: its bridge env file holds the allowlist.
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/quantum");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("intent-bridge.env"),
+        "#INTENT_BRIDGE_ALLOWLIST=BTCUSDT\nINTENT_BRIDGE_ALLOWLIST=BTCUSDT,ETHUSDT\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(deploy().join("install.sh"))
+        .args(["--root", root.path().to_str().unwrap(), "--no-start", "--bin-dir"])
+        .arg(bin_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("migrated INTENT_BRIDGE_ALLOWLIST=BTCUSDT,ETHUSDT"),
+        "{text}"
+    );
+    let shared = std::fs::read_to_string(etc.join("quantum.env")).unwrap();
+    assert!(shared.ends_with("SYMBOL_ALLOWLIST=BTCUSDT,ETHUSDT\n"), "{shared}");
+}
+
 #[tokio::test]
 async fn readiness_watchdog_and_stopping_reach_systemd() {
     let mut stack = Stack::new().await;

@@ -293,12 +293,26 @@ async fn producers_formats_long_short_usd_at_mark_and_extras() {
             &[("symbol", "ETHUSDT"), ("side", "BUY"), ("position_size_usd", "300")],
         )
         .await;
+    // Sized at the mark but outside the allowlist: skipped at once, it does not wait for a price.
+    let outside = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "NEARUSDT"), ("side", "BUY"), ("position_size_usd", "50")],
+        )
+        .await;
     stack
         .wait_log(
             Service::Bridge,
             &format!("Waiting for mark price: ETHUSDT BUY intent {waits}"),
         )
         .await;
+    stack
+        .wait_log(
+            Service::Bridge,
+            "SKIP_INTENT_SYMBOL_NOT_IN_ALLOWLIST symbol=NEARUSDT side=BUY allowlist_count=11 plan_id=none",
+        )
+        .await;
+    assert!(!stack.log(Service::Bridge).contains(&format!("intent {outside} (age=")));
     let p = plans(&stack).await;
     let l = &p[&long];
     assert_eq!(
@@ -348,7 +362,13 @@ async fn a_mark_that_never_comes_dead_letters_after_the_max_age_and_stale_intent
         )
         .await
         .unwrap();
-    stack.start(Service::Bridge, &[("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "1500")]);
+    stack.start(
+        Service::Bridge,
+        &[
+            ("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "1500"),
+            ("STREAM_CLAIM_IDLE_MS", "1000"),
+        ],
+    );
     let waits = stack
         .xadd(
             INTENT_STREAM,

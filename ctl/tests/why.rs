@@ -108,6 +108,7 @@ async fn why_names_the_stage_and_reason_of_every_fate() {
             ("SYMBOL_ALLOWLIST", BRIDGE_ALLOWLIST),
             ("GOVERNOR_MODE", "legacy"),
             ("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "3000"),
+            ("STREAM_CLAIM_IDLE_MS", "1000"),
         ],
     );
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
