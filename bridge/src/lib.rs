@@ -33,7 +33,7 @@ use quantum_common::contract::{
 use quantum_common::fields::{opt_text, truncate, StreamEntry};
 use quantum_common::governor::{GovernorConfig, ProposalView};
 use quantum_common::http::{self, HttpArgs};
-use quantum_common::intent::{Intent, IntentError, IntentLimits};
+use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
 use quantum_common::time::{now_ms, now_secs};
@@ -89,6 +89,15 @@ pub struct BridgeArgs {
     /// Highest leverage an intent may ask for; more goes to the DLQ.
     #[arg(long, env = "INTENT_BRIDGE_MAX_LEVERAGE", default_value = "125", value_parser = parse_non_negative)]
     pub max_leverage: Decimal,
+    /// Largest order quantity: a default and per-symbol caps, e.g. `1000000,BTCUSDT=5`; more
+    /// goes to the DLQ (quantity_out_of_range). Unset: only the pipeline's 10^12 bound.
+    #[arg(long, env = "INTENT_BRIDGE_MAX_QTY", value_parser = SymbolCaps::parse)]
+    pub max_qty: Option<SymbolCaps>,
+    /// Largest order notional in USD, with per-symbol caps, e.g. `1000000,BTCUSDT=250000`; more
+    /// goes to the DLQ (notional_out_of_range). A MARKET quantity is priced at the mark when one
+    /// is published.
+    #[arg(long, env = "INTENT_BRIDGE_MAX_NOTIONAL_USD", default_value = "1000000", value_parser = SymbolCaps::parse)]
+    pub max_notional_usd: SymbolCaps,
     /// How long (seconds) a processed intent id is remembered, so a replayed intent (a group
     /// reset, a re-added entry) is never gated and published a second time.
     #[arg(long, env = "INTENT_BRIDGE_IDEMPOTENCY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
@@ -261,11 +270,8 @@ impl IntentBridge {
         };
         // Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
         let ledger_symbols: &[Symbol] = if any_buy { &self.allowlist } else { &gated_symbols };
-        let mark_symbols: Vec<Symbol> = {
-            let set: HashSet<&Symbol> = parsed().filter(|i| i.needs_mark_price()).map(|i| &i.symbol).collect();
-            set.into_iter().cloned().collect()
-        };
-        if ledger_symbols.is_empty() && mark_symbols.is_empty() {
+        // Marks size intents at the mark and price the notional caps: every gated symbol's.
+        if ledger_symbols.is_empty() && gated_symbols.is_empty() {
             return Ok(BatchView::default());
         }
 
@@ -276,8 +282,9 @@ impl IntentBridge {
                 .await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
-        for symbol in &mark_symbols {
-            pipeline.hget::<(), _, _>(MARK_PRICE_KEY, symbol.as_str()).await?;
+        if !gated_symbols.is_empty() {
+            let fields: Vec<&str> = gated_symbols.iter().map(Symbol::as_str).collect();
+            pipeline.hmget::<(), _, _>(MARK_PRICE_KEY, fields).await?;
         }
         for symbol in &gated_symbols {
             governor::queue_reads(&pipeline, &self.governor, symbol).await?;
@@ -314,9 +321,11 @@ impl IntentBridge {
         } else {
             Decimal::ZERO
         };
-        for symbol in mark_symbols {
-            if let Some(mark) = opt_text(&next()?).and_then(|v| parse_decimal("mark", &v).ok()) {
-                view.marks.insert(symbol, mark);
+        if !gated_symbols.is_empty() {
+            for (symbol, mark) in gated_symbols.iter().zip(next()?.into_array()) {
+                if let Some(mark) = opt_text(&mark).and_then(|v| parse_decimal("mark", &v).ok()) {
+                    view.marks.insert(symbol.clone(), mark);
+                }
             }
         }
         let now = now_secs();
@@ -377,6 +386,9 @@ impl IntentBridge {
             }
             Err(e) => return Outcome::dlq(&e, String::new()),
         };
+        if let Err(e) = intent.check_caps(qty, view.marks.get(&intent.symbol).copied(), &self.limits) {
+            return Outcome::dlq(&e, String::new());
+        }
         let plan = Plan::from_intent(&intent, qty, now_ms / 1000);
         if max_ms > 0 && age_ms > max_ms {
             return self.skip(&Subject::of(&plan), stale);
@@ -877,7 +889,9 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     readiness.watch(conns.writer.clone(), INTENT_STREAM, INTENT_GROUP);
     let limits = IntentLimits {
-        max_leverage: args.max_leverage,
+        max_leverage: Some(args.max_leverage),
+        max_qty: args.max_qty.clone().unwrap_or_default(),
+        max_notional_usd: args.max_notional_usd.clone(),
     };
     metrics::gauge!("quantum_bridge_allowlist_symbols").set(gates.allowlist.len() as f64);
     publish_config(&conns.writer, &args, &spec, &allowlist, &governor).await;

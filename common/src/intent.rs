@@ -42,6 +42,16 @@ pub enum IntentError {
     MarkPriceUnavailable(Symbol),
     #[error("quantity {0} rounds to zero at {DERIVED_QTY_DP} decimal places")]
     QuantityRoundsToZero(Decimal),
+    #[error("quantity {qty} is above the maximum {max} for {symbol} (INTENT_BRIDGE_MAX_QTY)")]
+    QuantityAboveCap { symbol: Symbol, qty: Decimal, max: Decimal },
+    #[error("notional {notional} USD is above the maximum {max} for {symbol} (INTENT_BRIDGE_MAX_NOTIONAL_USD)")]
+    NotionalAboveCap {
+        symbol: Symbol,
+        notional: Decimal,
+        max: Decimal,
+    },
+    #[error("the quantity derived from {0} overflows (an absurd size or a near-zero price)")]
+    QuantityOverflow(&'static str),
     #[error(transparent)]
     Field(#[from] ParseError),
 }
@@ -58,6 +68,14 @@ impl IntentError {
             Self::ShortNotSupported(_) => "short_not_supported",
             Self::MissingQuantity => "missing_quantity",
             Self::NotPositive { .. } | Self::QuantityRoundsToZero(_) => "non_positive_quantity",
+            Self::QuantityAboveCap { .. } | Self::QuantityOverflow(_) => "quantity_out_of_range",
+            Self::NotionalAboveCap { .. } => "notional_out_of_range",
+            Self::Field(ParseError::OutOfRange { field, .. }) => match *field {
+                "quantity" | "qty" => "quantity_out_of_range",
+                "leverage" => "absurd_leverage",
+                "size" | "position_usd" | "position_size_usd" => "notional_out_of_range",
+                _ => "price_out_of_range",
+            },
             Self::AbsurdLeverage { .. } => "absurd_leverage",
             Self::LimitWithoutPrice => "limit_without_price",
             Self::MarkPriceUnavailable(_) => "mark_price_unavailable",
@@ -131,17 +149,59 @@ pub struct Intent {
 }
 
 /// Bounds an intent must respect.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct IntentLimits {
-    /// Highest leverage accepted (Binance USD-M allows 125).
-    pub max_leverage: Decimal,
+    /// Highest leverage accepted (Binance USD-M allows 125); `None`: 125.
+    pub max_leverage: Option<Decimal>,
+    /// Largest order quantity (base units), per symbol with a global default.
+    pub max_qty: SymbolCaps,
+    /// Largest order notional in USD, per symbol with a global default.
+    pub max_notional_usd: SymbolCaps,
 }
 
-impl Default for IntentLimits {
-    fn default() -> Self {
-        Self {
-            max_leverage: Decimal::from(125),
+impl IntentLimits {
+    fn leverage_cap(&self) -> Decimal {
+        self.max_leverage.unwrap_or(Decimal::from(125))
+    }
+}
+
+/// A cap with per-symbol overrides: `INTENT_BRIDGE_MAX_QTY=1000000,BTCUSDT=5,ETHUSDT=100`
+/// (a bare number is the default for every other symbol; none: no cap but the pipeline's own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolCaps {
+    pub default: Option<Decimal>,
+    pub per_symbol: std::collections::HashMap<Symbol, Decimal>,
+}
+
+impl SymbolCaps {
+    /// Parses `<default>[,SYMBOL=<cap>...]` (either part optional).
+    ///
+    /// # Errors
+    /// A value that is not a positive number, or a bad symbol.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut caps = Self::default();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (symbol, value) = match part.split_once('=') {
+                Some((s, v)) => (Some(Symbol::parse(s).map_err(|e| e.to_string())?), v),
+                None => (None, part),
+            };
+            let cap = parse_decimal("cap", value).map_err(|e| e.to_string())?;
+            if cap <= Decimal::ZERO {
+                return Err(format!("cap {value} must be greater than zero"));
+            }
+            match symbol {
+                Some(s) => {
+                    caps.per_symbol.insert(s, cap);
+                }
+                None => caps.default = Some(cap),
+            }
         }
+        Ok(caps)
+    }
+
+    /// The cap for `symbol`, if any.
+    pub fn for_symbol(&self, symbol: &Symbol) -> Option<Decimal> {
+        self.per_symbol.get(symbol).copied().or(self.default)
     }
 }
 
@@ -237,10 +297,10 @@ impl Intent {
         };
 
         let leverage = f.decimal("leverage")?.unwrap_or(Decimal::ONE);
-        if leverage < Decimal::ONE || leverage > limits.max_leverage {
+        if leverage < Decimal::ONE || leverage > limits.leverage_cap() {
             return Err(IntentError::AbsurdLeverage {
                 value: leverage,
-                max: limits.max_leverage,
+                max: limits.leverage_cap(),
             });
         }
 
@@ -301,14 +361,22 @@ impl Intent {
     }
 
     /// The order quantity in base units; `mark` is the current mark price when known.
+    ///
+    /// # Errors
+    /// No mark for a mark-sized intent, a quantity that rounds to zero or overflows.
     pub fn quantity(&self, mark: Option<Decimal>) -> Result<Decimal, IntentError> {
         let (notional, price) = match self.sizing {
             Sizing::Quantity(qty) => return Ok(qty),
             Sizing::Notional { usd, price } => (usd, price),
+            // Both factors are at most 10^12 and the leverage at most 125: no overflow.
             Sizing::MarginAtMark { usd, leverage } => (usd * leverage, self.mark(mark)?),
             Sizing::NotionalAtMark { usd } => (usd, self.mark(mark)?),
         };
-        let exact = notional / price;
+        // A near-zero price can blow the quotient past the decimal range.
+        let exact = notional
+            .checked_div(price)
+            .filter(|q| q.abs() <= crate::types::MAX_MAGNITUDE)
+            .ok_or(IntentError::QuantityOverflow("the USD size and the price"))?;
         let qty = exact
             .round_dp_with_strategy(DERIVED_QTY_DP, RoundingStrategy::ToZero)
             .normalize();
@@ -316,6 +384,42 @@ impl Intent {
             return Err(IntentError::QuantityRoundsToZero(exact));
         }
         Ok(qty)
+    }
+
+    /// The order's notional in USD, when a price is known: the USD size it was given, or the
+    /// quantity at its limit price or at `mark`.
+    pub fn notional_usd(&self, qty: Decimal, mark: Option<Decimal>) -> Option<Decimal> {
+        match self.sizing {
+            Sizing::Notional { usd, .. } | Sizing::NotionalAtMark { usd } => Some(usd),
+            Sizing::MarginAtMark { usd, leverage } => Some(usd * leverage),
+            // qty and price are both at most 10^12: the product fits.
+            Sizing::Quantity(_) => self.limit_price.or(mark).map(|p| qty * p),
+        }
+    }
+
+    /// Refuses an order above the caps for its symbol (fat fingers).
+    ///
+    /// # Errors
+    /// [`IntentError::QuantityAboveCap`] or [`IntentError::NotionalAboveCap`].
+    pub fn check_caps(&self, qty: Decimal, mark: Option<Decimal>, limits: &IntentLimits) -> Result<(), IntentError> {
+        if let Some(max) = limits.max_qty.for_symbol(&self.symbol).filter(|max| qty > *max) {
+            return Err(IntentError::QuantityAboveCap {
+                symbol: self.symbol.clone(),
+                qty,
+                max,
+            });
+        }
+        let cap = limits.max_notional_usd.for_symbol(&self.symbol);
+        if let (Some(max), Some(notional)) = (cap, self.notional_usd(qty, mark)) {
+            if notional > max {
+                return Err(IntentError::NotionalAboveCap {
+                    symbol: self.symbol.clone(),
+                    notional: notional.round_dp(2),
+                    max,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn mark(&self, mark: Option<Decimal>) -> Result<Decimal, IntentError> {
@@ -423,6 +527,82 @@ mod tests {
         // (300 * 2) / 60000 = 0.01
         assert_eq!(i.quantity(Some(d("60000"))).unwrap(), d("0.01"));
         assert_eq!(i.quantity(None).unwrap_err().reason(), "mark_price_unavailable");
+    }
+
+    #[test]
+    fn absurd_numbers_get_a_reason_instead_of_overflowing() {
+        // Each of these panicked the executor or the bridge before.
+        assert_eq!(
+            reason(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "1e25")]),
+            "quantity_out_of_range"
+        );
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "1e27"),
+                ("leverage", "125")
+            ]),
+            "notional_out_of_range"
+        );
+        let tiny_price = parse(&[
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("size", "1e11"),
+            ("price", "1e-20"),
+        ])
+        .unwrap();
+        assert_eq!(tiny_price.quantity(None).unwrap_err().reason(), "quantity_out_of_range");
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("stop_loss", "1e20")
+            ]),
+            "price_out_of_range"
+        );
+        assert_eq!(
+            reason(&[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("leverage", "1e20")
+            ]),
+            "absurd_leverage"
+        );
+    }
+
+    #[test]
+    fn caps_refuse_fat_fingers_per_symbol() {
+        let limits = IntentLimits {
+            max_qty: SymbolCaps::parse("1000,BTCUSDT=5").unwrap(),
+            max_notional_usd: SymbolCaps::parse("1000000").unwrap(),
+            ..IntentLimits::default()
+        };
+        let i = parse(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "6")]).unwrap();
+        let err = i.check_caps(d("6"), None, &limits).unwrap_err();
+        assert_eq!(err.reason(), "quantity_out_of_range");
+        assert!(err.to_string().contains("maximum 5 for BTCUSDT"), "{err}");
+        assert!(i.check_caps(d("5"), Some(d("65000")), &limits).is_ok());
+        // 20 at the mark is 1.3M USD: above the notional cap.
+        let eth = parse(&[("symbol", "ETHUSDT"), ("side", "BUY"), ("qty", "20")]).unwrap();
+        assert!(
+            eth.check_caps(d("20"), None, &limits).is_ok(),
+            "no price known: qty caps only"
+        );
+        assert_eq!(
+            eth.check_caps(d("500"), Some(d("2600")), &limits).unwrap_err().reason(),
+            "notional_out_of_range"
+        );
+        let usd = parse(&[("symbol", "ETHUSDT"), ("side", "BUY"), ("position_size_usd", "2000000")]).unwrap();
+        assert_eq!(
+            usd.check_caps(d("1"), None, &limits).unwrap_err().reason(),
+            "notional_out_of_range"
+        );
+        assert!(SymbolCaps::parse("0").is_err());
+        assert!(SymbolCaps::parse("BTC/USDT=1").is_err());
+        assert_eq!(SymbolCaps::parse("").unwrap(), SymbolCaps::default());
     }
 
     #[test]
@@ -619,6 +799,100 @@ mod tests {
             if let Ok(i) = parse(&[("symbol", "BTCUSDT"), ("side", "BUY"), ("size", &usd), ("price", &price)]) {
                 if let Ok(q) = i.quantity(None) { prop_assert!(q > Decimal::ZERO); }
             }
+        }
+    }
+}
+
+/// Arbitrary field maps through every step that does arithmetic on input-derived values:
+/// parse → size → caps → plan → plan fields → the executor's re-read → a fill's fee and the
+/// position it leaves. Nothing panics, and each intent ends in a plan or a reason.
+#[cfg(test)]
+mod pipeline_props {
+    use super::*;
+    use crate::plan::Plan;
+    use crate::position::Position;
+    use proptest::prelude::*;
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("NaN".to_string()),
+            Just("-inf".to_string()),
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("1e-28".to_string()),
+            Just("1e12".to_string()),
+            Just("1e25".to_string()),
+            Just("79228162514264337593543950335".to_string()),
+            (1u64..u64::MAX).prop_map(|n| n.to_string()),
+            (-30i32..30, 1u32..999).prop_map(|(e, m)| format!("{m}e{e}")),
+            "[0-9]{1,3}\\.[0-9]{1,30}",
+            ".{0,6}",
+        ]
+    }
+
+    fn fields() -> impl Strategy<Value = Vec<(String, String)>> {
+        let key = prop_oneof![
+            Just("quantity"),
+            Just("qty"),
+            Just("size"),
+            Just("price"),
+            Just("position_usd"),
+            Just("position_size_usd"),
+            Just("entry_price"),
+            Just("leverage"),
+            Just("stop_loss"),
+            Just("take_profit"),
+            Just("type"),
+        ];
+        (
+            prop_oneof![Just("BUY"), Just("SELL"), Just("LONG"), Just("SHORT"), Just("x")],
+            proptest::collection::vec((key, number()), 1..6),
+        )
+            .prop_map(|(side, pairs)| {
+                let mut out = vec![
+                    ("symbol".to_string(), "BTCUSDT".to_string()),
+                    ("side".into(), side.into()),
+                ];
+                out.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn no_input_panics_any_stage(fields in fields(), mark in number(), fill_price in 1u64..10_000_000) {
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let limits = IntentLimits {
+                max_notional_usd: SymbolCaps::parse("1000000").unwrap(),
+                ..IntentLimits::default()
+            };
+            let mark = crate::types::parse_decimal("mark", &mark).ok().filter(|m| *m > Decimal::ZERO);
+            let outcome = Intent::parse(&StreamEntry::new("1-0", &pairs), &limits).and_then(|intent| {
+                let qty = intent.quantity(mark)?;
+                intent.check_caps(qty, mark, &limits)?;
+                Ok((intent, qty))
+            });
+            let (intent, qty) = match outcome {
+                Err(e) => {
+                    prop_assert!(!e.reason().is_empty());
+                    return Ok(());
+                }
+                Ok(ok) => ok,
+            };
+            let plan = Plan::from_intent(&intent, qty, 1);
+            let fields = plan.to_fields();
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let back = Plan::parse(&StreamEntry::new("2-0", &pairs));
+            prop_assert_eq!(back.as_ref().ok(), Some(&plan), "the executor reads what the bridge wrote");
+            // The executor's arithmetic on a fill: fee at 5 bps, twice, into a position.
+            let price = Decimal::from(fill_price);
+            let fee = (qty * price * Decimal::from(5) / Decimal::from(10_000)).round_dp(8);
+            let mut position = Position::default();
+            position.apply(plan.side, qty, price, fee);
+            position.apply(plan.side, qty, price, fee);
+            prop_assert!(position.amt.abs() <= crate::types::MAX_MAGNITUDE * Decimal::TWO);
         }
     }
 }

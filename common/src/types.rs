@@ -28,7 +28,15 @@ pub enum ParseError {
     Bool { field: &'static str, value: String },
     #[error("{field} is empty")]
     Empty { field: &'static str },
+    #[error("{field} {value} is beyond ±10^12, the largest amount the pipeline accepts")]
+    OutOfRange { field: &'static str, value: String },
 }
+
+/// The largest magnitude (10^12) of any decimal the pipeline reads: quantities, prices, USD
+/// amounts, ledger values. Far above any real order, and small enough that the product of two
+/// such values (a notional, a fee) can never overflow `Decimal` (about 7.9·10^28), so no input
+/// can make the arithmetic downstream panic.
+pub const MAX_MAGNITUDE: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
 
 /// An exchange symbol such as `BTCUSDT`, always upper case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -279,13 +287,20 @@ pub fn parse_decimal(field: &'static str, raw: &str) -> Result<Decimal, ParseErr
             value: raw.to_string(),
         });
     }
-    Decimal::from_str_exact(text)
+    let value = Decimal::from_str_exact(text)
         .or_else(|_| Decimal::from_scientific(text))
         .map(|d| d.normalize())
         .map_err(|_| ParseError::Number {
             field,
             value: raw.to_string(),
-        })
+        })?;
+    if value.abs() > MAX_MAGNITUDE {
+        return Err(ParseError::OutOfRange {
+            field,
+            value: crate::fields::truncate(text, 64).to_string(),
+        });
+    }
+    Ok(value)
 }
 
 /// Parses a boolean the way the Python services did: true/1/yes and false/0/no, any case.
@@ -342,6 +357,14 @@ mod tests {
             );
         }
         assert!(matches!(parse_decimal("qty", "abc"), Err(ParseError::Number { .. })));
+        assert_eq!(MAX_MAGNITUDE, Decimal::from(1_000_000_000_000u64));
+        assert_eq!(parse_decimal("qty", "1e12").unwrap(), MAX_MAGNITUDE);
+        for absurd in ["1e25", "-1000000000001", "79228162514264337593543950335"] {
+            assert!(
+                matches!(parse_decimal("qty", absurd), Err(ParseError::OutOfRange { .. })),
+                "{absurd}"
+            );
+        }
         assert!(matches!(parse_decimal("qty", ""), Err(ParseError::Empty { .. })));
     }
 }
