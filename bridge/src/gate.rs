@@ -28,6 +28,8 @@ pub enum LedgerView {
     Missing,
     /// The ledger's signed position_amt.
     Known(Decimal),
+    /// A ledger hash whose position_amt cannot be read: the gate fails closed.
+    Unreadable,
 }
 
 /// Why an intent was not published.
@@ -48,6 +50,8 @@ pub enum SkipReason {
         age_ms: u64,
         max_ms: u64,
     },
+    /// The symbol's ledger exists but cannot be read: neither side may rely on it.
+    LedgerUnreadable,
 }
 
 impl SkipReason {
@@ -60,6 +64,7 @@ impl SkipReason {
             Self::LedgerFlatSell { .. } => "ledger_flat_sell",
             Self::Exposure { .. } => "exposure",
             Self::Stale { .. } => "stale",
+            Self::LedgerUnreadable => "ledger_unreadable",
         }
     }
 }
@@ -79,6 +84,11 @@ pub fn gate(cfg: &GateConfig, symbol: &Symbol, side: Side, ledger: LedgerView, e
     if !cfg.allowlist.contains(symbol) {
         return GateOutcome::Skip(SkipReason::NotAllowlisted);
     }
+    // A corrupt ledger is not a missing one: a BUY must not open as LEDGER_MISSING_OPEN, a SELL
+    // must not trust an amount it cannot read.
+    if ledger == LedgerView::Unreadable {
+        return GateOutcome::Skip(SkipReason::LedgerUnreadable);
+    }
     match side {
         Side::Buy => {
             if ledger == LedgerView::Missing && cfg.require_ledger_for_open {
@@ -97,7 +107,9 @@ pub fn gate(cfg: &GateConfig, symbol: &Symbol, side: Side, ledger: LedgerView, e
         Side::Sell => {
             if cfg.skip_flat_sell {
                 match ledger {
-                    LedgerView::Missing => return GateOutcome::Skip(SkipReason::LedgerMissingSell),
+                    LedgerView::Missing | LedgerView::Unreadable => {
+                        return GateOutcome::Skip(SkipReason::LedgerMissingSell)
+                    }
                     LedgerView::Known(amt) if amt.abs() <= cfg.flat_eps => {
                         return GateOutcome::Skip(SkipReason::LedgerFlatSell { last_known_amt: amt })
                     }
@@ -262,6 +274,16 @@ mod tests {
                 ledger_missing_open: false
             }
         );
+    }
+
+    #[test]
+    fn an_unreadable_ledger_fails_closed_for_both_sides() {
+        for side in [Side::Buy, Side::Sell] {
+            assert_eq!(
+                gate(&cfg(false), &sym("BTCUSDT"), side, LedgerView::Unreadable, NO_EXPOSURE),
+                GateOutcome::Skip(SkipReason::LedgerUnreadable)
+            );
+        }
     }
 
     #[test]

@@ -302,8 +302,8 @@ impl IntentBridge {
                 None => LedgerView::Missing,
                 Some(Ok(amt)) => LedgerView::Known(amt),
                 Some(Err(e)) => {
-                    tracing::warn!("Ledger of {symbol} unreadable ({e}); treating it as unknown");
-                    LedgerView::Missing
+                    tracing::warn!("Ledger of {symbol} unreadable ({e}); its intents are skipped until it is fixed");
+                    LedgerView::Unreadable
                 }
             };
             if let Some(notional) = pair
@@ -483,6 +483,9 @@ impl IntentBridge {
             SkipReason::Exposure { exposure_pct, max_pct } => tracing::info!(
                 "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
             ),
+            SkipReason::LedgerUnreadable => {
+                tracing::warn!("Skip publish: {sym} {side} but ledger unreadable plan_id={short}")
+            }
             SkipReason::Stale { age_ms, max_ms } => tracing::info!(
                 "Skip publish: {sym} {side} stale intent (age={age_ms}ms > max={max_ms}ms) plan_id={short}"
             ),
@@ -759,6 +762,7 @@ fn skip_record(subject: &Subject, reason: SkipReason) -> OutcomeRecord {
     match reason {
         SkipReason::NotAllowlisted => r,
         SkipReason::StrictLedgerMissingBuy | SkipReason::LedgerMissingSell => r.with("ledger", "missing"),
+        SkipReason::LedgerUnreadable => r.with("ledger", "unreadable"),
         SkipReason::LedgerFlatSell { last_known_amt } => r.with("ledger", last_known_amt),
         SkipReason::Exposure { exposure_pct, max_pct } => r.with("exposure_pct", exposure_pct).with("max_pct", max_pct),
         SkipReason::Stale { age_ms, max_ms } => r.with("age_ms", age_ms).with("max_ms", max_ms),

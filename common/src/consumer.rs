@@ -233,6 +233,9 @@ pub async fn run<H: BatchHandler>(
         }
         match dispatch(writer, spec, handler, entries).await {
             Ok(()) => {
+                // The batch is committed: its log lines go out now, before anything else can
+                // stall or kill the process.
+                crate::telemetry::flush_logs();
                 backoff.reset();
                 metrics::counter!("quantum_consumer_entries_total", "stream" => spec.stream).increment(count);
                 if let Some(delay) = handler.retry_pending_after() {

@@ -213,21 +213,24 @@ impl IntentFields {
         let Some(payload) = entry.get("payload") else {
             return Ok(Self(entry.fields.clone()));
         };
-        let json: serde_json::Value =
-            serde_json::from_str(payload).map_err(|e| IntentError::InvalidPayload(e.to_string()))?;
-        let serde_json::Value::Object(map) = json else {
-            return Err(IntentError::InvalidPayload(format!("found {}", json_kind(&json))));
-        };
+        // Raw values keep a number's exact text: through f64, 0.123456789012345678 would change.
+        let map: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(payload).map_err(|e| match serde_json::from_str::<serde_json::Value>(payload) {
+                Ok(other) => IntentError::InvalidPayload(format!("found {}", json_kind(&other))),
+                Err(_) => IntentError::InvalidPayload(e.to_string()),
+            })?;
         let mut fields = Vec::with_capacity(map.len());
-        for (key, value) in map {
-            let text = match value {
-                serde_json::Value::Null => continue,
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => return Err(IntentError::NonScalarField(key)),
+        for (key, raw) in map {
+            let text = raw.get();
+            let value = match text.as_bytes().first() {
+                Some(b'n') => continue,
+                Some(b'"') => {
+                    serde_json::from_str::<String>(text).map_err(|e| IntentError::InvalidPayload(e.to_string()))?
+                }
+                Some(b'{' | b'[') => return Err(IntentError::NonScalarField(key)),
+                _ => text.to_string(),
             };
-            fields.push((key, text));
+            fields.push((key, value));
         }
         Ok(Self(fields))
     }
@@ -487,6 +490,26 @@ mod tests {
         assert_eq!(i.stop_loss, Some(d("140")));
         assert_eq!(i.take_profit, Some(d("170.5")));
         assert_eq!(i.quantity(None).unwrap(), d("1.25"));
+    }
+
+    #[test]
+    fn json_numbers_keep_their_exact_text() {
+        let i = parse(&[(
+            "payload",
+            r#"{"symbol":"BTCUSDT","side":"BUY","qty":0.123456789012345678,"stop_loss":null,"take_profit":1e3}"#,
+        )])
+        .unwrap();
+        assert_eq!(i.quantity(None).unwrap(), d("0.123456789012345678"));
+        assert_eq!(i.stop_loss, None);
+        assert_eq!(i.take_profit, Some(d("1000")));
+        assert_eq!(
+            reason(&[("payload", r#"{"symbol":"BTCUSDT","side":["BUY"]}"#)]),
+            "invalid_payload"
+        );
+        assert!(parse(&[("payload", "[1]")])
+            .unwrap_err()
+            .to_string()
+            .contains("found an array"));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn explain(code: &str) -> &'static str {
         "strict_ledger_missing_buy" => "strict mode: a BUY needs a ledger",
         "ledger_missing_sell" => "SELL without a ledger (no fill yet)",
         "ledger_flat_sell" => "SELL on a flat ledger",
+        "ledger_unreadable" => "the symbol's ledger hash cannot be read (fails closed)",
         "exposure" => "portfolio exposure at or above MAX_EXPOSURE_PCT",
         "stale" => "older than INTENT_BRIDGE_MAX_INTENT_AGE_MS",
         "kill_score_warning_risk_increase" => "legacy governor: K at or above K_BLOCK_WARNING blocks entries",
@@ -740,6 +741,7 @@ fn short_reason(code: &str) -> String {
     match code {
         "ledger_missing_sell" => "no ledger".into(),
         "ledger_flat_sell" => "ledger flat".into(),
+        "ledger_unreadable" => "ledger unreadable".into(),
         "strict_ledger_missing_buy" => "no ledger (strict mode)".into(),
         "not_allowlisted" => "not allowlisted".into(),
         "exposure" => "exposure at or above MAX_EXPOSURE_PCT".into(),

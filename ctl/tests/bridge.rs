@@ -320,6 +320,37 @@ async fn default_mode_gates_formats_and_log_lines() {
 }
 
 #[tokio::test]
+async fn a_corrupt_ledger_fails_closed() {
+    let mut stack = seeded_stack().await;
+    stack
+        .hset("quantum:position:ledger:BTCUSDT", &[("position_amt", "garbage")])
+        .await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    let buy = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    let sell = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (plans, dlq) = outputs(&stack).await;
+    for id in [&buy, &sell] {
+        assert!(!plans.contains_key(id) && !dlq.contains_key(id), "{id} must be skipped");
+    }
+    let log = stack.log(Service::Bridge);
+    assert!(log.contains("Ledger of BTCUSDT unreadable"), "{log}");
+    assert!(log.contains("Skip publish: BTCUSDT BUY but ledger unreadable"), "{log}");
+    assert!(
+        log.contains("Skip publish: BTCUSDT SELL but ledger unreadable"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("LEDGER_MISSING_OPEN allowed: symbol=BTCUSDT"),
+        "a corrupt ledger is not a missing one"
+    );
+}
+
+#[tokio::test]
 async fn strict_mode_restores_the_old_gate() {
     let mut stack = seeded_stack().await;
     stack.start(
