@@ -112,9 +112,9 @@ impl CasOutcome {
     }
 }
 
-/// Queues an EVAL on a pipeline (fred's pipelines have no Lua interface of their own).
-pub async fn queue_eval(
-    pipeline: &Pipeline<Client>,
+/// Queues an EVAL on a pipeline or a transaction (fred's have no Lua interface of their own).
+pub async fn queue_eval<C: ClientLike>(
+    pipeline: &C,
     script: &str,
     keys: Vec<String>,
     args: Vec<String>,

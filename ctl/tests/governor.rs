@@ -139,6 +139,22 @@ async fn legacy_governor_blocks_entries_and_lets_closes_through_and_the_executor
     );
     assert_eq!(results[&closed["plan_id"]]["executed"], "true");
 
+    // A replay of the plan stream answers nothing twice: the BLOCKED plan keeps its one result.
+    {
+        use fred::prelude::*;
+        let _: () = stack.client.xgroup_setid(PLAN_STREAM, PLAN_GROUP, "0").await.unwrap();
+    }
+    stack.wait_log(Service::Executor, "Duplicate plan").await;
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    let answers = stack
+        .entries(RESULT_STREAM)
+        .await
+        .iter()
+        .filter(|r| r.get("plan_id") == Some(blocked["plan_id"].as_str()))
+        .count();
+    assert_eq!(answers, 1, "one result per BLOCKED plan, replays included");
+    assert_eq!(stack.xlen(RESULT_STREAM).await, 2);
+
     let log = stack.log(Service::Bridge);
     for line in [
         "Governor: mode=legacy k_block_critical=0.8 k_block_warning=0.6",

@@ -12,6 +12,7 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 
 use quantum_common::config::RedisArgs;
+use quantum_common::contract::{PLAN_STREAM, RESULT_STREAM};
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 use quantumctl::facts::wait_idle;
@@ -100,6 +101,33 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
     let ids = publish(&stack.client, &intents, 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     assert_exactly_once(&stack, &ids).await;
+    // A BLOCKED plan (as another publisher would write it) is answered under the executor's user.
+    let bridge = client_as(&stack, "quantum-bridge", BRIDGE_PW).await;
+    let _: String = bridge
+        .xadd(
+            PLAN_STREAM,
+            false,
+            None,
+            "*",
+            vec![
+                ("plan_id", "00000000000000bb"),
+                ("decision", "BLOCKED"),
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("reason", "kill_score_critical"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    let blocked = stack
+        .entries(RESULT_STREAM)
+        .await
+        .into_iter()
+        .filter(|r| r.get("plan_id") == Some("00000000000000bb"))
+        .count();
+    assert_eq!(blocked, 1, "the BLOCKED plan is answered once");
     let recorded: u64 = stack
         .client
         .zcard("{quantum:harvest:proposal:BTCUSDT}:kill_history")

@@ -22,7 +22,7 @@ use quantum_common::cas::queue_eval;
 use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    order_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
+    answered_key, order_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_common::fields::StreamEntry;
 use quantum_common::http::{self, HttpArgs};
@@ -31,7 +31,7 @@ use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::now_ms;
 use quantum_common::trace;
-use quantum_common::types::Decision;
+use quantum_common::types::{Decision, PlanId};
 
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
 use venue::{OrderOutcome, OrderRequest, Venue};
@@ -159,6 +159,19 @@ pub struct ExecutorStats {
     pub duplicates: u64,
     pub malformed: u64,
 }
+
+/// Writes a not-executed plan's result once: the marker and the XADD in one step, so a replayed
+/// plan (a group reset, a redelivery) is answered exactly once.
+const ANSWER_ONCE_SCRIPT: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+  return 1
+end
+return 0
+"#;
+
+/// How long the answered markers are kept (seconds): a week, beyond any replay horizon.
+const ANSWERED_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Claims the order record for a plan unless it exists; returns the state found or `CLAIMED`.
 const CLAIM_SCRIPT: &str = r#"
@@ -429,10 +442,24 @@ impl<V: Venue> Executor<V> {
         let finished = self.execute_all(&pending, spans).await?;
 
         let trx = self.writer.multi();
-        for step in &steps {
+        for (step, entry) in steps.iter().zip(batch) {
             if let Step::Result(result) = step {
-                trx.xadd::<(), _, _, _, _>(RESULT_STREAM, false, None, "*", result.to_fields())
-                    .await?;
+                let answered = match PlanId::parse(&result.plan_id) {
+                    Ok(plan_id) => answered_key(plan_id.as_str()),
+                    Err(_) => answered_key(&entry.id),
+                };
+                let mut args = vec![ANSWERED_TTL_SECS.to_string()];
+                for (k, v) in result.to_fields() {
+                    args.push(k.to_string());
+                    args.push(v);
+                }
+                queue_eval(
+                    &trx,
+                    ANSWER_ONCE_SCRIPT,
+                    vec![answered, RESULT_STREAM.to_string()],
+                    args,
+                )
+                .await?;
             }
         }
         for (i, plan, outcome) in &finished {
