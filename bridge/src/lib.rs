@@ -36,7 +36,7 @@ use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
-use quantum_common::time::{now_ms, now_secs};
+use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
@@ -513,15 +513,6 @@ impl Outcome {
     }
 }
 
-/// How old an entry is, by the millisecond time in its id (Redis' clock when it was added).
-fn entry_age_ms(entry_id: &str, now_ms: u64) -> u64 {
-    entry_id
-        .split('-')
-        .next()
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map_or(0, |added| now_ms.saturating_sub(added))
-}
-
 fn display_opt(value: Option<Decimal>) -> String {
     value.map_or_else(|| "None".to_string(), |v| v.to_string())
 }
@@ -910,20 +901,4 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
     log_stats("Intent Bridge stopped", &bridge.stats);
     Ok(bridge.stats)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_entry_is_as_old_as_its_id_says() {
-        assert_eq!(entry_age_ms("1000-0", 4000), 3000);
-        assert_eq!(
-            entry_age_ms("5000-7", 4000),
-            0,
-            "a clock behind Redis' is not negative age"
-        );
-        assert_eq!(entry_age_ms("garbage", 4000), 0);
-    }
 }

@@ -18,7 +18,7 @@ use quantum_common::fields::{decode_entries, hash_pairs, opt_text, StreamEntry};
 use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
 use quantum_common::intent::{Intent, IntentLimits};
 use quantum_common::outcome::OutcomeRecord;
-use quantum_common::time::now_ms;
+use quantum_common::time::{entry_ms, now_ms};
 use quantum_common::types::{OrderId, Side, Symbol};
 
 /// Most entries one search reads from a stream (so a huge stream costs a bounded scan).
@@ -209,10 +209,6 @@ pub fn stdout_is_terminal() -> bool {
 
 fn parse_err(e: String) -> Error {
     Error::new(ErrorKind::Parse, e)
-}
-
-fn entry_ms(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
 }
 
 async fn entry_by_id(client: &Client, stream: &str, id: &str) -> Result<Option<StreamEntry>, Error> {

@@ -128,3 +128,54 @@ async fn absurd_intents_and_plans_are_refused_and_trading_goes_on() {
         assert!(!stack.log(service).contains("panicked"), "{}", stack.log(service));
     }
 }
+
+#[tokio::test]
+async fn the_executor_refuses_stale_plans_instead_of_trading_late() {
+    let mut stack = Stack::new().await;
+    // A plan published long ago (its id says so), as found in a backlog after an outage.
+    {
+        use fred::prelude::*;
+        let _: String = stack
+            .client
+            .xadd(
+                PLAN_STREAM,
+                false,
+                None,
+                "1000-0",
+                vec![
+                    ("plan_id", "00000000000000cc"),
+                    ("decision", "EXECUTE"),
+                    ("symbol", "BTCUSDT"),
+                    ("side", "BUY"),
+                    ("qty", "0.01"),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    // A limit below the reclaim age is refused at start.
+    stack.start(Service::Executor, &[("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", "30000")]);
+    let proc = stack.process(Service::Executor);
+    support::wait_for("executor exit", || {
+        let exited = proc.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    assert!(stack.log(Service::Executor).contains(
+        "INTENT_EXECUTOR_MAX_PLAN_AGE_MS (30000) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS (60200)"
+    ));
+    stack.start(Service::Executor, &[]);
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].get("executed"), Some("false"));
+    assert!(
+        results[0]
+            .get("reason")
+            .unwrap()
+            .contains("> INTENT_EXECUTOR_MAX_PLAN_AGE_MS=120000"),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(stack.xlen(LEDGER_COMMIT_STREAM).await, 0, "no order, no fill");
+}

@@ -29,7 +29,7 @@ use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
 use quantum_common::result::ExecutionResult;
-use quantum_common::time::now_ms;
+use quantum_common::time::{entry_age_ms, now_ms};
 use quantum_common::trace;
 use quantum_common::types::{Decision, PlanId};
 
@@ -70,6 +70,11 @@ pub struct ExecutorArgs {
     /// Deprecated: use SYMBOL_ALLOWLIST (still read; an error when the two disagree).
     #[arg(long = "allowlist", env = "INTENT_EXECUTOR_ALLOWLIST")]
     pub legacy_allowlist: Option<String>,
+    /// Plans older than this (ms, by their entry id) are answered executed=false, reason
+    /// `stale`, instead of placing an order late. Must exceed STREAM_CLAIM_IDLE_MS +
+    /// STREAM_BLOCK_MS (plans reclaimed from a dead replica are that old). 0: no limit.
+    #[arg(long, env = "INTENT_EXECUTOR_MAX_PLAN_AGE_MS", default_value_t = 120_000)]
+    pub max_plan_age_ms: u64,
     /// Venue: paper (default) or live.
     #[arg(
         long,
@@ -187,6 +192,8 @@ pub struct Executor<V: Venue> {
     venue: V,
     /// Plans for other symbols are refused (other producers write apply.plan too).
     allowlist: Allowlist,
+    /// Plans older than this (ms, by their entry id) are refused as stale; 0: no limit.
+    pub max_plan_age_ms: u64,
     pub stats: ExecutorStats,
     /// Distinct symbols with fills over the last 5 minutes (a live gauge).
     executing_symbols: Option<quantum_common::window::SymbolWindow>,
@@ -208,6 +215,7 @@ impl<V: Venue> Executor<V> {
             writer,
             venue,
             allowlist,
+            max_plan_age_ms: 0,
             stats: ExecutorStats::default(),
             executing_symbols: None,
         }
@@ -265,17 +273,27 @@ impl<V: Venue> Executor<V> {
             ));
         }
         if !self.allowlist.contains(&plan.symbol) {
-            return self.refuse_not_allowlisted(&plan, span);
+            let reason = format!("symbol_not_in_allowlist:{}", plan.symbol);
+            return self.refuse(&plan, span, "not_allowlisted", reason);
+        }
+        let age_ms = entry_age_ms(&entry.id, now_ms());
+        if self.max_plan_age_ms > 0 && age_ms > self.max_plan_age_ms {
+            // After an outage the backlog is not fired at the market hours late.
+            let reason = format!(
+                "stale: plan age {age_ms} ms > INTENT_EXECUTOR_MAX_PLAN_AGE_MS={}",
+                self.max_plan_age_ms
+            );
+            return self.refuse(&plan, span, "stale", reason);
         }
         Step::Execute(Box::new(plan))
     }
 
-    fn refuse_not_allowlisted(&mut self, plan: &Plan, span: &Span) -> Step {
-        trace::record_outcome(span, "not_allowlisted", false);
+    /// Answers a plan `executed=false` with `reason`, counted under `outcome`.
+    fn refuse(&mut self, plan: &Plan, span: &Span, outcome: &'static str, reason: String) -> Step {
+        trace::record_outcome(span, outcome, false);
         self.stats.not_executed += 1;
-        metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "not_allowlisted")
+        metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => outcome)
             .increment(1);
-        let reason = format!("symbol_not_in_allowlist:{}", plan.symbol);
         tracing::warn!(
             "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
             plan.symbol,
@@ -517,8 +535,8 @@ impl<V: Venue> Executor<V> {
                         window.saw(&plan.symbol);
                     }
                     // A plan's entry id starts with the millisecond the bridge published it.
-                    if let Some(published_ms) = batch[*i].id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()) {
-                        let latency = quantum_common::time::now_ms().saturating_sub(published_ms) as f64 / 1000.0;
+                    if quantum_common::time::entry_ms(&batch[*i].id).is_some() {
+                        let latency = entry_age_ms(&batch[*i].id, now_ms()) as f64 / 1000.0;
                         metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
                     }
                     metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
@@ -569,6 +587,14 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     }
     let paper = args.paper_config().map_err(ExecutorError::Config)?;
     let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
+    let reclaim_age = args.consumer.claim_idle_ms + args.consumer.block_ms;
+    if args.max_plan_age_ms > 0 && args.max_plan_age_ms <= reclaim_age {
+        return Err(ExecutorError::Config(format!(
+            "INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS ({reclaim_age}): \
+             every plan reclaimed from a dead replica would be refused as stale",
+            args.max_plan_age_ms
+        )));
+    }
     let spec = ConsumerSpec::new(PLAN_STREAM, PLAN_GROUP, "intent_executor", &args.consumer);
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
@@ -615,6 +641,7 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
     let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);
+    executor.max_plan_age_ms = args.max_plan_age_ms;
     executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
         "quantum_executing_symbols",
         std::time::Duration::from_secs(300),
