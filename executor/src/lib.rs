@@ -186,6 +186,13 @@ redis.call('HSET', KEYS[1], 'state', 'NEW', unpack(ARGV))
 return 'CLAIMED'
 "#;
 
+/// Why a plan is answered without an order (which counter it went to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Malformed,
+    NotExecuted,
+}
+
 /// The batch handler.
 pub struct Executor<V: Venue> {
     writer: Client,
@@ -201,7 +208,7 @@ pub struct Executor<V: Venue> {
 
 enum Step {
     /// Record a result (no order involved) and acknowledge.
-    Result(ExecutionResult),
+    Result(ExecutionResult, Answer),
     /// Execute (or recover) this order.
     Execute(Box<Plan>),
     /// Already handled earlier: acknowledge only.
@@ -231,13 +238,16 @@ impl<V: Venue> Executor<V> {
                     .increment(1);
                 tracing::warn!("Malformed plan {}: {e}", entry.id);
                 let get = |k: &str| entry.get(k).unwrap_or_default().to_string();
-                return Step::Result(ExecutionResult::not_executed(
-                    &get("plan_id"),
-                    &get("symbol"),
-                    &get("side"),
-                    entry.get("decision").unwrap_or("INVALID"),
-                    format!("malformed plan (entry {}): {e}", entry.id),
-                ));
+                return Step::Result(
+                    ExecutionResult::not_executed(
+                        &get("plan_id"),
+                        &get("symbol"),
+                        &get("side"),
+                        entry.get("decision").unwrap_or("INVALID"),
+                        format!("malformed plan (entry {}): {e}", entry.id),
+                    ),
+                    Answer::Malformed,
+                );
             }
         };
         span.record("quantum.symbol", plan.symbol.as_str());
@@ -264,13 +274,16 @@ impl<V: Venue> Executor<V> {
                 plan.decision,
                 plan.plan_id
             );
-            return Step::Result(ExecutionResult::not_executed(
-                plan.plan_id.as_str(),
-                plan.symbol.as_str(),
-                plan.side.as_str(),
-                plan.decision.as_str(),
-                reason,
-            ));
+            return Step::Result(
+                ExecutionResult::not_executed(
+                    plan.plan_id.as_str(),
+                    plan.symbol.as_str(),
+                    plan.side.as_str(),
+                    plan.decision.as_str(),
+                    reason,
+                ),
+                Answer::NotExecuted,
+            );
         }
         if !self.allowlist.contains(&plan.symbol) {
             let reason = format!("symbol_not_in_allowlist:{}", plan.symbol);
@@ -288,6 +301,29 @@ impl<V: Venue> Executor<V> {
         Step::Execute(Box::new(plan))
     }
 
+    /// A not-executed plan whose answer-once step found it answered before was a replay: it is
+    /// counted as a duplicate, not a second answer. The answers are the transaction's first
+    /// replies, in step order.
+    fn count_replayed_answers(&mut self, steps: &[Step], replies: &[Value]) {
+        let answers = steps.iter().filter(|s| matches!(s, Step::Result(..)));
+        for (step, reply) in answers.zip(replies) {
+            if let (Step::Result(result, answer), Some(0)) = (step, reply.as_i64()) {
+                let counter = match answer {
+                    Answer::Malformed => &mut self.stats.malformed,
+                    Answer::NotExecuted => &mut self.stats.not_executed,
+                };
+                *counter = counter.saturating_sub(1);
+                self.stats.duplicates += 1;
+                tracing::info!(
+                    "Duplicate plan {} for {} skipped: already answered ({})",
+                    result.plan_id,
+                    result.symbol,
+                    result.error.as_deref().unwrap_or_default()
+                );
+            }
+        }
+    }
+
     /// Answers a plan `executed=false` with `reason`, counted under `outcome`.
     fn refuse(&mut self, plan: &Plan, span: &Span, outcome: &'static str, reason: String) -> Step {
         trace::record_outcome(span, outcome, false);
@@ -301,13 +337,16 @@ impl<V: Venue> Executor<V> {
             plan.decision,
             plan.plan_id
         );
-        Step::Result(ExecutionResult::not_executed(
-            plan.plan_id.as_str(),
-            plan.symbol.as_str(),
-            plan.side.as_str(),
-            plan.decision.as_str(),
-            reason,
-        ))
+        Step::Result(
+            ExecutionResult::not_executed(
+                plan.plan_id.as_str(),
+                plan.symbol.as_str(),
+                plan.side.as_str(),
+                plan.decision.as_str(),
+                reason,
+            ),
+            Answer::NotExecuted,
+        )
     }
 
     /// Claims order records for the plans to execute, in one round trip. Returns, per plan,
@@ -461,7 +500,7 @@ impl<V: Venue> Executor<V> {
 
         let trx = self.writer.multi();
         for (step, entry) in steps.iter().zip(batch) {
-            if let Step::Result(result) = step {
+            if let Step::Result(result, _) = step {
                 let answered = match PlanId::parse(&result.plan_id) {
                     Ok(plan_id) => answered_key(plan_id.as_str()),
                     Err(_) => answered_key(&entry.id),
@@ -521,7 +560,8 @@ impl<V: Venue> Executor<V> {
         }
         let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
-        trx.exec::<Value>(true).await?;
+        let replies: Vec<Value> = trx.exec(true).await?;
+        self.count_replayed_answers(&steps, &replies);
 
         for (i, plan, outcome) in &finished {
             let coid = plan.plan_id.client_order_id();
