@@ -194,7 +194,12 @@ pub struct IntentBridge {
 #[derive(Debug, Default)]
 struct BatchView {
     ledgers: HashMap<Symbol, LedgerView>,
-    exposure_pct: Decimal,
+    /// Σ|notional_usd| of the allowlisted ledgers (read when the batch has a BUY).
+    ledger_notional: Decimal,
+    equity: Option<Decimal>,
+    /// Notional of the BUYs this batch already published EXECUTE: they count against the
+    /// exposure of the next ones, so one batch cannot overshoot the limit.
+    batch_buys: std::cell::Cell<Decimal>,
     marks: HashMap<Symbol, Decimal>,
     risk: HashMap<Symbol, SymbolRisk>,
 }
@@ -315,12 +320,8 @@ impl IntentBridge {
             }
             view.ledgers.insert(symbol.clone(), ledger);
         }
-        let equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
-        view.exposure_pct = if any_buy {
-            exposure_pct(total_notional, equity)
-        } else {
-            Decimal::ZERO
-        };
+        view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
+        view.ledger_notional = if any_buy { total_notional } else { Decimal::ZERO };
         if !gated_symbols.is_empty() {
             for (symbol, mark) in gated_symbols.iter().zip(next()?.into_array()) {
                 if let Some(mark) = opt_text(&mark).and_then(|v| parse_decimal("mark", &v).ok()) {
@@ -394,8 +395,25 @@ impl IntentBridge {
             return self.skip(&Subject::of(&plan), stale);
         }
         let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
-        match gate(&self.gates, &plan.symbol, plan.side, ledger, view.exposure_pct) {
-            GateOutcome::Publish { ledger_missing_open } => self.publish(plan, ledger_missing_open, view),
+        // Exposure after this order: the ledgers, this batch's earlier BUYs and the order itself
+        // (its notional at its limit price or the mark; 0 while no price is known).
+        let own = intent
+            .notional_usd(qty, view.marks.get(&intent.symbol).copied())
+            .unwrap_or_default();
+        let exposure = match plan.side {
+            Side::Buy => exposure_pct(view.ledger_notional + view.batch_buys.get() + own, view.equity),
+            Side::Sell => Decimal::ZERO,
+        };
+        match gate(&self.gates, &plan.symbol, plan.side, ledger, exposure) {
+            GateOutcome::Publish { ledger_missing_open } => {
+                let outcome = self.publish(plan, ledger_missing_open, view);
+                if let Outcome::Publish(p) = &outcome {
+                    if p.side == Side::Buy && p.decision == Decision::Execute {
+                        view.batch_buys.set(view.batch_buys.get() + own);
+                    }
+                }
+                outcome
+            }
             GateOutcome::Skip(reason) => self.skip(&Subject::of(&plan), reason),
         }
     }

@@ -405,6 +405,30 @@ async fn exposure_gate_refuses_buys_but_not_sells() {
 }
 
 #[tokio::test]
+async fn exposure_counts_the_order_itself_and_the_batch_before_it() {
+    let mut stack = seeded_stack().await;
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000")]).await;
+    // Five 1-BTC BUYs in one batch against 100,000 of equity and an 80% limit: the first
+    // (65.2% with ZEC's 200) passes, the second would make 130.2%.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            stack
+                .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+                .await,
+        );
+    }
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (plans, _) = outputs(&stack).await;
+    assert!(plans.contains_key(&ids[0]));
+    assert_eq!(plans.len(), 1, "one BUY fits under the limit");
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Skip publish: BTCUSDT BUY rejected (exposure=130.2% >= MAX=80.0%)"));
+}
+
+#[tokio::test]
 async fn flat_sell_skipping_can_be_switched_off_and_eps_widens_flat() {
     let mut stack = seeded_stack().await;
     stack

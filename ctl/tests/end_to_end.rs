@@ -57,7 +57,8 @@ async fn live_stack(strict: bool) -> Stack {
             &[("position_amt", "10"), ("version", "1")],
         )
         .await;
-    // BUYs for every symbol, then SELLs: ZEC and the freshly opened ones flow, DOGE's SELL
+    // BUYs for every symbol (small: together about 14% of the paper equity, under the exposure
+    // limit), then SELLs: ZEC and the freshly opened ones flow, DOGE's SELL
     // arrives before any DOGE fill and is blocked.
     stack
         .xadd(
@@ -67,13 +68,13 @@ async fn live_stack(strict: bool) -> Stack {
         .await;
     for sym in ALLOWLIST.split(',') {
         stack
-            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "BUY"), ("quantity", "2")])
+            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "BUY"), ("quantity", "0.2")])
             .await;
     }
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     for sym in ["BTCUSDT", "ZECUSDT"] {
         stack
-            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "SELL"), ("quantity", "1")])
+            .xadd(INTENT_STREAM, &[("symbol", sym), ("side", "SELL"), ("quantity", "0.1")])
             .await;
     }
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());

@@ -60,8 +60,20 @@ async fn why_names_the_stage_and_reason_of_every_fate() {
     stack
         .hset("quantum:position:ledger:ZECUSDT", &[("position_amt", "0")])
         .await;
-    // Small equity: once ETH's fill lands, exposure is far above 80%.
-    stack.hset(PORTFOLIO_KEY, &[("equity_usd", "100")]).await;
+    // Small equity: ETH's BUY (320 USD) and BTC's (650) fit under 80% of 2000; once ETH's fill
+    // lands, a 10-SOL BUY (1500) does not.
+    stack.hset(PORTFOLIO_KEY, &[("equity_usd", "2000")]).await;
+    stack
+        .hset(
+            MARK_PRICE_KEY,
+            &[
+                ("BTCUSDT", "65000"),
+                ("ETHUSDT", "3200"),
+                ("SOLUSDT", "150"),
+                ("DOGEUSDT", "0.15"),
+            ],
+        )
+        .await;
     stack.start(Service::Ledger, &[]);
     stack.start(Service::Executor, &[("SYMBOL_ALLOWLIST", EXECUTOR_ALLOWLIST)]);
     // Everything below reaches the bridge in its first batch, before ETH's fill moves exposure.
@@ -113,7 +125,7 @@ async fn why_names_the_stage_and_reason_of_every_fate() {
     );
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     let exposure = stack
-        .xadd(INTENT_STREAM, &[("symbol", "SOLUSDT"), ("side", "BUY"), ("qty", "1")])
+        .xadd(INTENT_STREAM, &[("symbol", "SOLUSDT"), ("side", "BUY"), ("qty", "10")])
         .await;
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
 
