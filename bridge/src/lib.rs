@@ -883,15 +883,7 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     }
     let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
     log_startup(&args, &spec, &allowlist, &governor);
-    if let Some(notice) = &allowlist.deprecation {
-        tracing::warn!("{notice}");
-    }
-    if allowlist.source == "default" {
-        tracing::warn!(
-            "SYMBOL_ALLOWLIST is unset: only {} may trade; set it (for every service) in /etc/quantum/quantum.env",
-            allowlist.display()
-        );
-    }
+    allowlist.log_notices();
     if gates.allowlist.is_empty() {
         tracing::warn!(
             "{} is empty: every intent will be skipped as not allowlisted",

@@ -355,6 +355,19 @@ impl Allowlist {
     pub fn display(&self) -> String {
         join_symbols(&self.symbols)
     }
+
+    /// Logs, at start, a deprecated variable in use or an allowlist left at its default.
+    pub fn log_notices(&self) {
+        if let Some(notice) = &self.deprecation {
+            tracing::warn!("{notice}");
+        }
+        if self.source == "default" {
+            tracing::warn!(
+                "SYMBOL_ALLOWLIST is unset: only {} may trade; set it (for every service) in /etc/quantum/quantum.env",
+                self.display()
+            );
+        }
+    }
 }
 
 fn join_symbols(symbols: &std::collections::BTreeSet<crate::types::Symbol>) -> String {

@@ -260,30 +260,11 @@ impl<V: Venue> Executor<V> {
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {
-            trace::record_outcome(span, "not_executed", false);
-            self.stats.not_executed += 1;
-            metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "not_executed").increment(1);
             let reason = plan
                 .reason
                 .clone()
                 .unwrap_or_else(|| format!("decision {}", plan.decision));
-            tracing::info!(
-                "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
-                plan.symbol,
-                plan.side,
-                plan.decision,
-                plan.plan_id
-            );
-            return Step::Result(
-                ExecutionResult::not_executed(
-                    plan.plan_id.as_str(),
-                    plan.symbol.as_str(),
-                    plan.side.as_str(),
-                    plan.decision.as_str(),
-                    reason,
-                ),
-                Answer::NotExecuted,
-            );
+            return self.refuse(&plan, span, "not_executed", reason);
         }
         if !self.allowlist.contains(&plan.symbol) {
             let reason = format!("symbol_not_in_allowlist:{}", plan.symbol);
@@ -324,19 +305,22 @@ impl<V: Venue> Executor<V> {
         }
     }
 
-    /// Answers a plan `executed=false` with `reason`, counted under `outcome`.
+    /// Answers a plan `executed=false` with `reason`, counted under `outcome`. A plan its
+    /// publisher did not mean to execute (BLOCKED, SKIP) is routine; a refusal is a warning.
     fn refuse(&mut self, plan: &Plan, span: &Span, outcome: &'static str, reason: String) -> Step {
         trace::record_outcome(span, outcome, false);
         self.stats.not_executed += 1;
         metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => outcome)
             .increment(1);
-        tracing::warn!(
+        let line = format!(
             "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
-            plan.symbol,
-            plan.side,
-            plan.decision,
-            plan.plan_id
+            plan.symbol, plan.side, plan.decision, plan.plan_id
         );
+        if plan.decision == Decision::Execute {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
         Step::Result(
             ExecutionResult::not_executed(
                 plan.plan_id.as_str(),
@@ -640,15 +624,7 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
     tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
-    if let Some(notice) = &allowlist.deprecation {
-        tracing::warn!("{notice}");
-    }
-    if allowlist.source == "default" {
-        tracing::warn!(
-            "SYMBOL_ALLOWLIST is unset: only {} may trade; set it (for every service) in /etc/quantum/quantum.env",
-            allowlist.display()
-        );
-    }
+    allowlist.log_notices();
     tracing::info!(
         "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
         paper.seed,
