@@ -873,14 +873,9 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let allowlist = args.allowlist().map_err(BridgeError::Config)?;
     let gates = args.gate_config().map_err(BridgeError::Config)?;
     let governor = args.governor.config().map_err(BridgeError::Config)?;
-    let reclaim_age = args.consumer.claim_idle_ms + args.consumer.block_ms;
-    if args.max_intent_age_ms > 0 && args.max_intent_age_ms <= reclaim_age {
-        return Err(BridgeError::Config(format!(
-            "INTENT_BRIDGE_MAX_INTENT_AGE_MS ({}) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS ({reclaim_age}): \
-             every entry reclaimed from a dead replica would be refused as stale",
-            args.max_intent_age_ms
-        )));
-    }
+    args.consumer
+        .check_age_limit("INTENT_BRIDGE_MAX_INTENT_AGE_MS", args.max_intent_age_ms)
+        .map_err(BridgeError::Config)?;
     let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
     log_startup(&args, &spec, &allowlist, &governor);
     allowlist.log_notices();

@@ -396,6 +396,23 @@ pub struct ConsumerArgs {
 }
 
 impl ConsumerArgs {
+    /// Checks an age limit (`variable` = `limit_ms`, 0: off) against the reclaim age: an entry
+    /// reclaimed from a dead replica is at least `STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS` old,
+    /// so a lower limit would refuse every reclaimed entry as stale.
+    ///
+    /// # Errors
+    /// The limit is at or below the reclaim age.
+    pub fn check_age_limit(&self, variable: &str, limit_ms: u64) -> Result<(), String> {
+        let reclaim_age = self.claim_idle_ms + self.block_ms;
+        if limit_ms > 0 && limit_ms <= reclaim_age {
+            return Err(format!(
+                "{variable} ({limit_ms}) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS ({reclaim_age}): \
+                 every entry reclaimed from a dead replica would be refused as stale"
+            ));
+        }
+        Ok(())
+    }
+
     /// The consumer name to use for a service.
     pub fn consumer(&self, service: &str) -> String {
         self.consumer_name

@@ -611,14 +611,9 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     }
     let paper = args.paper_config().map_err(ExecutorError::Config)?;
     let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
-    let reclaim_age = args.consumer.claim_idle_ms + args.consumer.block_ms;
-    if args.max_plan_age_ms > 0 && args.max_plan_age_ms <= reclaim_age {
-        return Err(ExecutorError::Config(format!(
-            "INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}) must exceed STREAM_CLAIM_IDLE_MS + STREAM_BLOCK_MS ({reclaim_age}): \
-             every plan reclaimed from a dead replica would be refused as stale",
-            args.max_plan_age_ms
-        )));
-    }
+    args.consumer
+        .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
+        .map_err(ExecutorError::Config)?;
     let spec = ConsumerSpec::new(PLAN_STREAM, PLAN_GROUP, "intent_executor", &args.consumer);
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
