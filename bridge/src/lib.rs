@@ -27,20 +27,22 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY,
-    PLAN_STREAM, PORTFOLIO_KEY,
+    ledger_key, reservation_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM,
+    MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
-use quantum_common::fields::{opt_text, truncate, StreamEntry};
+use quantum_common::failure::StageError;
+use quantum_common::fields::{hash_pairs, opt_text, truncate, StreamEntry};
 use quantum_common::governor::{GovernorConfig, ProposalView};
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
+use quantum_common::reservation::{InFlight, Reservation};
 use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
-use gate::{exposure_pct, gate, GateConfig, GateOutcome, LedgerView, SkipReason};
+use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_common::governor::SymbolRisk;
 
@@ -86,6 +88,15 @@ pub struct BridgeArgs {
     /// BUYs are refused while portfolio exposure (ledger notional / equity) is at or above this percentage.
     #[arg(long, env = "MAX_EXPOSURE_PCT", default_value = "80", value_parser = parse_non_negative)]
     pub max_exposure_pct: Decimal,
+    /// With no equity in quantum:state:portfolio, let BUYs through as if exposure were 0 (the
+    /// old fail-open behaviour). Default: such BUYs are skipped, reason equity_unknown.
+    #[arg(long, env = "INTENT_BRIDGE_ALLOW_UNKNOWN_EQUITY", default_value = "false", value_parser = parse_flag, action = clap::ArgAction::Set)]
+    pub allow_unknown_equity: bool,
+    /// In-flight reservations older than this (ms) are ignored and removed: their plan or fill
+    /// was lost on the way (a plan deleted unread, a ledger down this long). Must exceed
+    /// INTENT_EXECUTOR_MAX_PLAN_AGE_MS.
+    #[arg(long, env = "INTENT_BRIDGE_RESERVATION_TTL_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reservation_ttl_ms: u64,
     /// Highest leverage an intent may ask for; more goes to the DLQ.
     #[arg(long, env = "INTENT_BRIDGE_MAX_LEVERAGE", default_value = "125", value_parser = parse_non_negative)]
     pub max_leverage: Decimal,
@@ -137,6 +148,7 @@ impl BridgeArgs {
             skip_flat_sell: self.skip_flat_sell,
             flat_eps: self.flat_eps,
             max_exposure_pct: self.max_exposure_pct,
+            allow_unknown_equity: self.allow_unknown_equity,
         })
     }
 }
@@ -150,6 +162,8 @@ pub enum BridgeError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the bridge needs: {0}")]
     Redis(#[from] Error),
+    #[error("stopped: {0}")]
+    Stage(#[from] quantum_common::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -178,6 +192,8 @@ pub struct IntentBridge {
     idempotency_ttl: u64,
     /// 0: no limit.
     max_intent_age_ms: u64,
+    /// Reservations older than this (ms) are ignored and removed.
+    reservation_ttl_ms: u64,
     /// Entries left pending while they wait for a mark price (logged and counted once each).
     waiting: HashSet<String>,
     /// Whether the last batch left entries waiting.
@@ -197,15 +213,18 @@ struct BatchView {
     /// Σ|notional_usd| of the allowlisted ledgers (read when the batch has a BUY).
     ledger_notional: Decimal,
     equity: Option<Decimal>,
-    /// Notional of the BUYs this batch already published EXECUTE: they count against the
-    /// exposure of the next ones, so one batch cannot overshoot the limit.
-    batch_buys: std::cell::Cell<Decimal>,
+    /// What each read symbol has in flight: its reservations, plus the plans this batch
+    /// already published (so one batch cannot overshoot either).
+    in_flight: HashMap<Symbol, InFlight>,
+    /// Σ notional of every BUY in flight (all allowlisted symbols, when the batch has a BUY).
+    buys_in_flight: Decimal,
     marks: HashMap<Symbol, Decimal>,
     risk: HashMap<Symbol, SymbolRisk>,
 }
 
 enum Outcome {
-    Publish(Box<Plan>),
+    /// Publish the plan; an EXECUTE plan reserves what it will take until the ledger has it.
+    Publish(Box<Plan>, Option<Reservation>),
     Dlq {
         reason: &'static str,
         error: String,
@@ -220,7 +239,7 @@ impl Outcome {
     /// Ends the intent's span with what became of it.
     fn record(&self, span: &tracing::Span) {
         match self {
-            Self::Publish(plan) => {
+            Self::Publish(plan, _) => {
                 span.record("quantum.plan_id", plan.plan_id.as_str());
                 trace::record_outcome(span, "published", false);
             }
@@ -243,6 +262,7 @@ impl IntentBridge {
             limits,
             idempotency_ttl,
             max_intent_age_ms: 0,
+            reservation_ttl_ms: 600_000,
             waiting: HashSet::new(),
             deferred: false,
             last_summary: std::time::Instant::now(),
@@ -285,6 +305,7 @@ impl IntentBridge {
             pipeline
                 .hmget::<(), _, _>(ledger_key(symbol), vec!["position_amt", "notional_usd"])
                 .await?;
+            pipeline.hgetall::<(), _>(reservation_key(symbol)).await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
         if !gated_symbols.is_empty() {
@@ -299,11 +320,12 @@ impl IntentBridge {
         let mut next = || replies.next().unwrap_or(Ok(Value::Null));
 
         let mut view = BatchView::default();
+        let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
         for symbol in ledger_symbols {
             let pair = next()?.into_array();
             let amt = pair.first().and_then(opt_text);
-            let ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
+            let mut ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
                 None => LedgerView::Missing,
                 Some(Ok(amt)) => LedgerView::Known(amt),
                 Some(Err(e)) => {
@@ -311,17 +333,34 @@ impl IntentBridge {
                     LedgerView::Unreadable
                 }
             };
+            match InFlight::summarize(&hash_pairs(next()?), now_ms, self.reservation_ttl_ms) {
+                Ok(in_flight) => {
+                    view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
+                    view.in_flight.insert(symbol.clone(), in_flight);
+                }
+                Err(e) => {
+                    // What is in flight is unknown: the symbol's gates fail closed.
+                    tracing::warn!(
+                        "Reservations of {symbol} unreadable ({e}) in {}; its intents are skipped until it is fixed",
+                        reservation_key(symbol)
+                    );
+                    ledger = LedgerView::Unreadable;
+                }
+            }
             if let Some(notional) = pair
                 .get(1)
                 .and_then(opt_text)
                 .and_then(|v| parse_decimal("notional_usd", &v).ok())
             {
-                total_notional += notional.abs();
+                total_notional = total_notional.saturating_add(notional.abs());
             }
             view.ledgers.insert(symbol.clone(), ledger);
         }
         view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
         view.ledger_notional = if any_buy { total_notional } else { Decimal::ZERO };
+        if !any_buy {
+            view.buys_in_flight = Decimal::ZERO;
+        }
         if !gated_symbols.is_empty() {
             for (symbol, mark) in gated_symbols.iter().zip(next()?.into_array()) {
                 if let Some(mark) = opt_text(&mark).and_then(|v| parse_decimal("mark", &v).ok()) {
@@ -351,7 +390,7 @@ impl IntentBridge {
         &mut self,
         entry: &StreamEntry,
         intent: Result<Intent, IntentError>,
-        view: &BatchView,
+        view: &mut BatchView,
         now_ms: u64,
         span: &tracing::Span,
     ) -> Outcome {
@@ -395,27 +434,66 @@ impl IntentBridge {
             return self.skip(&Subject::of(&plan), stale);
         }
         let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
-        // Exposure after this order: the ledgers, this batch's earlier BUYs and the order itself
-        // (its notional at its limit price or the mark; 0 while no price is known).
-        let own = intent
-            .notional_usd(qty, view.marks.get(&intent.symbol).copied())
-            .unwrap_or_default();
-        let exposure = match plan.side {
-            Side::Buy => exposure_pct(view.ledger_notional + view.batch_buys.get() + own, view.equity),
-            Side::Sell => Decimal::ZERO,
+        let mark = view.marks.get(&intent.symbol).copied();
+        // The order's notional at its limit price or the mark (0 while no price is known).
+        let own = intent.notional_usd(qty, mark).unwrap_or_default();
+        let sells_in_flight = view.in_flight.get(&plan.symbol).map_or(Decimal::ZERO, |f| f.sell_qty);
+        // Exposure after this order: the ledgers, every BUY in flight and the order itself.
+        let exposure_pct = match plan.side {
+            Side::Buy => exposure_pct(
+                view.ledger_notional
+                    .saturating_add(view.buys_in_flight)
+                    .saturating_add(own),
+                view.equity,
+            ),
+            Side::Sell => Some(Decimal::ZERO),
         };
-        match gate(&self.gates, &plan.symbol, plan.side, ledger, exposure) {
-            GateOutcome::Publish { ledger_missing_open } => {
-                let outcome = self.publish(plan, ledger_missing_open, view);
-                if let Outcome::Publish(p) = &outcome {
-                    if p.side == Side::Buy && p.decision == Decision::Execute {
-                        view.batch_buys.set(view.batch_buys.get() + own);
-                    }
+        let input = GateInput {
+            side: plan.side,
+            qty,
+            ledger,
+            sells_in_flight,
+            exposure_pct,
+        };
+        match gate(&self.gates, &plan.symbol, &input) {
+            GateOutcome::Publish {
+                ledger_missing_open,
+                qty: gated,
+            } => {
+                let (mut plan, notional) = if gated == qty {
+                    (plan, own)
+                } else {
+                    let cut = Plan::from_intent(&intent, gated, now_ms / 1000);
+                    self.report_cut(&cut, qty, ledger, sells_in_flight);
+                    (cut, intent.notional_usd(gated, mark).unwrap_or_default())
+                };
+                if plan.side == Side::Sell && self.gates.skip_flat_sell {
+                    // Gated SELLs only reduce: the venue refuses one that would open a short.
+                    plan.reduce_only = true;
+                }
+                let outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
+                if let Outcome::Publish(plan, Some(reservation)) = &outcome {
+                    view.reserve(&plan.symbol, reservation);
                 }
                 outcome
             }
             GateOutcome::Skip(reason) => self.skip(&Subject::of(&plan), reason),
         }
+    }
+
+    /// Logs and counts a SELL cut to what is available.
+    fn report_cut(&self, plan: &Plan, requested: Decimal, ledger: LedgerView, in_flight: Decimal) {
+        let position_amt = match ledger {
+            LedgerView::Known(amt) => amt.to_string(),
+            _ => "unknown".to_string(),
+        };
+        metrics::counter!("quantum_bridge_sell_cut_total", "symbol" => plan.symbol.to_string()).increment(1);
+        tracing::info!(
+            "SELL cut to available: symbol={} requested={requested} available={} position_amt={position_amt} in_flight={in_flight} plan_id={}",
+            plan.symbol,
+            plan.qty,
+            plan.plan_id.short()
+        );
     }
 
     fn wait_for_mark(&mut self, entry: &StreamEntry, intent: &Intent, age_ms: u64) -> Outcome {
@@ -433,7 +511,14 @@ impl IntentBridge {
     }
 
     /// The governor's verdict, put on the plan, then the plan published.
-    fn publish(&mut self, mut plan: Plan, ledger_missing_open: bool, view: &BatchView) -> Outcome {
+    fn publish(
+        &mut self,
+        mut plan: Plan,
+        ledger_missing_open: bool,
+        view: &BatchView,
+        notional: Decimal,
+        now_ms: u64,
+    ) -> Outcome {
         let (sym, side, short) = (plan.symbol.clone(), plan.side, plan.plan_id.short().to_string());
         if ledger_missing_open {
             metrics::counter!("quantum_bridge_ledger_missing_open_total", "symbol" => sym.to_string()).increment(1);
@@ -472,7 +557,13 @@ impl IntentBridge {
             verdict.reason,
             kill_score.as_deref().unwrap_or_default()
         );
-        Outcome::Publish(Box::new(plan))
+        let reservation = (verdict.decision == Decision::Execute).then_some(Reservation {
+            side,
+            qty: plan.qty,
+            notional_usd: notional,
+            ts_ms: now_ms,
+        });
+        Outcome::Publish(Box::new(plan), reservation)
     }
 
     fn skip(&mut self, subject: &Subject, reason: SkipReason) -> Outcome {
@@ -501,6 +592,12 @@ impl IntentBridge {
             SkipReason::Exposure { exposure_pct, max_pct } => tracing::info!(
                 "Skip publish: {sym} BUY rejected (exposure={exposure_pct:.1}% >= MAX={max_pct:.1}%) plan_id={short}"
             ),
+            SkipReason::EquityUnknown => tracing::warn!(
+                "Skip publish: {sym} BUY rejected (equity unknown: no equity_usd in {PORTFOLIO_KEY}; INTENT_BRIDGE_ALLOW_UNKNOWN_EQUITY=true restores fail-open) plan_id={short}"
+            ),
+            SkipReason::SellNothingAvailable { position_amt, in_flight } => tracing::info!(
+                "Skip publish: {sym} SELL but nothing available (position_amt={position_amt} in_flight={in_flight}) plan_id={short}"
+            ),
             SkipReason::LedgerUnreadable => {
                 tracing::warn!("Skip publish: {sym} {side} but ledger unreadable plan_id={short}")
             }
@@ -522,6 +619,16 @@ impl IntentBridge {
     }
 }
 
+impl BatchView {
+    /// Counts a plan just published against the rest of the batch.
+    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) {
+        self.in_flight.entry(symbol.clone()).or_default().add(reservation);
+        if reservation.side == Side::Buy {
+            self.buys_in_flight = self.buys_in_flight.saturating_add(reservation.notional_usd);
+        }
+    }
+}
+
 impl Outcome {
     fn dlq(e: &IntentError, detail: String) -> Self {
         Self::Dlq {
@@ -536,18 +643,18 @@ fn display_opt(value: Option<Decimal>) -> String {
 }
 
 impl BatchHandler for IntentBridge {
-    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+    async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let started = std::time::Instant::now();
         self.deferred = false;
         self.prune_waiting();
-        let seen = self.already_processed(&batch).await?;
+        let seen = self.already_processed(batch).await?;
         let intents: Vec<Option<Result<Intent, IntentError>>> = batch
             .iter()
             .zip(&seen)
             .map(|(e, seen)| seen.is_none().then(|| Intent::parse(e, &self.limits)))
             .collect();
         let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
-        let view = self.read_view(&fresh).await?;
+        let mut view = self.read_view(&fresh).await?;
         let now_ms = now_ms();
         let stats_before = self.stats.clone();
 
@@ -580,7 +687,7 @@ impl BatchHandler for IntentBridge {
                 );
                 continue;
             };
-            let outcome = span.in_scope(|| self.decide(entry, intent, &view, now_ms, &span));
+            let outcome = span.in_scope(|| self.decide(entry, intent, &mut view, now_ms, &span));
             outcome.record(&span);
             if !span.is_disabled() {
                 spans.push(span.clone());
@@ -594,6 +701,7 @@ impl BatchHandler for IntentBridge {
             ids.push(entry.id.clone());
             self.queue_outcome(&trx, entry, outcome, &span, now_ms).await?;
         }
+        queue_expired_reservations(&trx, &view).await?;
         for (symbol, risk) in &view.risk {
             if let Some(sample) = risk.unrecorded {
                 governor::queue_record(&trx, &self.governor, symbol, sample).await?;
@@ -604,7 +712,7 @@ impl BatchHandler for IntentBridge {
             // Nothing was published or acked: the whole batch is redelivered, so undo the counts.
             self.stats = stats_before;
             trace::record_batch_failed(&spans);
-            return Err(e);
+            return Err(e.into());
         }
         self.stats.consumed += ids.len() as u64;
         metrics::counter!("quantum_bridge_intents_consumed_total").increment(ids.len() as u64);
@@ -650,11 +758,18 @@ impl IntentBridge {
         )
         .await?;
         match outcome {
-            Outcome::Publish(plan) => {
+            Outcome::Publish(plan, reservation) => {
                 let mut fields = plan.to_fields();
                 trace::propagate(span, Some(entry), &mut fields);
                 trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", fields)
                     .await?;
+                if let Some(reservation) = reservation {
+                    trx.hset::<(), _, _>(
+                        reservation_key(&plan.symbol),
+                        (plan.plan_id.as_str(), reservation.to_value()),
+                    )
+                    .await?;
+                }
                 self.stats.published += 1;
             }
             Outcome::Dlq { reason, error } => {
@@ -682,6 +797,26 @@ impl IntentBridge {
     }
 }
 
+/// Removes the reservations found expired, with a warning: each is an order or fill that never
+/// reached the executor or the ledger in time.
+async fn queue_expired_reservations(trx: &fred::clients::Transaction, view: &BatchView) -> Result<(), Error> {
+    for (symbol, in_flight) in &view.in_flight {
+        if in_flight.expired.is_empty() {
+            continue;
+        }
+        tracing::warn!(
+            "Reservations expired: symbol={symbol} count={} fields={}; removed (their plans or fills never landed)",
+            in_flight.expired.len(),
+            truncate(&in_flight.expired.join(","), 512)
+        );
+        metrics::counter!("quantum_bridge_reservations_expired_total", "symbol" => symbol.to_string())
+            .increment(in_flight.expired.len() as u64);
+        trx.hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
+            .await?;
+    }
+    Ok(())
+}
+
 /// How often the running totals are logged.
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -705,7 +840,7 @@ fn log_stats(prefix: &str, s: &BridgeStats) {
 /// The record of an outcome, as the replay marker keeps it (see `quantum_common::outcome`).
 fn outcome_record(outcome: &Outcome, now_ms: u64) -> OutcomeRecord {
     let record = match outcome {
-        Outcome::Publish(plan) => {
+        Outcome::Publish(plan, _) => {
             let kind = if plan.decision == Decision::Blocked {
                 "blocked"
             } else {
@@ -774,6 +909,11 @@ fn skip_record(subject: &Subject, reason: SkipReason) -> OutcomeRecord {
         SkipReason::LedgerUnreadable => r.with("ledger", "unreadable"),
         SkipReason::LedgerFlatSell { last_known_amt } => r.with("ledger", last_known_amt),
         SkipReason::Exposure { exposure_pct, max_pct } => r.with("exposure_pct", exposure_pct).with("max_pct", max_pct),
+        SkipReason::EquityUnknown => r.with("equity", "unknown"),
+        SkipReason::SellNothingAvailable {
+            position_amt,
+            in_flight,
+        } => r.with("ledger", position_amt).with("in_flight", in_flight),
         SkipReason::Stale { age_ms, max_ms } => r.with("age_ms", age_ms).with("max_ms", max_ms),
     }
 }
@@ -826,10 +966,12 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec, allowlist: &Allowlist
         governor.missing
     );
     tracing::info!(
-        "Config: allowlist={} flat_eps={} max_exposure_pct={} max_leverage={} idempotency_ttl={} max_intent_age_ms={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
+        "Config: allowlist={} flat_eps={} max_exposure_pct={} allow_unknown_equity={} reservation_ttl_ms={} max_leverage={} idempotency_ttl={} max_intent_age_ms={} batch_size={} block_ms={} claim_idle_ms={} claim_interval_ms={}",
         allowlist.display(),
         args.flat_eps,
         args.max_exposure_pct,
+        args.allow_unknown_equity,
+        args.reservation_ttl_ms,
         args.max_leverage,
         args.idempotency_ttl,
         args.max_intent_age_ms,
@@ -856,6 +998,7 @@ async fn publish_config(
         ("require_ledger_for_open", args.require_ledger_for_open.to_string()),
         ("skip_flat_sell", args.skip_flat_sell.to_string()),
         ("max_exposure_pct", args.max_exposure_pct.to_string()),
+        ("allow_unknown_equity", args.allow_unknown_equity.to_string()),
         ("max_intent_age_ms", args.max_intent_age_ms.to_string()),
         ("consumer", spec.consumer.clone()),
         ("build", BUILD_TAG.to_string()),
@@ -876,7 +1019,13 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     args.consumer
         .check_age_limit("INTENT_BRIDGE_MAX_INTENT_AGE_MS", args.max_intent_age_ms)
         .map_err(BridgeError::Config)?;
-    let spec = ConsumerSpec::new(INTENT_STREAM, INTENT_GROUP, "intent_bridge", &args.consumer);
+    let spec = ConsumerSpec::new(
+        INTENT_STREAM,
+        INTENT_GROUP,
+        INTENT_DLQ_STREAM,
+        "intent_bridge",
+        &args.consumer,
+    );
     log_startup(&args, &spec, &allowlist, &governor);
     allowlist.log_notices();
     if gates.allowlist.is_empty() {
@@ -887,7 +1036,7 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     }
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), INTENT_STREAM, INTENT_GROUP);
+    readiness.watch(conns.writer.clone(), &spec);
     let limits = IntentLimits {
         max_leverage: Some(args.max_leverage),
         max_qty: args.max_qty.clone().unwrap_or_default(),
@@ -898,6 +1047,7 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     bridge.governor = governor;
     bridge.max_intent_age_ms = args.max_intent_age_ms;
+    bridge.reservation_ttl_ms = args.reservation_ttl_ms;
     bridge.plan_symbols = Some(quantum_common::window::SymbolWindow::spawn(
         "quantum_apply_plan_symbols",
         std::time::Duration::from_secs(300),

@@ -18,7 +18,9 @@ for k = 1, #KEYS do
   if n > 0 then
     local items = {}
     for j = i + 2, i + 1 + n do items[#items + 1] = ARGV[j] end
-    if kind == 'H' then redis.call('HSET', KEYS[k], unpack(items)) else redis.call('SADD', KEYS[k], unpack(items)) end
+    if kind == 'H' then redis.call('HSET', KEYS[k], unpack(items))
+    elseif kind == 'D' then redis.call('HDEL', KEYS[k], unpack(items))
+    else redis.call('SADD', KEYS[k], unpack(items)) end
   end
   i = i + 2 + n
 end
@@ -32,6 +34,8 @@ pub enum CasOp {
     Hash(Vec<(String, String)>),
     /// SADD these members.
     SetAdd(Vec<String>),
+    /// HDEL these fields.
+    HashDelete(Vec<String>),
     /// Leave the key alone (it is only a guard).
     None,
 }
@@ -76,6 +80,11 @@ impl CasWrite {
                     args.push("S".into());
                     args.push(members.len().to_string());
                     args.extend(members.iter().cloned());
+                }
+                CasOp::HashDelete(fields) => {
+                    args.push("D".into());
+                    args.push(fields.len().to_string());
+                    args.extend(fields.iter().cloned());
                 }
                 CasOp::None => {
                     args.push("-".into());

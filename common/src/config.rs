@@ -393,6 +393,14 @@ pub struct ConsumerArgs {
     /// How often (ms) to look for stale pending entries to reclaim.
     #[arg(long, env = "STREAM_CLAIM_INTERVAL_MS", default_value_t = 30_000)]
     pub claim_interval_ms: u64,
+    /// An entry that fails as poison (the same error every time) goes to the stage's DLQ once
+    /// Redis has delivered it this many times (XPENDING's count); the others go on meanwhile.
+    #[arg(long, env = "STREAM_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_deliveries: u64,
+    /// Batches failing for this long (ms) mark the stage stalled: /readyz answers 503 and
+    /// quantum_consumer_stalled is 1.
+    #[arg(long, env = "STREAM_STALL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_ms: u64,
 }
 
 impl ConsumerArgs {

@@ -1,7 +1,15 @@
 //! The consumer-group loop every service runs: create the group, recover our own pending
 //! entries, reclaim stale ones from dead consumers (XAUTOCLAIM), read in batches, and hand each
-//! batch to a handler that acknowledges it together with its effect. Redis outages are retried
-//! with backoff; SIGTERM stops the loop between batches.
+//! batch to a handler that acknowledges it together with its effect. SIGTERM stops the loop
+//! between batches.
+//!
+//! Failures are typed ([`StageError`]): a retryable one (Redis unreachable) backs off and
+//! redelivers the batch; a fatal one (a missing permission) stops the service; a poison one is
+//! isolated: the batch is retried entry by entry, so every good entry commits and only the
+//! failing one stays pending, and once its delivery count (XPENDING) reaches
+//! `STREAM_MAX_DELIVERIES` it goes to the stage's dead-letter stream with the error and the
+//! count, acknowledged in the same step. One bad entry never stops the others. While batches
+//! keep failing for `STREAM_STALL_MS`, the stage reports itself stalled (`/readyz`, a gauge).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -10,8 +18,12 @@ use fred::prelude::*;
 use fred::types::{CustomCommand, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::is_auth_error;
-use crate::fields::{decode_entries, decode_read_reply, StreamEntry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::failure::StageError;
+use crate::fields::{decode_entries, decode_read_reply, truncate, StreamEntry};
+use crate::time::{now_ms, now_secs};
 
 /// Which stream and group a consumer reads, and how.
 #[derive(Debug, Clone)]
@@ -23,11 +35,62 @@ pub struct ConsumerSpec {
     pub block: Duration,
     pub claim_idle: Duration,
     pub claim_interval: Duration,
+    /// Where entries that fail as poison `max_deliveries` times go.
+    pub dlq_stream: &'static str,
+    pub max_deliveries: u64,
+    /// How long batches may keep failing before the stage counts as stalled.
+    pub stall_after: Duration,
+    /// Shared with `/readyz`.
+    pub progress: Arc<Progress>,
+}
+
+/// Whether a stage is making progress: set by the consumer loop, read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Unix ms of the first failure of the current run of failed batches; 0 while batches succeed.
+    failing_since_ms: AtomicU64,
+    stall_after_ms: AtomicU64,
+}
+
+impl Progress {
+    fn succeeded(&self, stream: &'static str) {
+        if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+            metrics::gauge!("quantum_consumer_stalled", "stream" => stream).set(0.0);
+        }
+    }
+
+    fn failed(&self, stream: &'static str) {
+        let now = now_ms();
+        let since = match self
+            .failing_since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => now,
+            Err(since) => since,
+        };
+        let stalled = now.saturating_sub(since) >= self.stall_after_ms.load(Ordering::Relaxed);
+        metrics::gauge!("quantum_consumer_stalled", "stream" => stream).set(if stalled { 1.0 } else { 0.0 });
+    }
+
+    /// `Some(ms)` while batches have kept failing for at least the stall limit: for how long.
+    pub fn stalled_for_ms(&self) -> Option<u64> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        let failing = now_ms().saturating_sub(since);
+        (since != 0 && failing >= self.stall_after_ms.load(Ordering::Relaxed)).then_some(failing)
+    }
 }
 
 impl ConsumerSpec {
-    /// A spec from the shared consumer flags.
-    pub fn new(stream: &'static str, group: &'static str, service: &str, args: &crate::config::ConsumerArgs) -> Self {
+    /// A spec from the shared consumer flags; poison entries go to `dlq_stream`.
+    pub fn new(
+        stream: &'static str,
+        group: &'static str,
+        dlq_stream: &'static str,
+        service: &str,
+        args: &crate::config::ConsumerArgs,
+    ) -> Self {
+        let progress = Arc::new(Progress::default());
+        progress.stall_after_ms.store(args.stall_ms, Ordering::Relaxed);
         Self {
             stream,
             group,
@@ -36,6 +99,10 @@ impl ConsumerSpec {
             block: Duration::from_millis(args.block_ms),
             claim_idle: Duration::from_millis(args.claim_idle_ms),
             claim_interval: Duration::from_millis(args.claim_interval_ms),
+            dlq_stream,
+            max_deliveries: args.max_deliveries,
+            stall_after: Duration::from_millis(args.stall_ms),
+            progress,
         }
     }
 }
@@ -43,9 +110,10 @@ impl ConsumerSpec {
 /// Processes batches of entries.
 pub trait BatchHandler: Send {
     /// Handles a batch. The handler must XACK every entry it was given, in the same atomic
-    /// step (or after) the step that makes the entry's effect durable. An error leaves the
-    /// batch pending; the loop backs off and redelivers it.
-    fn handle(&mut self, batch: Vec<StreamEntry>) -> impl Future<Output = Result<(), Error>> + Send;
+    /// step (or after) the step that makes the entry's effect durable. An error must leave
+    /// the batch uncommitted: a retryable one is redelivered after a backoff, a poison one is
+    /// retried entry by entry (see the module doc), a fatal one stops the service.
+    fn handle(&mut self, batch: &[StreamEntry]) -> impl Future<Output = Result<(), StageError>> + Send;
 
     /// Asked after each successful batch: `Some(delay)` when the handler left entries pending
     /// on purpose (waiting on a condition that passes, such as a mark price not published yet).
@@ -86,23 +154,29 @@ fn xreadgroup_cmd(blocking: bool) -> CustomCommand {
     CustomCommand::new("XREADGROUP", fred::types::ClusterHash::Custom(0), blocking)
 }
 
-/// Runs the loop until `shutdown` fires. Returns an error only for failures retrying cannot
-/// fix (bad credentials, missing permissions).
+/// Runs the loop until `shutdown` fires.
+///
+/// # Errors
+/// Only [`StageError::Fatal`]: failures retrying cannot fix (bad credentials, missing
+/// permissions).
 pub async fn run<H: BatchHandler>(
     reader: &Client,
     writer: &Client,
     spec: &ConsumerSpec,
     handler: &mut H,
     shutdown: &CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StageError> {
     let mut backoff = Backoff::default();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match ensure_group(writer, spec.stream, spec.group).await {
+        match ensure_group(writer, spec.stream, spec.group)
+            .await
+            .map_err(StageError::from)
+        {
             Ok(()) => break,
-            Err(e) if is_auth_error(&e) => return Err(e),
+            Err(e @ StageError::Fatal(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!("Cannot create group {} on {}: {e}; retrying", spec.group, spec.stream);
                 if backoff.wait(shutdown).await {
@@ -112,11 +186,13 @@ pub async fn run<H: BatchHandler>(
         }
     }
     tracing::info!(
-        "Consumer ready: stream={} group={} consumer={} batch={}",
+        "Consumer ready: stream={} group={} consumer={} batch={} max_deliveries={} dlq={}",
         spec.stream,
         spec.group,
         spec.consumer,
-        spec.batch_size
+        spec.batch_size,
+        spec.max_deliveries,
+        spec.dlq_stream
     );
 
     crate::systemd::notify_ready(&format!("consuming {} as {}", spec.stream, spec.consumer));
@@ -156,9 +232,10 @@ pub async fn run<H: BatchHandler>(
                         retry_at = Some(Instant::now() + delay);
                     }
                 }
-                Err(e) if is_auth_error(&e) => return Err(e),
+                Err(e @ StageError::Fatal(_)) => return Err(e),
                 Err(e) => {
-                    tracing::warn!("XAUTOCLAIM on {} failed: {e}", spec.stream);
+                    tracing::warn!("Reclaiming stale entries of {} failed: {e}", spec.stream);
+                    spec.progress.failed(spec.stream);
                     recover_from = Some("0".to_string());
                     if backoff.wait(shutdown).await {
                         return Ok(());
@@ -175,9 +252,6 @@ pub async fn run<H: BatchHandler>(
             ReadOutcome::Shutdown => continue,
             ReadOutcome::Entries(entries) => entries,
             ReadOutcome::Failed(e) => {
-                if is_auth_error(&e) {
-                    return Err(e);
-                }
                 if e.to_string().contains("NOGROUP") {
                     tracing::warn!(
                         "Group {} vanished from {} (Redis restarted or stream deleted): recreating",
@@ -188,8 +262,13 @@ pub async fn run<H: BatchHandler>(
                         tracing::warn!("Cannot recreate group {}: {e}", spec.group);
                     }
                 } else {
+                    let e = StageError::from(e);
+                    if let StageError::Fatal(_) = e {
+                        return Err(e);
+                    }
                     tracing::warn!("Reading {} failed: {e}; backing off", spec.stream);
                 }
+                spec.progress.failed(spec.stream);
                 recover_from = Some("0".to_string());
                 if backoff.wait(shutdown).await {
                     return Ok(());
@@ -220,6 +299,7 @@ pub async fn run<H: BatchHandler>(
             }
         }
         if entries.is_empty() {
+            spec.progress.succeeded(spec.stream);
             continue;
         }
         let count = entries.len() as u64;
@@ -237,18 +317,22 @@ pub async fn run<H: BatchHandler>(
                 // stall or kill the process.
                 crate::telemetry::flush_logs();
                 backoff.reset();
+                spec.progress.succeeded(spec.stream);
                 metrics::counter!("quantum_consumer_entries_total", "stream" => spec.stream).increment(count);
                 if let Some(delay) = handler.retry_pending_after() {
                     retry_at = Some(Instant::now() + delay);
                 }
             }
-            Err(e) if is_auth_error(&e) => return Err(e),
+            Err(e @ StageError::Fatal(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!(
-                    "Batch on {} failed: {e}; it stays pending and is redelivered",
-                    spec.stream
+                    "Batch on {} failed ({}): {e}; its uncommitted entries stay pending and are redelivered",
+                    spec.stream,
+                    e.class()
                 );
-                metrics::counter!("quantum_consumer_errors_total", "stream" => spec.stream).increment(1);
+                spec.progress.failed(spec.stream);
+                metrics::counter!("quantum_consumer_errors_total", "stream" => spec.stream, "class" => e.class())
+                    .increment(1);
                 recover_from = Some("0".to_string());
                 if backoff.wait(shutdown).await {
                     return Ok(());
@@ -307,13 +391,14 @@ async fn read_batch(reader: &Client, spec: &ConsumerSpec, start_id: &str, shutdo
     }
 }
 
-/// Acknowledges entries deleted while pending and hands the rest to the handler.
+/// Acknowledges entries deleted while pending and hands the rest to the handler; a batch that
+/// fails as poison is retried entry by entry ([`isolate`]).
 async fn dispatch<H: BatchHandler>(
     writer: &Client,
     spec: &ConsumerSpec,
     handler: &mut H,
     entries: Vec<(String, Option<StreamEntry>)>,
-) -> Result<(), Error> {
+) -> Result<(), StageError> {
     let mut deleted = Vec::new();
     let mut batch = Vec::with_capacity(entries.len());
     for (id, entry) in entries {
@@ -333,7 +418,113 @@ async fn dispatch<H: BatchHandler>(
     if batch.is_empty() {
         return Ok(());
     }
-    handler.handle(batch).await
+    match handler.handle(&batch).await {
+        Err(StageError::Poison(error)) => isolate(writer, spec, handler, &batch, error).await,
+        other => other,
+    }
+}
+
+/// Retries a poisoned batch one entry at a time: the good entries commit, each failing one is
+/// dead-lettered once its delivery count reaches the limit and otherwise stays pending.
+/// Returns the last poison error while some entry is left pending.
+async fn isolate<H: BatchHandler>(
+    writer: &Client,
+    spec: &ConsumerSpec,
+    handler: &mut H,
+    batch: &[StreamEntry],
+    error: String,
+) -> Result<(), StageError> {
+    if batch.len() > 1 {
+        tracing::warn!(
+            "Batch of {} entries on {} failed as poison ({error}); retrying them one by one",
+            batch.len(),
+            spec.stream
+        );
+    }
+    let mut left: Option<String> = None;
+    for entry in batch {
+        let outcome = if batch.len() == 1 {
+            Err(StageError::Poison(error.clone()))
+        } else {
+            handler.handle(std::slice::from_ref(entry)).await
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(StageError::Poison(e)) => {
+                if !dead_letter_if_exhausted(writer, spec, entry, &e).await? {
+                    left = Some(e);
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    left.map_or(Ok(()), |e| Err(StageError::Poison(e)))
+}
+
+/// How many times Redis delivered `id` to this group (XPENDING); 0 when it is not pending.
+async fn deliveries(writer: &Client, spec: &ConsumerSpec, id: &str) -> Result<u64, Error> {
+    let args: Vec<Value> = vec![spec.stream.into(), spec.group.into(), id.into(), id.into(), 1.into()];
+    let reply: Value = writer
+        .custom(
+            CustomCommand::new("XPENDING", fred::types::ClusterHash::Custom(0), false),
+            args,
+        )
+        .await?;
+    Ok(reply
+        .into_array()
+        .into_iter()
+        .next()
+        .and_then(|e| e.into_array().get(3).and_then(Value::as_u64))
+        .unwrap_or(0))
+}
+
+/// Dead-letters a poison entry delivered `max_deliveries` times or more: its DLQ entry (the
+/// source id, reason `poison`, the error, the delivery count, the raw fields) and its XACK in
+/// one MULTI/EXEC. Returns whether it did.
+async fn dead_letter_if_exhausted(
+    writer: &Client,
+    spec: &ConsumerSpec,
+    entry: &StreamEntry,
+    error: &str,
+) -> Result<bool, StageError> {
+    let delivered = deliveries(writer, spec, &entry.id).await?;
+    if delivered < spec.max_deliveries {
+        tracing::warn!(
+            "Poison entry {} on {} ({error}): delivery {delivered} of {}; left pending",
+            entry.id,
+            spec.stream,
+            spec.max_deliveries
+        );
+        return Ok(false);
+    }
+    let fields = vec![
+        ("source_id", entry.id.clone()),
+        ("source_stream", spec.stream.to_string()),
+        ("reason", "poison".to_string()),
+        ("error", truncate(error, 1024).to_string()),
+        ("deliveries", delivered.to_string()),
+        ("raw", truncate(&entry.raw_text(), 8192).to_string()),
+        ("timestamp", now_secs().to_string()),
+    ];
+    let trx = writer.multi();
+    trx.xadd::<(), _, _, _, _>(spec.dlq_stream, false, None, "*", fields)
+        .await?;
+    queue_ack(&trx, spec.stream, spec.group, std::slice::from_ref(&entry.id)).await?;
+    let replies: Vec<Value> = trx.exec(true).await?;
+    if replies.len() != 2 {
+        return Err(StageError::Retryable(format!(
+            "dead-lettering {} on {}: unexpected EXEC reply {replies:?}",
+            entry.id, spec.stream
+        )));
+    }
+    metrics::counter!("quantum_dlq_entries_total", "stream" => spec.dlq_stream, "reason" => "poison").increment(1);
+    tracing::error!(
+        "DLQ poison entry {} of {} after {delivered} deliveries: {error} (moved to {}; other entries go on)",
+        entry.id,
+        spec.stream,
+        spec.dlq_stream
+    );
+    Ok(true)
 }
 
 /// Claims entries other consumers left pending for longer than `claim_idle` and processes them.
@@ -342,7 +533,7 @@ async fn reclaim_stale<H: BatchHandler>(
     spec: &ConsumerSpec,
     handler: &mut H,
     shutdown: &CancellationToken,
-) -> Result<(), Error> {
+) -> Result<(), StageError> {
     let mut cursor = "0-0".to_string();
     let mut claimed_total = 0usize;
     // Bounded: a full sweep of a huge PEL is spread over several intervals.
@@ -367,8 +558,8 @@ async fn reclaim_stale<H: BatchHandler>(
             .await?;
         let mut parts = reply.into_array().into_iter();
         let next = parts.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0-0".into());
-        let entries =
-            decode_entries(parts.next().unwrap_or(Value::Null)).map_err(|e| Error::new(ErrorKind::Parse, e))?;
+        let entries = decode_entries(parts.next().unwrap_or(Value::Null))
+            .map_err(|e| StageError::Retryable(format!("unreadable XAUTOCLAIM reply: {e}")))?;
         claimed_total += entries.len();
         metrics::counter!("quantum_consumer_redeliveries_total", "stream" => spec.stream)
             .increment(entries.len() as u64);

@@ -12,6 +12,9 @@ pub const INTENT_DLQ_STREAM: &str = "quantum:stream:trade.intent.dlq";
 pub const PLAN_STREAM: &str = "quantum:stream:apply.plan";
 /// Consumer group of the executor on [`PLAN_STREAM`].
 pub const PLAN_GROUP: &str = "intent_executor";
+/// Plans that failed as poison `STREAM_MAX_DELIVERIES` times, with the source entry id, the
+/// error and the delivery count (the executor writes it; other stages' poison goes to their DLQ).
+pub const PLAN_DLQ_STREAM: &str = "quantum:stream:apply.plan.dlq";
 /// One entry per plan the executor finishes.
 pub const RESULT_STREAM: &str = "quantum:stream:apply.result";
 /// One entry per fill, written by the executor, applied by the ledger service.
@@ -83,3 +86,11 @@ pub const BRIDGE_CONFIG_KEY: &str = "quantum:config:intent_bridge";
 
 /// The executor's effective settings (allowlist and its source, venue), written at each start.
 pub const EXECUTOR_CONFIG_KEY: &str = "quantum:config:intent_executor";
+
+/// The in-flight reservations of a symbol (`reservation::Reservation`), a hash: the bridge adds
+/// one per EXECUTE plan as it publishes it (field = plan id), the executor swaps it for one per
+/// fill (field = fill id) or removes it when the plan ends without a fill, and the ledger
+/// removes a fill's as it applies it. Hash-tagged with the ledger key: same cluster slot.
+pub fn reservation_key(symbol: &Symbol) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight")
+}

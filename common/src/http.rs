@@ -1,5 +1,6 @@
 //! Each service's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (Redis answers and the service's consumer group exists).
+//! alive) and `/readyz` (Redis answers, the service's consumer group exists, and its batches
+//! are not stalled).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +14,7 @@ use fred::prelude::Client;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::group_backlog;
+use crate::consumer::{group_backlog, ConsumerSpec, Progress};
 
 /// Where the endpoints listen.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,19 +27,28 @@ pub struct HttpArgs {
 /// What `/readyz` checks, known once the service has connected.
 #[derive(Default)]
 pub struct Readiness {
-    target: OnceLock<(Client, &'static str, &'static str)>,
+    target: OnceLock<(Client, &'static str, &'static str, Arc<Progress>)>,
 }
 
 impl Readiness {
-    /// Sets the client and the stream/group whose presence means ready.
-    pub fn watch(&self, client: Client, stream: &'static str, group: &'static str) {
-        let _ = self.target.set((client, stream, group));
+    /// Sets the client and the consumer whose group must exist and whose batches must not be
+    /// stalled for the service to be ready.
+    pub fn watch(&self, client: Client, spec: &ConsumerSpec) {
+        let _ = self
+            .target
+            .set((client, spec.stream, spec.group, spec.progress.clone()));
     }
 
     async fn check(&self) -> (StatusCode, String) {
-        let Some((client, stream, group)) = self.target.get() else {
+        let Some((client, stream, group, progress)) = self.target.get() else {
             return (StatusCode::SERVICE_UNAVAILABLE, "not connected to Redis yet\n".into());
         };
+        if let Some(ms) = progress.stalled_for_ms() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("stalled: batches on {stream} have failed for {ms} ms\n"),
+            );
+        }
         match tokio::time::timeout(Duration::from_secs(2), group_backlog(client, stream, group)).await {
             Ok(Ok(Some(_))) => (StatusCode::OK, format!("ready: group {group} on {stream}\n")),
             Ok(Ok(None)) => (

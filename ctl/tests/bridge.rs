@@ -27,7 +27,6 @@ async fn seeded_stack() -> Stack {
             &[("position_amt", "0"), ("notional_usd", "0")],
         )
         .await;
-    stack.hset(PORTFOLIO_KEY, &[("equity_usd", "100000")]).await;
     stack.hset(MARK_PRICE_KEY, &[("ETHUSDT", "3000")]).await;
     stack
 }

@@ -102,6 +102,11 @@ async fn legacy_governor_blocks_entries_and_lets_closes_through_and_the_executor
     stack
         .hset("quantum:position:ledger:ZECUSDT", &[("position_amt", "5")])
         .await;
+    // The venue holds the position the ledger shows: the close is reduce-only.
+    let zec = quantum_common::types::Symbol::parse("ZECUSDT").unwrap();
+    quantum_intent_executor::paper::seed_position(&stack.client, &zec, 5.into(), 40.into())
+        .await
+        .unwrap();
     for symbol in ["BTCUSDT", "ZECUSDT"] {
         production_proposal(&stack, symbol).await;
     }

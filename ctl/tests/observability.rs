@@ -3,52 +3,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 use quantum_common::contract::*;
 use quantumctl::facts::wait_idle;
 use quantumctl::stack::Service;
-use support::{Stack, TIMEOUT};
+use support::{get, port_of, try_get, Stack, TIMEOUT};
 
 const SERVICES: [Service; 3] = [Service::Bridge, Service::Executor, Service::Ledger];
-
-fn port_of(stack: &Stack, service: Service) -> u16 {
-    let log = stack.log(service);
-    let line = log
-        .lines()
-        .find(|l| l.contains("HTTP endpoints on http://"))
-        .expect("endpoint line");
-    let addr = line.split("http://").nth(1).unwrap().split(':').nth(1).unwrap();
-    addr.split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// A plain HTTP/1.1 GET: (status, body), `None` when nothing answers properly.
-fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    try_get(port, path).unwrap_or_else(|| panic!("no HTTP answer on port {port} for {path}"))
-}
 
 fn metric(body: &str, series: &str) -> f64 {
     body.lines()

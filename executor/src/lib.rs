@@ -22,16 +22,20 @@ use quantum_common::cas::queue_eval;
 use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    answered_key, order_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
+    answered_key, order_key, reservation_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_DLQ_STREAM, PLAN_GROUP,
+    PLAN_STREAM, RESULT_STREAM,
 };
+use quantum_common::failure::StageError;
 use quantum_common::fields::StreamEntry;
+use quantum_common::fill::Fill;
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
+use quantum_common::reservation::Reservation;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::{entry_age_ms, now_ms};
 use quantum_common::trace;
-use quantum_common::types::{Decision, PlanId};
+use quantum_common::types::{Decision, PlanId, Symbol};
 
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
 use venue::{OrderOutcome, OrderRequest, Venue};
@@ -151,6 +155,8 @@ pub enum ExecutorError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the executor needs: {0}")]
     Redis(#[from] Error),
+    #[error("stopped: {0}")]
+    Stage(#[from] quantum_common::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -395,7 +401,7 @@ impl<V: Venue> Executor<V> {
         &self,
         plans: &[(usize, &'p Plan)],
         spans: &[Span],
-    ) -> Result<Vec<(usize, &'p Plan, OrderOutcome)>, Error> {
+    ) -> Result<Vec<(usize, &'p Plan, OrderOutcome)>, StageError> {
         let mut by_symbol: HashMap<&str, Vec<(usize, &'p Plan)>> = HashMap::new();
         for (i, plan) in plans {
             by_symbol.entry(plan.symbol.as_str()).or_default().push((*i, plan));
@@ -409,11 +415,11 @@ impl<V: Venue> Executor<V> {
                 let outcome = venue.execute(&order).instrument(step).await.map_err(|e| {
                     metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue.name(), "kind" => e.kind())
                         .increment(1);
-                    Error::new(ErrorKind::IO, format!("venue {}: {e}", venue.name()))
+                    StageError::from(e)
                 })?;
                 done.push((i, plan, outcome));
             }
-            Ok::<_, Error>(done)
+            Ok::<_, StageError>(done)
         });
         let mut all = Vec::with_capacity(plans.len());
         for result in futures_util::future::join_all(per_symbol).await {
@@ -421,6 +427,16 @@ impl<V: Venue> Executor<V> {
         }
         all.sort_by_key(|(i, _, _)| *i);
         Ok(all)
+    }
+}
+
+/// What a fill holds in flight until the ledger applies it.
+fn fill_reservation(fill: &Fill) -> Reservation {
+    Reservation {
+        side: fill.side,
+        qty: fill.qty,
+        notional_usd: fill.qty.saturating_mul(fill.price),
+        ts_ms: now_ms(),
     }
 }
 
@@ -439,12 +455,12 @@ fn request(plan: &Plan) -> OrderRequest {
 }
 
 impl<V: Venue> BatchHandler for Executor<V> {
-    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+    async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let spans: Vec<Span> = batch
             .iter()
             .map(|e| trace::entry_span("intent_executor.plan", PLAN_STREAM, e))
             .collect();
-        let result = self.process(&batch, &spans).await;
+        let result = self.process(batch, &spans).await;
         if result.is_err() {
             trace::record_batch_failed(&spans);
         }
@@ -453,7 +469,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
 }
 
 impl<V: Venue> Executor<V> {
-    async fn process(&mut self, batch: &[StreamEntry], spans: &[Span]) -> Result<(), Error> {
+    async fn process(&mut self, batch: &[StreamEntry], spans: &[Span]) -> Result<(), StageError> {
         let mut seen = HashSet::new();
         let steps: Vec<Step> = batch
             .iter()
@@ -503,11 +519,32 @@ impl<V: Venue> Executor<V> {
                 .await?;
             }
         }
+        // Reservations are released after the answers: `count_replayed_answers` reads the
+        // transaction's first replies as theirs.
+        for step in &steps {
+            if let Step::Result(result, _) = step {
+                if let Ok(symbol) = Symbol::parse(&result.symbol) {
+                    trx.hdel::<(), _, _>(reservation_key(&symbol), result.plan_id.as_str())
+                        .await?;
+                }
+            }
+        }
         for (i, plan, outcome) in &finished {
             let coid = plan.plan_id.client_order_id();
             let (qty, avg, fee) = outcome.totals();
+            // The plan's reservation becomes its fills' until the ledger applies them.
+            trx.hdel::<(), _, _>(reservation_key(&plan.symbol), plan.plan_id.as_str())
+                .await?;
             let (state, error) = match outcome {
                 OrderOutcome::Filled { fills } => {
+                    let reservations: Vec<(String, String)> = fills
+                        .iter()
+                        .map(|f| (f.fill_id.to_string(), fill_reservation(f).to_value()))
+                        .collect();
+                    if !reservations.is_empty() {
+                        trx.hset::<(), _, _>(reservation_key(&plan.symbol), reservations)
+                            .await?;
+                    }
                     for fill in fills {
                         let mut fields = fill.to_fields();
                         trace::propagate(&spans[*i], Some(&batch[*i]), &mut fields);
@@ -614,7 +651,13 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     args.consumer
         .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
         .map_err(ExecutorError::Config)?;
-    let spec = ConsumerSpec::new(PLAN_STREAM, PLAN_GROUP, "intent_executor", &args.consumer);
+    let spec = ConsumerSpec::new(
+        PLAN_STREAM,
+        PLAN_GROUP,
+        PLAN_DLQ_STREAM,
+        "intent_executor",
+        &args.consumer,
+    );
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
@@ -634,7 +677,7 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     );
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), PLAN_STREAM, PLAN_GROUP);
+    readiness.watch(conns.writer.clone(), &spec);
     let config = vec![
         ("allowlist", allowlist.display()),
         ("allowlist_source", allowlist.source.to_string()),

@@ -74,6 +74,18 @@ impl VenueError {
     }
 }
 
+impl From<VenueError> for quantum_common::failure::StageError {
+    /// Corrupt venue state fails the same way every time (poison: isolated, then dead-lettered);
+    /// storage errors are classified like any Redis error; contention passes.
+    fn from(e: VenueError) -> Self {
+        match e {
+            VenueError::Redis(e) => e.into(),
+            VenueError::Corrupt { .. } => Self::Poison(e.to_string()),
+            VenueError::Contended(_) => Self::Retryable(e.to_string()),
+        }
+    }
+}
+
 /// A place to execute orders. Implementations must be idempotent by client order id:
 /// executing the same request again returns the first outcome and places nothing new.
 pub trait Venue: Send + Sync {

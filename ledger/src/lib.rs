@@ -26,9 +26,10 @@ use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, group_backlog, scan_keys, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_applied_key, ledger_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP,
-    LEDGER_KEY_PREFIX, PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
+    ledger_applied_key, ledger_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM,
+    LEDGER_GROUP, LEDGER_KEY_PREFIX, PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
 };
+use quantum_common::failure::StageError;
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
 use quantum_common::fill::Fill;
 use quantum_common::http::{self, HttpArgs};
@@ -84,6 +85,8 @@ pub enum LedgerError {
     Connect(#[from] ConnectError),
     #[error("Redis refused an operation the ledger needs: {0}")]
     Redis(#[from] Error),
+    #[error("stopped: {0}")]
+    Stage(#[from] quantum_common::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -120,7 +123,10 @@ impl LedgerWriter {
 
     /// Applies fills grouped by symbol. Returns the ids of entries it could not apply
     /// (a corrupt ledger); they stay pending and are retried later.
-    async fn apply(&mut self, mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>>) -> Result<HashSet<String>, Error> {
+    async fn apply(
+        &mut self,
+        mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>>,
+    ) -> Result<HashSet<String>, StageError> {
         let mut stuck = HashSet::new();
         for _ in 0..MAX_CAS_ATTEMPTS {
             if by_symbol.is_empty() {
@@ -181,6 +187,11 @@ impl LedgerWriter {
                             ledger_applied_key(&symbol),
                             CasOp::SetAdd(app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect()),
                         ),
+                        // Applied: what the fills held in flight is now in the ledger.
+                        (
+                            reservation_key(&symbol),
+                            CasOp::HashDelete(app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect()),
+                        ),
                     ],
                 };
                 cas.queue(&write).await?;
@@ -201,13 +212,10 @@ impl LedgerWriter {
                 }
             }
         }
-        Err(Error::new(
-            ErrorKind::Unknown,
-            format!(
-                "ledgers kept changing under {} symbols; batch left pending",
-                by_symbol.len()
-            ),
-        ))
+        Err(StageError::Retryable(format!(
+            "ledgers kept changing under {} symbols; batch left pending",
+            by_symbol.len()
+        )))
     }
 
     fn record(&self, fill_id: &FillId, outcome: &str, error: bool) {
@@ -255,7 +263,7 @@ impl LedgerWriter {
 }
 
 impl BatchHandler for LedgerWriter {
-    async fn handle(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+    async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let result = self.process(batch).await;
         if result.is_err() {
             trace::record_batch_failed(self.spans.values());
@@ -267,10 +275,10 @@ impl BatchHandler for LedgerWriter {
 }
 
 impl LedgerWriter {
-    async fn process(&mut self, batch: Vec<StreamEntry>) -> Result<(), Error> {
+    async fn process(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>> = HashMap::new();
         let mut dlq = Vec::new();
-        for entry in &batch {
+        for entry in batch {
             let span = trace::entry_span("ledger.fill", LEDGER_COMMIT_STREAM, entry);
             let parsed = Fill::parse(entry);
             if !span.is_disabled() {
@@ -445,7 +453,13 @@ async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
 
 /// Runs the ledger service until `shutdown` fires.
 pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<LedgerStats, LedgerError> {
-    let spec = ConsumerSpec::new(LEDGER_COMMIT_STREAM, LEDGER_GROUP, "ledger", &args.consumer);
+    let spec = ConsumerSpec::new(
+        LEDGER_COMMIT_STREAM,
+        LEDGER_GROUP,
+        LEDGER_COMMIT_DLQ_STREAM,
+        "ledger",
+        &args.consumer,
+    );
     let reconcile = ReconcileConfig {
         interval: Duration::from_millis(args.reconcile_interval_ms.max(100)),
         grace: Duration::from_millis(args.reconcile_grace_ms),
@@ -464,7 +478,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
     );
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), LEDGER_COMMIT_STREAM, LEDGER_GROUP);
+    readiness.watch(conns.writer.clone(), &spec);
     let periodic = {
         let client = conns.writer.clone();
         let stop = shutdown.clone();

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -35,9 +37,14 @@ impl Stack {
         Self::with_redis(RedisServer::start().expect("start redis-server")).await
     }
 
+    /// A stack on `redis` whose account equity is already published, as a running paper
+    /// executor would have left it (the bridge refuses BUYs while it is unknown, and tests that
+    /// start the bridge before the executor would otherwise race the executor's first write).
     pub async fn with_redis(redis: RedisServer) -> Self {
         let url = redis.url();
-        Self::with_redis_as(redis, &url).await
+        let stack = Self::with_redis_as(redis, &url).await;
+        stack.hset(PORTFOLIO_KEY, &[("equity_usd", "100000")]).await;
+        stack
     }
 
     /// A stack whose test client connects with `client_url` (e.g. with ACL credentials); the
@@ -210,4 +217,42 @@ pub fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// The HTTP port a service logged at start.
+pub fn port_of(stack: &Stack, service: Service) -> u16 {
+    let log = stack.log(service);
+    let line = log
+        .lines()
+        .find(|l| l.contains("HTTP endpoints on http://"))
+        .expect("endpoint line");
+    let addr = line.split("http://").nth(1).unwrap().split(':').nth(1).unwrap();
+    addr.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A plain HTTP/1.1 GET: (status, body), `None` when nothing answers properly.
+pub fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// [`try_get`], panicking when nothing answers.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    try_get(port, path).unwrap_or_else(|| panic!("no HTTP answer on port {port} for {path}"))
 }

@@ -1,0 +1,281 @@
+//! Gates that cannot be overshot: a SELL never exceeds the position minus the SELLs in flight,
+//! exposure counts the BUYs in flight, unknown equity fails closed, and the in-flight
+//! reservations behind all three are released by the executor and the ledger.
+
+mod support;
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use rust_decimal::Decimal;
+
+use quantum_common::contract::*;
+use quantumctl::stack::Service;
+use support::{wait_for, Stack};
+
+const ALLOWLIST: &str = "BTCUSDT,ETHUSDT,ZECUSDT";
+
+async fn stack_with_marks() -> Stack {
+    let stack = Stack::new().await;
+    stack
+        .hset(
+            MARK_PRICE_KEY,
+            &[("BTCUSDT", "65000"), ("ETHUSDT", "3000"), ("ZECUSDT", "40")],
+        )
+        .await;
+    stack
+}
+
+/// Plans by intent id.
+async fn plans(stack: &Stack) -> HashMap<String, HashMap<String, String>> {
+    stack
+        .entries(PLAN_STREAM)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.get("intent_id").unwrap_or_default().to_string(),
+                e.fields.into_iter().collect(),
+            )
+        })
+        .collect()
+}
+
+fn reservations_key(symbol: &str) -> String {
+    format!("{{quantum:position:ledger:{symbol}}}:inflight")
+}
+
+#[tokio::test]
+async fn sells_are_cut_to_the_position_minus_what_is_in_flight() {
+    let mut stack = stack_with_marks().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "1"), ("notional_usd", "40")],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:ledger:BTCUSDT",
+            &[("position_amt", "1.5"), ("notional_usd", "97500")],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:ledger:ETHUSDT",
+            &[("position_amt", "-1"), ("notional_usd", "3000")],
+        )
+        .await;
+    // One batch: two SELL 1 against LONG 1, a SELL 2 against LONG 1.5, a SELL against a short.
+    let sell = |symbol: &'static str, qty: &'static str| [("symbol", symbol), ("side", "SELL"), ("qty", qty)];
+    let zec_first = stack.xadd(INTENT_STREAM, &sell("ZECUSDT", "1")).await;
+    let zec_second = stack.xadd(INTENT_STREAM, &sell("ZECUSDT", "1")).await;
+    let btc_large = stack.xadd(INTENT_STREAM, &sell("BTCUSDT", "2")).await;
+    let eth_short = stack.xadd(INTENT_STREAM, &sell("ETHUSDT", "1")).await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+
+    let published = plans(&stack).await;
+    let zec = &published[&zec_first];
+    assert_eq!(zec["qty"], "1");
+    assert_eq!(zec["reduceOnly"], "true", "gated SELLs only reduce");
+    assert!(
+        !published.contains_key(&zec_second),
+        "the position is taken by the first SELL"
+    );
+    assert_eq!(published[&btc_large]["qty"], "1.5", "cut to the position");
+    assert!(!published.contains_key(&eth_short), "a SELL never adds to a short");
+    let log = stack.log(Service::Bridge);
+    assert!(log.contains("Skip publish: ZECUSDT SELL but nothing available (position_amt=1 in_flight=1)"));
+    assert!(
+        log.contains("SELL cut to available: symbol=BTCUSDT requested=2 available=1.5 position_amt=1.5 in_flight=0")
+    );
+    assert!(log.contains("Skip publish: ETHUSDT SELL but nothing available (position_amt=-1 in_flight=0)"));
+
+    // The reservations outlive the batch: a later SELL finds nothing available either.
+    let zec_reserved = stack.hash(&reservations_key("ZECUSDT")).await;
+    assert_eq!(zec_reserved.len(), 1);
+    assert_eq!(
+        zec_reserved.values().next().map(|v| v.starts_with("side=SELL qty=1 ")),
+        Some(true),
+        "{zec_reserved:?}"
+    );
+    let later = stack.xadd(INTENT_STREAM, &sell("ZECUSDT", "0.5")).await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(!plans(&stack).await.contains_key(&later));
+    let (code, why) = support::quantumctl(&["why", "--intent", &later], Some(&stack.redis.url()));
+    assert_eq!(code, 0, "{why}");
+    assert!(why.contains("sell_nothing_available"), "{why}");
+}
+
+#[tokio::test]
+async fn exposure_counts_buys_in_flight_across_batches() {
+    let mut stack = stack_with_marks().await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    // 1 BTC at 65,000 against 100,000 of equity: 65%, under the 80% limit.
+    let first = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    // No executor runs: the ledger is still empty, but the first BUY is in flight.
+    let second = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ETHUSDT"), ("side", "BUY"), ("qty", "5")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let published = plans(&stack).await;
+    assert!(published.contains_key(&first));
+    assert!(!published.contains_key(&second), "65% in flight + 15% is the limit");
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Skip publish: ETHUSDT BUY rejected (exposure=80.0% >= MAX=80.0%)"));
+}
+
+#[tokio::test]
+async fn unknown_equity_refuses_buys_unless_the_operator_restores_fail_open() {
+    let mut stack = Stack::new().await;
+    let _: i64 = stack.client.del(PORTFOLIO_KEY).await.unwrap();
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000")]).await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    let refused = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(plans(&stack).await.is_empty());
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Skip publish: BTCUSDT BUY rejected (equity unknown"));
+    let (_, why) = support::quantumctl(&["why", "--intent", &refused], Some(&stack.redis.url()));
+    assert!(why.contains("equity_unknown"), "{why}");
+    assert!(stack.stop(Service::Bridge));
+
+    stack.start(
+        Service::Bridge,
+        &[
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_ALLOW_UNKNOWN_EQUITY", "true"),
+        ],
+    );
+    let allowed = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(plans(&stack).await.contains_key(&allowed));
+}
+
+#[tokio::test]
+async fn expired_reservations_are_removed_and_unreadable_ones_fail_closed() {
+    let mut stack = stack_with_marks().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "1"), ("notional_usd", "40")],
+        )
+        .await;
+    stack
+        .hset(
+            "quantum:position:ledger:BTCUSDT",
+            &[("position_amt", "1"), ("notional_usd", "65000")],
+        )
+        .await;
+    // A SELL reservation from long ago (its plan never reached the executor) and a corrupt one.
+    stack
+        .hset(
+            &reservations_key("ZECUSDT"),
+            &[("lost-plan", "side=SELL qty=1 notional_usd=40 ts=1000")],
+        )
+        .await;
+    stack
+        .hset(&reservations_key("BTCUSDT"), &[("garbage", "side=SELL qty=lots")])
+        .await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    let zec = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    let btc = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let published = plans(&stack).await;
+    assert!(published.contains_key(&zec), "the expired reservation no longer counts");
+    assert!(!published.contains_key(&btc), "unknown in-flight state fails closed");
+    let zec_reserved = stack.hash(&reservations_key("ZECUSDT")).await;
+    assert!(!zec_reserved.contains_key("lost-plan"), "{zec_reserved:?}");
+    let log = stack.log(Service::Bridge);
+    assert!(log.contains("Reservations expired: symbol=ZECUSDT count=1 fields=lost-plan"));
+    assert!(log.contains("Reservations of BTCUSDT unreadable"));
+    assert!(log.contains("Skip publish: BTCUSDT SELL but ledger unreadable"));
+}
+
+#[tokio::test]
+async fn executor_and_ledger_release_reservations_and_the_position_never_goes_short() {
+    let mut stack = Stack::new().await;
+    for service in [Service::Ledger, Service::Executor] {
+        stack.start(service, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+        stack.wait_log(service, "Consumer ready").await;
+    }
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    let ledger = "quantum:position:ledger:ZECUSDT";
+    stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    // A BUY the venue rejects (a limit far below the market): its reservation is released too.
+    stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "ETHUSDT"),
+                ("side", "BUY"),
+                ("qty", "0.1"),
+                ("type", "LIMIT"),
+                ("price", "1"),
+            ],
+        )
+        .await;
+    wait_for("the first fill in the ZEC ledger", || {
+        let stack = &stack;
+        async move { stack.hash(ledger).await.get("position_amt").map(String::as_str) == Some("1") }
+    })
+    .await;
+    // Three SELLs of 0.6 against LONG 1, back to back: 0.6, then 0.4 (cut), then nothing.
+    for _ in 0..3 {
+        stack
+            .xadd(
+                INTENT_STREAM,
+                &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "0.6")],
+            )
+            .await;
+    }
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+
+    let sells: Vec<Decimal> = stack
+        .entries(PLAN_STREAM)
+        .await
+        .iter()
+        .filter(|p| p.get("side") == Some("SELL"))
+        .map(|p| p.get("qty").unwrap_or_default().parse().unwrap())
+        .collect();
+    assert_eq!(sells.iter().sum::<Decimal>(), Decimal::ONE, "{sells:?}");
+    assert_eq!(
+        stack.hash(ledger).await.get("position_amt").map(String::as_str),
+        Some("0")
+    );
+    let results = stack.entries(RESULT_STREAM).await;
+    assert!(
+        results
+            .iter()
+            .any(|r| r.get("symbol") == Some("ETHUSDT") && r.get("executed") == Some("false")),
+        "the ETH limit is rejected"
+    );
+    for symbol in ["ZECUSDT", "ETHUSDT"] {
+        let left = stack.hash(&reservations_key(symbol)).await;
+        assert!(left.is_empty(), "{symbol} reservations left behind: {left:?}");
+    }
+}

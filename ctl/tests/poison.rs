@@ -1,0 +1,130 @@
+//! Poison isolation: an entry that fails the same way every time is retried alone, then
+//! dead-lettered with its error and delivery count, while every other entry of its batch (and
+//! every other symbol) goes on; a stage whose batches all fail reports itself stalled.
+
+mod support;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use quantum_common::contract::*;
+use quantumctl::stack::Service;
+use support::{get, port_of, wait_for, Stack};
+
+const ALLOWLIST: &str = "BTCUSDT,ETHUSDT,ZECUSDT";
+
+#[tokio::test]
+async fn a_poison_plan_is_dead_lettered_and_the_other_symbols_trade() {
+    let mut stack = Stack::new().await;
+    // ZEC's venue state is corrupt: every order for it fails, the same way, every time.
+    stack
+        .hset("quantum:paper:position:ZECUSDT", &[("position_amt", "garbage")])
+        .await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    for symbol in ["ZECUSDT", "BTCUSDT", "ETHUSDT"] {
+        stack
+            .xadd(INTENT_STREAM, &[("symbol", symbol), ("side", "BUY"), ("qty", "0.01")])
+            .await;
+    }
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    // The three plans reach the executor in one batch.
+    let env = [("SYMBOL_ALLOWLIST", ALLOWLIST), ("STREAM_MAX_DELIVERIES", "3")];
+    stack.start(Service::Ledger, &env);
+    stack.start(Service::Executor, &env);
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+
+    for symbol in ["BTCUSDT", "ETHUSDT"] {
+        let ledger = stack.hash(&format!("quantum:position:ledger:{symbol}")).await;
+        assert_eq!(
+            ledger.get("position_amt").map(String::as_str),
+            Some("0.01"),
+            "{symbol} traded"
+        );
+    }
+    let dlq = stack.entries(PLAN_DLQ_STREAM).await;
+    assert_eq!(dlq.len(), 1, "only the poison plan: {dlq:?}");
+    let dead = &dlq[0];
+    assert_eq!(dead.get("reason"), Some("poison"));
+    assert_eq!(dead.get("source_stream"), Some(PLAN_STREAM));
+    assert!(
+        dead.get("error").unwrap_or_default().contains("ZECUSDT is corrupt"),
+        "{dead:?}"
+    );
+    let deliveries: u64 = dead.get("deliveries").unwrap_or_default().parse().unwrap();
+    assert!(deliveries >= 3, "{deliveries}");
+    assert!(dead.get("raw").unwrap_or_default().contains("ZECUSDT"));
+    let log = stack.log(Service::Executor);
+    assert!(log.contains("retrying them one by one"), "{log}");
+    assert!(log.contains("DLQ poison entry"), "{log}");
+    assert!(stack
+        .entries(RESULT_STREAM)
+        .await
+        .iter()
+        .all(|r| r.get("symbol") != Some("ZECUSDT")));
+}
+
+#[tokio::test]
+async fn a_stage_whose_batches_all_fail_is_stalled_until_they_pass_again() {
+    let mut stack = Stack::new().await;
+    stack.start(
+        Service::Bridge,
+        &[
+            ("SYMBOL_ALLOWLIST", ALLOWLIST),
+            ("INTENT_BRIDGE_METRICS_PORT", "0"),
+            ("STREAM_STALL_MS", "1000"),
+        ],
+    );
+    stack.wait_log(Service::Bridge, "Consumer ready").await;
+    let port = port_of(&stack, Service::Bridge);
+    assert_eq!(get(port, "/readyz").0, 200);
+
+    // Redis refuses every write (out of memory): retryable, so nothing is dead-lettered. The
+    // intent and the limit land in one transaction, before the bridge can read the intent.
+    let config_set = |bytes: &'static str| {
+        (
+            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+            vec!["SET", "maxmemory", bytes],
+        )
+    };
+    let trx = stack.client.multi();
+    let intent: String = trx
+        .xadd(
+            INTENT_STREAM,
+            false,
+            None,
+            "*",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await
+        .unwrap();
+    let (cmd, args) = config_set("1");
+    trx.custom::<(), _>(cmd, args).await.unwrap();
+    let replies: Vec<Value> = trx.exec(true).await.unwrap();
+    let intent = replies[0].as_string().unwrap_or(intent);
+    wait_for("/readyz to report the stall", || async {
+        let (status, body) = get(port, "/readyz");
+        status == 503 && body.contains("stalled: batches on quantum:stream:trade.intent have failed")
+    })
+    .await;
+    // The gauge follows at the next failed attempt (backoff: at most 5 s later).
+    wait_for("quantum_consumer_stalled to be 1", || async {
+        get(port, "/metrics")
+            .1
+            .contains("quantum_consumer_stalled{stream=\"quantum:stream:trade.intent\"} 1")
+    })
+    .await;
+    assert!(stack.log(Service::Bridge).contains("(retryable)"));
+
+    let (cmd, args) = config_set("0");
+    let _: Value = stack.client.custom(cmd, args).await.unwrap();
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    wait_for("/readyz to recover", || async { get(port, "/readyz").0 == 200 }).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0].get("intent_id"), Some(intent.as_str()));
+    assert!(
+        stack.entries(INTENT_DLQ_STREAM).await.is_empty(),
+        "an outage is not poison"
+    );
+}
