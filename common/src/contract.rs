@@ -61,6 +61,10 @@ pub fn answered_key(plan_or_entry_id: &str) -> String {
 }
 
 /// The executor's record of one order (state before and after the venue call).
+/// The executor's index of order records still NEW (sorted set: client order id, scored by claim
+/// time in ms): the claim adds, the finalize removes, the sweep reads the old ones.
+pub const OPEN_ORDERS_KEY: &str = "quantum:executor:open_orders";
+
 pub fn order_key(order_id: &OrderId) -> String {
     format!("quantum:order:{order_id}")
 }

@@ -15,7 +15,7 @@ use quantum_common::types::{Side, Symbol};
 use quantumctl::facts::wait_idle;
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
-use support::{assert_exactly_once, wait_for, Stack, TIMEOUT};
+use support::{assert_exactly_once, paper_orders, wait_for, Stack, TIMEOUT};
 
 const ALL_SERVICES: [Service; 3] = [Service::Ledger, Service::Executor, Service::Bridge];
 
@@ -107,13 +107,6 @@ async fn futures_ledgers(stack: &Stack) -> Vec<HashMap<String, String>> {
         out.push(stack.hash(&format!("quantum:position:ledger:{symbol}")).await);
     }
     out
-}
-
-async fn paper_orders(stack: &Stack) -> usize {
-    quantum_common::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
-        .await
-        .unwrap()
-        .len()
 }
 
 #[tokio::test]

@@ -2,14 +2,23 @@
 //!
 //! Exactly once per plan: before the venue call the executor claims an order record keyed by
 //! the client order id (derived from the plan id); the venue is idempotent by that id; after
-//! the call one MULTI/EXEC marks the order finished, appends its fills to ledger.commit and
-//! its result to apply.result, and acknowledges the plan. A redelivered plan whose order is
-//! finished is only acknowledged.
+//! the call one script per order, run only while the record is NEW, marks it finished, appends
+//! its fills to ledger.commit and its result to apply.result, and the batch's scripts go in one
+//! MULTI/EXEC with the plans' acknowledgement. A redelivered plan whose order is finished is
+//! only acknowledged; a stale one is never placed, only looked up; orders whose plan vanished
+//! are finished by the sweep.
+//!
+//! Layout: `lib.rs` holds the settings and the batch handler (triage → claim → venue →
+//! commit → report); `order` the order record's scripts (claim, finalize); `sweep` the pass
+//! that finishes orders left NEW; `venue` the venue boundary; `paper` the paper venue.
 
+mod order;
 pub mod paper;
+mod sweep;
 pub mod venue;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use fred::prelude::*;
@@ -22,21 +31,19 @@ use quantum_common::cas::queue_eval;
 use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    answered_key, order_key, reservation_key, EXECUTOR_CONFIG_KEY, LEDGER_COMMIT_STREAM, PLAN_DLQ_STREAM, PLAN_GROUP,
-    PLAN_STREAM, RESULT_STREAM,
+    answered_key, reservation_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_common::failure::StageError;
 use quantum_common::fields::StreamEntry;
-use quantum_common::fill::Fill;
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
-use quantum_common::reservation::Reservation;
 use quantum_common::result::ExecutionResult;
 use quantum_common::time::{entry_age_ms, now_ms};
 use quantum_common::trace;
 use quantum_common::types::{Decision, PlanId, Symbol};
 
+use order::{ClaimState, OrderRef};
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
 use venue::{OrderOutcome, OrderRequest, Venue};
 
@@ -79,6 +86,14 @@ pub struct ExecutorArgs {
     /// STREAM_BLOCK_MS (plans reclaimed from a dead replica are that old). 0: no limit.
     #[arg(long, env = "INTENT_EXECUTOR_MAX_PLAN_AGE_MS", default_value_t = 120_000)]
     pub max_plan_age_ms: u64,
+    /// How often (ms) the sweep looks for orders left NEW (their plan was trimmed or deleted
+    /// after the venue call) and finalizes them from the venue's record.
+    #[arg(long, env = "INTENT_EXECUTOR_SWEEP_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sweep_interval_ms: u64,
+    /// Orders left NEW this long (ms) after their claim are swept. Must exceed
+    /// INTENT_EXECUTOR_MAX_PLAN_AGE_MS: only then can no executor still place them.
+    #[arg(long, env = "INTENT_EXECUTOR_SWEEP_GRACE_MS", default_value_t = 300_000)]
+    pub sweep_grace_ms: u64,
     /// Venue: paper (default) or live.
     #[arg(
         long,
@@ -184,14 +199,6 @@ return 0
 /// How long the answered markers are kept (seconds): a week, beyond any replay horizon.
 const ANSWERED_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Claims the order record for a plan unless it exists; returns the state found or `CLAIMED`.
-const CLAIM_SCRIPT: &str = r#"
-local state = redis.call('HGET', KEYS[1], 'state')
-if state then return state end
-redis.call('HSET', KEYS[1], 'state', 'NEW', unpack(ARGV))
-return 'CLAIMED'
-"#;
-
 /// Why a plan is answered without an order (which counter it went to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -215,10 +222,24 @@ pub struct Executor<V: Venue> {
 enum Step {
     /// Record a result (no order involved) and acknowledge.
     Result(ExecutionResult, Answer),
-    /// Execute (or recover) this order.
-    Execute(Box<Plan>),
+    /// Triage's verdict, resolved by the claim: an order to claim; `stale` holds the reason
+    /// when the plan is too old to place.
+    Claim(Box<Plan>, Option<String>),
+    /// Claimed: place the order (the venue returns the first outcome if it has it already).
+    Place(Box<Plan>),
+    /// Stale, but claimed before a crash: take the venue's outcome, never place it late.
+    Recover(Box<Plan>, String),
     /// Already handled earlier: acknowledge only.
     Ack,
+}
+
+impl Step {
+    fn order(&self) -> Option<&Plan> {
+        match self {
+            Self::Place(plan) | Self::Recover(plan, _) => Some(plan),
+            _ => None,
+        }
+    }
 }
 
 impl<V: Venue> Executor<V> {
@@ -283,9 +304,10 @@ impl<V: Venue> Executor<V> {
                 "stale: plan age {age_ms} ms > INTENT_EXECUTOR_MAX_PLAN_AGE_MS={}",
                 self.max_plan_age_ms
             );
-            return self.refuse(&plan, span, "stale", reason);
+            // Its order may still have been placed before a crash: the claim tells.
+            return Step::Claim(Box::new(plan), Some(reason));
         }
-        Step::Execute(Box::new(plan))
+        Step::Claim(Box::new(plan), None)
     }
 
     /// A not-executed plan whose answer-once step found it answered before was a replay: it is
@@ -339,104 +361,135 @@ impl<V: Venue> Executor<V> {
         )
     }
 
-    /// Claims order records for the plans to execute, in one round trip. Returns, per plan,
-    /// whether it still needs the venue (false: finished before, only acknowledge).
-    async fn claim(&mut self, plans: &[&Plan]) -> Result<Vec<bool>, Error> {
-        if plans.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Claims the order records of the batch's orders in one round trip (a peek for stale
+    /// plans: they claim nothing new) and resolves each [`Step::Claim`] by what it found.
+    async fn claim(&mut self, steps: Vec<Step>, spans: &[Span]) -> Result<Vec<Step>, Error> {
         let pipeline = self.writer.pipeline();
-        for plan in plans {
-            let coid = plan.plan_id.client_order_id();
-            let args = vec![
-                "plan_id".to_string(),
-                plan.plan_id.to_string(),
-                "symbol".into(),
-                plan.symbol.to_string(),
-                "side".into(),
-                plan.side.to_string(),
-                "qty".into(),
-                plan.qty.to_string(),
-                "claimed_ts".into(),
-                now_ms().to_string(),
-            ];
-            queue_eval(&pipeline, CLAIM_SCRIPT, vec![order_key(&coid)], args).await?;
+        {
+            let claims: Vec<(&Plan, bool)> = steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Claim(plan, stale) => Some((plan.as_ref(), stale.is_some())),
+                    _ => None,
+                })
+                .collect();
+            if claims.is_empty() {
+                return Ok(steps);
+            }
+            order::queue_claims(&pipeline, &claims).await?;
         }
-        let states: Vec<String> = pipeline.all().await?;
-        Ok(plans
-            .iter()
-            .zip(states)
-            .map(|(plan, state)| match state.as_str() {
-                "CLAIMED" => true,
-                "NEW" => {
-                    tracing::info!(
-                        "Recovering order {} of plan {}: claimed before a restart",
-                        plan.plan_id.client_order_id(),
-                        plan.plan_id
-                    );
-                    true
+        let mut states = pipeline.all::<Vec<String>>().await?.into_iter();
+        Ok(steps
+            .into_iter()
+            .zip(spans)
+            .map(|(step, span)| match step {
+                Step::Claim(plan, stale) => {
+                    let state = order::claim_state(&states.next().unwrap_or_default());
+                    self.resolve_claim(plan, stale, state, span)
                 }
-                finished => {
-                    self.stats.duplicates += 1;
-                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "duplicate").increment(1);
-                    tracing::info!(
-                        "Duplicate plan {} for {} skipped: order {} already {finished}",
-                        plan.plan_id,
-                        plan.symbol,
-                        plan.plan_id.client_order_id()
-                    );
-                    false
-                }
+                other => other,
             })
             .collect())
+    }
+
+    fn resolve_claim(&mut self, plan: Box<Plan>, stale: Option<String>, state: ClaimState, span: &Span) -> Step {
+        let coid = plan.plan_id.client_order_id();
+        match (state, stale) {
+            (ClaimState::Claimed, None) => Step::Place(plan),
+            (ClaimState::New, None) => {
+                tracing::info!(
+                    "Recovering order {coid} of plan {}: claimed before a restart",
+                    plan.plan_id
+                );
+                Step::Place(plan)
+            }
+            (ClaimState::New, Some(reason)) => {
+                tracing::info!(
+                    "Recovering order {coid} of stale plan {}: claimed before a restart; asking the venue, placing nothing",
+                    plan.plan_id
+                );
+                Step::Recover(plan, reason)
+            }
+            // A peek claims nothing: a stale plan without an order record never reached the
+            // venue and is refused.
+            (ClaimState::None | ClaimState::Claimed, Some(reason)) => self.refuse(&plan, span, "stale", reason),
+            (ClaimState::None, None) => self.refuse(
+                &plan,
+                span,
+                "unclaimed",
+                "internal: the claim created no order record".to_string(),
+            ),
+            (ClaimState::Finished(finished), _) => {
+                trace::record_outcome(span, "duplicate", false);
+                self.stats.duplicates += 1;
+                metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "duplicate")
+                    .increment(1);
+                tracing::info!(
+                    "Duplicate plan {} for {} skipped: order {coid} already {finished}",
+                    plan.plan_id,
+                    plan.symbol
+                );
+                Step::Ack
+            }
+        }
     }
 }
 
 impl<V: Venue> Executor<V> {
-    /// Places the orders: one symbol's orders in plan order, different symbols concurrently
-    /// (their venue state is independent), so a batch costs a few round trips per symbol rather
-    /// than per order. `plans` are (batch position, plan) in batch order; outcomes come back
-    /// in the same order, each venue call traced as a step of the plan's span.
-    async fn execute_all<'p>(
-        &self,
-        plans: &[(usize, &'p Plan)],
-        spans: &[Span],
-    ) -> Result<Vec<(usize, &'p Plan, OrderOutcome)>, StageError> {
-        let mut by_symbol: HashMap<&str, Vec<(usize, &'p Plan)>> = HashMap::new();
-        for (i, plan) in plans {
-            by_symbol.entry(plan.symbol.as_str()).or_default().push((*i, plan));
+    /// Calls the venue for the batch's orders: one symbol's orders in plan order, different
+    /// symbols concurrently (their venue state is independent), so a batch costs a few round
+    /// trips per symbol rather than per order. Outcomes come back as (batch position,
+    /// outcome) in batch order, each venue call traced as a step of the plan's span.
+    async fn execute_all(&self, steps: &[Step], spans: &[Span]) -> Result<Vec<(usize, OrderOutcome)>, StageError> {
+        let mut by_symbol: HashMap<&str, Vec<(usize, &Step)>> = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            if let Some(plan) = step.order() {
+                by_symbol.entry(plan.symbol.as_str()).or_default().push((i, step));
+            }
         }
         let venue = &self.venue;
         let per_symbol = by_symbol.into_values().map(|orders| async move {
             let mut done = Vec::with_capacity(orders.len());
-            for (i, plan) in orders {
-                let order = request(plan);
-                let step = trace::step_span(&spans[i], "venue.order");
-                let outcome = venue.execute(&order).instrument(step).await.map_err(|e| {
+            for (i, step) in orders {
+                let call = trace::step_span(&spans[i], "venue.order");
+                let outcome = match step {
+                    Step::Recover(plan, reason) => {
+                        let found = venue
+                            .lookup(&plan.plan_id.client_order_id(), &plan.symbol)
+                            .instrument(call)
+                            .await;
+                        found.map(|o| o.unwrap_or_else(|| never_placed(reason)))
+                    }
+                    _ => {
+                        let plan = step.order().map(request);
+                        match plan {
+                            Some(order) => venue.execute(&order).instrument(call).await,
+                            None => continue,
+                        }
+                    }
+                };
+                let outcome = outcome.map_err(|e| {
                     metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue.name(), "kind" => e.kind())
                         .increment(1);
                     StageError::from(e)
                 })?;
-                done.push((i, plan, outcome));
+                done.push((i, outcome));
             }
             Ok::<_, StageError>(done)
         });
-        let mut all = Vec::with_capacity(plans.len());
+        let mut all = Vec::new();
         for result in futures_util::future::join_all(per_symbol).await {
             all.extend(result?);
         }
-        all.sort_by_key(|(i, _, _)| *i);
+        all.sort_by_key(|(i, _)| *i);
         Ok(all)
     }
 }
 
-/// What a fill holds in flight until the ledger applies it.
-fn fill_reservation(fill: &Fill) -> Reservation {
-    Reservation {
-        side: fill.side,
-        qty: fill.qty,
-        notional_usd: fill.qty.saturating_mul(fill.price),
-        ts_ms: now_ms(),
+/// The outcome of an order the venue never received, finalized without placing it.
+fn never_placed(why: &str) -> OrderOutcome {
+    OrderOutcome::Rejected {
+        reason: format!("{why}; the order never reached the venue and is not placed"),
     }
 }
 
@@ -469,6 +522,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
 }
 
 impl<V: Venue> Executor<V> {
+    /// Read (triage) → claim → venue → commit → report.
     async fn process(&mut self, batch: &[StreamEntry], spans: &[Span]) -> Result<(), StageError> {
         let mut seen = HashSet::new();
         let steps: Vec<Step> = batch
@@ -476,29 +530,54 @@ impl<V: Venue> Executor<V> {
             .zip(spans)
             .map(|(e, span)| self.triage(e, &mut seen, span))
             .collect();
-        // Plans to execute with their batch position (of their entry and span).
-        let to_execute: Vec<(usize, &Plan)> = steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                Step::Execute(plan) => Some((i, plan.as_ref())),
-                _ => None,
-            })
-            .collect();
-        let plans: Vec<&Plan> = to_execute.iter().map(|(_, plan)| *plan).collect();
-        let needs_venue = self.claim(&plans).await?;
-
-        let mut pending = Vec::with_capacity(to_execute.len());
-        for ((i, plan), needed) in to_execute.into_iter().zip(needs_venue) {
-            if needed {
-                pending.push((i, plan));
-            } else {
-                trace::record_outcome(&spans[i], "duplicate", false);
+        let steps = self.claim(steps, spans).await?;
+        fail::fail_point!("executor::after_claim", |_| std::process::abort());
+        let finished = self.execute_all(&steps, spans).await?;
+        fail::fail_point!("executor::before_finalize", |_| std::process::abort());
+        let finalized = self.commit(batch, spans, &steps, &finished).await?;
+        for ((i, outcome), finalized_here) in finished.iter().zip(finalized) {
+            let Some(plan) = steps[*i].order() else { continue };
+            let _in_span = spans[*i].enter();
+            if !finalized_here {
+                self.stats.duplicates += 1;
+                tracing::info!(
+                    "Duplicate plan {} for {}: order {} was finalized elsewhere (another instance or the sweep)",
+                    plan.plan_id,
+                    plan.symbol,
+                    plan.plan_id.client_order_id()
+                );
+                continue;
             }
+            if matches!(outcome, OrderOutcome::Filled { .. }) {
+                if let Some(window) = &self.executing_symbols {
+                    window.saw(&plan.symbol);
+                }
+                // A plan's entry id starts with the millisecond the bridge published it.
+                if quantum_common::time::entry_ms(&batch[*i].id).is_some() {
+                    let latency = entry_age_ms(&batch[*i].id, now_ms()) as f64 / 1000.0;
+                    metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
+                }
+            }
+            report_order(&mut self.stats, &spans[*i], &OrderRef::from(plan), outcome);
         }
-        let finished = self.execute_all(&pending, spans).await?;
+        if let Some(window) = &self.executing_symbols {
+            window.publish();
+        }
+        Ok(())
+    }
 
+    /// One MULTI/EXEC: the answers of not-executed plans (answer-once scripts) with their
+    /// reservations released, the finalize script of each order, and the XACK of the whole
+    /// batch. Returns, per finished order, whether this batch finalized it.
+    async fn commit(
+        &mut self,
+        batch: &[StreamEntry],
+        spans: &[Span],
+        steps: &[Step],
+        finished: &[(usize, OrderOutcome)],
+    ) -> Result<Vec<bool>, StageError> {
         let trx = self.writer.multi();
+        let mut queued = 0;
         for (step, entry) in steps.iter().zip(batch) {
             if let Step::Result(result, _) = step {
                 let answered = match PlanId::parse(&result.plan_id) {
@@ -517,125 +596,77 @@ impl<V: Venue> Executor<V> {
                     args,
                 )
                 .await?;
+                queued += 1;
             }
         }
         // Reservations are released after the answers: `count_replayed_answers` reads the
         // transaction's first replies as theirs.
-        for step in &steps {
+        for step in steps {
             if let Step::Result(result, _) = step {
                 if let Ok(symbol) = Symbol::parse(&result.symbol) {
                     trx.hdel::<(), _, _>(reservation_key(&symbol), result.plan_id.as_str())
                         .await?;
+                    queued += 1;
                 }
             }
         }
-        for (i, plan, outcome) in &finished {
-            let coid = plan.plan_id.client_order_id();
-            let (qty, avg, fee) = outcome.totals();
-            // The plan's reservation becomes its fills' until the ledger applies them.
-            trx.hdel::<(), _, _>(reservation_key(&plan.symbol), plan.plan_id.as_str())
-                .await?;
-            let (state, error) = match outcome {
-                OrderOutcome::Filled { fills } => {
-                    let reservations: Vec<(String, String)> = fills
-                        .iter()
-                        .map(|f| (f.fill_id.to_string(), fill_reservation(f).to_value()))
-                        .collect();
-                    if !reservations.is_empty() {
-                        trx.hset::<(), _, _>(reservation_key(&plan.symbol), reservations)
-                            .await?;
-                    }
-                    for fill in fills {
-                        let mut fields = fill.to_fields();
-                        trace::propagate(&spans[*i], Some(&batch[*i]), &mut fields);
-                        trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_STREAM, false, None, "*", fields)
-                            .await?;
-                    }
-                    ("FILLED", None)
-                }
-                OrderOutcome::Rejected { reason } => ("REJECTED", Some(reason.clone())),
-            };
-            let record = vec![
-                ("state", state.to_string()),
-                ("filled_qty", qty.to_string()),
-                ("avg_price", avg.to_string()),
-                ("fee", fee.to_string()),
-                ("error", error.clone().unwrap_or_default()),
-                ("finished_ts", now_ms().to_string()),
-            ];
-            trx.hset::<(), _, _>(order_key(&coid), record).await?;
-            let result = ExecutionResult {
-                plan_id: plan.plan_id.to_string(),
-                symbol: plan.symbol.to_string(),
-                side: plan.side.to_string(),
-                executed: error.is_none(),
-                decision: plan.decision.to_string(),
-                error,
-                order_id: Some(coid.to_string()),
-                filled_qty: qty,
-                avg_price: avg,
-                fee,
-            };
-            trx.xadd::<(), _, _, _, _>(RESULT_STREAM, false, None, "*", result.to_fields())
-                .await?;
+        for (i, outcome) in finished {
+            let Some(plan) = steps[*i].order() else { continue };
+            order::queue_finalize(&trx, &OrderRef::from(plan), outcome, |fields| {
+                trace::propagate(&spans[*i], Some(&batch[*i]), fields)
+            })
+            .await?;
         }
         let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
         let replies: Vec<Value> = trx.exec(true).await?;
-        self.count_replayed_answers(&steps, &replies);
+        self.count_replayed_answers(steps, &replies);
+        Ok(replies
+            .iter()
+            .skip(queued)
+            .take(finished.len())
+            .map(|r| r.as_i64() == Some(1))
+            .collect())
+    }
+}
 
-        for (i, plan, outcome) in &finished {
-            let coid = plan.plan_id.client_order_id();
-            let span = &spans[*i];
-            let _in_span = span.enter();
-            match outcome {
-                OrderOutcome::Filled { fills } => {
-                    trace::record_outcome(span, "filled", false);
-                    self.stats.filled += 1;
-                    if let Some(window) = &self.executing_symbols {
-                        window.saw(&plan.symbol);
-                    }
-                    // A plan's entry id starts with the millisecond the bridge published it.
-                    if quantum_common::time::entry_ms(&batch[*i].id).is_some() {
-                        let latency = entry_age_ms(&batch[*i].id, now_ms()) as f64 / 1000.0;
-                        metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
-                    }
-                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
-                        .increment(1);
-                    metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&plan.symbol), "side" => plan.side.as_str(), "status" => "FILLED").increment(1);
-                    for f in fills {
-                        tracing::info!(
-                            "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
-                            f.symbol,
-                            f.side,
-                            f.qty,
-                            f.price,
-                            plan.plan_id,
-                            f.fill_id,
-                            f.fee
-                        );
-                    }
-                }
-                OrderOutcome::Rejected { reason } => {
-                    trace::record_outcome(span, "rejected", false);
-                    self.stats.rejected += 1;
-                    metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
-                        .increment(1);
-                    metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&plan.symbol), "side" => plan.side.as_str(), "status" => "REJECTED").increment(1);
-                    tracing::warn!(
-                        "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
-                        plan.symbol,
-                        plan.side,
-                        plan.qty,
-                        plan.plan_id
-                    );
-                }
+/// Logs and counts a finalized order: the contract's `ORDER FILLED` / `ORDER REJECTED` lines.
+fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcome: &OrderOutcome) {
+    let coid = &order.client_order_id;
+    match outcome {
+        OrderOutcome::Filled { fills } => {
+            trace::record_outcome(span, "filled", false);
+            stats.filled += 1;
+            metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
+                .increment(1);
+            metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "FILLED").increment(1);
+            for f in fills {
+                tracing::info!(
+                    "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
+                    f.symbol,
+                    f.side,
+                    f.qty,
+                    f.price,
+                    order.plan_id,
+                    f.fill_id,
+                    f.fee
+                );
             }
         }
-        if let Some(window) = &self.executing_symbols {
-            window.publish();
+        OrderOutcome::Rejected { reason } => {
+            trace::record_outcome(span, "rejected", false);
+            stats.rejected += 1;
+            metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
+                .increment(1);
+            metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "REJECTED").increment(1);
+            tracing::warn!(
+                "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
+                order.symbol,
+                order.side,
+                order.qty,
+                order.plan_id
+            );
         }
-        Ok(())
     }
 }
 
@@ -651,6 +682,13 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     args.consumer
         .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
         .map_err(ExecutorError::Config)?;
+    if args.max_plan_age_ms > 0 && args.sweep_grace_ms <= args.max_plan_age_ms {
+        return Err(ExecutorError::Config(format!(
+            "INTENT_EXECUTOR_SWEEP_GRACE_MS ({}) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}): \
+             the sweep would finalize orders an executor may still place",
+            args.sweep_grace_ms, args.max_plan_age_ms
+        )));
+    }
     let spec = ConsumerSpec::new(
         PLAN_STREAM,
         PLAN_GROUP,
@@ -694,6 +732,14 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     }
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
+    let sweeper = sweep::Sweeper {
+        writer: conns.writer.clone(),
+        venue: venue.clone(),
+        grace_ms: args.sweep_grace_ms,
+        max_plan_age_ms: args.max_plan_age_ms,
+        stats: ExecutorStats::default(),
+    };
+    tokio::spawn(sweeper.run(Duration::from_millis(args.sweep_interval_ms), shutdown.clone()));
     let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);
     executor.max_plan_age_ms = args.max_plan_age_ms;
     executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(

@@ -19,7 +19,7 @@ use quantum_common::fill::Fill;
 use quantum_common::position::Position;
 use quantum_common::snapshot::Snapshot;
 use quantum_common::time::now_ms;
-use quantum_common::types::{parse_decimal, FillId, OrderType, Side, Symbol};
+use quantum_common::types::{parse_decimal, FillId, OrderId, OrderType, Side, Symbol};
 
 use crate::venue::{OrderOutcome, OrderRequest, Venue, VenueError};
 
@@ -191,6 +191,7 @@ impl PaperPosition {
 }
 
 /// The paper venue.
+#[derive(Clone)]
 pub struct PaperVenue {
     client: Client,
     config: PaperConfig,
@@ -321,6 +322,18 @@ impl PaperVenue {
 impl Venue for PaperVenue {
     fn name(&self) -> &'static str {
         "paper"
+    }
+
+    async fn lookup(&self, client_order_id: &OrderId, symbol: &Symbol) -> Result<Option<OrderOutcome>, VenueError> {
+        let stored = hash_pairs(
+            self.client
+                .hgetall::<Value, _>(paper_order_key(client_order_id.as_str()))
+                .await?,
+        );
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        Self::stored_outcome(stored, symbol).map(Some)
     }
 
     async fn execute(&self, order: &OrderRequest) -> Result<OrderOutcome, VenueError> {

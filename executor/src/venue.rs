@@ -93,4 +93,11 @@ pub trait Venue: Send + Sync {
     fn name(&self) -> &'static str;
     /// Places the order, or returns the outcome of the order already placed under its id.
     fn execute(&self, order: &OrderRequest) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;
+    /// The outcome of the order placed under `client_order_id`, placing nothing; `None` when
+    /// the venue never accepted it (so it never will: nothing places it but `execute`).
+    fn lookup(
+        &self,
+        client_order_id: &OrderId,
+        symbol: &Symbol,
+    ) -> impl Future<Output = Result<Option<OrderOutcome>, VenueError>> + Send;
 }

@@ -219,6 +219,14 @@ pub fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// How many orders the paper venue holds (one record per order it accepted).
+pub async fn paper_orders(stack: &Stack) -> usize {
+    quantum_common::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
+        .await
+        .unwrap()
+        .len()
+}
+
 /// The HTTP port a service logged at start.
 pub fn port_of(stack: &Stack, service: Service) -> u16 {
     let log = stack.log(service);

@@ -1,0 +1,161 @@
+//! No fill lost: an order the venue accepted reaches the ledger exactly once even when the
+//! executor dies between the venue call and its finalize, and its plan is then deleted from the
+//! stream, or is redelivered only after it went stale. An order that never reached the venue
+//! is finalized REJECTED by the sweep, never placed late.
+
+mod support;
+
+use fred::prelude::*;
+
+use quantum_common::contract::*;
+use quantumctl::stack::Service;
+use support::{paper_orders, wait_for, Stack};
+
+/// Short reclaim and age limits so a stale plan and an expired claim take seconds, not minutes.
+const FAST: [(&str, &str); 4] = [
+    ("STREAM_CLAIM_IDLE_MS", "500"),
+    ("STREAM_BLOCK_MS", "100"),
+    ("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", "1500"),
+    ("INTENT_EXECUTOR_SWEEP_INTERVAL_MS", "200"),
+];
+
+/// Starts the executor with `FAST`, `extra`, and optionally a crash point.
+fn start_executor(stack: &mut Stack, failpoint: Option<&str>, extra: &[(&str, &str)]) {
+    let mut env: Vec<(&str, &str)> = FAST.iter().chain(extra).copied().collect();
+    if let Some(point) = failpoint {
+        env.push(("FAILPOINTS", point));
+    }
+    stack.start(Service::Executor, &env);
+}
+
+/// Publishes one BTC BUY through the bridge and returns its plan's entry id and plan id.
+async fn one_plan(stack: &mut Stack) -> (String, String) {
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", "BTCUSDT")]);
+    stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1);
+    (plans[0].id.clone(), plans[0].get("plan_id").unwrap().to_string())
+}
+
+/// Waits until the executor process has exited (died at its crash point, or refused to start).
+async fn wait_exited(stack: &mut Stack) {
+    let deadline = std::time::Instant::now() + support::TIMEOUT;
+    while stack.process(Service::Executor).exited().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the executor never reached its crash point"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stack.kill(Service::Executor);
+}
+
+#[tokio::test]
+async fn an_order_placed_before_a_crash_reaches_the_ledger_after_its_plan_was_deleted() {
+    let mut stack = Stack::new().await;
+    let (entry, plan_id) = one_plan(&mut stack).await;
+    stack.start(Service::Ledger, &[]);
+    start_executor(&mut stack, Some("executor::before_finalize=return"), &[]);
+    wait_exited(&mut stack).await;
+    assert_eq!(paper_orders(&stack).await, 1, "the venue took the order");
+    assert!(stack.entries(LEDGER_COMMIT_STREAM).await.is_empty());
+    // The plan is trimmed away before anyone finalizes it.
+    let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
+
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
+    wait_for("the swept fill to reach the ledger", || async {
+        stack
+            .hash("quantum:position:ledger:BTCUSDT")
+            .await
+            .get("position_amt")
+            .map(String::as_str)
+            == Some("0.01")
+    })
+    .await;
+    let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
+    assert_eq!(record.get("state").map(String::as_str), Some("FILLED"));
+    let ttl: i64 = stack.client.ttl(format!("quantum:order:qib-{plan_id}")).await.unwrap();
+    assert!(ttl > 0, "a finished record expires");
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].get("executed"), Some("true"));
+    assert_eq!(stack.entries(LEDGER_COMMIT_STREAM).await.len(), 1);
+    assert_eq!(paper_orders(&stack).await, 1, "nothing placed again");
+    let open: i64 = stack.client.zcard(OPEN_ORDERS_KEY).await.unwrap();
+    assert_eq!(open, 0);
+    assert!(stack.log(Service::Executor).contains("Swept order qib-"));
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    let inflight = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+    assert!(inflight.is_empty(), "reservations released: {inflight:?}");
+}
+
+#[tokio::test]
+async fn a_plan_redelivered_stale_after_its_order_was_placed_is_finalized_not_refused() {
+    let mut stack = Stack::new().await;
+    let (entry, plan_id) = one_plan(&mut stack).await;
+    start_executor(&mut stack, Some("executor::before_finalize=return"), &[]);
+    wait_exited(&mut stack).await;
+    // Restarted only once the plan is older than INTENT_EXECUTOR_MAX_PLAN_AGE_MS; the sweep
+    // is kept out of the way, so the redelivered plan recovers its own order.
+    wait_for("the plan to go stale", || async {
+        quantum_common::time::entry_age_ms(&entry, quantum_common::time::now_ms()) > 1600
+    })
+    .await;
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000")]);
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].get("executed"), Some("true"), "{results:?}");
+    assert_eq!(stack.entries(LEDGER_COMMIT_STREAM).await.len(), 1);
+    assert_eq!(paper_orders(&stack).await, 1);
+    assert!(stack
+        .log(Service::Executor)
+        .contains(&format!("Recovering order qib-{plan_id} of stale plan")));
+}
+
+#[tokio::test]
+async fn a_claim_that_never_reached_the_venue_is_swept_rejected_and_never_placed() {
+    let mut stack = Stack::new().await;
+    let (entry, plan_id) = one_plan(&mut stack).await;
+    // Dies after the claim, before the venue call.
+    start_executor(&mut stack, Some("executor::after_claim=return"), &[]);
+    wait_exited(&mut stack).await;
+    assert_eq!(paper_orders(&stack).await, 0);
+    let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
+    wait_for("the sweep to finalize the claim", || async {
+        !stack.entries(RESULT_STREAM).await.is_empty()
+    })
+    .await;
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].get("executed"), Some("false"));
+    assert!(
+        results[0]
+            .get("error")
+            .unwrap_or_default()
+            .contains("never reached the venue"),
+        "{results:?}"
+    );
+    let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
+    assert_eq!(record.get("state").map(String::as_str), Some("REJECTED"));
+    assert_eq!(paper_orders(&stack).await, 0, "never placed");
+    let inflight = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+    assert!(inflight.is_empty(), "the plan's reservation is released: {inflight:?}");
+}
+
+#[tokio::test]
+async fn a_sweep_grace_within_the_plan_age_is_refused_at_start() {
+    let mut stack = Stack::new().await;
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "1000")]);
+    wait_exited(&mut stack).await;
+    assert!(stack
+        .log(Service::Executor)
+        .contains("INTENT_EXECUTOR_SWEEP_GRACE_MS (1000) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS (1500)"));
+}
