@@ -639,13 +639,18 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Connects both, retrying while Redis is unreachable.
+    /// Connects both, retrying while Redis is unreachable, and warns about Redis settings
+    /// that endanger the dedup records (`durability`).
+    ///
+    /// # Errors
+    /// Failures retrying cannot fix (bad credentials, TLS).
     pub async fn connect(
         redis: &crate::config::RedisArgs,
         shutdown: &CancellationToken,
     ) -> Result<Self, crate::config::ConnectError> {
         let writer = redis.connect(shutdown).await?;
         let reader = redis.connect(shutdown).await?;
+        crate::durability::check(&writer).await;
         Ok(Self { reader, writer })
     }
 }

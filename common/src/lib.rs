@@ -6,6 +6,7 @@ pub mod cas;
 pub mod config;
 pub mod consumer;
 pub mod contract;
+pub mod durability;
 pub mod failure;
 pub mod fields;
 pub mod fill;

@@ -350,3 +350,24 @@ async fn reconcile_waits_while_fills_are_in_flight() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn redis_settings_that_endanger_the_dedup_records_are_reported_at_start() {
+    use quantum_common::redis_server::RedisServer;
+    let evicting = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]).unwrap();
+    let mut stack = Stack::with_redis(evicting).await;
+    stack.start(Service::Ledger, &[]);
+    stack.wait_log(Service::Ledger, "Consumer ready").await;
+    let log = stack.log(Service::Ledger);
+    assert!(
+        log.contains("REDIS_SETTINGS Redis maxmemory-policy is allkeys-lru"),
+        "{log}"
+    );
+    assert!(log.contains("REDIS_SETTINGS Redis AOF is off"), "{log}");
+
+    let durable = RedisServer::start_with(&["--appendonly", "yes"]).unwrap();
+    let mut stack = Stack::with_redis(durable).await;
+    stack.start(Service::Ledger, &[]);
+    stack.wait_log(Service::Ledger, "Consumer ready").await;
+    assert!(!stack.log(Service::Ledger).contains("REDIS_SETTINGS"));
+}
