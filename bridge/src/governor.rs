@@ -2,7 +2,7 @@
 //! verdict shapes the plan, its log line and metrics, and the history sample to record. The
 //! decision itself is the pure `quantum_common::governor::decide`.
 
-use fred::clients::{Pipeline, Transaction};
+use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::Value;
 
@@ -196,7 +196,7 @@ pub fn read_replies(
 /// # Errors
 /// Only a failure to queue the commands.
 pub async fn queue_record(
-    trx: &Transaction,
+    trx: &Pipeline<Client>,
     cfg: &GovernorConfig,
     symbol: &Symbol,
     sample: Sample,

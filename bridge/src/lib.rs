@@ -1,9 +1,10 @@
 //! The intent bridge: `quantum:stream:trade.intent` → gates → `quantum:stream:apply.plan`.
 //!
 //! Each batch costs three round trips: one MGET of the replay markers, one pipelined read of
-//! the ledgers, portfolio, mark prices and governor inputs it needs, and one MULTI/EXEC that
-//! publishes every plan and DLQ entry together with the XACK of the batch, so a crash can
-//! neither lose nor duplicate a plan.
+//! the ledgers, portfolio, mark prices and governor inputs it needs, and one pipeline of
+//! per-intent commit scripts (`commit`), each publishing its plan or DLQ entry with its
+//! reservation, marker and XACK in one step that refuses an intent already processed, so
+//! neither a crash nor a second bridge can lose or duplicate a plan.
 //!
 //! Per intent: parse → size (an intent waiting for its mark price stays pending and is retried
 //! up to `INTENT_BRIDGE_MAX_INTENT_AGE_MS`) → freshness → gates (`gate`: allowlist, ledger,
@@ -11,8 +12,10 @@
 //! published) → publish.
 //!
 //! Layout: `gate` (pure gates), `governor` (its settings and batch glue; the decision is
-//! `quantum_common::governor`), this file (the batch handler and `run`).
+//! `quantum_common::governor`), `commit` (each intent's server-side commit step), this file
+//! (the batch handler and `run`).
 
+mod commit;
 pub mod gate;
 pub mod governor;
 
@@ -42,6 +45,7 @@ use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
+use commit::{queue_commit, EntryCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_common::governor::SymbolRisk;
@@ -658,27 +662,27 @@ impl BatchHandler for IntentBridge {
         let now_ms = now_ms();
         let stats_before = self.stats.clone();
 
-        let trx = self.writer.multi();
-        let mut ids = Vec::with_capacity(batch.len());
+        let pipeline = self.writer.pipeline();
+        // The entries committed, in the order of their steps; whether each was decided here
+        // (false: a replay, only acknowledged).
+        let mut committing: Vec<(&StreamEntry, bool)> = Vec::with_capacity(batch.len());
         // Each intent's span ends once its plan is committed (only kept while tracing is on).
         let mut spans = Vec::new();
         for ((entry, intent), seen) in batch.iter().zip(intents).zip(seen) {
             let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
             let Some(intent) = intent else {
-                ids.push(entry.id.clone());
-                if let Some(first) = seen {
-                    // The first outcome stays; the record counts the replay.
-                    let record = first.replayed(now_ms).to_string();
-                    // XX: a marker that expired meanwhile is not recreated without a TTL.
-                    trx.set::<(), _, _>(
-                        seen_key(&entry.id),
-                        record,
-                        Some(Expiration::KEEPTTL),
-                        Some(SetOptions::XX),
-                        false,
-                    )
-                    .await?;
-                }
+                // The first outcome stays; the record counts the replay (a marker that expired
+                // meanwhile is not recreated without a TTL).
+                let commit = EntryCommit {
+                    marker_key: seen_key(&entry.id),
+                    entry_id: &entry.id,
+                    outcome: None,
+                    reservation: None,
+                    record: None,
+                    replay_record: seen.map(|first| first.replayed(now_ms).to_string()),
+                };
+                queue_commit(&pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await?;
+                committing.push((entry, false));
                 trace::record_outcome(&span, "replayed", false);
                 self.stats.replayed += 1;
                 tracing::info!(
@@ -698,24 +702,28 @@ impl BatchHandler for IntentBridge {
                 continue;
             }
             self.waiting.remove(&entry.id);
-            ids.push(entry.id.clone());
-            self.queue_outcome(&trx, entry, outcome, &span, now_ms).await?;
+            self.queue_outcome(&pipeline, entry, outcome, &span, now_ms).await?;
+            committing.push((entry, true));
         }
-        queue_expired_reservations(&trx, &view).await?;
+        queue_expired_reservations(&pipeline, &view).await?;
         for (symbol, risk) in &view.risk {
             if let Some(sample) = risk.unrecorded {
-                governor::queue_record(&trx, &self.governor, symbol, sample).await?;
+                governor::queue_record(&pipeline, &self.governor, symbol, sample).await?;
             }
         }
-        consumer::queue_ack(&trx, INTENT_STREAM, INTENT_GROUP, &ids).await?;
-        if let Err(e) = trx.exec::<Value>(true).await {
-            // Nothing was published or acked: the whole batch is redelivered, so undo the counts.
+        fail::fail_point!("bridge::before_commit");
+        let replies = pipeline.try_all::<Value>().await;
+        let committed = self.check_commits(&committing, &replies);
+        if let Err(e) = committed {
+            // The failed entries stay pending; their counts are undone with the batch's (the
+            // others are acknowledged and count as replays if they come back).
             self.stats = stats_before;
             trace::record_batch_failed(&spans);
-            return Err(e.into());
+            return Err(e);
         }
-        self.stats.consumed += ids.len() as u64;
-        metrics::counter!("quantum_bridge_intents_consumed_total").increment(ids.len() as u64);
+        let acked = committing.len() as u64;
+        self.stats.consumed += acked;
+        metrics::counter!("quantum_bridge_intents_consumed_total").increment(acked);
         metrics::gauge!("quantum_bridge_waiting_intents").set(self.waiting.len() as f64);
         metrics::histogram!("quantum_bridge_batch_size").record(batch.len() as f64);
         metrics::histogram!("quantum_bridge_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -738,10 +746,10 @@ impl BatchHandler for IntentBridge {
 const MARK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl IntentBridge {
-    /// Queues an intent's marker and its plan or DLQ entry on the batch's transaction.
+    /// Queues an intent's commit step: its plan or DLQ entry, reservation, marker and XACK.
     async fn queue_outcome(
         &mut self,
-        trx: &fred::clients::Transaction,
+        pipeline: &fred::clients::Pipeline<Client>,
         entry: &StreamEntry,
         outcome: Outcome,
         span: &tracing::Span,
@@ -749,27 +757,21 @@ impl IntentBridge {
     ) -> Result<(), Error> {
         let now = now_ms / 1000;
         let record = outcome_record(&outcome, now_ms).to_string();
-        trx.set::<(), _, _>(
-            seen_key(&entry.id),
-            record,
-            Some(Expiration::EX(self.idempotency_ttl as i64)),
-            None,
-            false,
-        )
-        .await?;
+        let mut commit = EntryCommit {
+            marker_key: seen_key(&entry.id),
+            entry_id: &entry.id,
+            outcome: None,
+            reservation: None,
+            record: Some(record),
+            replay_record: None,
+        };
         match outcome {
             Outcome::Publish(plan, reservation) => {
                 let mut fields = plan.to_fields();
                 trace::propagate(span, Some(entry), &mut fields);
-                trx.xadd::<(), _, _, _, _>(PLAN_STREAM, false, None, "*", fields)
-                    .await?;
-                if let Some(reservation) = reservation {
-                    trx.hset::<(), _, _>(
-                        reservation_key(&plan.symbol),
-                        (plan.plan_id.as_str(), reservation.to_value()),
-                    )
-                    .await?;
-                }
+                commit.outcome = Some((PLAN_STREAM, fields));
+                commit.reservation =
+                    reservation.map(|r| (reservation_key(&plan.symbol), plan.plan_id.to_string(), r.to_value()));
                 self.stats.published += 1;
             }
             Outcome::Dlq { reason, error } => {
@@ -778,14 +780,7 @@ impl IntentBridge {
                     entry.id,
                     truncate(&entry.raw_text(), 512)
                 );
-                trx.xadd::<(), _, _, _, _>(
-                    INTENT_DLQ_STREAM,
-                    false,
-                    None,
-                    "*",
-                    dlq_fields(entry, reason, &error, now),
-                )
-                .await?;
+                commit.outcome = Some((INTENT_DLQ_STREAM, dlq_fields(entry, reason, &error, now)));
                 self.stats.malformed += 1;
                 metrics::counter!("quantum_bridge_outcomes_total", "reason" => "malformed").increment(1);
                 metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
@@ -793,13 +788,44 @@ impl IntentBridge {
             }
             Outcome::Skip(..) | Outcome::Wait => {}
         }
-        Ok(())
+        queue_commit(pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await
+    }
+
+    /// Reads the commit steps' replies (the pipeline's first, one per entry): an entry found
+    /// processed at commit time was decided by another bridge meanwhile (it published nothing
+    /// here); a failed step left its entry pending.
+    ///
+    /// # Errors
+    /// The first failed step's error, typed: the loop retries, isolates or stops on it.
+    fn check_commits(
+        &mut self,
+        committing: &[(&StreamEntry, bool)],
+        replies: &[Result<Value, Error>],
+    ) -> Result<(), StageError> {
+        let mut failed = None;
+        for ((entry, decided), reply) in committing.iter().zip(replies) {
+            match reply {
+                Ok(v) if *decided && v.as_i64() == Some(0) => {
+                    metrics::counter!("quantum_bridge_commit_conflicts_total").increment(1);
+                    tracing::info!(
+                        "Already processed: intent {} was committed by another bridge meanwhile; this one published nothing",
+                        entry.id
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("Commit of intent {} failed ({e}); it stays pending", entry.id);
+                    failed.get_or_insert_with(|| StageError::from(e.clone()));
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 }
 
 /// Removes the reservations found expired, with a warning: each is an order or fill that never
 /// reached the executor or the ledger in time.
-async fn queue_expired_reservations(trx: &fred::clients::Transaction, view: &BatchView) -> Result<(), Error> {
+async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, view: &BatchView) -> Result<(), Error> {
     for (symbol, in_flight) in &view.in_flight {
         if in_flight.expired.is_empty() {
             continue;
@@ -811,7 +837,8 @@ async fn queue_expired_reservations(trx: &fred::clients::Transaction, view: &Bat
         );
         metrics::counter!("quantum_bridge_reservations_expired_total", "symbol" => symbol.to_string())
             .increment(in_flight.expired.len() as u64);
-        trx.hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
+        pipeline
+            .hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
             .await?;
     }
     Ok(())
@@ -1019,6 +1046,18 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     args.consumer
         .check_age_limit("INTENT_BRIDGE_MAX_INTENT_AGE_MS", args.max_intent_age_ms)
         .map_err(BridgeError::Config)?;
+    // A replay (a group reset) re-reads every entry the stream holds: each must still have its
+    // marker, or be refused as stale before it is sized, or it would be published again.
+    let retention = args.consumer.retention_ms;
+    let unbounded = retention == 0 || retention / 1000 > args.idempotency_ttl;
+    if unbounded && args.max_intent_age_ms == 0 {
+        return Err(BridgeError::Config(format!(
+            "STREAM_RETENTION_MS ({retention}) keeps intents longer than INTENT_BRIDGE_IDEMPOTENCY_TTL ({} s) \
+             remembers them, and INTENT_BRIDGE_MAX_INTENT_AGE_MS=0 lets old ones through: a replay would \
+             publish them again; set a retention of at most the TTL, or an age limit",
+            args.idempotency_ttl
+        )));
+    }
     let spec = ConsumerSpec::new(
         INTENT_STREAM,
         INTENT_GROUP,

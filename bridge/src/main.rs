@@ -18,6 +18,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Only in builds with the `failpoints` feature (the system tests'): reads FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let shutdown = quantum_common::consumer::shutdown_on_signals();
     match run(args, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,

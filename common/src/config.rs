@@ -377,8 +377,10 @@ fn join_symbols(symbols: &std::collections::BTreeSet<crate::types::Symbol>) -> S
 /// Consumer-group settings shared by every service.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConsumerArgs {
-    /// Consumer name within the group; keep it stable across restarts so the service
-    /// reclaims its own pending entries (default: <service>-<hostname>).
+    /// Consumer name within the group. Default: <service>-<hostname>-<pid>-<4 hex>, unique
+    /// per process, so two processes never share a pending list; a dead process's entries are
+    /// reclaimed after STREAM_CLAIM_IDLE_MS. A stable name makes a restart recover its own
+    /// entries at once, but must never be given to two running processes.
     #[arg(long, env = "CONSUMER_NAME")]
     pub consumer_name: Option<String>,
     /// Most entries read per batch.
@@ -393,6 +395,14 @@ pub struct ConsumerArgs {
     /// How often (ms) to look for stale pending entries to reclaim.
     #[arg(long, env = "STREAM_CLAIM_INTERVAL_MS", default_value_t = 30_000)]
     pub claim_interval_ms: u64,
+    /// Entries older than this (ms) are trimmed from the streams the service consumes or alone
+    /// writes, never one a consumer group still needs (0: keep everything, unbounded).
+    #[arg(long, env = "STREAM_RETENTION_MS", default_value_t = 3_600_000)]
+    pub retention_ms: u64,
+    /// Consumers of the group with nothing pending and idle this long (ms) are removed (each
+    /// restart adds a consumer name; the dead ones would pile up).
+    #[arg(long, env = "STREAM_CONSUMER_PRUNE_IDLE_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub consumer_prune_idle_ms: u64,
     /// An entry that fails as poison (the same error every time) goes to the stage's DLQ once
     /// Redis has delivered it this many times (XPENDING's count); the others go on meanwhile.
     #[arg(long, env = "STREAM_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -421,11 +431,22 @@ impl ConsumerArgs {
         Ok(())
     }
 
-    /// The consumer name to use for a service.
+    /// The consumer name to use for a service: `CONSUMER_NAME`, else one unique to this
+    /// process (the pid tells processes apart on one host; the suffix, from the start time,
+    /// tells apart containers that share a host name and all run as pid 1).
     pub fn consumer(&self, service: &str) -> String {
-        self.consumer_name
-            .clone()
-            .unwrap_or_else(|| format!("{service}-{}", hostname()))
+        self.consumer_name.clone().unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+            format!(
+                "{service}-{}-{}-{:04x}",
+                hostname(),
+                std::process::id(),
+                (nanos >> 10) & 0xffff
+            )
+        })
     }
 }
 

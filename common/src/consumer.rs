@@ -35,6 +35,11 @@ pub struct ConsumerSpec {
     pub block: Duration,
     pub claim_idle: Duration,
     pub claim_interval: Duration,
+    /// Other consumers with nothing pending and idle this long are removed.
+    pub prune_idle: Duration,
+    /// The streams this stage trims to `retention_ms` (its own, plus any it alone writes).
+    pub trim_streams: Vec<&'static str>,
+    pub retention_ms: u64,
     /// Where entries that fail as poison `max_deliveries` times go.
     pub dlq_stream: &'static str,
     pub max_deliveries: u64,
@@ -99,6 +104,9 @@ impl ConsumerSpec {
             block: Duration::from_millis(args.block_ms),
             claim_idle: Duration::from_millis(args.claim_idle_ms),
             claim_interval: Duration::from_millis(args.claim_interval_ms),
+            prune_idle: Duration::from_millis(args.consumer_prune_idle_ms),
+            trim_streams: vec![stream, dlq_stream],
+            retention_ms: args.retention_ms,
             dlq_stream,
             max_deliveries: args.max_deliveries,
             stall_after: Duration::from_millis(args.stall_ms),
@@ -445,6 +453,9 @@ async fn isolate<H: BatchHandler>(
     for entry in batch {
         let outcome = if batch.len() == 1 {
             Err(StageError::Poison(error.clone()))
+        } else if deliveries(writer, spec, &entry.id).await? == 0 {
+            // Committed by the failed batch already (stages that commit entry by entry).
+            continue;
         } else {
             handler.handle(std::slice::from_ref(entry)).await
         };
@@ -577,6 +588,79 @@ async fn reclaim_stale<H: BatchHandler>(
             spec.stream,
             spec.consumer
         );
+    }
+    prune_consumers(writer, spec).await?;
+    // Trimming is housekeeping: a failure is reported and retried next pass, never allowed to
+    // hold up the entries (only a missing permission stops the service, as everywhere).
+    match crate::retention::trim(writer, &spec.trim_streams, spec.retention_ms, crate::time::now_ms())
+        .await
+        .map_err(StageError::from)
+    {
+        Ok(0) => {}
+        Ok(trimmed) => tracing::debug!(
+            "Trimmed {trimmed} entries older than {} ms from {}",
+            spec.retention_ms,
+            spec.trim_streams.join(", ")
+        ),
+        Err(e @ StageError::Fatal(_)) => return Err(e),
+        Err(e) => tracing::warn!(
+            "Trimming {} failed: {e}; retried next pass",
+            spec.trim_streams.join(", ")
+        ),
+    }
+    // Its lines are written now, not with the next batch (there may be none for a while).
+    crate::telemetry::flush_logs();
+    Ok(())
+}
+
+/// Deletes a consumer only if it holds nothing pending, in one step: XGROUP DELCONSUMER drops a
+/// consumer's pending entries, which would then never be delivered again. Returns 1 when it
+/// deleted, 0 when the consumer is gone, -1 when it holds entries.
+const DELETE_IDLE_CONSUMER_SCRIPT: &str = r#"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) >= 0 and 1 or 0
+"#;
+
+/// Removes the group's consumers that hold nothing pending and have been idle for
+/// `prune_idle`: the names of processes long gone. One with entries pending is never removed
+/// (XGROUP DELCONSUMER would drop its entries); XAUTOCLAIM empties it first.
+async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), StageError> {
+    let reply: Value = writer
+        .custom(
+            CustomCommand::new_static("XINFO", fred::types::ClusterHash::Custom(0), false),
+            vec![Value::from("CONSUMERS"), spec.stream.into(), spec.group.into()],
+        )
+        .await?;
+    let prune_after = spec.prune_idle.as_millis() as u64;
+    for consumer in reply.into_array() {
+        let pairs = crate::fields::hash_pairs(consumer);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let (Some(name), Some(pending), Some(idle)) = (get("name"), get("pending"), get("idle")) else {
+            continue;
+        };
+        let idle: u64 = idle.parse().unwrap_or(0);
+        if name == spec.consumer || pending != "0" || idle < prune_after {
+            continue;
+        }
+        let pipeline = writer.pipeline();
+        crate::cas::queue_eval(
+            &pipeline,
+            DELETE_IDLE_CONSUMER_SCRIPT,
+            vec![spec.stream.to_string()],
+            vec![spec.group.to_string(), name.to_string()],
+        )
+        .await?;
+        let deleted: Vec<i64> = pipeline.all().await?;
+        if deleted.first() != Some(&1) {
+            // It read something meanwhile: it lives.
+            continue;
+        }
+        tracing::info!(
+            "Pruned consumer {name} of {} on {}: idle {idle} ms with nothing pending",
+            spec.group,
+            spec.stream
+        );
+        metrics::counter!("quantum_consumer_pruned_total", "stream" => spec.stream).increment(1);
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod position;
 pub mod redis_server;
 pub mod reservation;
 pub mod result;
+pub mod retention;
 pub mod snapshot;
 pub mod systemd;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_common::consumer::group_backlog;
-use quantum_common::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM};
+use quantum_common::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY};
 use quantum_common::types::{Side, Symbol};
 
 use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
@@ -54,6 +54,10 @@ pub async fn bridge_throughput(
         .map(|s| (s.to_string(), approx_price(&s).to_string()))
         .collect();
     client.hset::<(), _, _>(MARK_PRICE_KEY, marks).await?;
+    // And the account equity, without which every BUY would be refused (equity_unknown).
+    client
+        .hset::<(), _, _>(PORTFOLIO_KEY, ("equity_usd", "100000000"))
+        .await?;
     let plans_before: u64 = client.xlen(PLAN_STREAM).await?;
 
     let mut env: HashMap<String, String> = base_env(redis_url);

@@ -10,7 +10,7 @@ use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_common::cas::owned;
-use quantum_common::contract::{ledger_key, PLAN_STREAM, RESULT_STREAM};
+use quantum_common::contract::{ledger_key, PLAN_STREAM, PORTFOLIO_KEY, RESULT_STREAM};
 use quantum_common::position::{LedgerEntry, Position};
 use quantum_common::time::now_ms;
 use quantum_common::types::{Side, Symbol};
@@ -244,12 +244,33 @@ async fn run_phase(
     })
 }
 
+/// Waits until the paper executor has published the account equity: until then the bridge
+/// refuses BUYs (`equity_unknown`), which is not the story the demo tells.
+async fn wait_for_equity(client: &Client, log_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + IDLE_TIMEOUT;
+    loop {
+        let equity: Option<String> = client.hget(PORTFOLIO_KEY, "equity_usd").await?;
+        if equity.is_some() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the executor published no account equity within {IDLE_TIMEOUT:?}; see {}",
+                log_dir.join("executor.log").display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the whole story against `redis_url`, logging into `log_dir`.
 pub async fn run(client: &Client, redis_url: &str, log_dir: &Path) -> Result<DemoReport, Box<dyn std::error::Error>> {
     seed(client).await?;
     let env = base_env(redis_url);
     let ledger = ServiceProcess::start(Service::Ledger, &env, &log_dir.join("ledger.log"))?;
     let executor = ServiceProcess::start(Service::Executor, &env, &log_dir.join("executor.log"))?;
+    wait_for_equity(client, log_dir).await?;
 
     let mut phases = Vec::new();
     for phase in PHASES {

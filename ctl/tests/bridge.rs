@@ -512,6 +512,7 @@ async fn a_missing_group_is_created_and_a_deleted_pending_entry_is_acknowledged(
         .xgroup_create(INTENT_STREAM, INTENT_GROUP, "0", true)
         .await
         .unwrap();
+    // Under a stable name (as the systemd units set it), so the restart finds it as its own.
     let consumer = format!("intent_bridge-{}", quantum_common::config::hostname());
     let _: Value = stack
         .client
@@ -527,7 +528,7 @@ async fn a_missing_group_is_created_and_a_deleted_pending_entry_is_acknowledged(
         .await
         .unwrap();
     let _: u64 = stack.client.xdel(INTENT_STREAM, id.as_str()).await.unwrap();
-    stack.start(Service::Bridge, &[]);
+    stack.start(Service::Bridge, &[("CONSUMER_NAME", consumer.as_str())]);
     stack
         .wait_log(Service::Bridge, "were deleted before processing; acknowledging them")
         .await;

@@ -128,3 +128,57 @@ async fn a_stage_whose_batches_all_fail_is_stalled_until_they_pass_again() {
         "an outage is not poison"
     );
 }
+
+#[tokio::test]
+async fn a_commit_that_fails_inside_redis_loses_no_intent() {
+    let mut stack = Stack::new().await;
+    // The DLQ key holds a string: writing the malformed intent's DLQ entry fails (WRONGTYPE)
+    // while the good intent of the same batch commits.
+    let _: () = stack
+        .client
+        .set(INTENT_DLQ_STREAM, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    let bad = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "NOT A SYMBOL"), ("side", "BUY"), ("qty", "1")],
+        )
+        .await;
+    let good = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    stack.start(
+        Service::Bridge,
+        &[("SYMBOL_ALLOWLIST", "BTCUSDT"), ("STREAM_MAX_DELIVERIES", "1000")],
+    );
+    wait_for("the good intent's plan", || async {
+        stack
+            .entries(PLAN_STREAM)
+            .await
+            .iter()
+            .any(|p| p.get("intent_id") == Some(good.as_str()))
+    })
+    .await;
+    stack
+        .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
+        .await;
+    let marker: Option<String> = stack
+        .client
+        .get(format!("quantum:intent_bridge:seen:{bad}"))
+        .await
+        .unwrap();
+    assert_eq!(marker, None, "not marked processed");
+    assert!(stack.log(Service::Bridge).contains("nothing written"));
+
+    // Repaired, the intent takes its course: one DLQ entry, no loss.
+    let _: i64 = stack.client.del(INTENT_DLQ_STREAM).await.unwrap();
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let dlq = stack.entries(INTENT_DLQ_STREAM).await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].get("source_id"), Some(bad.as_str()));
+    assert_eq!(stack.entries(PLAN_STREAM).await.len(), 1);
+}

@@ -689,13 +689,15 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
             args.sweep_grace_ms, args.max_plan_age_ms
         )));
     }
-    let spec = ConsumerSpec::new(
+    let mut spec = ConsumerSpec::new(
         PLAN_STREAM,
         PLAN_GROUP,
         PLAN_DLQ_STREAM,
         "intent_executor",
         &args.consumer,
     );
+    // apply.result is the executor's alone, and no group reads it.
+    spec.trim_streams.push(RESULT_STREAM);
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);

@@ -30,6 +30,8 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
     procs: HashMap<Service, ServiceProcess>,
+    /// Further instances of the services (`start_replica`), beside the one in `procs`.
+    replicas: Vec<ServiceProcess>,
 }
 
 impl Stack {
@@ -61,6 +63,7 @@ impl Stack {
             dir: tempfile::tempdir().expect("temp dir"),
             env,
             procs: HashMap::new(),
+            replicas: Vec::new(),
         }
     }
 
@@ -74,6 +77,22 @@ impl Stack {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let proc = ServiceProcess::start(service, &env, &self.log_path(service)).expect("start service");
         self.procs.insert(service, proc);
+    }
+
+    /// Starts one more instance of `service` (its own process and log); returns its index.
+    pub fn start_replica(&mut self, service: Service, extra: &[(&str, &str)]) -> usize {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let index = self.replicas.len();
+        let log = self.dir.path().join(format!("{}-replica{index}.log", service.binary()));
+        let proc = ServiceProcess::start(service, &env, &log).expect("start replica");
+        self.replicas.push(proc);
+        index
+    }
+
+    /// The log of replica `index`.
+    pub fn replica_log(&self, index: usize) -> String {
+        self.replicas[index].log_text()
     }
 
     /// SIGTERM and wait; returns whether it exited cleanly with status 0.
@@ -217,6 +236,33 @@ pub fn quantumctl(args: &[&str], redis_url: Option<&str>) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// The consumers of `group` on `stream`: (name, entries pending).
+pub async fn consumers(stack: &Stack, stream: &str, group: &str) -> Vec<(String, u64)> {
+    let reply: fred::types::Value = stack
+        .client
+        .custom(
+            fred::types::CustomCommand::new_static("XINFO", fred::types::ClusterHash::FirstKey, false),
+            vec!["CONSUMERS", stream, group],
+        )
+        .await
+        .expect("XINFO CONSUMERS");
+    reply
+        .into_array()
+        .into_iter()
+        .map(|c| {
+            let pairs = quantum_common::fields::hash_pairs(c);
+            let get = |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (get("name"), get("pending").parse().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// How many orders the paper venue holds (one record per order it accepted).

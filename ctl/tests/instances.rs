@@ -1,0 +1,193 @@
+//! Several instances of every service at once: each process is its own consumer (unique names
+//! by default), every intent still becomes one plan, one order and one ledger fill, and the
+//! names of long-gone consumers are pruned.
+
+mod support;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use rust_decimal::Decimal;
+
+use quantum_common::contract::*;
+use quantum_common::types::{Side, Symbol};
+use quantumctl::facts::wait_idle;
+use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::stack::Service;
+use support::{assert_exactly_once, consumers, wait_for, Stack, TIMEOUT};
+
+const GROUPS: [(&str, &str); 3] = [
+    (INTENT_STREAM, INTENT_GROUP),
+    (PLAN_STREAM, PLAN_GROUP),
+    (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
+];
+
+#[tokio::test]
+async fn two_of_every_service_handle_each_intent_exactly_once() {
+    let mut stack = Stack::new().await;
+    let allow = DEMO_SYMBOLS.join(",");
+    let env = [
+        ("SYMBOL_ALLOWLIST", allow.as_str()),
+        ("MAX_EXPOSURE_PCT", "1000000"),
+        ("STREAM_BATCH_SIZE", "16"),
+    ];
+    let mut replicas = Vec::new();
+    for service in [Service::Ledger, Service::Executor, Service::Bridge] {
+        stack.start(service, &env);
+        replicas.push((service, stack.start_replica(service, &env)));
+    }
+    for (service, replica) in &replicas {
+        stack.wait_log(*service, "Consumer ready").await;
+        wait_for("the replica to consume", || async {
+            stack.replica_log(*replica).contains("Consumer ready")
+        })
+        .await;
+    }
+    let intents: Vec<_> = (0..240)
+        .map(|i| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
+            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
+        })
+        .collect();
+    let ids = publish(&stack.client, &intents, 0).await.unwrap();
+    assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
+    assert_exactly_once(&stack, &ids).await;
+
+    let hostname = quantum_common::config::hostname();
+    for (stream, group) in GROUPS {
+        let names: Vec<String> = consumers(&stack, stream, group)
+            .await
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names.len(), 2, "{group}: one consumer per process: {names:?}");
+        assert_ne!(names[0], names[1]);
+        for name in &names {
+            assert!(name.contains(&format!("-{hostname}-")), "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_consumers_with_nothing_pending_are_pruned() {
+    let mut stack = Stack::new().await;
+    // Before the ledger starts: a consumer that left nothing behind, and one that holds an
+    // entry it never acknowledged.
+    let xgroup = |args: Vec<&str>| {
+        let client = stack.client.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let _: Value = client
+                .custom(CustomCommand::new_static("XGROUP", ClusterHash::FirstKey, false), args)
+                .await
+                .unwrap();
+        }
+    };
+    xgroup(vec!["CREATE", LEDGER_COMMIT_STREAM, LEDGER_GROUP, "0", "MKSTREAM"]).await;
+    xgroup(vec![
+        "CREATECONSUMER",
+        LEDGER_COMMIT_STREAM,
+        LEDGER_GROUP,
+        "ledger-gone-1-0000",
+    ])
+    .await;
+    stack.xadd(LEDGER_COMMIT_STREAM, &[("fill_id", "held")]).await;
+    let _: Value = stack
+        .client
+        .xreadgroup(
+            LEDGER_GROUP,
+            "ledger-busy-2-0000",
+            Some(1),
+            None,
+            false,
+            LEDGER_COMMIT_STREAM,
+            ">",
+        )
+        .await
+        .unwrap();
+    stack.start(
+        Service::Ledger,
+        &[
+            ("STREAM_CONSUMER_PRUNE_IDLE_MS", "300"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+            ("STREAM_CLAIM_IDLE_MS", "600000"),
+        ],
+    );
+    stack.wait_log(Service::Ledger, "Consumer ready").await;
+
+    wait_for("the gone consumer to be pruned", || async {
+        consumers(&stack, LEDGER_COMMIT_STREAM, LEDGER_GROUP)
+            .await
+            .iter()
+            .all(|(name, _)| name != "ledger-gone-1-0000")
+    })
+    .await;
+    let left = consumers(&stack, LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    assert!(
+        left.contains(&("ledger-busy-2-0000".to_string(), 1)),
+        "a consumer holding entries is kept: {left:?}"
+    );
+    assert_eq!(left.len(), 2, "the ledger itself stays: {left:?}");
+    assert!(stack
+        .log(Service::Ledger)
+        .contains("Pruned consumer ledger-gone-1-0000"));
+}
+
+#[tokio::test]
+async fn two_bridges_deciding_one_intent_publish_one_plan() {
+    let mut stack = Stack::new().await;
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000")]).await;
+    let fast = [
+        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+        ("STREAM_CLAIM_IDLE_MS", "500"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ("STREAM_BLOCK_MS", "100"),
+    ];
+    // The first bridge decides the intent, then stalls for 3 s before its commit (a GC pause, a
+    // SIGSTOP): long enough for the second to reclaim the entry and decide it again.
+    let mut paused: Vec<(&str, &str)> = fast.to_vec();
+    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(3000)"));
+    stack.start(Service::Bridge, &paused);
+    stack.wait_log(Service::Bridge, "Consumer ready").await;
+    let intent = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "1000"),
+                ("leverage", "1"),
+            ],
+        )
+        .await;
+    wait_for("the first bridge to hold the intent", || async {
+        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
+            .await
+            .iter()
+            .any(|(_, pending)| *pending == 1)
+    })
+    .await;
+    // The market moves: sized again, the intent gets another quantity, hence another plan id.
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
+    let second = stack.start_replica(Service::Bridge, &fast);
+    wait_for("the first bridge to wake up and commit", || async {
+        stack
+            .log(Service::Bridge)
+            .contains(&format!("intent {intent} was committed by another bridge meanwhile"))
+    })
+    .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(
+        plans.len(),
+        1,
+        "one plan for one intent: {plans:?}\n{}\n{}",
+        stack.log(Service::Bridge),
+        stack.replica_log(second)
+    );
+    assert_eq!(plans[0].get("qty"), Some("0.02"), "sized by the bridge that committed");
+    assert!(stack
+        .replica_log(second)
+        .contains("XAUTOCLAIM reclaimed 1 stale entries"));
+    let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+    assert_eq!(reservations.len(), 1, "one reservation: {reservations:?}");
+}

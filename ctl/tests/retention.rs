@@ -1,0 +1,121 @@
+//! Bounded streams: entries older than STREAM_RETENTION_MS are trimmed, never one a consumer
+//! group still needs (pending, or not yet delivered).
+
+mod support;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use quantum_common::contract::*;
+use quantum_common::redis_server::RedisServer;
+use quantumctl::stack::Service;
+use support::{wait_for, Stack};
+
+#[tokio::test]
+async fn old_entries_are_trimmed_but_never_one_a_group_still_needs() {
+    // One entry per stream node, so approximate trimming (`~`) is exact and the test can count.
+    let redis = RedisServer::start_with(&["--stream-node-max-entries", "1"]).unwrap();
+    let mut stack = Stack::with_redis(redis).await;
+    let _: Value = stack
+        .client
+        .custom(
+            CustomCommand::new_static("XGROUP", ClusterHash::FirstKey, false),
+            vec!["CREATE", LEDGER_COMMIT_STREAM, LEDGER_GROUP, "0", "MKSTREAM"],
+        )
+        .await
+        .unwrap();
+    // A consumer (another ledger) handled the first fill and still holds the second.
+    let read_one = || async {
+        let reply: Value = stack
+            .client
+            .xreadgroup(
+                LEDGER_GROUP,
+                "ledger-other-1-0000",
+                Some(1),
+                None,
+                false,
+                LEDGER_COMMIT_STREAM,
+                ">",
+            )
+            .await
+            .unwrap();
+        reply
+    };
+    let done = stack.xadd(LEDGER_COMMIT_STREAM, &[("fill_id", "done")]).await;
+    read_one().await;
+    let _: i64 = stack
+        .client
+        .xack(LEDGER_COMMIT_STREAM, LEDGER_GROUP, done.as_str())
+        .await
+        .unwrap();
+    let held = stack.xadd(LEDGER_COMMIT_STREAM, &[("fill_id", "held")]).await;
+    read_one().await;
+    // Two the ledger will read (malformed: they go to its DLQ).
+    let later = [
+        stack.xadd(LEDGER_COMMIT_STREAM, &[("fill_id", "bad-1")]).await,
+        stack.xadd(LEDGER_COMMIT_STREAM, &[("fill_id", "bad-2")]).await,
+    ];
+    stack.start(
+        Service::Ledger,
+        &[
+            ("STREAM_RETENTION_MS", "1000"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+            ("STREAM_CLAIM_IDLE_MS", "600000"),
+        ],
+    );
+    let ids = || async {
+        stack
+            .entries(LEDGER_COMMIT_STREAM)
+            .await
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    wait_for("the handled fill to be trimmed", || async {
+        !ids().await.contains(&done)
+    })
+    .await;
+    assert_eq!(
+        ids().await,
+        [held.clone(), later[0].clone(), later[1].clone()],
+        "the held fill, and what follows it, stay"
+    );
+
+    // Once acknowledged, everything is past the retention and nothing is needed: all of it
+    // goes, the ledger's dead letters too.
+    let _: i64 = stack
+        .client
+        .xack(LEDGER_COMMIT_STREAM, LEDGER_GROUP, held.as_str())
+        .await
+        .unwrap();
+    wait_for("the stream to be trimmed to nothing", || async {
+        stack.xlen(LEDGER_COMMIT_STREAM).await == 0
+    })
+    .await;
+    wait_for("the dead letters to age out", || async {
+        stack.xlen(LEDGER_COMMIT_DLQ_STREAM).await == 0
+    })
+    .await;
+    assert_eq!(
+        stack.log(Service::Ledger).matches("DLQ ledger.commit ").count(),
+        2,
+        "both read and dead-lettered before they were trimmed"
+    );
+}
+
+#[tokio::test]
+async fn a_bridge_whose_streams_would_outlive_its_replay_markers_refuses_to_start() {
+    let mut stack = Stack::new().await;
+    stack.start(
+        Service::Bridge,
+        &[("STREAM_RETENTION_MS", "0"), ("INTENT_BRIDGE_MAX_INTENT_AGE_MS", "0")],
+    );
+    stack
+        .wait_log(Service::Bridge, "a replay would publish them again")
+        .await;
+    wait_for("the bridge to exit", || {
+        let exited = stack.process(Service::Bridge).exited().is_some();
+        async move { exited }
+    })
+    .await;
+}
