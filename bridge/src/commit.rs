@@ -1,7 +1,14 @@
 //! One intent's commit: its outcome (plan or DLQ entry), its reservation, its replay marker and
-//! its XACK, as one server-side step that refuses an entry already processed.
+//! its XACK, as one server-side step that refuses an entry already processed; and the
+//! consistent read of a symbol's position its gates decide on.
 //!
-//! Invariants the script keeps:
+//! Invariants the scripts keep:
+//! - the gates see a symbol's ledger and reservations at one instant (one read script): the
+//!   ledger applies a fill and releases its reservation in one step, so a read of the one before
+//!   and the other after would count the fill twice or not at all;
+//! - a reservation commits only while the symbol's reservation count is the one its gate
+//!   decided on: a second bridge that reserved meanwhile makes the step refuse (-1), and the
+//!   intent is decided again on fresh state, so two bridges cannot both sell one position;
 //! - an entry whose marker exists is only acknowledged (a replay's record counts it), whoever
 //!   processed it first: a second bridge that decided the same entry (reclaimed from a paused
 //!   one) publishes nothing, so one intent is one plan even when two bridges sized it;
@@ -15,26 +22,56 @@ use fred::prelude::*;
 
 use quantum_common::cas::queue_eval;
 
+/// A symbol's ledger fields and reservations, read at one instant.
+const READ_POSITION_SCRIPT: &str = r#"#!lua flags=no-writes
+return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), redis.call('HGETALL', KEYS[2]),
+  redis.call('GET', KEYS[3]) or '0'}
+"#;
+
+/// Queues the read of `symbol`'s ledger (`position_amt`, `notional_usd`), reservations and
+/// reservation count; the reply is `[[amt, notional], [field, value, ...], count]`.
+pub async fn queue_position_read(
+    pipeline: &fred::clients::Pipeline<Client>,
+    symbol: &quantum_common::types::Symbol,
+) -> Result<(), Error> {
+    use quantum_common::contract::{ledger_key, reservation_key, reservation_version_key};
+    let keys = vec![
+        ledger_key(symbol),
+        reservation_key(symbol),
+        reservation_version_key(symbol),
+    ];
+    // EVAL_RO: the bridge may only read ledgers.
+    quantum_common::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, Vec::new()).await
+}
+
 const COMMIT_SCRIPT: &str = r#"#!lua
--- KEYS: marker, intent stream, outcome stream, reservations
+-- KEYS: marker, intent stream, outcome stream, reservations, reservation count
 -- ARGV: group, entry id, marker ttl, record ('' for a replay), replay record ('' for none),
---       reserve field ('' for none), reserve value, then the outcome's fields (none: a skip)
-if ARGV[4] == '' or redis.call('EXISTS', KEYS[1]) == 1 then
-  if ARGV[5] ~= '' then redis.call('SET', KEYS[1], ARGV[5], 'KEEPTTL', 'XX') end
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-  return 0
-end
+--       reserve field ('' for none), reserve value, expected reservation count, then the
+--       outcome's fields (none: a skip)
 local function wrong(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     return 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written'
   end
 end
-local bad = wrong(KEYS[1], 'string') or (#ARGV > 7 and wrong(KEYS[3], 'stream'))
-  or (ARGV[6] ~= '' and wrong(KEYS[4], 'hash'))
+-- A marker of another type is corrupt, not a record that the intent was processed.
+local bad = wrong(KEYS[1], 'string')
 if bad then return redis.error_reply(bad) end
-if #ARGV > 7 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 8)) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[6], ARGV[7]) end
+if ARGV[4] == '' or redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[5] ~= '' then redis.call('SET', KEYS[1], ARGV[5], 'KEEPTTL', 'XX') end
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  return 0
+end
+bad = (#ARGV > 8 and wrong(KEYS[3], 'stream')) or (ARGV[6] ~= '' and wrong(KEYS[4], 'hash'))
+  or (ARGV[6] ~= '' and wrong(KEYS[5], 'string'))
+if bad then return redis.error_reply(bad) end
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[8] then return -1 end
+if #ARGV > 8 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 9)) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+  redis.call('INCR', KEYS[5])
+end
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -46,16 +83,27 @@ pub struct EntryCommit<'a> {
     pub entry_id: &'a str,
     /// The stream the outcome goes to, and its fields (empty: nothing is published).
     pub outcome: Option<(&'static str, Vec<(&'static str, String)>)>,
-    /// The reservation: its hash, field and value.
-    pub reservation: Option<(String, String, String)>,
+    /// The reservation, for this symbol.
+    pub reservation: Option<ReservationCommit>,
     /// The new outcome record; `None` for a replay found at read time.
     pub record: Option<String>,
     /// The replay's record (the first outcome plus its count), written only over a marker.
     pub replay_record: Option<String>,
 }
 
+/// A reservation to add with a plan.
+pub struct ReservationCommit {
+    pub symbol: quantum_common::types::Symbol,
+    /// The plan id.
+    pub field: String,
+    pub value: String,
+    /// The symbol's reservation count the gate decided on.
+    pub expected_version: u64,
+}
+
 /// Queues one entry's commit on `pipeline`. Its reply is 1 when it committed, 0 when the entry
-/// was already processed (only acknowledged), an error when nothing was written.
+/// was already processed (only acknowledged), -1 when another bridge reserved for the symbol
+/// meanwhile (nothing written: decide again), an error when nothing was written.
 pub async fn queue_commit(
     pipeline: &fred::clients::Pipeline<Client>,
     stream: &str,
@@ -65,8 +113,24 @@ pub async fn queue_commit(
 ) -> Result<(), Error> {
     // Without an outcome the stream slot is never written; any stream name fills it.
     let (outcome_stream, fields) = commit.outcome.unwrap_or((stream, Vec::new()));
-    let (reservations, field, value) = commit.reservation.unwrap_or_default();
-    let mut args = Vec::with_capacity(7 + 2 * fields.len());
+    // Without a reservation the hash and counter slots are never touched; the marker fills them.
+    let (reservations, version, field, value, expected) = match commit.reservation {
+        Some(r) => (
+            quantum_common::contract::reservation_key(&r.symbol),
+            quantum_common::contract::reservation_version_key(&r.symbol),
+            r.field,
+            r.value,
+            r.expected_version.to_string(),
+        ),
+        None => (
+            commit.marker_key.clone(),
+            commit.marker_key.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+    };
+    let mut args = Vec::with_capacity(8 + 2 * fields.len());
     args.extend([
         group.to_string(),
         commit.entry_id.to_string(),
@@ -75,22 +139,18 @@ pub async fn queue_commit(
         commit.replay_record.unwrap_or_default(),
         field,
         value,
+        expected,
     ]);
     for (k, v) in fields {
         args.push(k.to_string());
         args.push(v);
     }
-    // Without a reservation the hash slot is never touched; the marker fills it.
-    let reservations = if reservations.is_empty() {
-        commit.marker_key.clone()
-    } else {
-        reservations
-    };
     let keys = vec![
         commit.marker_key,
         stream.to_string(),
         outcome_stream.to_string(),
         reservations,
+        version,
     ];
     queue_eval(pipeline, COMMIT_SCRIPT, keys, args).await
 }

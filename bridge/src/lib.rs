@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_key, reservation_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM,
-    MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
+    reservation_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY,
+    PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::failure::StageError;
 use quantum_common::fields::{hash_pairs, opt_text, truncate, StreamEntry};
@@ -45,7 +45,7 @@ use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
 
-use commit::{queue_commit, EntryCommit};
+use commit::{queue_commit, queue_position_read, EntryCommit, ReservationCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_common::governor::SymbolRisk;
@@ -226,9 +226,15 @@ struct BatchView {
     risk: HashMap<Symbol, SymbolRisk>,
 }
 
+/// A plan's reservation, with the symbol's reservation count its gate decided on.
+struct Reserved {
+    reservation: Reservation,
+    expected_version: u64,
+}
+
 enum Outcome {
     /// Publish the plan; an EXECUTE plan reserves what it will take until the ledger has it.
-    Publish(Box<Plan>, Option<Reservation>),
+    Publish(Box<Plan>, Option<Reserved>),
     Dlq {
         reason: &'static str,
         error: String,
@@ -306,10 +312,7 @@ impl IntentBridge {
 
         let pipeline = self.writer.pipeline();
         for symbol in ledger_symbols {
-            pipeline
-                .hmget::<(), _, _>(ledger_key(symbol), vec!["position_amt", "notional_usd"])
-                .await?;
-            pipeline.hgetall::<(), _>(reservation_key(symbol)).await?;
+            queue_position_read(&pipeline, symbol).await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
         if !gated_symbols.is_empty() {
@@ -327,7 +330,10 @@ impl IntentBridge {
         let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
         for symbol in ledger_symbols {
-            let pair = next()?.into_array();
+            let mut position = next()?.into_array().into_iter();
+            let pair = position.next().unwrap_or(Value::Null).into_array();
+            let reservations = position.next().unwrap_or(Value::Null);
+            let version = position.next().as_ref().and_then(opt_text);
             let amt = pair.first().and_then(opt_text);
             let mut ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
                 None => LedgerView::Missing,
@@ -337,7 +343,19 @@ impl IntentBridge {
                     LedgerView::Unreadable
                 }
             };
-            match InFlight::summarize(&hash_pairs(next()?), now_ms, self.reservation_ttl_ms) {
+            let summary = InFlight::summarize(&hash_pairs(reservations), now_ms, self.reservation_ttl_ms);
+            let version = version.as_deref().map(str::parse::<u64>);
+            match summary.and_then(|mut in_flight| match version {
+                Some(Ok(v)) => {
+                    in_flight.version = v;
+                    Ok(in_flight)
+                }
+                Some(Err(_)) => Err(quantum_common::reservation::ReservationError {
+                    field: "version".into(),
+                    detail: "the reservation count is not an integer".into(),
+                }),
+                None => Ok(in_flight),
+            }) {
                 Ok(in_flight) => {
                     view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
                     view.in_flight.insert(symbol.clone(), in_flight);
@@ -475,9 +493,9 @@ impl IntentBridge {
                     // Gated SELLs only reduce: the venue refuses one that would open a short.
                     plan.reduce_only = true;
                 }
-                let outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
-                if let Outcome::Publish(plan, Some(reservation)) = &outcome {
-                    view.reserve(&plan.symbol, reservation);
+                let mut outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
+                if let Outcome::Publish(plan, Some(reserved)) = &mut outcome {
+                    reserved.expected_version = view.reserve(&plan.symbol, &reserved.reservation);
                 }
                 outcome
             }
@@ -561,13 +579,16 @@ impl IntentBridge {
             verdict.reason,
             kill_score.as_deref().unwrap_or_default()
         );
-        let reservation = (verdict.decision == Decision::Execute).then_some(Reservation {
-            side,
-            qty: plan.qty,
-            notional_usd: notional,
-            ts_ms: now_ms,
+        let reserved = (verdict.decision == Decision::Execute).then_some(Reserved {
+            reservation: Reservation {
+                side,
+                qty: plan.qty,
+                notional_usd: notional,
+                ts_ms: now_ms,
+            },
+            expected_version: 0,
         });
-        Outcome::Publish(Box::new(plan), reservation)
+        Outcome::Publish(Box::new(plan), reserved)
     }
 
     fn skip(&mut self, subject: &Subject, reason: SkipReason) -> Outcome {
@@ -624,12 +645,17 @@ impl IntentBridge {
 }
 
 impl BatchView {
-    /// Counts a plan just published against the rest of the batch.
-    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) {
-        self.in_flight.entry(symbol.clone()).or_default().add(reservation);
+    /// Counts a plan just published against the rest of the batch; returns the symbol's
+    /// reservation count its commit must find (the next one's is one more).
+    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) -> u64 {
+        let in_flight = self.in_flight.entry(symbol.clone()).or_default();
+        in_flight.add(reservation);
+        let expected = in_flight.version;
+        in_flight.version += 1;
         if reservation.side == Side::Buy {
             self.buys_in_flight = self.buys_in_flight.saturating_add(reservation.notional_usd);
         }
+        expected
     }
 }
 
@@ -714,14 +740,17 @@ impl BatchHandler for IntentBridge {
         fail::fail_point!("bridge::before_commit");
         let replies = pipeline.try_all::<Value>().await;
         let committed = self.check_commits(&committing, &replies);
-        if let Err(e) = committed {
-            // The failed entries stay pending; their counts are undone with the batch's (the
-            // others are acknowledged and count as replays if they come back).
-            self.stats = stats_before;
-            trace::record_batch_failed(&spans);
-            return Err(e);
-        }
-        let acked = committing.len() as u64;
+        let again = match committed {
+            Ok(again) => again,
+            Err(e) => {
+                // The failed entries stay pending; their counts are undone with the batch's
+                // (the others are acknowledged and count as replays if they come back).
+                self.stats = stats_before;
+                trace::record_batch_failed(&spans);
+                return Err(e);
+            }
+        };
+        let acked = committing.len() as u64 - again;
         self.stats.consumed += acked;
         metrics::counter!("quantum_bridge_intents_consumed_total").increment(acked);
         metrics::gauge!("quantum_bridge_waiting_intents").set(self.waiting.len() as f64);
@@ -770,8 +799,12 @@ impl IntentBridge {
                 let mut fields = plan.to_fields();
                 trace::propagate(span, Some(entry), &mut fields);
                 commit.outcome = Some((PLAN_STREAM, fields));
-                commit.reservation =
-                    reservation.map(|r| (reservation_key(&plan.symbol), plan.plan_id.to_string(), r.to_value()));
+                commit.reservation = reservation.map(|r| ReservationCommit {
+                    symbol: plan.symbol.clone(),
+                    field: plan.plan_id.to_string(),
+                    value: r.reservation.to_value(),
+                    expected_version: r.expected_version,
+                });
                 self.stats.published += 1;
             }
             Outcome::Dlq { reason, error } => {
@@ -793,7 +826,9 @@ impl IntentBridge {
 
     /// Reads the commit steps' replies (the pipeline's first, one per entry): an entry found
     /// processed at commit time was decided by another bridge meanwhile (it published nothing
-    /// here); a failed step left its entry pending.
+    /// here); one whose reservation lost a race with another bridge stays pending and is
+    /// decided again after the retry delay; a failed step left its entry pending. Returns how
+    /// many were left to be decided again.
     ///
     /// # Errors
     /// The first failed step's error, typed: the loop retries, isolates or stops on it.
@@ -801,10 +836,23 @@ impl IntentBridge {
         &mut self,
         committing: &[(&StreamEntry, bool)],
         replies: &[Result<Value, Error>],
-    ) -> Result<(), StageError> {
+    ) -> Result<u64, StageError> {
         let mut failed = None;
+        let mut again = 0;
         for ((entry, decided), reply) in committing.iter().zip(replies) {
             match reply {
+                Ok(v) if v.as_i64() == Some(-1) => {
+                    // Another bridge reserved for the symbol after this one read it: nothing was
+                    // written; the intent stays pending and is decided again on fresh state.
+                    metrics::counter!("quantum_bridge_commit_conflicts_total").increment(1);
+                    self.deferred = true;
+                    again += 1;
+                    self.stats.published = self.stats.published.saturating_sub(1);
+                    tracing::info!(
+                        "Reservations changed under this bridge (another bridge reserved meanwhile): intent {} is decided again",
+                        entry.id
+                    );
+                }
                 Ok(v) if *decided && v.as_i64() == Some(0) => {
                     metrics::counter!("quantum_bridge_commit_conflicts_total").increment(1);
                     tracing::info!(
@@ -819,7 +867,7 @@ impl IntentBridge {
                 }
             }
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(again), Err)
     }
 }
 

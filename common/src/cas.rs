@@ -122,8 +122,35 @@ impl CasOutcome {
 }
 
 /// Queues an EVAL on a pipeline or a transaction (fred's have no Lua interface of their own).
+///
+/// # Errors
+/// Only a failure to queue the command.
 pub async fn queue_eval<C: ClientLike>(
     pipeline: &C,
+    script: &str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<(), Error> {
+    queue_script(pipeline, "EVAL", script, keys, args).await
+}
+
+/// Queues an EVAL_RO: a read-only script, whose keys need only read access under ACLs (an
+/// EVAL's declared keys need read and write).
+///
+/// # Errors
+/// Only a failure to queue the command.
+pub async fn queue_eval_ro<C: ClientLike>(
+    pipeline: &C,
+    script: &str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<(), Error> {
+    queue_script(pipeline, "EVAL_RO", script, keys, args).await
+}
+
+async fn queue_script<C: ClientLike>(
+    pipeline: &C,
+    command: &'static str,
     script: &str,
     keys: Vec<String>,
     args: Vec<String>,
@@ -133,7 +160,7 @@ pub async fn queue_eval<C: ClientLike>(
     all.push((keys.len() as i64).into());
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args.into_iter().map(Value::from));
-    let eval = CustomCommand::new("EVAL", ClusterHash::FirstKey, false);
+    let eval = CustomCommand::new_static(command, ClusterHash::FirstKey, false);
     pipeline.custom::<(), _>(eval, all).await
 }
 

@@ -146,6 +146,10 @@ impl RedisArgs {
                 .with_connection_config(|c: &mut ConnectionConfig| {
                     c.connection_timeout = Duration::from_secs(5);
                     c.internal_command_timeout = Duration::from_secs(5);
+                    // Never re-send a command whose connection dropped: its outcome is unknown,
+                    // and the stages retry through their own idempotent steps (markers, NEW
+                    // records, versions) instead of the client repeating a write blindly.
+                    c.max_command_attempts = 1;
                 })
                 .with_performance_config(|p: &mut PerformanceConfig| {
                     p.default_command_timeout = Duration::from_secs(30);

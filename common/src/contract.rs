@@ -98,3 +98,10 @@ pub const EXECUTOR_CONFIG_KEY: &str = "quantum:config:intent_executor";
 pub fn reservation_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight")
 }
+
+/// How many reservations bridges have added for a symbol (a counter, INCR in the commit step):
+/// a bridge commits a reservation only if the count is still the one it decided on, so two
+/// bridges gating the same symbol at once cannot both spend what is available.
+pub fn reservation_version_key(symbol: &Symbol) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:version")
+}

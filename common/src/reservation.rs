@@ -95,6 +95,9 @@ pub struct InFlight {
     pub buy_notional: Decimal,
     /// Fields older than the TTL: ignored, and removed by the next commit.
     pub expired: Vec<String>,
+    /// The symbol's reservation count (`contract::reservation_version_key`) this view was read
+    /// at, plus the reservations this batch made since: what the next commit expects.
+    pub version: u64,
 }
 
 impl InFlight {

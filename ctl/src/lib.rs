@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod facts;
+pub mod faults;
 pub mod sim;
 pub mod stack;
 pub mod status;

@@ -85,6 +85,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fault suite: under a steady flow of intents, run several instances of every service
+    /// on a throwaway redis-server (AOF, appendfsync always), SIGKILL them at random, pause a
+    /// bridge past the reclaim age, restart Redis, inject one poison entry into each stream,
+    /// then check the exactly-once invariants. Exits non-zero if one fails.
+    Faults {
+        /// SIGKILLs over the run (each killed process is restarted at once).
+        #[arg(long, default_value_t = 120)]
+        kills: usize,
+        /// Intents published.
+        #[arg(long, default_value_t = 3000)]
+        intents: usize,
+        /// Intents per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Instances of each service.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Seed of the choice of victims (the same seed kills in the same order).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Explain what happened: `why --intent <entry id>` follows one intent through every stage
     /// (bridge, governor, plan, executor, venue order, fills, ledger) and names where it stopped;
     /// `why <SYMBOL>` says whether the symbol trades, and if not, why, in one verdict line.
@@ -131,6 +152,32 @@ async fn connect(redis: &RedisArgs) -> Result<fred::prelude::Client, String> {
 
 async fn run(cli: Cli) -> Result<bool, String> {
     match cli.command {
+        Command::Faults {
+            kills,
+            intents,
+            rate,
+            replicas,
+            seed,
+        } => {
+            let plan = quantumctl::faults::FaultPlan {
+                kills,
+                intents,
+                rate,
+                replicas,
+                seed,
+            };
+            let dir = tempfile::Builder::new()
+                .prefix("quantumctl-faults-")
+                .tempdir()
+                .map_err(|e| e.to_string())?
+                .keep();
+            println!(
+                "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed})"
+            );
+            let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
+            print!("{}", report.render());
+            Ok(report.passed())
+        }
         Command::Status { redis, minutes, json } => {
             let client = connect(&redis).await?;
             let status = status::gather(&client, minutes).await.map_err(|e| e.to_string())?;

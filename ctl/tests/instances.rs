@@ -191,3 +191,52 @@ async fn two_bridges_deciding_one_intent_publish_one_plan() {
     let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
     assert_eq!(reservations.len(), 1, "one reservation: {reservations:?}");
 }
+
+#[tokio::test]
+async fn two_bridges_cannot_both_sell_one_position() {
+    let mut stack = Stack::new().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "1"), ("notional_usd", "40")],
+        )
+        .await;
+    let env = [("SYMBOL_ALLOWLIST", "ZECUSDT"), ("STREAM_BATCH_SIZE", "1")];
+    // The first bridge gates a SELL of the whole position, then stalls before its commit.
+    let mut paused: Vec<(&str, &str)> = env.to_vec();
+    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(2000)"));
+    stack.start(Service::Bridge, &paused);
+    stack.wait_log(Service::Bridge, "Consumer ready").await;
+    let sell = [("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")];
+    let first = stack.xadd(INTENT_STREAM, &sell).await;
+    wait_for("the first bridge to hold its SELL", || async {
+        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
+            .await
+            .iter()
+            .any(|(_, pending)| *pending == 1)
+    })
+    .await;
+    // Meanwhile the second bridge gates and commits another SELL of the same position.
+    let second_bridge = stack.start_replica(Service::Bridge, &env);
+    let second = stack.xadd(INTENT_STREAM, &sell).await;
+    wait_for("the second bridge to publish", || async {
+        stack
+            .replica_log(second_bridge)
+            .contains("Publishing plan for ZECUSDT SELL")
+    })
+    .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1, "one SELL of the one position: {plans:?}");
+    assert_eq!(plans[0].get("intent_id"), Some(second.as_str()));
+    assert!(stack.log(Service::Bridge).contains(&format!(
+        "Reservations changed under this bridge (another bridge reserved meanwhile): intent {first}"
+    )));
+    let marker: String = stack
+        .client
+        .get(format!("quantum:intent_bridge:seen:{first}"))
+        .await
+        .unwrap();
+    assert!(marker.contains("reason=sell_nothing_available"), "{marker}");
+}

@@ -1,0 +1,515 @@
+//! `quantumctl faults`: the fault suite. Under a steady flow of intents it runs several
+//! instances of every service on a throwaway redis-server (AOF, `appendfsync always`), kills
+//! them with SIGKILL at random, pauses a bridge past the reclaim age, restarts Redis, and injects
+//! one poison entry into each stream; once the pipeline drains it checks the exactly-once
+//! invariants and says which one failed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::Value;
+use rust_decimal::Decimal;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use quantum_common::consumer::scan_keys;
+use quantum_common::contract::*;
+use quantum_common::fields::StreamEntry;
+use quantum_common::redis_server::RedisServer;
+use quantum_common::types::{Side, Symbol};
+
+use crate::facts::{entries_after, exactly_once_problems, wait_idle};
+use crate::sim::{intent_fields, Format, DEMO_SYMBOLS};
+use crate::stack::{base_env, Service, ServiceProcess};
+
+/// A symbol no intent uses, whose venue, ledger and marker state is made corrupt on purpose.
+const POISON_SYMBOL: &str = "POISONUSDT";
+/// The poison intent's entry id: older than any real one, with a marker of the wrong type.
+const POISON_INTENT_ID: &str = "1-1";
+const POISON_PLAN_ID: &str = "00000000000000ff";
+const POISON_FILL_ID: &str = "poison-fill-1";
+
+/// How hard to push.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    /// SIGKILLs, spread over the run (each killed process is restarted at once).
+    pub kills: usize,
+    /// Intents published, at `rate` per second.
+    pub intents: usize,
+    pub rate: u64,
+    /// Instances of each service.
+    pub replicas: usize,
+    /// Seed of the choice of victims and pauses.
+    pub seed: u64,
+}
+
+/// What the run did and found.
+#[derive(Debug, Default)]
+pub struct FaultReport {
+    pub kills: usize,
+    pub pauses: usize,
+    pub redis_restarts: usize,
+    pub intents: usize,
+    pub plans: usize,
+    pub results: usize,
+    pub venue_orders: usize,
+    pub fills: usize,
+    pub used_memory: String,
+    pub seconds: f64,
+    /// (invariant, problems): an empty list passed.
+    pub invariants: Vec<(&'static str, Vec<String>)>,
+    pub log_dir: PathBuf,
+}
+
+impl FaultReport {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.invariants.iter().all(|(_, problems)| problems.is_empty())
+    }
+
+    /// The report as operators read it: figures, then one line per invariant.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "faults: {} SIGKILLs, {} bridge pauses past the reclaim age, {} Redis restarts in {:.1} s\n\
+             flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}\n",
+            self.kills,
+            self.pauses,
+            self.redis_restarts,
+            self.seconds,
+            self.intents,
+            self.plans,
+            self.results,
+            self.venue_orders,
+            self.fills,
+            self.used_memory
+        );
+        for (name, problems) in &self.invariants {
+            let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
+            out.push_str(&format!("{verdict}  {name}\n"));
+            for p in problems.iter().take(10) {
+                out.push_str(&format!("      {p}\n"));
+            }
+            if problems.len() > 10 {
+                out.push_str(&format!("      ... and {} more\n", problems.len() - 10));
+            }
+        }
+        out.push_str(&format!("logs: {}\n", self.log_dir.display()));
+        out
+    }
+}
+
+/// SplitMix64: a seeded, reproducible choice of victims (no cryptographic use).
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The services' settings for the run: quick reclaim, so kills and pauses resolve in seconds.
+fn fault_env(redis_url: &str) -> HashMap<String, String> {
+    let mut env = base_env(redis_url);
+    let allow = format!("{},{POISON_SYMBOL}", DEMO_SYMBOLS.join(","));
+    for (k, v) in [
+        ("SYMBOL_ALLOWLIST", allow.as_str()),
+        ("MAX_EXPOSURE_PCT", "1000000"),
+        ("STREAM_BATCH_SIZE", "32"),
+        ("STREAM_BLOCK_MS", "200"),
+        ("STREAM_CLAIM_IDLE_MS", "2000"),
+        ("STREAM_CLAIM_INTERVAL_MS", "500"),
+        ("STREAM_MAX_DELIVERIES", "3"),
+        ("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", "15000"),
+        ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "16000"),
+        ("INTENT_EXECUTOR_SWEEP_INTERVAL_MS", "500"),
+        ("LEDGER_RECONCILE_INTERVAL_MS", "500"),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// Corrupts one key per stage and adds the entry that trips over it.
+async fn inject_poison(client: &Client) -> Result<(), Error> {
+    // Bridge: the intent's replay marker is a hash, so its commit step fails every time.
+    client
+        .hset::<(), _, _>(seen_key(POISON_INTENT_ID), ("poison", "1"))
+        .await?;
+    client
+        .xadd::<(), _, _, _, _>(
+            INTENT_STREAM,
+            false,
+            None,
+            POISON_INTENT_ID,
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.001")],
+        )
+        .await?;
+    // Executor: the paper venue's position of the poison symbol is unreadable.
+    client
+        .hset::<(), _, _>(
+            format!("quantum:paper:position:{POISON_SYMBOL}"),
+            ("position_amt", "garbage"),
+        )
+        .await?;
+    client
+        .xadd::<(), _, _, _, _>(
+            PLAN_STREAM,
+            false,
+            None,
+            "*",
+            vec![
+                ("plan_id", POISON_PLAN_ID),
+                ("decision", "EXECUTE"),
+                ("symbol", POISON_SYMBOL),
+                ("side", "BUY"),
+                ("type", "MARKET"),
+                ("qty", "1"),
+                ("reduceOnly", "false"),
+                ("leverage", "1"),
+            ],
+        )
+        .await?;
+    // Ledger: the poison symbol's dedup set is a string.
+    client
+        .set::<(), _, _>(
+            format!("quantum:ledger:applied:{POISON_SYMBOL}"),
+            "garbage",
+            None,
+            None,
+            false,
+        )
+        .await?;
+    client
+        .xadd::<(), _, _, _, _>(
+            LEDGER_COMMIT_STREAM,
+            false,
+            None,
+            "*",
+            vec![
+                ("fill_id", POISON_FILL_ID),
+                ("order_id", "qib-poison"),
+                ("plan_id", POISON_PLAN_ID),
+                ("symbol", POISON_SYMBOL),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("price", "1"),
+                ("fee", "0"),
+                ("leverage", "1"),
+                ("ts", "1"),
+            ],
+        )
+        .await
+}
+
+/// One running instance, with what it needs to be restarted.
+struct Instance {
+    service: Service,
+    log: PathBuf,
+    process: Option<ServiceProcess>,
+}
+
+impl Instance {
+    fn restart(&mut self, env: &HashMap<String, String>) -> std::io::Result<()> {
+        if let Some(p) = self.process.take() {
+            p.kill();
+        }
+        self.process = Some(ServiceProcess::start(self.service, env, &self.log)?);
+        Ok(())
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(p) = &self.process {
+            let _ = kill(Pid::from_raw(p.pid() as i32), signal);
+        }
+    }
+}
+
+/// Publishes `intents` at `rate`, retrying a chunk while Redis is away (a chunk whose reply was
+/// lost may land twice: two distinct intents, each checked like any other).
+async fn publish_through_outages(client: Client, intents: Vec<Vec<(String, String)>>, rate: u64) -> Result<(), Error> {
+    let chunk = (rate as usize / 10).clamp(1, 200);
+    let started = Instant::now();
+    for (i, group) in intents.chunks(chunk).enumerate() {
+        let due = started + Duration::from_secs_f64((i * chunk) as f64 / rate.max(1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pipeline = client.pipeline();
+            for fields in group {
+                pipeline
+                    .xadd::<(), _, _, _, _>(INTENT_STREAM, false, None, "*", fields.clone())
+                    .await?;
+            }
+            match pipeline.all::<Vec<Value>>().await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!("publishing paused: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the suite; its logs go to `log_dir`.
+///
+/// # Errors
+/// The stack could not be started or Redis could not be read; a broken invariant is not an
+/// error but a failed line of the report.
+pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
+    let client = quantum_common::config::RedisArgs::from_url(&redis.url())
+        .connect(&tokio_util::sync::CancellationToken::new())
+        .await?;
+    inject_poison(&client).await?;
+    let env = fault_env(&redis.url());
+    let mut instances = Vec::new();
+    for service in [Service::Ledger, Service::Executor, Service::Bridge] {
+        for n in 0..plan.replicas.max(1) {
+            let log = log_dir.join(format!("{}-{n}.log", service.binary()));
+            let mut instance = Instance {
+                service,
+                log,
+                process: None,
+            };
+            instance.restart(&env)?;
+            instances.push(instance);
+        }
+    }
+    let intents: Vec<_> = (0..plan.intents)
+        .map(|n| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
+            let side = if n % 4 == 3 { Side::Sell } else { Side::Buy };
+            intent_fields(&symbol, side, Decimal::from(50), Format::Mixed, n)
+        })
+        .collect();
+    let publisher = tokio::spawn(publish_through_outages(client.clone(), intents, plan.rate));
+
+    let mut report = FaultReport {
+        log_dir: log_dir.to_path_buf(),
+        ..FaultReport::default()
+    };
+    let mut dice = Dice(plan.seed);
+    // The kills are spread over the publishing time.
+    let publishing = Duration::from_secs_f64(plan.intents as f64 / plan.rate.max(1) as f64);
+    let gap = publishing / (plan.kills.max(1) as u32 + 1);
+    let bridges: Vec<usize> = (0..instances.len())
+        .filter(|i| instances[*i].service == Service::Bridge)
+        .collect();
+    for k in 0..plan.kills {
+        tokio::time::sleep(gap.mul_f64(0.5 + dice.below(100) as f64 / 100.0)).await;
+        if k == plan.kills / 3 {
+            // A bridge stalls past the reclaim age: the other takes its entries, and when it
+            // wakes up its commits find them done.
+            let victim = bridges[dice.below(bridges.len() as u64) as usize];
+            instances[victim].signal(Signal::SIGSTOP);
+            tokio::time::sleep(Duration::from_millis(2_600)).await;
+            instances[victim].signal(Signal::SIGCONT);
+            report.pauses += 1;
+        }
+        if k == plan.kills / 2 {
+            redis.kill();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            redis.restart()?;
+            report.redis_restarts += 1;
+        }
+        let victim = dice.below(instances.len() as u64) as usize;
+        instances[victim].restart(&env)?;
+        report.kills += 1;
+    }
+    publisher.await??;
+
+    // Drained: every group idle, the poison dead-lettered, no order left open.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
+        let dead: u64 = client.xlen(PLAN_DLQ_STREAM).await?;
+        if open == 0 && dead > 0 && wait_idle(&client, Duration::from_secs(1)).await? {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for instance in &mut instances {
+        if let Some(p) = instance.process.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    check_invariants(&client, &mut report).await?;
+    Ok(report)
+}
+
+async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(), Error> {
+    let intents = entries_after(client, INTENT_STREAM, "-").await?;
+    let plans = entries_after(client, PLAN_STREAM, "-").await?;
+    let results = entries_after(client, RESULT_STREAM, "-").await?;
+    // Less the poison intent and plan.
+    report.intents = intents.len().saturating_sub(1);
+    report.plans = plans.len().saturating_sub(1);
+    report.results = results.len();
+    report.fills = client.xlen::<usize, _>(LEDGER_COMMIT_STREAM).await?.saturating_sub(1);
+
+    // One plan per intent, and every intent decided (marked) exactly once.
+    let mut problems = Vec::new();
+    let mut plans_of: HashMap<&str, usize> = HashMap::new();
+    for p in &plans {
+        *plans_of.entry(p.get("intent_id").unwrap_or_default()).or_default() += 1;
+    }
+    let ids: Vec<String> = intents
+        .iter()
+        .filter(|e| e.id != POISON_INTENT_ID)
+        .map(|e| seen_key(&e.id))
+        .collect();
+    let markers: Vec<Option<String>> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        client.mget(ids).await?
+    };
+    for (intent, marker) in intents.iter().filter(|e| e.id != POISON_INTENT_ID).zip(markers) {
+        let count = plans_of.get(intent.id.as_str()).copied().unwrap_or_default();
+        let published = marker
+            .as_deref()
+            .is_some_and(|m| m.starts_with("outcome=published") || m.starts_with("outcome=blocked"));
+        match marker {
+            None => problems.push(format!("intent {} was never decided", intent.id)),
+            Some(_) if count > 1 => problems.push(format!("intent {} has {count} plans", intent.id)),
+            Some(_) if published != (count == 1) => problems.push(format!(
+                "intent {}: its marker says published={published}, the stream holds {count} plans",
+                intent.id
+            )),
+            Some(_) => {}
+        }
+    }
+    report
+        .invariants
+        .push(("one plan per intent, every intent decided once", problems));
+
+    // One result per plan.
+    let mut problems = Vec::new();
+    let mut results_of: HashMap<&str, usize> = HashMap::new();
+    for r in &results {
+        *results_of.entry(r.get("plan_id").unwrap_or_default()).or_default() += 1;
+    }
+    for p in &plans {
+        let id = p.get("plan_id").unwrap_or_default();
+        match results_of.get(id).copied().unwrap_or_default() {
+            1 => {}
+            n => problems.push(format!("plan {id} has {n} results")),
+        }
+    }
+    report.invariants.push(("one result per plan", problems));
+
+    // One venue order per plan.
+    let mut problems = Vec::new();
+    let orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
+    report.venue_orders = orders.len();
+    let plan_ids: HashSet<&str> = plans.iter().filter_map(|p| p.get("plan_id")).collect();
+    for key in &orders {
+        let id = key.trim_start_matches("quantum:paper:order:qib-");
+        if !plan_ids.contains(id) {
+            problems.push(format!("venue order {key} belongs to no plan"));
+        }
+    }
+    let executed = results.iter().filter(|r| r.get("executed") == Some("true")).count();
+    if executed > orders.len() {
+        problems.push(format!("{executed} executed results but {} venue orders", orders.len()));
+    }
+    report.invariants.push(("one venue order per plan", problems));
+
+    // Each fill applied once; ledger = Σ fills = venue position.
+    let mut problems = exactly_once_problems(client, &HashMap::new()).await?;
+    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
+        let ledger: HashMap<String, String> = client.hgetall(ledger_key(&symbol)).await?;
+        let snapshot: HashMap<String, String> = client.hgetall(snapshot_key(&symbol)).await?;
+        if ledger.get("position_amt") != snapshot.get("position_amt") {
+            problems.push(format!(
+                "{symbol}: ledger {:?} vs venue {:?}",
+                ledger.get("position_amt"),
+                snapshot.get("position_amt")
+            ));
+        }
+    }
+    report
+        .invariants
+        .push(("each fill applied once, ledger = Σ fills = venue position", problems));
+
+    // The dead letters are exactly the poison.
+    let mut problems = Vec::new();
+    for (stream, source) in [
+        (INTENT_DLQ_STREAM, Some(POISON_INTENT_ID)),
+        (PLAN_DLQ_STREAM, None),
+        (LEDGER_COMMIT_DLQ_STREAM, None),
+    ] {
+        let dead = entries_after(client, stream, "-").await?;
+        let poison: Vec<&StreamEntry> = dead.iter().filter(|d| d.get("reason") == Some("poison")).collect();
+        if dead.len() != 1 || poison.len() != 1 {
+            problems.push(format!(
+                "{stream} holds {} entries ({} poison), expected the one poison entry",
+                dead.len(),
+                poison.len()
+            ));
+        } else if let Some(source) = source {
+            if poison[0].get("source_id") != Some(source) {
+                problems.push(format!(
+                    "{stream} holds {:?}, not the poison intent",
+                    poison[0].get("source_id")
+                ));
+            }
+        }
+    }
+    report
+        .invariants
+        .push(("the dead letters hold exactly the poison", problems));
+
+    // Memory: nothing left in flight, pending or open.
+    let mut problems = Vec::new();
+    for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
+        let left: BTreeMap<String, String> = client.hgetall(&key).await?;
+        if !left.is_empty() {
+            problems.push(format!("{key} still holds {} reservations", left.len()));
+        }
+    }
+    let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
+    if open > 0 {
+        problems.push(format!("{open} orders still open"));
+    }
+    for (stream, group) in [
+        (INTENT_STREAM, INTENT_GROUP),
+        (PLAN_STREAM, PLAN_GROUP),
+        (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
+    ] {
+        if let Some(b) = quantum_common::consumer::group_backlog(client, stream, group).await? {
+            if !b.is_idle() {
+                problems.push(format!("{group} on {stream}: {} pending, lag {:?}", b.pending, b.lag));
+            }
+        }
+    }
+    let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
+    report.used_memory = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_human:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    report
+        .invariants
+        .push(("nothing left pending, in flight or open", problems));
+    Ok(())
+}
