@@ -41,6 +41,13 @@ pub struct PaperConfig {
     pub equity_usd: Decimal,
 }
 
+impl PaperConfig {
+    /// Where a symbol's mark starts: its reference price, else the default price.
+    pub fn reference_price(&self, symbol: &Symbol) -> Decimal {
+        self.reference_prices.get(symbol).copied().unwrap_or(self.default_price)
+    }
+}
+
 /// The default reference prices (USD) of the demo's symbols.
 pub const DEFAULT_REFERENCE_PRICES: &str = "BTCUSDT=65000,ETHUSDT=3200,SOLUSDT=150,ZECUSDT=40,WAVESUSDT=1.5,\
 BNBUSDT=580,XRPUSDT=0.6,ADAUSDT=0.45,DOGEUSDT=0.15,LINKUSDT=15,AVAXUSDT=30";
@@ -134,13 +141,16 @@ pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry
 }
 
 /// The venue's state for one symbol.
-#[derive(Debug, Clone, Default)]
-struct PaperPosition {
-    position: Position,
-    mark: Option<Decimal>,
-    tick: u64,
-    leverage: Decimal,
-    version: u64,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaperPosition {
+    pub position: Position,
+    /// The last mark (none before the first order).
+    pub mark: Option<Decimal>,
+    /// Orders seen: the price walk's step.
+    pub tick: u64,
+    pub leverage: Decimal,
+    /// Bumped by every order: the compare-and-set guard.
+    pub version: u64,
 }
 
 impl PaperPosition {
@@ -190,6 +200,72 @@ impl PaperPosition {
     }
 }
 
+/// Decides the outcome of a new order against the venue's state of its symbol, at `now_ms`:
+/// the mark takes one step of its walk, the quantity is rounded down to the step, a
+/// reduce-only order that would open or increase a position is rejected, as is a LIMIT order
+/// not marketable at the slipped mark (immediate-or-cancel); otherwise it fills at once, in
+/// full, at the slipped mark rounded to the tick, less the fee. Pure: same inputs, same outcome.
+pub fn simulate(
+    cfg: &PaperConfig,
+    order: &OrderRequest,
+    state: &PaperPosition,
+    now_ms: u64,
+) -> (OrderOutcome, PaperPosition) {
+    let mut next = state.clone();
+    next.tick += 1;
+    let previous = state.mark.unwrap_or_else(|| cfg.reference_price(&order.symbol));
+    let mark = walk(cfg.seed, &order.symbol, next.tick, previous, cfg.price_tick);
+    next.mark = Some(mark);
+    next.version += 1;
+
+    let qty = floor_to_step(order.qty, cfg.qty_step);
+    if qty.is_zero() {
+        let reason = format!("quantity {} is below the step size {}", order.qty, cfg.qty_step);
+        return (OrderOutcome::Rejected { reason }, next);
+    }
+    let amt = state.position.amt;
+    let reduces = (order.side == Side::Sell && amt > Decimal::ZERO) || (order.side == Side::Buy && amt < Decimal::ZERO);
+    if order.reduce_only && (!reduces || qty > amt.abs()) {
+        return (
+            OrderOutcome::Rejected {
+                reason: "ReduceOnly Order is rejected: it would open or increase a position".into(),
+            },
+            next,
+        );
+    }
+    let slip = Decimal::ONE + order.side.sign() * cfg.slippage_bps / Decimal::from(10_000);
+    let price = round_to_tick(mark * slip, cfg.price_tick);
+    if order.order_type == OrderType::Limit {
+        let limit = order.limit_price.unwrap_or_default();
+        let marketable = match order.side {
+            Side::Buy => limit >= price,
+            Side::Sell => limit <= price,
+        };
+        if !marketable {
+            let reason = format!("limit {limit} not marketable at {price} (immediate-or-cancel)");
+            return (OrderOutcome::Rejected { reason }, next);
+        }
+    }
+    let fee = (qty * price * cfg.fee_bps / Decimal::from(10_000))
+        .round_dp(8)
+        .normalize();
+    next.position.apply(order.side, qty, price, fee);
+    next.leverage = order.leverage;
+    let fill = Fill {
+        fill_id: FillId::new(format!("{}-1", order.client_order_id)),
+        order_id: order.client_order_id.clone(),
+        plan_id: order.plan_id.clone(),
+        symbol: order.symbol.clone(),
+        side: order.side,
+        qty,
+        price,
+        fee,
+        leverage: order.leverage,
+        ts: now_ms,
+    };
+    (OrderOutcome::Filled { fills: vec![fill] }, next)
+}
+
 /// The paper venue.
 #[derive(Clone)]
 pub struct PaperVenue {
@@ -201,14 +277,6 @@ impl PaperVenue {
     /// A venue storing its state through `client`.
     pub fn new(client: Client, config: PaperConfig) -> Self {
         Self { client, config }
-    }
-
-    fn reference_price(&self, symbol: &Symbol) -> Decimal {
-        self.config
-            .reference_prices
-            .get(symbol)
-            .copied()
-            .unwrap_or(self.config.default_price)
     }
 
     /// Publishes the current marks of the reference symbols (so the bridge can size
@@ -229,7 +297,7 @@ impl PaperVenue {
             if mark.is_null() {
                 trx.hset::<(), _, _>(
                     MARK_PRICE_KEY,
-                    (symbol.as_str(), self.reference_price(symbol).to_string()),
+                    (symbol.as_str(), self.config.reference_price(symbol).to_string()),
                 )
                 .await?;
             }
@@ -238,65 +306,6 @@ impl PaperVenue {
             .await?;
         let _: Vec<Value> = trx.all().await?;
         Ok(())
-    }
-
-    /// Decides the outcome of a new order against the current state (pure apart from the clock).
-    fn simulate(&self, order: &OrderRequest, state: &PaperPosition) -> (OrderOutcome, PaperPosition) {
-        let cfg = &self.config;
-        let mut next = state.clone();
-        next.tick += 1;
-        let previous = state.mark.unwrap_or_else(|| self.reference_price(&order.symbol));
-        let mark = walk(cfg.seed, &order.symbol, next.tick, previous, cfg.price_tick);
-        next.mark = Some(mark);
-        next.version += 1;
-
-        let qty = floor_to_step(order.qty, cfg.qty_step);
-        if qty.is_zero() {
-            let reason = format!("quantity {} is below the step size {}", order.qty, cfg.qty_step);
-            return (OrderOutcome::Rejected { reason }, next);
-        }
-        let amt = state.position.amt;
-        let reduces =
-            (order.side == Side::Sell && amt > Decimal::ZERO) || (order.side == Side::Buy && amt < Decimal::ZERO);
-        if order.reduce_only && (!reduces || qty > amt.abs()) {
-            return (
-                OrderOutcome::Rejected {
-                    reason: "ReduceOnly Order is rejected: it would open or increase a position".into(),
-                },
-                next,
-            );
-        }
-        let slip = Decimal::ONE + order.side.sign() * cfg.slippage_bps / Decimal::from(10_000);
-        let price = round_to_tick(mark * slip, cfg.price_tick);
-        if order.order_type == OrderType::Limit {
-            let limit = order.limit_price.unwrap_or_default();
-            let marketable = match order.side {
-                Side::Buy => limit >= price,
-                Side::Sell => limit <= price,
-            };
-            if !marketable {
-                let reason = format!("limit {limit} not marketable at {price} (immediate-or-cancel)");
-                return (OrderOutcome::Rejected { reason }, next);
-            }
-        }
-        let fee = (qty * price * cfg.fee_bps / Decimal::from(10_000))
-            .round_dp(8)
-            .normalize();
-        next.position.apply(order.side, qty, price, fee);
-        next.leverage = order.leverage;
-        let fill = Fill {
-            fill_id: FillId::new(format!("{}-1", order.client_order_id)),
-            order_id: order.client_order_id.clone(),
-            plan_id: order.plan_id.clone(),
-            symbol: order.symbol.clone(),
-            side: order.side,
-            qty,
-            price,
-            fee,
-            leverage: order.leverage,
-            ts: now_ms(),
-        };
-        (OrderOutcome::Filled { fills: vec![fill] }, next)
     }
 
     fn stored_outcome(pairs: Vec<(String, String)>, symbol: &Symbol) -> Result<OrderOutcome, VenueError> {
@@ -349,7 +358,7 @@ impl Venue for PaperVenue {
                 return Self::stored_outcome(stored, &order.symbol);
             }
             let state = PaperPosition::from_hash(&order.symbol, &hash_pairs(state))?;
-            let (outcome, next) = self.simulate(order, &state);
+            let (outcome, next) = simulate(&self.config, order, &state, now_ms());
 
             let mut record = vec![("status".to_string(), String::new())];
             let mut writes = vec![(pos_key.clone(), CasOp::Hash(next.to_fields()))];
@@ -405,6 +414,99 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    fn config() -> PaperConfig {
+        PaperConfig {
+            seed: 42,
+            reference_prices: HashMap::new(),
+            default_price: d("100"),
+            slippage_bps: d("0"),
+            fee_bps: d("10"),
+            qty_step: d("0.001"),
+            price_tick: d("0.01"),
+            equity_usd: d("100000"),
+        }
+    }
+
+    fn order(side: Side, qty: &str, reduce_only: bool, limit: Option<&str>) -> OrderRequest {
+        let plan_id = quantum_common::types::PlanId::parse("00000000000000aa").unwrap();
+        OrderRequest {
+            client_order_id: plan_id.client_order_id(),
+            plan_id,
+            symbol: Symbol::parse("BTCUSDT").unwrap(),
+            side,
+            order_type: if limit.is_some() {
+                OrderType::Limit
+            } else {
+                OrderType::Market
+            },
+            qty: d(qty),
+            limit_price: limit.map(d),
+            reduce_only,
+            leverage: Decimal::ONE,
+        }
+    }
+
+    fn holding(amt: &str) -> PaperPosition {
+        PaperPosition {
+            position: Position {
+                amt: d(amt),
+                ..Position::default()
+            },
+            mark: Some(d("100")),
+            ..PaperPosition::default()
+        }
+    }
+
+    #[test]
+    fn simulate_decision_table() {
+        use Side::{Buy, Sell};
+        // (order, venue position) → filled quantity, or the start of the rejection.
+        let rows: [(OrderRequest, &str, Result<&str, &str>); 7] = [
+            (order(Buy, "0.5", false, None), "0", Ok("0.5")),
+            (order(Buy, "0.0129", false, None), "0", Ok("0.012")),
+            (
+                order(Buy, "0.0004", false, None),
+                "0",
+                Err("quantity 0.0004 is below the step size"),
+            ),
+            (order(Sell, "1", true, None), "1", Ok("1")),
+            (order(Sell, "2", true, None), "1", Err("ReduceOnly Order is rejected")),
+            (order(Sell, "1", true, None), "-1", Err("ReduceOnly Order is rejected")),
+            (order(Buy, "1", false, Some("1")), "0", Err("limit 1 not marketable")),
+        ];
+        for (request, amt, expected) in rows {
+            let state = holding(amt);
+            let (outcome, next) = simulate(&config(), &request, &state, 7);
+            assert_eq!(next.version, state.version + 1, "every order bumps the version");
+            match (outcome, expected) {
+                (OrderOutcome::Filled { fills }, Ok(qty)) => {
+                    assert_eq!(fills.len(), 1);
+                    assert_eq!(fills[0].qty, d(qty), "{request:?}");
+                    assert_eq!(fills[0].ts, 7, "the fill carries the given time");
+                    assert_eq!(
+                        fills[0].fee,
+                        (fills[0].qty * fills[0].price * d("0.001")).round_dp(8).normalize()
+                    );
+                }
+                (OrderOutcome::Rejected { reason }, Err(start)) => {
+                    assert!(reason.starts_with(start), "{reason}");
+                    assert_eq!(next.position, state.position, "a rejection moves nothing");
+                }
+                (other, expected) => panic!("{request:?} on {amt}: {other:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn simulate_is_deterministic() {
+        let request = order(Side::Buy, "0.5", false, None);
+        let state = holding("0");
+        assert_eq!(
+            simulate(&config(), &request, &state, 1),
+            simulate(&config(), &request, &state, 1)
+        );
     }
 
     #[test]
