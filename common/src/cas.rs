@@ -12,15 +12,13 @@ local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return 0 end
 local guard = tonumber(ARGV[2])
 if guard > 0 and redis.call('EXISTS', KEYS[guard]) == 1 then return -1 end
+local commands = { H = 'HSET', D = 'HDEL', Z = 'ZADD' }
 local i = 3
 for k = 1, #KEYS do
   local kind, n = ARGV[i], tonumber(ARGV[i + 1])
-  if n > 0 then
-    local items = {}
-    for j = i + 2, i + 1 + n do items[#items + 1] = ARGV[j] end
-    if kind == 'H' then redis.call('HSET', KEYS[k], unpack(items))
-    elseif kind == 'D' then redis.call('HDEL', KEYS[k], unpack(items))
-    else redis.call('SADD', KEYS[k], unpack(items)) end
+  -- In chunks of 1000 (an even count keeps pairs together): unpack fails past ~8000 values.
+  for from = i + 2, i + 1 + n, 1000 do
+    redis.call(commands[kind], KEYS[k], unpack(ARGV, from, math.min(from + 999, i + 1 + n)))
   end
   i = i + 2 + n
 end
@@ -32,8 +30,8 @@ return 1
 pub enum CasOp {
     /// HSET these field/value pairs.
     Hash(Vec<(String, String)>),
-    /// SADD these members.
-    SetAdd(Vec<String>),
+    /// ZADD these (score, member) pairs.
+    SortedSetAdd(Vec<(u64, String)>),
     /// HDEL these fields.
     HashDelete(Vec<String>),
     /// Leave the key alone (it is only a guard).
@@ -76,10 +74,13 @@ impl CasWrite {
                         args.push(v.clone());
                     }
                 }
-                CasOp::SetAdd(members) => {
-                    args.push("S".into());
-                    args.push(members.len().to_string());
-                    args.extend(members.iter().cloned());
+                CasOp::SortedSetAdd(members) => {
+                    args.push("Z".into());
+                    args.push((members.len() * 2).to_string());
+                    for (score, member) in members {
+                        args.push(score.to_string());
+                        args.push(member.clone());
+                    }
                 }
                 CasOp::HashDelete(fields) => {
                     args.push("D".into());

@@ -452,7 +452,10 @@ async fn follow_fills(
             continue;
         };
         let Ok(symbol) = Symbol::parse(symbol) else { continue };
-        let applied: bool = client.sismember(ledger_applied_key(&symbol), fill_id).await?;
+        let applied = client
+            .zscore::<Option<f64>, _, _>(ledger_applied_key(&symbol), fill_id)
+            .await?
+            .is_some();
         report.stages.push(Stage {
             name: "fill",
             at_ms: entry_ms(&fill.id),

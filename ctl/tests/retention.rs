@@ -119,3 +119,79 @@ async fn a_bridge_whose_streams_would_outlive_its_replay_markers_refuses_to_star
     })
     .await;
 }
+
+#[tokio::test]
+async fn applied_fill_records_go_with_their_entries_and_an_upgraded_set_still_deduplicates() {
+    let redis = RedisServer::start_with(&["--stream-node-max-entries", "1"]).unwrap();
+    let mut stack = Stack::with_redis(redis).await;
+    // Left by an earlier version: a plain set, and a fill it holds coming back.
+    let _: i64 = stack
+        .client
+        .sadd("quantum:ledger:applied:BTCUSDT", "qib-00000000000000aa-1")
+        .await
+        .unwrap();
+    stack
+        .xadd(
+            LEDGER_COMMIT_STREAM,
+            &[
+                ("fill_id", "qib-00000000000000aa-1"),
+                ("order_id", "qib-00000000000000aa"),
+                ("plan_id", "00000000000000aa"),
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "1"),
+                ("price", "65000"),
+                ("fee", "0"),
+                ("leverage", "1"),
+                ("ts", "1"),
+            ],
+        )
+        .await;
+    let fast = [
+        ("STREAM_RETENTION_MS", "1000"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ("LEDGER_RECONCILE_INTERVAL_MS", "200"),
+        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+    ];
+    stack.start(Service::Ledger, &fast);
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_DUPLICATE symbol=BTCUSDT fill_id=qib-00000000000000aa-1",
+        )
+        .await;
+    assert!(stack
+        .log(Service::Ledger)
+        .contains("Converted quantum:ledger:applied:BTCUSDT"));
+    assert!(
+        stack.hash("quantum:position:ledger:BTCUSDT").await.is_empty(),
+        "nothing applied twice"
+    );
+
+    stack.start(Service::Executor, &fast);
+    stack.start(Service::Bridge, &fast);
+    let buy = [("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")];
+    for _ in 0..3 {
+        stack.xadd(INTENT_STREAM, &buy).await;
+    }
+    let records = || async {
+        let members: Vec<String> = stack
+            .client
+            .zrange("quantum:ledger:applied:BTCUSDT", 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        members
+    };
+    wait_for("three fills applied", || async { records().await.len() == 4 }).await;
+    wait_for("their entries to be trimmed", || async {
+        stack.xlen(LEDGER_COMMIT_STREAM).await == 0
+    })
+    .await;
+    // A new fill: the older records can never be delivered again and go; its own stays.
+    stack.xadd(INTENT_STREAM, &buy).await;
+    wait_for("the old records to be pruned", || async { records().await.len() == 1 }).await;
+    let fills = stack.entries(LEDGER_COMMIT_STREAM).await;
+    assert_eq!(records().await, [fills[0].get("fill_id").unwrap().to_string()]);
+    let ledger = stack.hash("quantum:position:ledger:BTCUSDT").await;
+    assert_eq!(ledger.get("position_amt").map(String::as_str), Some("0.04"));
+}

@@ -10,7 +10,12 @@
 //! change, (2) the drift has persisted at the same ledger version for the grace period, (3) the
 //! pipeline is quiescent (no pending or undelivered plans or fills), and (4) the ledger's
 //! version is still the one observed (CAS). In-flight fills therefore always land first.
+//!
+//! Layout: `logic` (the pure fill application), `dedup` (the applied-fill records: their
+//! conversion from an earlier version and their pruning), this file (the batch handler,
+//! reconcile and `run`).
 
+mod dedup;
 pub mod logic;
 
 use std::collections::{HashMap, HashSet};
@@ -137,7 +142,7 @@ impl LedgerWriter {
             for symbol in &symbols {
                 read.hgetall::<(), _>(ledger_key(symbol)).await?;
                 let ids: Vec<String> = by_symbol[symbol].iter().map(|(_, f)| f.fill_id.to_string()).collect();
-                read.smismember::<(), _, _>(ledger_applied_key(symbol), ids).await?;
+                read.zmscore::<(), _, _>(ledger_applied_key(symbol), ids).await?;
             }
             let replies: Vec<Value> = read.all().await?;
             let mut replies = replies.into_iter();
@@ -168,7 +173,7 @@ impl LedgerWriter {
                 let already: HashSet<String> = fills
                     .iter()
                     .zip(membership.iter().chain(std::iter::repeat(&Value::Null)))
-                    .filter(|(_, m)| m.as_i64() == Some(1))
+                    .filter(|(_, score)| !score.is_null())
                     .map(|((_, f), _)| f.fill_id.to_string())
                     .collect();
                 let list: Vec<Fill> = fills.iter().map(|(_, f)| f.clone()).collect();
@@ -178,6 +183,11 @@ impl LedgerWriter {
                     by_symbol.remove(&symbol);
                     continue;
                 };
+                // Each record is scored by its ledger.commit entry's millisecond (`dedup`).
+                let scores: HashMap<&FillId, u64> = fills
+                    .iter()
+                    .map(|(id, f)| (&f.fill_id, quantum_common::time::entry_ms(id).unwrap_or(now)))
+                    .collect();
                 let cas = CasWrite {
                     expected_version: current.as_ref().map_or(0, |c| c.version),
                     guard: None,
@@ -185,7 +195,15 @@ impl LedgerWriter {
                         (ledger_key(&symbol), CasOp::Hash(owned(entry.to_fields()))),
                         (
                             ledger_applied_key(&symbol),
-                            CasOp::SetAdd(app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect()),
+                            CasOp::SortedSetAdd(
+                                app.applied
+                                    .iter()
+                                    .map(|a| {
+                                        let score = scores.get(&a.fill.fill_id).copied().unwrap_or(now);
+                                        (score, a.fill.fill_id.to_string())
+                                    })
+                                    .collect(),
+                            ),
                         ),
                         // Applied: what the fills held in flight is now in the ledger.
                         (
@@ -478,6 +496,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
     );
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
+    dedup::migrate(&conns.writer, now_ms()).await?;
     readiness.watch(conns.writer.clone(), &spec);
     let periodic = {
         let client = conns.writer.clone();
@@ -488,6 +507,14 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
             loop {
                 if let Err(e) = ledger_census(&client).await {
                     tracing::warn!("Counting ledgers failed: {e}");
+                }
+                match dedup::prune(&client).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics::counter!("quantum_ledger_dedup_pruned_total").increment(n);
+                        tracing::debug!("Pruned {n} applied-fill records no entry can deliver again");
+                    }
+                    Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
