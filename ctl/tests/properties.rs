@@ -207,17 +207,7 @@ fn through_the_pipeline(
         "the executor reads what the bridge wrote"
     );
 
-    let request = OrderRequest {
-        client_order_id: plan.plan_id.client_order_id(),
-        plan_id: plan.plan_id.clone(),
-        symbol: plan.symbol.clone(),
-        side: plan.side,
-        order_type: plan.order_type,
-        qty: plan.qty,
-        limit_price: plan.price,
-        reduce_only: plan.reduce_only,
-        leverage: plan.leverage,
-    };
+    let request = OrderRequest::from(&plan);
     let state = PaperPosition {
         position: Position {
             amt: venue_amt,

@@ -310,16 +310,25 @@ async fn reconcile_lets_exchange_truth_win_after_the_grace_period() {
 }
 
 #[tokio::test]
-async fn reconcile_waits_while_fills_are_in_flight() {
+async fn reconcile_waits_while_the_symbol_has_work_in_flight_and_only_that_symbol() {
     let mut stack = Stack::new().await;
     let now = quantum_common::time::now_ms().to_string();
+    for symbol in ["SOLUSDT", "ZECUSDT"] {
+        stack
+            .hset(
+                &format!("quantum:position:snapshot:{symbol}"),
+                &[("position_amt", "2"), ("ts", now.as_str())],
+            )
+            .await;
+    }
+    // SOL has a fill in flight (its reservation, as the executor leaves it until the ledger has
+    // the fill); a plan for BTC waits for an executor nobody runs.
     stack
         .hset(
-            "quantum:position:snapshot:SOLUSDT",
-            &[("position_amt", "2"), ("ts", now.as_str())],
+            "{quantum:position:ledger:SOLUSDT}:inflight",
+            &[("qib-00000000000000aa-1", "side=BUY qty=2 notional_usd=300 ts=1")],
         )
         .await;
-    // A plan nobody has executed yet: the pipeline is not quiescent.
     stack.xadd(PLAN_STREAM, &plan(PLAN_ID, "EXECUTE", "BUY", &[])).await;
     let _: fred::types::Value =
         fred::prelude::StreamsInterface::xgroup_create(&stack.client, PLAN_STREAM, PLAN_GROUP, "0", true)
@@ -333,20 +342,29 @@ async fn reconcile_waits_while_fills_are_in_flight() {
             ("LEDGER_LOG_LEVEL", "debug"),
         ],
     );
+    // ZEC has nothing in flight: the BTC plan does not hold it up.
     stack
         .wait_log(
             Service::Ledger,
-            "LEDGER_RECONCILE symbol=SOLUSDT deferred: fills or plans in flight",
+            "LEDGER_RECONCILE symbol=ZECUSDT ledger_amt=none exchange_amt=2 drift=2 action=applied",
+        )
+        .await;
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=SOLUSDT deferred: its fills or plans are in flight",
         )
         .await;
     assert!(stack.hash("quantum:position:ledger:SOLUSDT").await.is_empty());
 
-    // Once the executor has drained the plan (and its fill reached the ledger), truth wins.
-    stack.start(Service::Executor, &[]);
+    // Once SOL's fill has landed (its reservation released), truth wins for SOL too.
+    let _: i64 = fred::prelude::KeysInterface::del(&stack.client, "{quantum:position:ledger:SOLUSDT}:inflight")
+        .await
+        .unwrap();
     stack
         .wait_log(
             Service::Ledger,
-            "LEDGER_RECONCILE symbol=SOLUSDT ledger_amt=none exchange_amt=2",
+            "LEDGER_RECONCILE symbol=SOLUSDT ledger_amt=none exchange_amt=2 drift=2 action=applied",
         )
         .await;
 }

@@ -461,7 +461,7 @@ impl<V: Venue> Executor<V> {
                         found.map(|o| o.unwrap_or_else(|| never_placed(reason)))
                     }
                     _ => {
-                        let plan = step.order().map(request);
+                        let plan = step.order().map(OrderRequest::from);
                         match plan {
                             Some(order) => venue.execute(&order).instrument(call).await,
                             None => continue,
@@ -490,20 +490,6 @@ impl<V: Venue> Executor<V> {
 fn never_placed(why: &str) -> OrderOutcome {
     OrderOutcome::Rejected {
         reason: format!("{why}; the order never reached the venue and is not placed"),
-    }
-}
-
-fn request(plan: &Plan) -> OrderRequest {
-    OrderRequest {
-        client_order_id: plan.plan_id.client_order_id(),
-        plan_id: plan.plan_id.clone(),
-        symbol: plan.symbol.clone(),
-        side: plan.side,
-        order_type: plan.order_type,
-        qty: plan.qty,
-        limit_price: plan.price,
-        reduce_only: plan.reduce_only,
-        leverage: plan.leverage,
     }
 }
 

@@ -23,6 +23,23 @@ pub struct OrderRequest {
     pub leverage: Decimal,
 }
 
+impl From<&quantum_common::plan::Plan> for OrderRequest {
+    /// The order a plan asks for, under its client order id.
+    fn from(plan: &quantum_common::plan::Plan) -> Self {
+        Self {
+            client_order_id: plan.plan_id.client_order_id(),
+            plan_id: plan.plan_id.clone(),
+            symbol: plan.symbol.clone(),
+            side: plan.side,
+            order_type: plan.order_type,
+            qty: plan.qty,
+            limit_price: plan.price,
+            reduce_only: plan.reduce_only,
+            leverage: plan.leverage,
+        }
+    }
+}
+
 /// What became of an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderOutcome {

@@ -8,7 +8,8 @@
 //! Reconcile rule (exchange truth wins): a symbol whose snapshot disagrees with its ledger is
 //! overwritten from the snapshot only when (1) the snapshot is not older than the ledger's last
 //! change, (2) the drift has persisted at the same ledger version for the grace period, (3) the
-//! pipeline is quiescent (no pending or undelivered plans or fills), and (4) the ledger's
+//! symbol is quiescent (none of its plans or fills in flight, by its reservations, and no order
+//! at a venue call), and (4) the ledger's
 //! version is still the one observed (CAS). In-flight fills therefore always land first.
 //!
 //! Layout: `logic` (the pure fill application), `dedup` (the applied-fill records: their
@@ -29,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
-use quantum_common::consumer::{self, group_backlog, scan_keys, BatchHandler, Connections, ConsumerSpec};
+use quantum_common::consumer::{self, scan_keys, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     ledger_applied_key, ledger_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM,
-    LEDGER_GROUP, LEDGER_KEY_PREFIX, PLAN_GROUP, PLAN_STREAM, SNAPSHOT_KEY_PREFIX,
+    LEDGER_GROUP, LEDGER_KEY_PREFIX, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
 };
 use quantum_common::failure::StageError;
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
@@ -374,7 +375,6 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
     }
     let replies: Vec<Value> = pipeline.all().await?;
     let mut replies = replies.into_iter();
-    let mut quiescent: Option<bool> = None;
     let mut written = 0;
     for symbol in symbols {
         let snapshot = Snapshot::from_hash(&hash_pairs(replies.next().unwrap_or(Value::Null)));
@@ -406,11 +406,8 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         if !tracker.observe(&symbol, version, Instant::now(), cfg.grace) {
             continue;
         }
-        if quiescent.is_none() {
-            quiescent = Some(pipeline_quiescent(client).await?);
-        }
-        if quiescent != Some(true) {
-            tracing::debug!("LEDGER_RECONCILE symbol={symbol} deferred: fills or plans in flight");
+        if !symbol_quiescent(client, &symbol).await? {
+            tracing::debug!("LEDGER_RECONCILE symbol={symbol} deferred: its fills or plans are in flight");
             continue;
         }
         let entry = reconciled(ledger.as_ref(), &snapshot, now_ms());
@@ -436,16 +433,17 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
     Ok(written)
 }
 
-/// No plan waiting for the executor and no fill waiting for the ledger.
-async fn pipeline_quiescent(client: &Client) -> Result<bool, Error> {
-    for (stream, group) in [(PLAN_STREAM, PLAN_GROUP), (LEDGER_COMMIT_STREAM, LEDGER_GROUP)] {
-        if let Some(backlog) = group_backlog(client, stream, group).await? {
-            if !backlog.is_idle() {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
+/// Nothing of `symbol`'s that the venue may already count is still on its way to the ledger:
+/// no reservation (a published EXECUTE plan holds one until its order is finished, each fill
+/// one until the ledger applies it, whoever published the plan) and no order at a venue call
+/// (the executor's open-order index; it holds no symbol, so any open order defers every symbol,
+/// for the milliseconds of a venue call). A plan not yet executed has not moved the venue.
+async fn symbol_quiescent(client: &Client, symbol: &Symbol) -> Result<bool, Error> {
+    let pipeline = client.pipeline();
+    pipeline.hlen::<(), _>(reservation_key(symbol)).await?;
+    pipeline.zcard::<(), _>(OPEN_ORDERS_KEY).await?;
+    let (reserved, open): (u64, u64) = pipeline.all().await?;
+    Ok(reserved == 0 && open == 0)
 }
 
 /// Counts the ledger hashes present and publishes the count as `quantum_ledger_entries`.
