@@ -240,3 +240,49 @@ async fn two_bridges_cannot_both_sell_one_position() {
         .unwrap();
     assert!(marker.contains("reason=sell_nothing_available"), "{marker}");
 }
+
+#[tokio::test]
+async fn an_executor_leaves_an_order_another_holds_under_lease() {
+    let mut stack = Stack::new().await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", "BTCUSDT")]);
+    stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let fast = [
+        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+        ("STREAM_CLAIM_IDLE_MS", "300"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ("STREAM_BLOCK_MS", "100"),
+        ("INTENT_EXECUTOR_ORDER_LEASE_MS", "10000"),
+        ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "200000"),
+    ];
+    // The first executor claims the order, then stalls for 3 s before its venue call; the
+    // second reclaims the plan meanwhile but finds the order under the first one's lease.
+    let mut paused: Vec<(&str, &str)> = fast.to_vec();
+    paused.push(("FAILPOINTS", "executor::after_claim=1*sleep(3000)"));
+    stack.start(Service::Executor, &paused);
+    wait_for("the first executor to claim the order", || async {
+        stack.client.zcard::<u64, _>(OPEN_ORDERS_KEY).await.unwrap() == 1
+    })
+    .await;
+    let second = stack.start_replica(Service::Executor, &fast);
+    wait_for("the second executor to find the order leased", || async {
+        stack
+            .replica_log(second)
+            .contains("is held by another executor under its lease; left pending")
+    })
+    .await;
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].get("executed"), Some("true"));
+    assert_eq!(support::paper_orders(&stack).await, 1);
+    assert!(
+        !stack.replica_log(second).contains("Recovering order"),
+        "the second executor never called the venue for it"
+    );
+}

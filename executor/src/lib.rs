@@ -86,6 +86,11 @@ pub struct ExecutorArgs {
     /// STREAM_BLOCK_MS (plans reclaimed from a dead replica are that old). 0: no limit.
     #[arg(long, env = "INTENT_EXECUTOR_MAX_PLAN_AGE_MS", default_value_t = 120_000)]
     pub max_plan_age_ms: u64,
+    /// How long (ms) an executor's claim on an order keeps other executors from calling the
+    /// venue for it or finalizing it (the claim is taken over once it runs out) [default:
+    /// STREAM_CLAIM_IDLE_MS, after which a paused executor's plans are reclaimed anyway].
+    #[arg(long, env = "INTENT_EXECUTOR_ORDER_LEASE_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub order_lease_ms: Option<u64>,
     /// How often (ms) the sweep looks for orders left NEW (their plan was trimmed or deleted
     /// after the venue call) and finalizes them from the venue's record.
     #[arg(long, env = "INTENT_EXECUTOR_SWEEP_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -217,6 +222,10 @@ pub struct Executor<V: Venue> {
     pub stats: ExecutorStats,
     /// Distinct symbols with fills over the last 5 minutes (a live gauge).
     executing_symbols: Option<quantum_common::window::SymbolWindow>,
+    /// This executor's name on its order claims, and their lease.
+    pub claimant: order::Claimant,
+    /// Whether the last batch left plans pending because another executor holds their orders.
+    deferred: bool,
 }
 
 enum Step {
@@ -231,6 +240,8 @@ enum Step {
     Recover(Box<Plan>, String),
     /// Already handled earlier: acknowledge only.
     Ack,
+    /// Another executor holds its order under a lease: leave the plan pending, look again later.
+    Leased,
 }
 
 impl Step {
@@ -252,6 +263,11 @@ impl<V: Venue> Executor<V> {
             max_plan_age_ms: 0,
             stats: ExecutorStats::default(),
             executing_symbols: None,
+            claimant: order::Claimant {
+                owner: "intent_executor".to_string(),
+                lease_ms: 60_000,
+            },
+            deferred: false,
         }
     }
 
@@ -376,7 +392,7 @@ impl<V: Venue> Executor<V> {
             if claims.is_empty() {
                 return Ok(steps);
             }
-            order::queue_claims(&pipeline, &claims).await?;
+            order::queue_claims(&pipeline, &claims, &self.claimant).await?;
         }
         let mut states = pipeline.all::<Vec<String>>().await?.into_iter();
         Ok(steps
@@ -419,6 +435,14 @@ impl<V: Venue> Executor<V> {
                 "unclaimed",
                 "internal: the claim created no order record".to_string(),
             ),
+            (ClaimState::Leased, _) => {
+                self.deferred = true;
+                tracing::info!(
+                    "Order {coid} of plan {} is held by another executor under its lease; left pending",
+                    plan.plan_id
+                );
+                Step::Leased
+            }
             (ClaimState::Finished(finished), _) => {
                 trace::record_outcome(span, "duplicate", false);
                 self.stats.duplicates += 1;
@@ -486,6 +510,9 @@ impl<V: Venue> Executor<V> {
     }
 }
 
+/// How soon a plan left to another executor's lease is looked at again.
+const LEASED_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// The outcome of an order the venue never received, finalized without placing it.
 fn never_placed(why: &str) -> OrderOutcome {
     OrderOutcome::Rejected {
@@ -494,6 +521,10 @@ fn never_placed(why: &str) -> OrderOutcome {
 }
 
 impl<V: Venue> BatchHandler for Executor<V> {
+    fn retry_pending_after(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.deferred).then_some(LEASED_RETRY_DELAY)
+    }
+
     async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let spans: Vec<Span> = batch
             .iter()
@@ -598,12 +629,18 @@ impl<V: Venue> Executor<V> {
         }
         for (i, outcome) in finished {
             let Some(plan) = steps[*i].order() else { continue };
-            order::queue_finalize(&trx, &OrderRef::from(plan), outcome, |fields| {
+            order::queue_finalize(&trx, &self.claimant.owner, &OrderRef::from(plan), outcome, |fields| {
                 trace::propagate(&spans[*i], Some(&batch[*i]), fields)
             })
             .await?;
         }
-        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        // Every entry but those left to the executor that holds their order.
+        let ids: Vec<String> = batch
+            .iter()
+            .zip(steps)
+            .filter(|(_, step)| !matches!(step, Step::Leased))
+            .map(|(e, _)| e.id.clone())
+            .collect();
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
         let replies: Vec<Value> = trx.exec(true).await?;
         self.count_replayed_answers(steps, &replies);
@@ -668,11 +705,12 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     args.consumer
         .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
         .map_err(ExecutorError::Config)?;
-    if args.max_plan_age_ms > 0 && args.sweep_grace_ms <= args.max_plan_age_ms {
+    let order_lease_ms = args.order_lease_ms.unwrap_or(args.consumer.claim_idle_ms);
+    if args.sweep_grace_ms <= args.max_plan_age_ms.max(order_lease_ms) {
         return Err(ExecutorError::Config(format!(
-            "INTENT_EXECUTOR_SWEEP_GRACE_MS ({}) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}): \
-             the sweep would finalize orders an executor may still place",
-            args.sweep_grace_ms, args.max_plan_age_ms
+            "INTENT_EXECUTOR_SWEEP_GRACE_MS ({}) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}) and \
+             INTENT_EXECUTOR_ORDER_LEASE_MS ({}): the sweep would finalize orders an executor may still place",
+            args.sweep_grace_ms, args.max_plan_age_ms, order_lease_ms
         )));
     }
     let mut spec = ConsumerSpec::new(
@@ -721,6 +759,8 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     let venue = PaperVenue::new(conns.writer.clone(), paper);
     venue.publish_market().await?;
     let sweeper = sweep::Sweeper {
+        // The sweep takes only orders whose leases ran out (its grace exceeds the lease).
+        owner: format!("{}:sweep", spec.consumer),
         writer: conns.writer.clone(),
         venue: venue.clone(),
         grace_ms: args.sweep_grace_ms,
@@ -730,6 +770,10 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     tokio::spawn(sweeper.run(Duration::from_millis(args.sweep_interval_ms), shutdown.clone()));
     let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);
     executor.max_plan_age_ms = args.max_plan_age_ms;
+    executor.claimant = order::Claimant {
+        owner: spec.consumer.clone(),
+        lease_ms: order_lease_ms,
+    };
     executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
         "quantum_executing_symbols",
         std::time::Duration::from_secs(300),

@@ -3,7 +3,9 @@
 //!
 //! Invariants (each kept by one server-side step):
 //! - an order record `quantum:order:<coid>` is created `state=NEW` only by the claim, which
-//!   indexes it in `quantum:executor:open_orders` (score: claim time) in the same script;
+//!   indexes it in `quantum:executor:open_orders` (score: claim time) in the same script, and
+//!   names its owner with a lease (`INTENT_EXECUTOR_ORDER_LEASE_MS`): until the lease runs out
+//!   no other executor calls the venue for it or finalizes it;
 //! - a NEW record is finalized exactly once: the finalize script acts only while the record is
 //!   NEW, and in that one step writes the final state, appends the fills to `ledger.commit` and
 //!   the result to `apply.result`, swaps the plan's in-flight reservation for its fills', and
@@ -35,22 +37,43 @@ use crate::venue::OrderOutcome;
 pub const ORDER_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Claims the order record unless it exists (returns the state found, or `CLAIMED`); with
-/// `peek` only reports the state (`NONE` when there is no record) and creates nothing.
+/// `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
+/// when it is ours or its owner's lease ran out, and otherwise left to its owner (`LEASED`):
+/// two executors never call the venue for one order at once. Leases run on Redis' clock.
+/// ARGV: mode, now (ms), coid, owner, lease (ms), then the plan's fields.
 const CLAIM_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = string.format('%.0f', now + tonumber(ARGV[5]))
 local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'NEW' then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if owner and owner ~= ARGV[4] and lease > now then return 'LEASED' end
+  redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'lease_until', until_ms)
+  return 'NEW'
+end
 if state then return state end
 if ARGV[1] == 'peek' then return 'NONE' end
-redis.call('HSET', KEYS[1], 'state', 'NEW', 'claimed_ts', ARGV[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'state', 'NEW', 'claimed_ts', ARGV[2], 'owner', ARGV[4], 'lease_until', until_ms,
+  unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 'CLAIMED'
 "#;
 
-/// Finalizes a NEW order record (see the module doc); returns 1, or 0 when it was not NEW.
-/// ARGV: coid, plan id, record TTL, then length-prefixed groups: the record's fields, the
-/// number of fills and each fill's fields, the fills' reservations; the rest is the result.
+/// Finalizes a NEW order record (see the module doc) for its owner, or for anyone once the
+/// owner's lease ran out; returns 1, or 0 when it was not NEW or is another's under lease.
+/// ARGV: coid, plan id, record TTL, owner, then length-prefixed groups: the record's fields,
+/// the number of fills and each fill's fields, the fills' reservations; the rest is the result.
 const FINALIZE_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'NEW' then return 0 end
-local i = 4
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= ARGV[4] then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return 0 end
+end
+local i = 5
 local n = tonumber(ARGV[i])
 redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + n))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -82,6 +105,8 @@ pub enum ClaimState {
     Finished(String),
     /// No record, and none created (a peek).
     None,
+    /// Another executor holds it under a lease: leave the plan pending for now.
+    Leased,
 }
 
 /// The order of a plan, as the order record keeps it: enough to finalize it without the plan.
@@ -150,8 +175,15 @@ impl OrderRef {
     }
 }
 
+/// Who claims, and for how long the claim keeps other executors off its orders.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub owner: String,
+    pub lease_ms: u64,
+}
+
 /// Queues the claims of `plans` (a peek for those whose flag is set) on `pipeline`.
-pub async fn queue_claims<C: ClientLike>(pipeline: &C, plans: &[(&Plan, bool)]) -> Result<(), Error> {
+pub async fn queue_claims<C: ClientLike>(pipeline: &C, plans: &[(&Plan, bool)], who: &Claimant) -> Result<(), Error> {
     let now = now_ms().to_string();
     for (plan, peek) in plans {
         let coid = plan.plan_id.client_order_id();
@@ -159,6 +191,8 @@ pub async fn queue_claims<C: ClientLike>(pipeline: &C, plans: &[(&Plan, bool)]) 
             if *peek { "peek" } else { "claim" }.to_string(),
             now.clone(),
             coid.to_string(),
+            who.owner.clone(),
+            who.lease_ms.to_string(),
             "plan_id".to_string(),
             plan.plan_id.to_string(),
             "symbol".into(),
@@ -185,6 +219,7 @@ pub fn claim_state(reply: &str) -> ClaimState {
         "CLAIMED" => ClaimState::Claimed,
         "NEW" => ClaimState::New,
         "NONE" => ClaimState::None,
+        "LEASED" => ClaimState::Leased,
         finished => ClaimState::Finished(finished.to_string()),
     }
 }
@@ -204,6 +239,7 @@ fn fill_reservation(fill: &Fill) -> Reservation {
 /// was no longer NEW.
 pub async fn queue_finalize<C: ClientLike>(
     pipeline: &C,
+    owner: &str,
     order: &OrderRef,
     outcome: &OrderOutcome,
     fill_fields: impl Fn(&mut Vec<(&'static str, String)>),
@@ -225,6 +261,7 @@ pub async fn queue_finalize<C: ClientLike>(
         order.client_order_id.to_string(),
         order.plan_id.to_string(),
         ORDER_RECORD_TTL_SECS.to_string(),
+        owner.to_string(),
     ];
     push_group(&mut args, record.iter().map(|(k, v)| (k.to_string(), v.clone())));
     args.push(fills.len().to_string());

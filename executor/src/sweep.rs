@@ -31,6 +31,8 @@ const SWEEP_LIMIT: usize = 256;
 
 /// Finishes orders left NEW (see the module doc).
 pub struct Sweeper<V: Venue> {
+    /// Its name on the orders it finalizes.
+    pub owner: String,
     pub writer: Client,
     pub venue: V,
     /// Records claimed longer ago than this (ms) are swept.
@@ -91,7 +93,7 @@ impl<V: Venue> Sweeper<V> {
             }
         };
         let pipeline = self.writer.pipeline();
-        order::queue_finalize(&pipeline, order, &outcome, |_| {}).await?;
+        order::queue_finalize(&pipeline, &self.owner, order, &outcome, |_| {}).await?;
         let replies: Vec<Value> = pipeline.all().await?;
         if replies.first().and_then(Value::as_i64) != Some(1) {
             // Finalized meanwhile by its plan.
