@@ -8,7 +8,9 @@
 //!   and the other after would count the fill twice or not at all;
 //! - a reservation commits only while the symbol's reservation count is the one its gate
 //!   decided on: a second bridge that reserved meanwhile makes the step refuse (-1), and the
-//!   intent is decided again on fresh state, so two bridges cannot both sell one position;
+//!   intent is decided again on fresh state, so two bridges cannot both sell one position; a
+//!   BUY commits only while the count of BUY reservations (all symbols) is the one its exposure
+//!   gate read, so two bridges cannot together pass the exposure limit either;
 //! - an entry whose marker exists is only acknowledged (a replay's record counts it), whoever
 //!   processed it first: a second bridge that decided the same entry (reclaimed from a paused
 //!   one) publishes nothing, so one intent is one plan even when two bridges sized it;
@@ -45,10 +47,10 @@ pub async fn queue_position_read(
 }
 
 const COMMIT_SCRIPT: &str = r#"#!lua
--- KEYS: marker, intent stream, outcome stream, reservations, reservation count
+-- KEYS: marker, intent stream, outcome stream, reservations, reservation count, BUY count
 -- ARGV: group, entry id, marker ttl, record ('' for a replay), replay record ('' for none),
---       reserve field ('' for none), reserve value, expected reservation count, then the
---       outcome's fields (none: a skip)
+--       reserve field ('' for none), reserve value, expected reservation count, expected BUY
+--       count ('' for a SELL), then the outcome's fields (none: a skip)
 local function wrong(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
@@ -63,15 +65,18 @@ if ARGV[4] == '' or redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   return 0
 end
-bad = (#ARGV > 8 and wrong(KEYS[3], 'stream')) or (ARGV[6] ~= '' and wrong(KEYS[4], 'hash'))
-  or (ARGV[6] ~= '' and wrong(KEYS[5], 'string'))
+local buy = ARGV[9] ~= ''
+bad = (#ARGV > 9 and wrong(KEYS[3], 'stream')) or (ARGV[6] ~= '' and wrong(KEYS[4], 'hash'))
+  or (ARGV[6] ~= '' and wrong(KEYS[5], 'string')) or (buy and wrong(KEYS[6], 'string'))
 if bad then return redis.error_reply(bad) end
 if ARGV[6] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[8] then return -1 end
-if #ARGV > 8 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 9)) end
+if buy and (redis.call('GET', KEYS[6]) or '0') ~= ARGV[9] then return -1 end
+if #ARGV > 9 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10)) end
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
   redis.call('INCR', KEYS[5])
 end
+if buy then redis.call('INCR', KEYS[6]) end
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -99,6 +104,8 @@ pub struct ReservationCommit {
     pub value: String,
     /// The symbol's reservation count the gate decided on.
     pub expected_version: u64,
+    /// For a BUY, the count of BUY reservations (all symbols) its exposure gate decided on.
+    pub expected_buys_version: Option<u64>,
 }
 
 /// Queues one entry's commit on `pipeline`. Its reply is 1 when it committed, 0 when the entry
@@ -114,13 +121,14 @@ pub async fn queue_commit(
     // Without an outcome the stream slot is never written; any stream name fills it.
     let (outcome_stream, fields) = commit.outcome.unwrap_or((stream, Vec::new()));
     // Without a reservation the hash and counter slots are never touched; the marker fills them.
-    let (reservations, version, field, value, expected) = match commit.reservation {
+    let (reservations, version, field, value, expected, expected_buys) = match commit.reservation {
         Some(r) => (
             quantum_common::contract::reservation_key(&r.symbol),
             quantum_common::contract::reservation_version_key(&r.symbol),
             r.field,
             r.value,
             r.expected_version.to_string(),
+            r.expected_buys_version.map(|v| v.to_string()).unwrap_or_default(),
         ),
         None => (
             commit.marker_key.clone(),
@@ -128,9 +136,10 @@ pub async fn queue_commit(
             String::new(),
             String::new(),
             String::new(),
+            String::new(),
         ),
     };
-    let mut args = Vec::with_capacity(8 + 2 * fields.len());
+    let mut args = Vec::with_capacity(9 + 2 * fields.len());
     args.extend([
         group.to_string(),
         commit.entry_id.to_string(),
@@ -140,6 +149,7 @@ pub async fn queue_commit(
         field,
         value,
         expected,
+        expected_buys,
     ]);
     for (k, v) in fields {
         args.push(k.to_string());
@@ -151,6 +161,7 @@ pub async fn queue_commit(
         outcome_stream.to_string(),
         reservations,
         version,
+        quantum_common::contract::BUYS_VERSION_KEY.to_string(),
     ];
     queue_eval(pipeline, COMMIT_SCRIPT, keys, args).await
 }

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    reservation_key, seen_key, BRIDGE_CONFIG_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY,
-    PLAN_STREAM, PORTFOLIO_KEY,
+    reservation_key, seen_key, BRIDGE_CONFIG_KEY, BUYS_VERSION_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM,
+    MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::failure::StageError;
 use quantum_common::fields::{hash_pairs, opt_text, truncate, StreamEntry};
@@ -222,14 +222,17 @@ struct BatchView {
     in_flight: HashMap<Symbol, InFlight>,
     /// Σ notional of every BUY in flight (all allowlisted symbols, when the batch has a BUY).
     buys_in_flight: Decimal,
+    /// The count of BUY reservations (all symbols) this view was read at, plus this batch's.
+    buys_version: u64,
     marks: HashMap<Symbol, Decimal>,
     risk: HashMap<Symbol, SymbolRisk>,
 }
 
-/// A plan's reservation, with the symbol's reservation count its gate decided on.
+/// A plan's reservation, with the reservation counts its gates decided on.
 struct Reserved {
     reservation: Reservation,
     expected_version: u64,
+    expected_buys_version: Option<u64>,
 }
 
 enum Outcome {
@@ -315,6 +318,7 @@ impl IntentBridge {
             queue_position_read(&pipeline, symbol).await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
+        pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
         if !gated_symbols.is_empty() {
             let fields: Vec<&str> = gated_symbols.iter().map(Symbol::as_str).collect();
             pipeline.hmget::<(), _, _>(MARK_PRICE_KEY, fields).await?;
@@ -379,6 +383,8 @@ impl IntentBridge {
             view.ledgers.insert(symbol.clone(), ledger);
         }
         view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
+        // An unreadable count fails the BUYs' commits (their step checks it), not the batch.
+        view.buys_version = opt_text(&next()?).and_then(|v| v.parse().ok()).unwrap_or_default();
         view.ledger_notional = if any_buy { total_notional } else { Decimal::ZERO };
         if !any_buy {
             view.buys_in_flight = Decimal::ZERO;
@@ -495,7 +501,8 @@ impl IntentBridge {
                 }
                 let mut outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
                 if let Outcome::Publish(plan, Some(reserved)) = &mut outcome {
-                    reserved.expected_version = view.reserve(&plan.symbol, &reserved.reservation);
+                    (reserved.expected_version, reserved.expected_buys_version) =
+                        view.reserve(&plan.symbol, &reserved.reservation);
                 }
                 outcome
             }
@@ -587,6 +594,7 @@ impl IntentBridge {
                 ts_ms: now_ms,
             },
             expected_version: 0,
+            expected_buys_version: None,
         });
         Outcome::Publish(Box::new(plan), reserved)
     }
@@ -645,17 +653,20 @@ impl IntentBridge {
 }
 
 impl BatchView {
-    /// Counts a plan just published against the rest of the batch; returns the symbol's
-    /// reservation count its commit must find (the next one's is one more).
-    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) -> u64 {
+    /// Counts a plan just published against the rest of the batch; returns the reservation
+    /// counts its commit must find, the symbol's and (for a BUY) all BUYs' (the next
+    /// reservation's are one more).
+    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) -> (u64, Option<u64>) {
         let in_flight = self.in_flight.entry(symbol.clone()).or_default();
         in_flight.add(reservation);
         let expected = in_flight.version;
         in_flight.version += 1;
-        if reservation.side == Side::Buy {
+        let expected_buys = (reservation.side == Side::Buy).then(|| {
             self.buys_in_flight = self.buys_in_flight.saturating_add(reservation.notional_usd);
-        }
-        expected
+            self.buys_version += 1;
+            self.buys_version - 1
+        });
+        (expected, expected_buys)
     }
 }
 
@@ -804,6 +815,7 @@ impl IntentBridge {
                     field: plan.plan_id.to_string(),
                     value: r.reservation.to_value(),
                     expected_version: r.expected_version,
+                    expected_buys_version: r.expected_buys_version,
                 });
                 self.stats.published += 1;
             }

@@ -99,6 +99,11 @@ pub fn reservation_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight")
 }
 
+/// How many BUY reservations bridges have added, all symbols together (a counter): the exposure
+/// gate sums every symbol, so a BUY commits only while no other bridge reserved a BUY since its
+/// gate read the portfolio.
+pub const BUYS_VERSION_KEY: &str = "quantum:intent_bridge:buys_version";
+
 /// How many reservations bridges have added for a symbol (a counter, INCR in the commit step):
 /// a bridge commits a reservation only if the count is still the one it decided on, so two
 /// bridges gating the same symbol at once cannot both spend what is available.

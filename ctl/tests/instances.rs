@@ -286,3 +286,51 @@ async fn an_executor_leaves_an_order_another_holds_under_lease() {
         "the second executor never called the venue for it"
     );
 }
+
+#[tokio::test]
+async fn two_bridges_cannot_together_pass_the_exposure_limit() {
+    let mut stack = Stack::new().await;
+    // 100,000 of equity, 80% limit: one 65,000 BUY fits, two do not, whatever their symbols.
+    stack
+        .hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000"), ("ZECUSDT", "40")])
+        .await;
+    let env = [("SYMBOL_ALLOWLIST", "BTCUSDT,ZECUSDT"), ("STREAM_BATCH_SIZE", "1")];
+    let mut paused: Vec<(&str, &str)> = env.to_vec();
+    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(2000)"));
+    stack.start(Service::Bridge, &paused);
+    stack.wait_log(Service::Bridge, "Consumer ready").await;
+    let btc = stack
+        .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
+        .await;
+    wait_for("the first bridge to hold its BUY", || async {
+        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
+            .await
+            .iter()
+            .any(|(_, pending)| *pending == 1)
+    })
+    .await;
+    let second_bridge = stack.start_replica(Service::Bridge, &env);
+    let zec = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "ZECUSDT"), ("side", "BUY"), ("qty", "1625")],
+        )
+        .await;
+    wait_for("the second bridge to publish", || async {
+        stack
+            .replica_log(second_bridge)
+            .contains("Publishing plan for ZECUSDT BUY")
+    })
+    .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1, "one BUY under the limit: {plans:?}");
+    assert_eq!(plans[0].get("intent_id"), Some(zec.as_str()));
+    let marker: String = stack
+        .client
+        .get(format!("quantum:intent_bridge:seen:{btc}"))
+        .await
+        .unwrap();
+    assert!(marker.contains("reason=exposure"), "{marker}");
+}
