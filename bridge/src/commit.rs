@@ -6,11 +6,13 @@
 //! - the gates see a symbol's ledger and reservations at one instant (one read script): the
 //!   ledger applies a fill and releases its reservation in one step, so a read of the one before
 //!   and the other after would count the fill twice or not at all;
-//! - a reservation commits only while the symbol's reservation count is the one its gate
-//!   decided on: a second bridge that reserved meanwhile makes the step refuse (-1), and the
-//!   intent is decided again on fresh state, so two bridges cannot both sell one position; a
-//!   BUY commits only while the count of BUY reservations (all symbols) is the one its exposure
-//!   gate read, so two bridges cannot together pass the exposure limit either;
+//! - a reservation commits only while the symbol's reservation token (`<count>:<plan id>` of
+//!   its last reservation) is the one its gate decided on: a second bridge that reserved
+//!   meanwhile makes the step refuse (-1), and the intent is decided again on fresh state, so two
+//!   bridges cannot both sell one position; and since the token names the plan that wrote it, a
+//!   batch's next reservation, which expects its predecessor's token, is refused too when that
+//!   predecessor was. A BUY also needs the all-symbol BUY token it read, so two bridges cannot
+//!   together pass the exposure limit either;
 //! - an entry whose marker exists is only acknowledged (a replay's record counts it), whoever
 //!   processed it first: a second bridge that decided the same entry (reclaimed from a paused
 //!   one) publishes nothing, so one intent is one plan even when two bridges sized it;
@@ -27,11 +29,11 @@ use quantum_common::cas::queue_eval;
 /// A symbol's ledger fields and reservations, read at one instant.
 const READ_POSITION_SCRIPT: &str = r#"#!lua flags=no-writes
 return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), redis.call('HGETALL', KEYS[2]),
-  redis.call('GET', KEYS[3]) or '0'}
+  redis.call('GET', KEYS[3]) or ''}
 "#;
 
 /// Queues the read of `symbol`'s ledger (`position_amt`, `notional_usd`), reservations and
-/// reservation count; the reply is `[[amt, notional], [field, value, ...], count]`.
+/// reservation token; the reply is `[[amt, notional], [field, value, ...], token]`.
 pub async fn queue_position_read(
     pipeline: &fred::clients::Pipeline<Client>,
     symbol: &quantum_common::types::Symbol,
@@ -47,10 +49,10 @@ pub async fn queue_position_read(
 }
 
 const COMMIT_SCRIPT: &str = r#"#!lua
--- KEYS: marker, intent stream, outcome stream, reservations, reservation count, BUY count
+-- KEYS: marker, intent stream, outcome stream, reservations, reservation token, BUY token
 -- ARGV: group, entry id, marker ttl, record ('' for a replay), replay record ('' for none),
---       reserve field ('' for none), reserve value, expected reservation count, expected BUY
---       count ('' for a SELL), then the outcome's fields (none: a skip)
+--       reserve field ('' for none), reserve value, expected reservation token, new one,
+--       'BUY' or '', expected BUY token, new one, then the outcome's fields (none: a skip)
 local function wrong(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
@@ -65,18 +67,18 @@ if ARGV[4] == '' or redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   return 0
 end
-local buy = ARGV[9] ~= ''
-bad = (#ARGV > 9 and wrong(KEYS[3], 'stream')) or (ARGV[6] ~= '' and wrong(KEYS[4], 'hash'))
-  or (ARGV[6] ~= '' and wrong(KEYS[5], 'string')) or (buy and wrong(KEYS[6], 'string'))
+local reserve, buy = ARGV[6] ~= '', ARGV[10] == 'BUY'
+bad = (#ARGV > 12 and wrong(KEYS[3], 'stream')) or (reserve and wrong(KEYS[4], 'hash'))
+  or (reserve and wrong(KEYS[5], 'string')) or (buy and wrong(KEYS[6], 'string'))
 if bad then return redis.error_reply(bad) end
-if ARGV[6] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[8] then return -1 end
-if buy and (redis.call('GET', KEYS[6]) or '0') ~= ARGV[9] then return -1 end
-if #ARGV > 9 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10)) end
-if ARGV[6] ~= '' then
+if reserve and (redis.call('GET', KEYS[5]) or '') ~= ARGV[8] then return -1 end
+if buy and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
+if #ARGV > 12 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 13)) end
+if reserve then
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
-  redis.call('INCR', KEYS[5])
+  redis.call('SET', KEYS[5], ARGV[9])
 end
-if buy then redis.call('INCR', KEYS[6]) end
+if buy then redis.call('SET', KEYS[6], ARGV[12]) end
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -102,10 +104,10 @@ pub struct ReservationCommit {
     /// The plan id.
     pub field: String,
     pub value: String,
-    /// The symbol's reservation count the gate decided on.
-    pub expected_version: u64,
-    /// For a BUY, the count of BUY reservations (all symbols) its exposure gate decided on.
-    pub expected_buys_version: Option<u64>,
+    /// The symbol's reservation token the gate decided on, and the one this commit writes.
+    pub token: (String, String),
+    /// For a BUY, the BUY token (all symbols) its exposure gate decided on, and the new one.
+    pub buys_token: Option<(String, String)>,
 }
 
 /// Queues one entry's commit on `pipeline`. Its reply is 1 when it committed, 0 when the entry
@@ -121,25 +123,28 @@ pub async fn queue_commit(
     // Without an outcome the stream slot is never written; any stream name fills it.
     let (outcome_stream, fields) = commit.outcome.unwrap_or((stream, Vec::new()));
     // Without a reservation the hash and counter slots are never touched; the marker fills them.
-    let (reservations, version, field, value, expected, expected_buys) = match commit.reservation {
+    let none = || (String::new(), String::new());
+    let (reservations, version, field, value, token, buy, buys_token) = match commit.reservation {
         Some(r) => (
             quantum_common::contract::reservation_key(&r.symbol),
             quantum_common::contract::reservation_version_key(&r.symbol),
             r.field,
             r.value,
-            r.expected_version.to_string(),
-            r.expected_buys_version.map(|v| v.to_string()).unwrap_or_default(),
+            r.token,
+            if r.buys_token.is_some() { "BUY" } else { "" },
+            r.buys_token.unwrap_or_else(none),
         ),
         None => (
             commit.marker_key.clone(),
             commit.marker_key.clone(),
             String::new(),
             String::new(),
-            String::new(),
-            String::new(),
+            none(),
+            "",
+            none(),
         ),
     };
-    let mut args = Vec::with_capacity(9 + 2 * fields.len());
+    let mut args = Vec::with_capacity(12 + 2 * fields.len());
     args.extend([
         group.to_string(),
         commit.entry_id.to_string(),
@@ -148,8 +153,11 @@ pub async fn queue_commit(
         commit.replay_record.unwrap_or_default(),
         field,
         value,
-        expected,
-        expected_buys,
+        token.0,
+        token.1,
+        buy.to_string(),
+        buys_token.0,
+        buys_token.1,
     ]);
     for (k, v) in fields {
         args.push(k.to_string());

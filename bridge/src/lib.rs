@@ -40,7 +40,7 @@ use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
-use quantum_common::reservation::{InFlight, Reservation};
+use quantum_common::reservation::{next_token, InFlight, Reservation};
 use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
@@ -222,17 +222,17 @@ struct BatchView {
     in_flight: HashMap<Symbol, InFlight>,
     /// Σ notional of every BUY in flight (all allowlisted symbols, when the batch has a BUY).
     buys_in_flight: Decimal,
-    /// The count of BUY reservations (all symbols) this view was read at, plus this batch's.
-    buys_version: u64,
+    /// The BUY token (all symbols) this view was read at, or the one this batch's last BUY writes.
+    buys_token: String,
     marks: HashMap<Symbol, Decimal>,
     risk: HashMap<Symbol, SymbolRisk>,
 }
 
-/// A plan's reservation, with the reservation counts its gates decided on.
+/// A plan's reservation, with the reservation tokens its gates decided on and the ones it writes.
 struct Reserved {
     reservation: Reservation,
-    expected_version: u64,
-    expected_buys_version: Option<u64>,
+    token: (String, String),
+    buys_token: Option<(String, String)>,
 }
 
 enum Outcome {
@@ -314,11 +314,13 @@ impl IntentBridge {
         }
 
         let pipeline = self.writer.pipeline();
+        // The BUY token first: a BUY another bridge commits after this read changes it, so
+        // this batch's BUYs cannot commit on positions read without it.
+        pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
         for symbol in ledger_symbols {
             queue_position_read(&pipeline, symbol).await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
-        pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
         if !gated_symbols.is_empty() {
             let fields: Vec<&str> = gated_symbols.iter().map(Symbol::as_str).collect();
             pipeline.hmget::<(), _, _>(MARK_PRICE_KEY, fields).await?;
@@ -331,13 +333,14 @@ impl IntentBridge {
         let mut next = || replies.next().unwrap_or(Ok(Value::Null));
 
         let mut view = BatchView::default();
+        let buys_token = opt_text(&next()?).unwrap_or_default();
         let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
         for symbol in ledger_symbols {
             let mut position = next()?.into_array().into_iter();
             let pair = position.next().unwrap_or(Value::Null).into_array();
             let reservations = position.next().unwrap_or(Value::Null);
-            let version = position.next().as_ref().and_then(opt_text);
+            let token = position.next().as_ref().and_then(opt_text).unwrap_or_default();
             let amt = pair.first().and_then(opt_text);
             let mut ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
                 None => LedgerView::Missing,
@@ -348,17 +351,9 @@ impl IntentBridge {
                 }
             };
             let summary = InFlight::summarize(&hash_pairs(reservations), now_ms, self.reservation_ttl_ms);
-            let version = version.as_deref().map(str::parse::<u64>);
-            match summary.and_then(|mut in_flight| match version {
-                Some(Ok(v)) => {
-                    in_flight.version = v;
-                    Ok(in_flight)
-                }
-                Some(Err(_)) => Err(quantum_common::reservation::ReservationError {
-                    field: "version".into(),
-                    detail: "the reservation count is not an integer".into(),
-                }),
-                None => Ok(in_flight),
+            match summary.map(|mut in_flight| {
+                in_flight.token = token;
+                in_flight
             }) {
                 Ok(in_flight) => {
                     view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
@@ -383,8 +378,7 @@ impl IntentBridge {
             view.ledgers.insert(symbol.clone(), ledger);
         }
         view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
-        // An unreadable count fails the BUYs' commits (their step checks it), not the batch.
-        view.buys_version = opt_text(&next()?).and_then(|v| v.parse().ok()).unwrap_or_default();
+        view.buys_token = buys_token;
         view.ledger_notional = if any_buy { total_notional } else { Decimal::ZERO };
         if !any_buy {
             view.buys_in_flight = Decimal::ZERO;
@@ -501,8 +495,8 @@ impl IntentBridge {
                 }
                 let mut outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
                 if let Outcome::Publish(plan, Some(reserved)) = &mut outcome {
-                    (reserved.expected_version, reserved.expected_buys_version) =
-                        view.reserve(&plan.symbol, &reserved.reservation);
+                    (reserved.token, reserved.buys_token) =
+                        view.reserve(&plan.symbol, plan.plan_id.as_str(), &reserved.reservation);
                 }
                 outcome
             }
@@ -593,8 +587,8 @@ impl IntentBridge {
                 notional_usd: notional,
                 ts_ms: now_ms,
             },
-            expected_version: 0,
-            expected_buys_version: None,
+            token: Default::default(),
+            buys_token: None,
         });
         Outcome::Publish(Box::new(plan), reserved)
     }
@@ -653,20 +647,26 @@ impl IntentBridge {
 }
 
 impl BatchView {
-    /// Counts a plan just published against the rest of the batch; returns the reservation
-    /// counts its commit must find, the symbol's and (for a BUY) all BUYs' (the next
-    /// reservation's are one more).
-    fn reserve(&mut self, symbol: &Symbol, reservation: &Reservation) -> (u64, Option<u64>) {
+    /// Counts a plan just published against the rest of the batch; returns the tokens its
+    /// commit must find and write: the symbol's and, for a BUY, all BUYs' (the batch's next
+    /// reservation expects the ones this one writes).
+    #[allow(clippy::type_complexity)]
+    fn reserve(
+        &mut self,
+        symbol: &Symbol,
+        plan_id: &str,
+        reservation: &Reservation,
+    ) -> ((String, String), Option<(String, String)>) {
         let in_flight = self.in_flight.entry(symbol.clone()).or_default();
         in_flight.add(reservation);
-        let expected = in_flight.version;
-        in_flight.version += 1;
-        let expected_buys = (reservation.side == Side::Buy).then(|| {
+        let next = next_token(&in_flight.token, plan_id);
+        let token = (std::mem::replace(&mut in_flight.token, next.clone()), next);
+        let buys_token = (reservation.side == Side::Buy).then(|| {
             self.buys_in_flight = self.buys_in_flight.saturating_add(reservation.notional_usd);
-            self.buys_version += 1;
-            self.buys_version - 1
+            let next = next_token(&self.buys_token, plan_id);
+            (std::mem::replace(&mut self.buys_token, next.clone()), next)
         });
-        (expected, expected_buys)
+        (token, buys_token)
     }
 }
 
@@ -814,8 +814,8 @@ impl IntentBridge {
                     symbol: plan.symbol.clone(),
                     field: plan.plan_id.to_string(),
                     value: r.reservation.to_value(),
-                    expected_version: r.expected_version,
-                    expected_buys_version: r.expected_buys_version,
+                    token: r.token,
+                    buys_token: r.buys_token,
                 });
                 self.stats.published += 1;
             }
@@ -851,6 +851,15 @@ impl IntentBridge {
     ) -> Result<u64, StageError> {
         let mut failed = None;
         let mut again = 0;
+        if replies.len() < committing.len() {
+            // Replies lost with the connection: what committed is unknown; the markers tell on
+            // the retry.
+            return Err(StageError::Retryable(format!(
+                "{} commit replies for {} intents",
+                replies.len(),
+                committing.len()
+            )));
+        }
         for ((entry, decided), reply) in committing.iter().zip(replies) {
             match reply {
                 Ok(v) if v.as_i64() == Some(-1) => {

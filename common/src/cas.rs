@@ -7,13 +7,24 @@ use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-const SCRIPT: &str = r#"
+const SCRIPT: &str = r#"#!lua
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return 0 end
 local guard = tonumber(ARGV[2])
 if guard > 0 and redis.call('EXISTS', KEYS[guard]) == 1 then return -1 end
 local commands = { H = 'HSET', D = 'HDEL', Z = 'ZADD' }
+local types = { H = 'hash', D = 'hash', Z = 'zset' }
+-- Every key's type before the first write: a step that fails writes nothing.
 local i = 3
+for k = 1, #KEYS do
+  local want = types[ARGV[i]]
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if want and t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written')
+  end
+  i = i + 2 + tonumber(ARGV[i + 1])
+end
+i = 3
 for k = 1, #KEYS do
   local kind, n = ARGV[i], tonumber(ARGV[i + 1])
   -- In chunks of 1000 (an even count keeps pairs together): unpack fails past ~8000 values.

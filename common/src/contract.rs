@@ -99,14 +99,15 @@ pub fn reservation_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight")
 }
 
-/// How many BUY reservations bridges have added, all symbols together (a counter): the exposure
-/// gate sums every symbol, so a BUY commits only while no other bridge reserved a BUY since its
-/// gate read the portfolio.
+/// The token of the last BUY reservation, all symbols together (`<count>:<plan id>`): the
+/// exposure gate sums every symbol, so a BUY commits only while the token is the one its gate
+/// read (or the one the batch's previous BUY wrote).
 pub const BUYS_VERSION_KEY: &str = "quantum:intent_bridge:buys_version";
 
-/// How many reservations bridges have added for a symbol (a counter, INCR in the commit step):
-/// a bridge commits a reservation only if the count is still the one it decided on, so two
-/// bridges gating the same symbol at once cannot both spend what is available.
+/// The token of a symbol's last reservation (`<count>:<plan id>`): a bridge commits a
+/// reservation only if the token is still the one it decided on (or the one its batch's previous
+/// reservation wrote), so two bridges gating the same symbol at once cannot both spend what is
+/// available, and a commit that lost the race cannot let the next one of its batch through.
 pub fn reservation_version_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:version")
 }

@@ -86,6 +86,13 @@ impl Reservation {
     }
 }
 
+/// The token a reservation writes after `previous`: the count one higher, and its own plan id,
+/// so that only that very commit can have written it.
+pub fn next_token(previous: &str, plan_id: &str) -> String {
+    let count: u64 = previous.split(':').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    format!("{}:{plan_id}", count + 1)
+}
+
 /// What a symbol has in flight, summed from its reservations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InFlight {
@@ -95,9 +102,10 @@ pub struct InFlight {
     pub buy_notional: Decimal,
     /// Fields older than the TTL: ignored, and removed by the next commit.
     pub expired: Vec<String>,
-    /// The symbol's reservation count (`contract::reservation_version_key`) this view was read
-    /// at, plus the reservations this batch made since: what the next commit expects.
-    pub version: u64,
+    /// The symbol's reservation token (`contract::reservation_version_key`: `<count>:<plan id>`
+    /// of the last reservation, empty before the first) this view was read at, or the one this
+    /// batch's last reservation writes: what the next commit must find.
+    pub token: String,
 }
 
 impl InFlight {
@@ -175,6 +183,13 @@ mod tests {
         ] {
             assert!(InFlight::summarize(&[pair("x", bad)], 0, 1).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tokens_count_and_name_their_reservation() {
+        assert_eq!(next_token("", "aa"), "1:aa");
+        assert_eq!(next_token("7:aa", "bb"), "8:bb");
+        assert_eq!(next_token("garbage", "bb"), "1:bb");
     }
 
     proptest! {

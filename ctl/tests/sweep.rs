@@ -145,7 +145,14 @@ async fn a_claim_that_never_reached_the_venue_is_swept_rejected_and_never_placed
     );
     let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
     assert_eq!(record.get("state").map(String::as_str), Some("REJECTED"));
-    assert_eq!(paper_orders(&stack).await, 0, "never placed");
+    // Never placed, and never will be: the venue holds the id refused, and no position.
+    let at_venue = stack.hash(&format!("quantum:paper:order:qib-{plan_id}")).await;
+    assert_eq!(
+        at_venue.get("status").map(String::as_str),
+        Some("REJECTED"),
+        "{at_venue:?}"
+    );
+    assert!(stack.hash("quantum:paper:position:BTCUSDT").await.is_empty());
     let inflight = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
     assert!(inflight.is_empty(), "the plan's reservation is released: {inflight:?}");
 }
@@ -158,4 +165,44 @@ async fn a_sweep_grace_within_the_plan_age_is_refused_at_start() {
     assert!(stack
         .log(Service::Executor)
         .contains("INTENT_EXECUTOR_SWEEP_GRACE_MS (1000) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS (1500)"));
+}
+
+#[tokio::test]
+async fn an_executor_waking_after_the_sweep_settled_its_order_places_nothing() {
+    let mut stack = Stack::new().await;
+    let (entry, plan_id) = one_plan(&mut stack).await;
+    let timings = [
+        ("STREAM_CLAIM_IDLE_MS", "300"),
+        ("STREAM_BLOCK_MS", "100"),
+        ("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", "1000"),
+        ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "1500"),
+        ("INTENT_EXECUTOR_SWEEP_INTERVAL_MS", "200"),
+    ];
+    // The first executor claims the order and stalls for 4 s before its venue call, far past
+    // its lease and the sweep's grace; its plan is trimmed away meanwhile.
+    let mut stalled: Vec<(&str, &str)> = timings.to_vec();
+    stalled.push(("FAILPOINTS", "executor::after_claim=1*sleep(4000)"));
+    stack.start(Service::Executor, &stalled);
+    wait_for("the claim", || async {
+        stack.client.zcard::<u64, _>(OPEN_ORDERS_KEY).await.unwrap() == 1
+    })
+    .await;
+    let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
+    let sweeper = stack.start_replica(Service::Executor, &timings);
+    wait_for("the sweep to settle the order", || async {
+        stack.replica_log(sweeper).contains("Swept order qib-")
+    })
+    .await;
+    // The first executor wakes up and calls the venue: the venue answers with the refusal.
+    wait_for("the first executor to find it finalized", || async {
+        stack.log(Service::Executor).contains(&format!(
+            "Duplicate plan {plan_id} for BTCUSDT: order qib-{plan_id} was finalized elsewhere"
+        ))
+    })
+    .await;
+    assert!(stack.hash("quantum:paper:position:BTCUSDT").await.is_empty(), "no fill");
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].get("executed"), Some("false"));
+    assert!(stack.entries(LEDGER_COMMIT_STREAM).await.is_empty());
 }

@@ -193,7 +193,11 @@ pub struct ExecutorStats {
 
 /// Writes a not-executed plan's result once: the marker and the XADD in one step, so a replayed
 /// plan (a group reset, a redelivery) is answered exactly once.
-const ANSWER_ONCE_SCRIPT: &str = r#"
+const ANSWER_ONCE_SCRIPT: &str = r#"#!lua
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a stream; nothing written')
+end
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
   return 1
@@ -478,11 +482,10 @@ impl<V: Venue> Executor<V> {
                 let call = trace::step_span(&spans[i], "venue.order");
                 let outcome = match step {
                     Step::Recover(plan, reason) => {
-                        let found = venue
-                            .lookup(&plan.plan_id.client_order_id(), &plan.symbol)
+                        venue
+                            .settle(&plan.plan_id.client_order_id(), &plan.symbol, &never_placed(reason))
                             .instrument(call)
-                            .await;
-                        found.map(|o| o.unwrap_or_else(|| never_placed(reason)))
+                            .await
                     }
                     _ => {
                         let plan = step.order().map(OrderRequest::from);
@@ -513,11 +516,9 @@ impl<V: Venue> Executor<V> {
 /// How soon a plan left to another executor's lease is looked at again.
 const LEASED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// The outcome of an order the venue never received, finalized without placing it.
-fn never_placed(why: &str) -> OrderOutcome {
-    OrderOutcome::Rejected {
-        reason: format!("{why}; the order never reached the venue and is not placed"),
-    }
+/// Why an order the venue never received is finalized without placing it.
+fn never_placed(why: &str) -> String {
+    format!("{why}; the order never reached the venue and is not placed")
 }
 
 impl<V: Venue> BatchHandler for Executor<V> {
@@ -764,7 +765,6 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
         writer: conns.writer.clone(),
         venue: venue.clone(),
         grace_ms: args.sweep_grace_ms,
-        max_plan_age_ms: args.max_plan_age_ms,
         stats: ExecutorStats::default(),
     };
     tokio::spawn(sweeper.run(Duration::from_millis(args.sweep_interval_ms), shutdown.clone()));

@@ -65,7 +65,7 @@ return 'CLAIMED'
 /// owner's lease ran out; returns 1, or 0 when it was not NEW or is another's under lease.
 /// ARGV: coid, plan id, record TTL, owner, then length-prefixed groups: the record's fields,
 /// the number of fills and each fill's fields, the fills' reservations; the rest is the result.
-const FINALIZE_SCRIPT: &str = r#"
+const FINALIZE_SCRIPT: &str = r#"#!lua
 if redis.call('HGET', KEYS[1], 'state') ~= 'NEW' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= ARGV[4] then
@@ -73,24 +73,32 @@ if owner and owner ~= ARGV[4] then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return 0 end
 end
-local i = 5
-local n = tonumber(ARGV[i])
-redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + n))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-i = i + 1 + n
+-- Every key's type before the first write, and the record's state last: a step that fails
+-- writes nothing, so the record stays NEW and the sweep finishes it (#!lua: under maxmemory
+-- Redis refuses the step before it starts).
+for k, want in pairs({[2] = 'zset', [3] = 'hash', [4] = 'stream', [5] = 'stream'}) do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written')
+  end
+end
+local record = 5
+local i = record + 1 + tonumber(ARGV[record])
 local fills = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, fills do
-  n = tonumber(ARGV[i])
+  local n = tonumber(ARGV[i])
   redis.call('XADD', KEYS[4], '*', unpack(ARGV, i + 1, i + n))
   i = i + 1 + n
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
-n = tonumber(ARGV[i])
+local n = tonumber(ARGV[i])
 if n > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, i + 1, i + n)) end
 i = i + 1 + n
 redis.call('XADD', KEYS[5], '*', unpack(ARGV, i))
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, record + 1, record + tonumber(ARGV[record])))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 

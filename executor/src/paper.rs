@@ -12,7 +12,7 @@ use fred::types::Value;
 use rust_decimal::{Decimal, RoundingStrategy};
 use sha2::{Digest, Sha256};
 
-use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
+use quantum_common::cas::{owned, queue_eval, CasOp, CasOutcome, CasWrite};
 use quantum_common::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
 use quantum_common::fields::{hash_pairs, StreamEntry};
 use quantum_common::fill::Fill;
@@ -266,6 +266,15 @@ pub fn simulate(
     (OrderOutcome::Filled { fills: vec![fill] }, next)
 }
 
+/// The stored order under KEYS[1]; when there is none, stores it refused with reason ARGV[1]
+/// (the order's `execute` then returns that refusal) and returns that.
+const SETTLE_SCRIPT: &str = r#"
+local stored = redis.call('HGETALL', KEYS[1])
+if #stored > 0 then return stored end
+redis.call('HSET', KEYS[1], 'status', 'REJECTED', 'reason', ARGV[1])
+return {'status', 'REJECTED', 'reason', ARGV[1]}
+"#;
+
 /// The paper venue.
 #[derive(Clone)]
 pub struct PaperVenue {
@@ -333,16 +342,22 @@ impl Venue for PaperVenue {
         "paper"
     }
 
-    async fn lookup(&self, client_order_id: &OrderId, symbol: &Symbol) -> Result<Option<OrderOutcome>, VenueError> {
-        let stored = hash_pairs(
-            self.client
-                .hgetall::<Value, _>(paper_order_key(client_order_id.as_str()))
-                .await?,
-        );
-        if stored.is_empty() {
-            return Ok(None);
-        }
-        Self::stored_outcome(stored, symbol).map(Some)
+    async fn settle(
+        &self,
+        client_order_id: &OrderId,
+        symbol: &Symbol,
+        reason: &str,
+    ) -> Result<OrderOutcome, VenueError> {
+        let pipeline = self.client.pipeline();
+        queue_eval(
+            &pipeline,
+            SETTLE_SCRIPT,
+            vec![paper_order_key(client_order_id.as_str())],
+            vec![reason.to_string()],
+        )
+        .await?;
+        let stored: Vec<Value> = pipeline.all().await?;
+        Self::stored_outcome(hash_pairs(stored.into_iter().next().unwrap_or(Value::Null)), symbol)
     }
 
     async fn execute(&self, order: &OrderRequest) -> Result<OrderOutcome, VenueError> {

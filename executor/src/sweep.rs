@@ -8,10 +8,10 @@
 //! about each, and finalizes it with the venue's answer: its fills go to the ledger and its
 //! result to `apply.result`, whether or not the plan still exists.
 //!
-//! "The venue never received it" is definitive only once no executor can still place it: a
-//! plan is placed only while younger than `INTENT_EXECUTOR_MAX_PLAN_AGE_MS` (an older one is
-//! only looked up), and the grace period must exceed that age. So such an order is finalized
-//! REJECTED, never placed; with the age limit off (0) it is left NEW and logged instead.
+//! "The venue never received it" is made definitive at the venue itself: `Venue::settle`
+//! records the id refused there, so an executor that stalled past its lease and calls the venue
+//! late gets that refusal, not a fill nobody would finalize. The grace period exceeds the plan
+//! age limit and the order lease, so normally no executor is still about to place it.
 
 use std::time::Duration;
 
@@ -37,9 +37,6 @@ pub struct Sweeper<V: Venue> {
     pub venue: V,
     /// Records claimed longer ago than this (ms) are swept.
     pub grace_ms: u64,
-    /// Plans older than this are never placed (0: no limit, so "not at the venue" is never
-    /// definitive).
-    pub max_plan_age_ms: u64,
     pub stats: ExecutorStats,
 }
 
@@ -68,8 +65,17 @@ impl<V: Venue> Sweeper<V> {
                 }
                 Some(Ok(order)) => order,
             };
-            if self.finish(&order).await? {
-                finalized += 1;
+            // One order the venue cannot answer for does not hold up the others.
+            match self.finish(&order).await {
+                Ok(true) => finalized += 1,
+                Ok(false) => {}
+                Err(e @ StageError::Fatal(_)) => return Err(e),
+                Err(e) => tracing::warn!(
+                    "Sweeping order {} of plan {} failed ({}): {e}; the next pass retries it",
+                    order.client_order_id,
+                    order.plan_id,
+                    e.class()
+                ),
             }
         }
         Ok(finalized)
@@ -77,21 +83,11 @@ impl<V: Venue> Sweeper<V> {
 
     /// Asks the venue about one open order and finalizes it; returns whether this pass did.
     async fn finish(&mut self, order: &OrderRef) -> Result<bool, StageError> {
-        let outcome = match self.venue.lookup(&order.client_order_id, &order.symbol).await? {
-            Some(outcome) => outcome,
-            None if self.max_plan_age_ms > 0 => never_placed(&format!(
-                "swept: claimed more than INTENT_EXECUTOR_SWEEP_GRACE_MS={} ms ago and its plan was not executed",
-                self.grace_ms
-            )),
-            None => {
-                tracing::warn!(
-                    "Open order {} of plan {} is not at the venue; left NEW (INTENT_EXECUTOR_MAX_PLAN_AGE_MS=0: it could still be placed)",
-                    order.client_order_id,
-                    order.plan_id
-                );
-                return Ok(false);
-            }
-        };
+        let why = never_placed(&format!(
+            "swept: claimed more than INTENT_EXECUTOR_SWEEP_GRACE_MS={} ms ago and its plan was not executed",
+            self.grace_ms
+        ));
+        let outcome = self.venue.settle(&order.client_order_id, &order.symbol, &why).await?;
         let pipeline = self.writer.pipeline();
         order::queue_finalize(&pipeline, &self.owner, order, &outcome, |_| {}).await?;
         let replies: Vec<Value> = pipeline.all().await?;

@@ -110,11 +110,14 @@ pub trait Venue: Send + Sync {
     fn name(&self) -> &'static str;
     /// Places the order, or returns the outcome of the order already placed under its id.
     fn execute(&self, order: &OrderRequest) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;
-    /// The outcome of the order placed under `client_order_id`, placing nothing; `None` when
-    /// the venue never accepted it (so it never will: nothing places it but `execute`).
-    fn lookup(
+    /// The outcome of the order placed under `client_order_id`, placing nothing; or, when the
+    /// venue never received it, `Rejected` with `reason` after making sure it never will: a
+    /// late `execute` of the same id (an executor that stalled past its lease) then gets that
+    /// rejection instead of a fill nobody would finalize.
+    fn settle(
         &self,
         client_order_id: &OrderId,
         symbol: &Symbol,
-    ) -> impl Future<Output = Result<Option<OrderOutcome>, VenueError>> + Send;
+        reason: &str,
+    ) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;
 }
