@@ -87,8 +87,8 @@ pub struct ExecutorArgs {
     #[arg(long, env = "INTENT_EXECUTOR_MAX_PLAN_AGE_MS", default_value_t = 120_000)]
     pub max_plan_age_ms: u64,
     /// How long (ms) an executor's claim on an order keeps other executors from calling the
-    /// venue for it or finalizing it (the claim is taken over once it runs out) [default:
-    /// STREAM_CLAIM_IDLE_MS, after which a paused executor's plans are reclaimed anyway].
+    /// venue for it or finalizing it (the claim is taken over once it runs out). Unset: the
+    /// value of STREAM_CLAIM_IDLE_MS, after which a paused executor's plans are reclaimed anyway.
     #[arg(long, env = "INTENT_EXECUTOR_ORDER_LEASE_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub order_lease_ms: Option<u64>,
     /// How often (ms) the sweep looks for orders left NEW (their plan was trimmed or deleted
