@@ -144,9 +144,7 @@ async fn two_bridges_deciding_one_intent_publish_one_plan() {
     ];
     // The first bridge decides the intent, then stalls for 3 s before its commit (a GC pause, a
     // SIGSTOP): long enough for the second to reclaim the entry and decide it again.
-    let mut paused: Vec<(&str, &str)> = fast.to_vec();
-    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(3000)"));
-    stack.start(Service::Bridge, &paused);
+    stack.start_with_failpoint(Service::Bridge, &fast, "bridge::before_commit=1*sleep(3000)");
     stack.wait_log(Service::Bridge, "Consumer ready").await;
     let intent = stack
         .xadd(
@@ -159,13 +157,9 @@ async fn two_bridges_deciding_one_intent_publish_one_plan() {
             ],
         )
         .await;
-    wait_for("the first bridge to hold the intent", || async {
-        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
-            .await
-            .iter()
-            .any(|(_, pending)| *pending == 1)
-    })
-    .await;
+    stack
+        .wait_held(INTENT_STREAM, INTENT_GROUP, "the first bridge to hold the intent")
+        .await;
     // The market moves: sized again, the intent gets another quantity, hence another plan id.
     stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
     let second = stack.start_replica(Service::Bridge, &fast);
@@ -203,19 +197,13 @@ async fn two_bridges_cannot_both_sell_one_position() {
         .await;
     let env = [("SYMBOL_ALLOWLIST", "ZECUSDT"), ("STREAM_BATCH_SIZE", "1")];
     // The first bridge gates a SELL of the whole position, then stalls before its commit.
-    let mut paused: Vec<(&str, &str)> = env.to_vec();
-    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(2000)"));
-    stack.start(Service::Bridge, &paused);
+    stack.start_with_failpoint(Service::Bridge, &env, "bridge::before_commit=1*sleep(2000)");
     stack.wait_log(Service::Bridge, "Consumer ready").await;
     let sell = [("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")];
     let first = stack.xadd(INTENT_STREAM, &sell).await;
-    wait_for("the first bridge to hold its SELL", || async {
-        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
-            .await
-            .iter()
-            .any(|(_, pending)| *pending == 1)
-    })
-    .await;
+    stack
+        .wait_held(INTENT_STREAM, INTENT_GROUP, "the first bridge to hold its SELL")
+        .await;
     // Meanwhile the second bridge gates and commits another SELL of the same position.
     let second_bridge = stack.start_replica(Service::Bridge, &env);
     let second = stack.xadd(INTENT_STREAM, &sell).await;
@@ -262,13 +250,8 @@ async fn an_executor_leaves_an_order_another_holds_under_lease() {
     ];
     // The first executor claims the order, then stalls for 3 s before its venue call; the
     // second reclaims the plan meanwhile but finds the order under the first one's lease.
-    let mut paused: Vec<(&str, &str)> = fast.to_vec();
-    paused.push(("FAILPOINTS", "executor::after_claim=1*sleep(3000)"));
-    stack.start(Service::Executor, &paused);
-    wait_for("the first executor to claim the order", || async {
-        stack.client.zcard::<u64, _>(OPEN_ORDERS_KEY).await.unwrap() == 1
-    })
-    .await;
+    stack.start_with_failpoint(Service::Executor, &fast, "executor::after_claim=1*sleep(3000)");
+    stack.wait_open_orders(1, "the first executor to claim the order").await;
     let second = stack.start_replica(Service::Executor, &fast);
     wait_for("the second executor to find the order leased", || async {
         stack
@@ -295,20 +278,14 @@ async fn two_bridges_cannot_together_pass_the_exposure_limit() {
         .hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000"), ("ZECUSDT", "40")])
         .await;
     let env = [("SYMBOL_ALLOWLIST", "BTCUSDT,ZECUSDT"), ("STREAM_BATCH_SIZE", "1")];
-    let mut paused: Vec<(&str, &str)> = env.to_vec();
-    paused.push(("FAILPOINTS", "bridge::before_commit=1*sleep(2000)"));
-    stack.start(Service::Bridge, &paused);
+    stack.start_with_failpoint(Service::Bridge, &env, "bridge::before_commit=1*sleep(2000)");
     stack.wait_log(Service::Bridge, "Consumer ready").await;
     let btc = stack
         .xadd(INTENT_STREAM, &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")])
         .await;
-    wait_for("the first bridge to hold its BUY", || async {
-        consumers(&stack, INTENT_STREAM, INTENT_GROUP)
-            .await
-            .iter()
-            .any(|(_, pending)| *pending == 1)
-    })
-    .await;
+    stack
+        .wait_held(INTENT_STREAM, INTENT_GROUP, "the first bridge to hold its BUY")
+        .await;
     let second_bridge = stack.start_replica(Service::Bridge, &env);
     let zec = stack
         .xadd(

@@ -21,11 +21,11 @@ const FAST: [(&str, &str); 4] = [
 
 /// Starts the executor with `FAST`, `extra`, and optionally a crash point.
 fn start_executor(stack: &mut Stack, failpoint: Option<&str>, extra: &[(&str, &str)]) {
-    let mut env: Vec<(&str, &str)> = FAST.iter().chain(extra).copied().collect();
-    if let Some(point) = failpoint {
-        env.push(("FAILPOINTS", point));
+    let env: Vec<(&str, &str)> = FAST.iter().chain(extra).copied().collect();
+    match failpoint {
+        Some(point) => stack.start_with_failpoint(Service::Executor, &env, point),
+        None => stack.start(Service::Executor, &env),
     }
-    stack.start(Service::Executor, &env);
 }
 
 /// Publishes one BTC BUY through the bridge and returns its plan's entry id and plan id.
@@ -180,13 +180,8 @@ async fn an_executor_waking_after_the_sweep_settled_its_order_places_nothing() {
     ];
     // The first executor claims the order and stalls for 4 s before its venue call, far past
     // its lease and the sweep's grace; its plan is trimmed away meanwhile.
-    let mut stalled: Vec<(&str, &str)> = timings.to_vec();
-    stalled.push(("FAILPOINTS", "executor::after_claim=1*sleep(4000)"));
-    stack.start(Service::Executor, &stalled);
-    wait_for("the claim", || async {
-        stack.client.zcard::<u64, _>(OPEN_ORDERS_KEY).await.unwrap() == 1
-    })
-    .await;
+    stack.start_with_failpoint(Service::Executor, &timings, "executor::after_claim=1*sleep(4000)");
+    stack.wait_open_orders(1, "the claim").await;
     let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
     let sweeper = stack.start_replica(Service::Executor, &timings);
     wait_for("the sweep to settle the order", || async {

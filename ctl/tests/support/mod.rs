@@ -79,6 +79,34 @@ impl Stack {
         self.procs.insert(service, proc);
     }
 
+    /// Starts `service` with `extra` and a crash or pause point armed (`FAILPOINTS`, the
+    /// services' `failpoints` feature), e.g. `bridge::before_commit=1*sleep(2000)`.
+    pub fn start_with_failpoint(&mut self, service: Service, extra: &[(&str, &str)], failpoint: &str) {
+        let mut env: Vec<(&str, &str)> = extra.to_vec();
+        env.push(("FAILPOINTS", failpoint));
+        self.start(service, &env);
+    }
+
+    /// Waits until one consumer of `group` holds exactly one entry of `stream` (it has read it
+    /// and not acknowledged it yet).
+    pub async fn wait_held(&self, stream: &str, group: &str, what: &str) {
+        wait_for(what, || async {
+            consumers(self, stream, group)
+                .await
+                .iter()
+                .any(|(_, pending)| *pending == 1)
+        })
+        .await;
+    }
+
+    /// Waits until the executor's open-order index holds `n` orders.
+    pub async fn wait_open_orders(&self, n: u64, what: &str) {
+        wait_for(what, || async {
+            self.client.zcard::<u64, _>(OPEN_ORDERS_KEY).await.unwrap() == n
+        })
+        .await;
+    }
+
     /// Starts one more instance of `service` (its own process and log); returns its index.
     pub fn start_replica(&mut self, service: Service, extra: &[(&str, &str)]) -> usize {
         let mut env = self.env.clone();
