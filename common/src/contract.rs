@@ -38,10 +38,21 @@ pub fn ledger_key(symbol: &Symbol) -> String {
     format!("{LEDGER_KEY_PREFIX}{symbol}")
 }
 
-/// The set of fill ids already applied to a symbol's ledger (the dedup record).
+/// The fill ids already applied to a symbol's ledger, for fills without a venue sequence
+/// number (the dedup record of fills from executors older than `venue_seq`).
 pub fn ledger_applied_key(symbol: &Symbol) -> String {
     format!("quantum:ledger:applied:{symbol}")
 }
+
+/// A symbol's fills that came ahead of their turn in the venue's sequence, waiting for the
+/// ones before them: field = venue sequence number, value = the fill as JSON (with `parked_ms`).
+/// Same hash slot as the ledger.
+pub fn ledger_parked_key(symbol: &Symbol) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:parked")
+}
+
+/// The pattern of every parked-fill hash.
+pub const LEDGER_PARKED_PATTERN: &str = "{quantum:position:ledger:*}:parked";
 
 /// The exchange-truth position snapshot of a symbol.
 pub fn snapshot_key(symbol: &Symbol) -> String {

@@ -17,6 +17,17 @@ pub enum FillError {
     Field(#[from] ParseError),
     #[error("{field} must be greater than zero, got {value}")]
     NotPositive { field: &'static str, value: Decimal },
+    #[error("venue_seq must be a whole number from 1 to 10^15, got {0:?}")]
+    BadSequence(String),
+}
+
+/// The largest venue sequence number taken for real (a venue numbering its fills past this
+/// is corrupt); keeps the ledger's sequence arithmetic far from overflow.
+pub const MAX_VENUE_SEQ: u64 = 1_000_000_000_000_000;
+
+/// At most 32 characters of a rejected value, for its error message.
+fn truncate_value(value: &str) -> String {
+    value.chars().take(32).collect()
 }
 
 /// One execution of an order.
@@ -34,12 +45,16 @@ pub struct Fill {
     pub leverage: Decimal,
     /// Unix milliseconds of the execution.
     pub ts: u64,
+    /// The fill's place in the venue's sequence of fills of its symbol (1, 2, 3, ... with no
+    /// gaps): the ledger applies fills in this order and deduplicates on it. `None` for fills
+    /// written by an executor older than the field (deduplicated by fill id instead).
+    pub venue_seq: Option<u64>,
 }
 
 impl Fill {
     /// Flat stream fields.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("fill_id", self.fill_id.to_string()),
             ("order_id", self.order_id.to_string()),
             ("plan_id", self.plan_id.to_string()),
@@ -50,7 +65,11 @@ impl Fill {
             ("fee", self.fee.to_string()),
             ("leverage", self.leverage.to_string()),
             ("ts", self.ts.to_string()),
-        ]
+        ];
+        if let Some(seq) = self.venue_seq {
+            fields.push(("venue_seq", seq.to_string()));
+        }
+        fields
     }
 
     /// Reads a fill from stream fields or a stored hash.
@@ -88,6 +107,13 @@ impl Fill {
                 .transpose()?
                 .unwrap_or(Decimal::ONE),
             ts: entry.get("ts").and_then(|t| t.parse().ok()).unwrap_or_default(),
+            venue_seq: entry
+                .get("venue_seq")
+                .map(|v| match v.parse::<u64>() {
+                    Ok(seq) if (1..=MAX_VENUE_SEQ).contains(&seq) => Ok(seq),
+                    _ => Err(FillError::BadSequence(truncate_value(v))),
+                })
+                .transpose()?,
         })
     }
 }
@@ -109,6 +135,7 @@ mod tests {
             fee: Decimal::new(39, 1),
             leverage: Decimal::from(3),
             ts: 1_700_000_000_123,
+            venue_seq: Some(42),
         };
         let fields = fill.to_fields();
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -119,5 +146,21 @@ mod tests {
     fn bad_fills_are_specific() {
         let err = Fill::parse(&StreamEntry::new("1-0", &[("fill_id", "f")])).unwrap_err();
         assert_eq!(err, FillError::Missing("order_id"));
+        let mut fields = vec![
+            ("fill_id", "f"),
+            ("order_id", "o"),
+            ("plan_id", "0123456789abcdef"),
+            ("symbol", "BTCUSDT"),
+            ("side", "BUY"),
+            ("qty", "1"),
+            ("price", "1"),
+        ];
+        for bad in ["0", "-1", "1.5", "x", "1000000000000001"] {
+            fields.push(("venue_seq", bad));
+            let err = Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap_err();
+            assert_eq!(err, FillError::BadSequence(bad.to_string()));
+            fields.pop();
+        }
+        assert_eq!(Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap().venue_seq, None);
     }
 }

@@ -105,7 +105,17 @@ pub struct LedgerEntry {
     pub source: String,
     /// Bumped on every write; writers compare-and-set on it.
     pub version: u64,
+    /// The venue sequence number up to which every fill is applied or given up as missing
+    /// (0 before the first numbered fill).
+    pub venue_seq: u64,
+    /// Numbers at or below `venue_seq` whose fills never came before the ledger moved on
+    /// (oldest first, at most [`MAX_MISSING_SEQS`]): such a fill is still applied if it comes.
+    pub venue_seq_missing: Vec<u64>,
 }
+
+/// How many given-up sequence numbers a ledger remembers. A fill older than all of them that
+/// comes after all is taken for a duplicate (reconcile repairs the position then).
+pub const MAX_MISSING_SEQS: usize = 64;
 
 impl LedgerEntry {
     /// Hash fields; `notional_usd` is |amount| at the average entry, as the exposure gate reads it.
@@ -124,7 +134,22 @@ impl LedgerEntry {
             ("last_update_ts", self.last_update_ts.to_string()),
             ("source", self.source.clone()),
             ("version", self.version.to_string()),
+            ("venue_seq", self.venue_seq.to_string()),
+            (
+                "venue_seq_missing",
+                self.venue_seq_missing
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]
+    }
+
+    /// Whether the fill numbered `venue_seq` is in this ledger: at or below its sequence and
+    /// not given up as missing.
+    pub fn has_applied(&self, venue_seq: u64) -> bool {
+        venue_seq <= self.venue_seq && !self.venue_seq_missing.contains(&venue_seq)
     }
 
     /// Reads a ledger hash; `None` for an empty hash (no ledger). Unreadable numbers read as
@@ -163,6 +188,16 @@ impl LedgerEntry {
                 last_update_ts: int("last_update_ts")?,
                 source: get("source").unwrap_or_default().to_string(),
                 version: int("version")?,
+                venue_seq: int("venue_seq")?,
+                venue_seq_missing: get("venue_seq_missing")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(|v| {
+                        v.parse::<u64>()
+                            .map_err(|_| format!("venue_seq_missing {v:?} is not an integer"))
+                    })
+                    .collect::<Result<_, _>>()?,
             })
         })())
     }
@@ -221,7 +256,11 @@ mod tests {
             last_update_ts: 1_700_000_000_000,
             source: "fill".into(),
             version: 7,
+            venue_seq: 12,
+            venue_seq_missing: vec![3, 9],
         };
+        assert!(entry.has_applied(12) && entry.has_applied(4));
+        assert!(!entry.has_applied(3) && !entry.has_applied(13), "missing, or not yet");
         let pairs: Vec<(String, String)> = entry.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert!(pairs.contains(&("side".to_string(), "SHORT".to_string())));
         assert_eq!(LedgerEntry::from_hash(&pairs).unwrap().unwrap(), entry);
@@ -231,6 +270,11 @@ mod tests {
             .unwrap()
             .unwrap_err()
             .contains("position_amt"));
+        let bad = vec![("venue_seq_missing".to_string(), "3,x".to_string())];
+        assert!(LedgerEntry::from_hash(&bad)
+            .unwrap()
+            .unwrap_err()
+            .contains("venue_seq_missing"));
     }
 
     fn fill_strategy() -> impl Strategy<Value = (bool, u32, u32, u32)> {

@@ -16,12 +16,15 @@ pub struct Snapshot {
     pub leverage: Decimal,
     /// Unix milliseconds when the venue reported it.
     pub ts: u64,
+    /// The venue sequence number of the last fill the position includes (see
+    /// [`crate::fill::Fill::venue_seq`]); `None` where the venue does not number its fills.
+    pub venue_seq: Option<u64>,
 }
 
 impl Snapshot {
     /// Hash fields as written to Redis.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("position_amt", self.position_amt.normalize().to_string()),
             ("side", PositionSide::of(self.position_amt).as_str().to_string()),
             ("entry_price", self.entry_price.normalize().to_string()),
@@ -29,7 +32,11 @@ impl Snapshot {
             ("unrealized_pnl", self.unrealized_pnl.normalize().to_string()),
             ("leverage", self.leverage.normalize().to_string()),
             ("ts", self.ts.to_string()),
-        ]
+        ];
+        if let Some(seq) = self.venue_seq {
+            fields.push(("venue_seq", seq.to_string()));
+        }
+        fields
     }
 
     /// Reads a snapshot hash; `None` when it lacks a readable position_amt or ts.
@@ -43,6 +50,7 @@ impl Snapshot {
             unrealized_pnl: dec("unrealized_pnl").unwrap_or_default(),
             leverage: dec("leverage").unwrap_or(Decimal::ONE),
             ts: get("ts")?.parse().ok()?,
+            venue_seq: get("venue_seq").and_then(|v| v.parse().ok()),
         })
     }
 }

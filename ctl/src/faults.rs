@@ -445,10 +445,24 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
                 snapshot.get("position_amt")
             ));
         }
+        // Applied in the venue's order: the same last fill, so the same average entry price.
+        if snapshot.contains_key("venue_seq")
+            && (ledger.get("venue_seq") != snapshot.get("venue_seq")
+                || ledger.get("avg_entry_price") != snapshot.get("entry_price"))
+        {
+            problems.push(format!(
+                "{symbol}: ledger at venue_seq {:?} avg {:?}, venue at {:?} avg {:?}",
+                ledger.get("venue_seq"),
+                ledger.get("avg_entry_price"),
+                snapshot.get("venue_seq"),
+                snapshot.get("entry_price")
+            ));
+        }
     }
-    report
-        .invariants
-        .push(("each fill applied once, ledger = Σ fills = venue position", problems));
+    report.invariants.push((
+        "each fill applied once, in venue order; ledger = Σ fills = venue position",
+        problems,
+    ));
 
     // The dead letters are exactly the poison.
     let mut problems = Vec::new();

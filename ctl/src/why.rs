@@ -7,7 +7,7 @@
 //! settings the bridge and executor publish at start; the proposal and its history.
 //! Gathering is I/O; [`IntentReport::stopped`] and [`SymbolReport::verdict`] are pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use fred::prelude::*;
@@ -18,6 +18,7 @@ use quantum_common::fields::{decode_entries, hash_pairs, opt_text, StreamEntry};
 use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
 use quantum_common::intent::{Intent, IntentLimits};
 use quantum_common::outcome::OutcomeRecord;
+use quantum_common::position::LedgerEntry;
 use quantum_common::time::{entry_ms, now_ms};
 use quantum_common::types::{OrderId, Side, Symbol};
 
@@ -452,10 +453,7 @@ async fn follow_fills(
             continue;
         };
         let Ok(symbol) = Symbol::parse(symbol) else { continue };
-        let applied = client
-            .zscore::<Option<f64>, _, _>(ledger_applied_key(&symbol), fill_id)
-            .await?
-            .is_some();
+        let (applied, parked) = fill_applied(client, &symbol, fill_id, fill.get("venue_seq")).await?;
         report.stages.push(Stage {
             name: "fill",
             at_ms: entry_ms(&fill.id),
@@ -472,6 +470,8 @@ async fn follow_fills(
             at_ms: None,
             detail: if applied {
                 format!("{fill_id} applied to quantum:position:ledger:{symbol}")
+            } else if parked {
+                format!("{fill_id} parked: waiting for the venue's earlier fills of {symbol} (LEDGER_PARKED)")
             } else {
                 format!("{fill_id} not applied yet (ledger lag?)")
             },
@@ -479,6 +479,31 @@ async fn follow_fills(
         report.fills.push((fill_id.to_string(), applied));
     }
     Ok(())
+}
+
+/// Whether a fill is in its symbol's ledger, and if not whether it is parked. A numbered fill
+/// is applied once the ledger's venue sequence covers it; an unnumbered one (older executors)
+/// by its applied-fill record.
+async fn fill_applied(
+    client: &Client,
+    symbol: &Symbol,
+    fill_id: &str,
+    venue_seq: Option<&str>,
+) -> Result<(bool, bool), Error> {
+    let Some(seq) = venue_seq.and_then(|s| s.parse::<u64>().ok()) else {
+        let applied = client
+            .zscore::<Option<f64>, _, _>(ledger_applied_key(symbol), fill_id)
+            .await?
+            .is_some();
+        return Ok((applied, false));
+    };
+    let ledger: HashMap<String, String> = client.hgetall(ledger_key(symbol)).await?;
+    let pairs: Vec<(String, String)> = ledger.into_iter().collect();
+    let applied = LedgerEntry::from_hash(&pairs)
+        .and_then(Result::ok)
+        .is_some_and(|entry| entry.has_applied(seq));
+    let parked = !applied && client.hexists::<bool, _, _>(ledger_parked_key(symbol), seq).await?;
+    Ok((applied, parked))
 }
 
 fn summarize(entry: &StreamEntry) -> String {

@@ -110,6 +110,7 @@ pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry
         tick: 0,
         leverage: Decimal::ONE,
         version: 1,
+        fill_seq: 0,
     };
     let snapshot = Snapshot {
         position_amt: amt,
@@ -118,6 +119,7 @@ pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry
         unrealized_pnl: Decimal::ZERO,
         leverage: Decimal::ONE,
         ts: now_ms(),
+        venue_seq: Some(0),
     };
     let write = CasWrite {
         expected_version: 0,
@@ -151,6 +153,8 @@ pub struct PaperPosition {
     pub leverage: Decimal,
     /// Bumped by every order: the compare-and-set guard.
     pub version: u64,
+    /// Fills made so far: the last fill's venue sequence number.
+    pub fill_seq: u64,
 }
 
 impl PaperPosition {
@@ -184,6 +188,7 @@ impl PaperPosition {
             tick: int("tick")?,
             leverage: dec("leverage")?.unwrap_or(Decimal::ONE),
             version: int("version")?,
+            fill_seq: int("fill_seq")?,
         })
     }
 
@@ -196,6 +201,7 @@ impl PaperPosition {
             ("tick", self.tick.to_string()),
             ("leverage", self.leverage.to_string()),
             ("version", self.version.to_string()),
+            ("fill_seq", self.fill_seq.to_string()),
         ])
     }
 }
@@ -204,7 +210,8 @@ impl PaperPosition {
 /// the mark takes one step of its walk, the quantity is rounded down to the step, a
 /// reduce-only order that would open or increase a position is rejected, as is a LIMIT order
 /// not marketable at the slipped mark (immediate-or-cancel); otherwise it fills at once, in
-/// full, at the slipped mark rounded to the tick, less the fee. Pure: same inputs, same outcome.
+/// full, at the slipped mark rounded to the tick, less the fee, as the symbol's next fill in the
+/// venue's sequence. Pure: same inputs, same outcome.
 pub fn simulate(
     cfg: &PaperConfig,
     order: &OrderRequest,
@@ -251,6 +258,7 @@ pub fn simulate(
         .normalize();
     next.position.apply(order.side, qty, price, fee);
     next.leverage = order.leverage;
+    next.fill_seq += 1;
     let fill = Fill {
         fill_id: FillId::new(format!("{}-1", order.client_order_id)),
         order_id: order.client_order_id.clone(),
@@ -262,6 +270,7 @@ pub fn simulate(
         fee,
         leverage: order.leverage,
         ts: now_ms,
+        venue_seq: Some(next.fill_seq),
     };
     (OrderOutcome::Filled { fills: vec![fill] }, next)
 }
@@ -389,6 +398,7 @@ impl Venue for PaperVenue {
                         unrealized_pnl: next.position.unrealized(mark).round_dp(8).normalize(),
                         leverage: next.leverage,
                         ts: now_ms(),
+                        venue_seq: Some(next.fill_seq),
                     };
                     writes.push((snapshot_key(&order.symbol), CasOp::Hash(owned(snapshot.to_fields()))));
                 }
@@ -470,6 +480,7 @@ mod tests {
                 ..Position::default()
             },
             mark: Some(d("100")),
+            fill_seq: 5,
             ..PaperPosition::default()
         }
     }
@@ -500,6 +511,8 @@ mod tests {
                     assert_eq!(fills.len(), 1);
                     assert_eq!(fills[0].qty, d(qty), "{request:?}");
                     assert_eq!(fills[0].ts, 7, "the fill carries the given time");
+                    assert_eq!(fills[0].venue_seq, Some(state.fill_seq + 1), "the next in sequence");
+                    assert_eq!(next.fill_seq, state.fill_seq + 1);
                     assert_eq!(
                         fills[0].fee,
                         (fills[0].qty * fills[0].price * d("0.001")).round_dp(8).normalize()
@@ -508,6 +521,7 @@ mod tests {
                 (OrderOutcome::Rejected { reason }, Err(start)) => {
                     assert!(reason.starts_with(start), "{reason}");
                     assert_eq!(next.position, state.position, "a rejection moves nothing");
+                    assert_eq!(next.fill_seq, state.fill_seq, "a rejection is no fill");
                 }
                 (other, expected) => panic!("{request:?} on {amt}: {other:?}, expected {expected:?}"),
             }

@@ -18,6 +18,7 @@
 
 mod dedup;
 pub mod logic;
+mod parked;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -32,8 +33,8 @@ use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_common::consumer::{self, scan_keys, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
-    ledger_applied_key, ledger_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM,
-    LEDGER_GROUP, LEDGER_KEY_PREFIX, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
+    ledger_applied_key, ledger_key, ledger_parked_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM,
+    LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, LEDGER_PARKED_PATTERN, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
 };
 use quantum_common::failure::StageError;
 use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
@@ -47,7 +48,7 @@ use quantum_common::trace;
 use quantum_common::types::{FillId, Symbol};
 use tracing::Span;
 
-use logic::{apply_fills, detect_drift, reconciled, DriftTracker};
+use logic::{apply_fills, detect_drift, reconciled, DriftTracker, LedgerState, Parked};
 
 /// Command line and environment of `quantum-ledger`.
 #[derive(Parser, Debug, Clone)]
@@ -79,6 +80,12 @@ pub struct LedgerArgs {
     /// Differences in position_amt up to this are not drift.
     #[arg(long, env = "LEDGER_RECONCILE_EPS", default_value = "0", value_parser = parse_non_negative)]
     pub reconcile_eps: Decimal,
+    /// How long a fill that came ahead of its turn in the venue's sequence waits for the fills
+    /// before it (ms); then the ledger moves past the gap and a missing fill that still comes is
+    /// applied late. Keep it above the executor's sweep grace plus interval, so that an order
+    /// left by a crashed executor is finalized first.
+    #[arg(long, env = "LEDGER_GAP_TIMEOUT_MS", default_value_t = 600_000)]
+    pub gap_timeout_ms: u64,
     /// Log level when RUST_LOG is unset.
     #[arg(long, env = "LEDGER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -109,6 +116,7 @@ pub struct LedgerStats {
 /// The ledger.commit batch handler.
 pub struct LedgerWriter {
     writer: Client,
+    gap_timeout_ms: u64,
     pub stats: LedgerStats,
     /// The current batch's fill spans by fill id (only while tracing is on).
     spans: HashMap<String, Span>,
@@ -118,17 +126,19 @@ pub struct LedgerWriter {
 const MAX_CAS_ATTEMPTS: usize = 16;
 
 impl LedgerWriter {
-    /// A writer using `writer`.
-    pub fn new(writer: Client) -> Self {
+    /// A writer using `writer`, waiting `gap_timeout_ms` for a fill missing from the sequence.
+    pub fn new(writer: Client, gap_timeout_ms: u64) -> Self {
         Self {
             writer,
+            gap_timeout_ms,
             stats: LedgerStats::default(),
             spans: HashMap::new(),
         }
     }
 
-    /// Applies fills grouped by symbol. Returns the ids of entries it could not apply
-    /// (a corrupt ledger); they stay pending and are retried later.
+    /// Applies fills grouped by symbol (a symbol with no fills: its parked fills only).
+    /// Returns the ids of entries it could not apply (a corrupt ledger or parked fill); they
+    /// stay pending and are retried later.
     async fn apply(
         &mut self,
         mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>>,
@@ -139,26 +149,15 @@ impl LedgerWriter {
                 return Ok(stuck);
             }
             let symbols: Vec<Symbol> = by_symbol.keys().cloned().collect();
-            let read = self.writer.pipeline();
-            for symbol in &symbols {
-                read.hgetall::<(), _>(ledger_key(symbol)).await?;
-                let ids: Vec<String> = by_symbol[symbol].iter().map(|(_, f)| f.fill_id.to_string()).collect();
-                read.zmscore::<(), _, _>(ledger_applied_key(symbol), ids).await?;
-            }
-            let replies: Vec<Value> = read.all().await?;
-            let mut replies = replies.into_iter();
-
+            let states = self.read_states(&symbols, &by_symbol).await?;
             let now = now_ms();
             let write = self.writer.pipeline();
             let mut pending_writes = Vec::new();
-            for symbol in symbols {
-                let ledger_hash = hash_pairs(replies.next().unwrap_or(Value::Null));
-                let membership = replies.next().map(Value::into_array).unwrap_or_default();
+            for (symbol, state) in symbols.into_iter().zip(states) {
                 let fills = &by_symbol[&symbol];
-                let current = match LedgerEntry::from_hash(&ledger_hash) {
-                    None => None,
-                    Some(Ok(entry)) => Some(entry),
-                    Some(Err(e)) => {
+                let state = match state {
+                    Ok(state) => state,
+                    Err(e) => {
                         tracing::error!(
                             "Ledger of {symbol} is corrupt ({e}); its {} fills stay pending until it is repaired",
                             fills.len()
@@ -171,49 +170,14 @@ impl LedgerWriter {
                         continue;
                     }
                 };
-                let already: HashSet<String> = fills
-                    .iter()
-                    .zip(membership.iter().chain(std::iter::repeat(&Value::Null)))
-                    .filter(|(_, score)| !score.is_null())
-                    .map(|((_, f), _)| f.fill_id.to_string())
-                    .collect();
                 let list: Vec<Fill> = fills.iter().map(|(_, f)| f.clone()).collect();
-                let app = apply_fills(current.as_ref(), &list, &already, now);
-                let Some(entry) = app.entry.clone() else {
+                let app = apply_fills(state.view(), &list, now, self.gap_timeout_ms);
+                if !app.writes_anything() {
                     self.report(&symbol, &app);
                     by_symbol.remove(&symbol);
                     continue;
-                };
-                // Each record is scored by its ledger.commit entry's millisecond (`dedup`).
-                let scores: HashMap<&FillId, u64> = fills
-                    .iter()
-                    .map(|(id, f)| (&f.fill_id, quantum_common::time::entry_ms(id).unwrap_or(now)))
-                    .collect();
-                let cas = CasWrite {
-                    expected_version: current.as_ref().map_or(0, |c| c.version),
-                    guard: None,
-                    writes: vec![
-                        (ledger_key(&symbol), CasOp::Hash(owned(entry.to_fields()))),
-                        (
-                            ledger_applied_key(&symbol),
-                            CasOp::SortedSetAdd(
-                                app.applied
-                                    .iter()
-                                    .map(|a| {
-                                        let score = scores.get(&a.fill.fill_id).copied().unwrap_or(now);
-                                        (score, a.fill.fill_id.to_string())
-                                    })
-                                    .collect(),
-                            ),
-                        ),
-                        // Applied: what the fills held in flight is now in the ledger.
-                        (
-                            reservation_key(&symbol),
-                            CasOp::HashDelete(app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect()),
-                        ),
-                    ],
-                };
-                cas.queue(&write).await?;
+                }
+                commit_write(&symbol, &state, &app, fills, now).queue(&write).await?;
                 pending_writes.push((symbol, app));
             }
             if pending_writes.is_empty() {
@@ -235,6 +199,82 @@ impl LedgerWriter {
             "ledgers kept changing under {} symbols; batch left pending",
             by_symbol.len()
         )))
+    }
+
+    /// Reads each symbol's ledger, parked fills and (for unnumbered fills) applied-fill
+    /// records in one round trip. `Err` for a symbol whose ledger or parked fills are corrupt.
+    async fn read_states(
+        &self,
+        symbols: &[Symbol],
+        by_symbol: &HashMap<Symbol, Vec<(String, Fill)>>,
+    ) -> Result<Vec<Result<SymbolState, String>>, Error> {
+        let read = self.writer.pipeline();
+        let mut unnumbered = Vec::with_capacity(symbols.len());
+        for symbol in symbols {
+            read.hgetall::<(), _>(ledger_key(symbol)).await?;
+            read.hgetall::<(), _>(ledger_parked_key(symbol)).await?;
+            let ids: Vec<String> = by_symbol[symbol]
+                .iter()
+                .filter(|(_, f)| f.venue_seq.is_none())
+                .map(|(_, f)| f.fill_id.to_string())
+                .collect();
+            if !ids.is_empty() {
+                read.zmscore::<(), _, _>(ledger_applied_key(symbol), ids.clone())
+                    .await?;
+            }
+            unnumbered.push(ids);
+        }
+        let replies: Vec<Value> = read.all().await?;
+        let mut replies = replies.into_iter();
+        let mut states = Vec::with_capacity(symbols.len());
+        for ids in unnumbered {
+            let ledger = hash_pairs(replies.next().unwrap_or(Value::Null));
+            let parked = hash_pairs(replies.next().unwrap_or(Value::Null));
+            let applied_ids: HashSet<String> = if ids.is_empty() {
+                HashSet::new()
+            } else {
+                let scores = replies.next().map(Value::into_array).unwrap_or_default();
+                ids.into_iter()
+                    .zip(scores)
+                    .filter(|(_, score)| !score.is_null())
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            states.push(SymbolState::read(&ledger, &parked, applied_ids));
+        }
+        Ok(states)
+    }
+    /// Applies the parked fills whose turn has come (a writer parked one while another applied
+    /// the fill before it) or whose gap timed out, and publishes how many still wait as
+    /// `quantum_ledger_parked_fills`; returns that count.
+    ///
+    /// # Errors
+    /// A Redis failure or a symbol whose ledger kept changing; the next pass retries.
+    pub async fn sweep_parked(&mut self) -> Result<u64, StageError> {
+        let keys = scan_keys(&self.writer, LEDGER_PARKED_PATTERN).await?;
+        let symbols: Vec<Symbol> = keys
+            .iter()
+            .filter_map(|k| {
+                k.strip_prefix(&format!("{{{LEDGER_KEY_PREFIX}"))
+                    .and_then(|k| k.strip_suffix("}:parked"))
+            })
+            .filter_map(|s| Symbol::parse(s).ok())
+            .collect();
+        let mut waiting = 0;
+        if !symbols.is_empty() {
+            let stuck = self
+                .apply(symbols.iter().map(|s| (s.clone(), Vec::new())).collect())
+                .await?;
+            debug_assert!(stuck.is_empty(), "no entries, none stuck");
+            let pipeline = self.writer.pipeline();
+            for symbol in &symbols {
+                pipeline.hlen::<(), _>(ledger_parked_key(symbol)).await?;
+            }
+            let counts: Vec<u64> = pipeline.all().await?;
+            waiting = counts.iter().sum();
+        }
+        metrics::gauge!("quantum_ledger_parked_fills").set(waiting as f64);
+        Ok(waiting)
     }
 
     fn record(&self, fill_id: &FillId, outcome: &str, error: bool) {
@@ -268,6 +308,25 @@ impl LedgerWriter {
                 f.order_id
             );
         }
+        for p in &app.parked {
+            let f = &p.fill;
+            self.record(&f.fill_id, "parked", false);
+            tracing::info!(
+                "LEDGER_PARKED symbol={symbol} fill_id={} order_id={} venue_seq={} waiting_for_earlier_fills=true",
+                f.fill_id,
+                f.order_id,
+                p.seq()
+            );
+        }
+        for gap in &app.gaps {
+            tracing::warn!(
+                "LEDGER_GAP symbol={symbol} missing_venue_seq={}..={} action=skipped (a missing fill that still comes is applied late; reconcile repairs the rest)",
+                gap.start(),
+                gap.end()
+            );
+            metrics::counter!("quantum_ledger_fill_gaps_total").increment(gap.end() - gap.start() + 1);
+        }
+        metrics::counter!("quantum_ledger_fills_parked_total").increment(app.parked.len() as u64);
         self.stats.applied += app.applied.len() as u64;
         self.stats.duplicates += app.duplicates.len() as u64;
         let label = symbol_label(symbol);
@@ -278,6 +337,94 @@ impl LedgerWriter {
                 .set(entry.position.amt.try_into().unwrap_or(0.0));
         }
         metrics::counter!("quantum_ledger_duplicates_suppressed_total").increment(app.duplicates.len() as u64);
+    }
+}
+
+/// What one symbol's ledger holds, as read before deciding.
+struct SymbolState {
+    entry: Option<LedgerEntry>,
+    applied_ids: HashSet<String>,
+    parked: Vec<Parked>,
+}
+
+impl SymbolState {
+    fn read(
+        ledger: &[(String, String)],
+        parked: &[(String, String)],
+        applied_ids: HashSet<String>,
+    ) -> Result<Self, String> {
+        let entry = LedgerEntry::from_hash(ledger).transpose()?;
+        let parked = parked
+            .iter()
+            .map(|(field, value)| parked::decode(field, value))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            entry,
+            applied_ids,
+            parked,
+        })
+    }
+
+    fn view(&self) -> LedgerState<'_> {
+        LedgerState {
+            entry: self.entry.as_ref(),
+            applied_ids: &self.applied_ids,
+            parked: &self.parked,
+        }
+    }
+}
+
+/// The one atomic write of a symbol's application, valid only while the ledger's version is
+/// the one decided on: the ledger, the applied-fill records of unnumbered fills, the released
+/// reservations and the parked fills (unparked, newly parked).
+fn commit_write(
+    symbol: &Symbol,
+    state: &SymbolState,
+    app: &logic::Application,
+    fills: &[(String, Fill)],
+    now: u64,
+) -> CasWrite {
+    let ledger = match &app.entry {
+        Some(entry) => CasOp::Hash(owned(entry.to_fields())),
+        None => CasOp::None,
+    };
+    let mut writes = vec![(ledger_key(symbol), ledger)];
+    // Each record is scored by its ledger.commit entry's millisecond (`dedup`).
+    let scores: HashMap<&FillId, u64> = fills
+        .iter()
+        .map(|(id, f)| (&f.fill_id, quantum_common::time::entry_ms(id).unwrap_or(now)))
+        .collect();
+    let unnumbered: Vec<(u64, String)> = app
+        .applied
+        .iter()
+        .filter(|a| a.fill.venue_seq.is_none())
+        .map(|a| {
+            let score = scores.get(&a.fill.fill_id).copied().unwrap_or(now);
+            (score, a.fill.fill_id.to_string())
+        })
+        .collect();
+    if !unnumbered.is_empty() {
+        writes.push((ledger_applied_key(symbol), CasOp::SortedSetAdd(unnumbered)));
+    }
+    if !app.applied.is_empty() {
+        // Applied: what the fills held in flight is now in the ledger.
+        let ids = app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect();
+        writes.push((reservation_key(symbol), CasOp::HashDelete(ids)));
+    }
+    if !app.unparked.is_empty() {
+        let seqs = app.unparked.iter().map(u64::to_string).collect();
+        writes.push((ledger_parked_key(symbol), CasOp::HashDelete(seqs)));
+    }
+    if !app.parked.is_empty() {
+        writes.push((
+            ledger_parked_key(symbol),
+            CasOp::Hash(app.parked.iter().map(parked::encode).collect()),
+        ));
+    }
+    CasWrite {
+        expected_version: state.entry.as_ref().map_or(0, |e| e.version),
+        guard: None,
+        writes,
     }
 }
 
@@ -500,6 +647,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
         let client = conns.writer.clone();
         let stop = shutdown.clone();
         let reconcile_on = args.reconcile;
+        let mut sweeper = LedgerWriter::new(client.clone(), args.gap_timeout_ms);
         tokio::spawn(async move {
             let mut tracker = DriftTracker::default();
             loop {
@@ -514,6 +662,9 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
                     }
                     Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
                 }
+                if let Err(e) = sweeper.sweep_parked().await {
+                    tracing::warn!("Applying parked fills failed: {e}; next pass retries");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(reconcile.interval) => {}
@@ -527,7 +678,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
             }
         })
     };
-    let mut writer = LedgerWriter::new(conns.writer.clone());
+    let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms);
     let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
     shutdown.cancel();
     let _ = periodic.await;
