@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use rust_decimal::Decimal;
 
 use nix::sys::signal::{kill, Signal};
@@ -27,6 +27,8 @@ use crate::stack::{base_env, Service, ServiceProcess};
 
 /// A symbol no intent uses, whose venue, ledger and marker state is made corrupt on purpose.
 const POISON_SYMBOL: &str = "POISONUSDT";
+/// The bound on one symbol's ledger and fill-dedup state, whatever the number of fills.
+const MAX_DEDUP_BYTES_PER_SYMBOL: u64 = 64 * 1024;
 /// The poison intent's entry id: older than any real one, with a marker of the wrong type.
 const POISON_INTENT_ID: &str = "1-1";
 const POISON_PLAN_ID: &str = "00000000000000ff";
@@ -492,7 +494,7 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
         .invariants
         .push(("the dead letters hold exactly the poison", problems));
 
-    // Memory: nothing left in flight, pending or open.
+    // Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
     let mut problems = Vec::new();
     for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
         let left: BTreeMap<String, String> = client.hgetall(&key).await?;
@@ -503,6 +505,31 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
     let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
     if open > 0 {
         problems.push(format!("{open} orders still open"));
+    }
+    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
+        let parked: u64 = client.hlen(ledger_parked_key(&symbol)).await?;
+        if parked > 0 {
+            problems.push(format!("{symbol}: {parked} fills still parked"));
+        }
+        let mut bytes = 0;
+        for key in [
+            ledger_key(&symbol),
+            ledger_parked_key(&symbol),
+            ledger_applied_key(&symbol),
+        ] {
+            let usage: Value = client
+                .custom(
+                    CustomCommand::new_static("MEMORY", ClusterHash::Custom(0), false),
+                    vec!["USAGE".to_string(), key],
+                )
+                .await?;
+            bytes += usage.as_u64().unwrap_or(0);
+        }
+        if bytes > MAX_DEDUP_BYTES_PER_SYMBOL {
+            problems.push(format!(
+                "{symbol}: ledger and dedup state take {bytes} bytes (> {MAX_DEDUP_BYTES_PER_SYMBOL})"
+            ));
+        }
     }
     for (stream, group) in [
         (INTENT_STREAM, INTENT_GROUP),
@@ -522,8 +549,9 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
         .unwrap_or("?")
         .trim()
         .to_string();
-    report
-        .invariants
-        .push(("nothing left pending, in flight or open", problems));
+    report.invariants.push((
+        "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
+        problems,
+    ));
     Ok(())
 }
