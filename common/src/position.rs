@@ -188,7 +188,10 @@ impl LedgerEntry {
                 last_update_ts: int("last_update_ts")?,
                 source: get("source").unwrap_or_default().to_string(),
                 version: int("version")?,
-                venue_seq: int("venue_seq")?,
+                venue_seq: match int("venue_seq")? {
+                    seq if seq <= crate::fill::MAX_VENUE_SEQ => seq,
+                    seq => return Err(format!("venue_seq {seq} is beyond 10^15")),
+                },
                 venue_seq_missing: get("venue_seq_missing")
                     .unwrap_or_default()
                     .split(',')
@@ -270,6 +273,8 @@ mod tests {
             .unwrap()
             .unwrap_err()
             .contains("position_amt"));
+        let bad = vec![("venue_seq".to_string(), "18446744073709551615".to_string())];
+        assert!(LedgerEntry::from_hash(&bad).unwrap().unwrap_err().contains("10^15"));
         let bad = vec![("venue_seq_missing".to_string(), "3,x".to_string())];
         assert!(LedgerEntry::from_hash(&bad)
             .unwrap()

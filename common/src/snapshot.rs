@@ -39,7 +39,8 @@ impl Snapshot {
         fields
     }
 
-    /// Reads a snapshot hash; `None` when it lacks a readable position_amt or ts.
+    /// Reads a snapshot hash; `None` when it lacks a readable position_amt or ts, or holds an
+    /// unreadable venue_seq.
     pub fn from_hash(pairs: &[(String, String)]) -> Option<Self> {
         let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let dec = |name: &'static str| get(name).and_then(|v| parse_decimal(name, v).ok());
@@ -50,7 +51,34 @@ impl Snapshot {
             unrealized_pnl: dec("unrealized_pnl").unwrap_or_default(),
             leverage: dec("leverage").unwrap_or(Decimal::ONE),
             ts: get("ts")?.parse().ok()?,
-            venue_seq: get("venue_seq").and_then(|v| v.parse().ok()),
+            // Present but unreadable or absurd: the whole snapshot is, rather than a reconcile
+            // that would leave the ledger's sequence behind what it includes.
+            venue_seq: match get("venue_seq") {
+                None => None,
+                Some(v) => Some(v.parse().ok().filter(|seq| *seq <= crate::fill::MAX_VENUE_SEQ)?),
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(venue_seq: &str) -> Vec<(String, String)> {
+        [("position_amt", "1"), ("ts", "5"), ("venue_seq", venue_seq)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unreadable_venue_seq_makes_the_snapshot_unreadable() {
+        assert_eq!(Snapshot::from_hash(&pairs("7")).unwrap().venue_seq, Some(7));
+        assert!(Snapshot::from_hash(&pairs("x")).is_none());
+        assert!(Snapshot::from_hash(&pairs("18446744073709551615")).is_none());
+        let mut without = pairs("1");
+        without.pop();
+        assert_eq!(Snapshot::from_hash(&without).unwrap().venue_seq, None);
     }
 }

@@ -4,31 +4,28 @@
 //! one poison entry into each stream; once the pipeline drains it checks the exactly-once
 //! invariants and says which one failed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 use rust_decimal::Decimal;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use quantum_common::consumer::scan_keys;
 use quantum_common::contract::*;
 use quantum_common::fields::StreamEntry;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 
-use crate::facts::{entries_after, exactly_once_problems, wait_idle};
+use crate::facts::{entries_after, wait_idle};
 use crate::sim::{intent_fields, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
 /// A symbol no intent uses, whose venue, ledger and marker state is made corrupt on purpose.
 const POISON_SYMBOL: &str = "POISONUSDT";
-/// The bound on one symbol's ledger and fill-dedup state, whatever the number of fills.
-const MAX_DEDUP_BYTES_PER_SYMBOL: u64 = 64 * 1024;
 /// The poison intent's entry id: older than any real one, with a marker of the wrong type.
 const POISON_INTENT_ID: &str = "1-1";
 const POISON_PLAN_ID: &str = "00000000000000ff";
@@ -69,7 +66,7 @@ pub struct FaultReport {
 impl FaultReport {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
-        self.invariants.iter().all(|(_, problems)| problems.is_empty())
+        crate::invariants::all_passed(&self.invariants)
     }
 
     /// The report as operators read it: figures, then one line per invariant.
@@ -88,17 +85,7 @@ impl FaultReport {
             self.fills,
             self.used_memory
         );
-        for (name, problems) in &self.invariants {
-            let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
-            out.push_str(&format!("{verdict}  {name}\n"));
-            for p in problems.iter().take(10) {
-                out.push_str(&format!("      {p}\n"));
-            }
-            if problems.len() > 10 {
-                out.push_str(&format!("      ... and {} more\n", problems.len() - 10));
-            }
-        }
-        out.push_str(&format!("logs: {}\n", self.log_dir.display()));
+        out.push_str(&crate::invariants::render(&self.invariants));
         out
     }
 }
@@ -359,112 +346,15 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
 }
 
 async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(), Error> {
-    let intents = entries_after(client, INTENT_STREAM, "-").await?;
-    let plans = entries_after(client, PLAN_STREAM, "-").await?;
-    let results = entries_after(client, RESULT_STREAM, "-").await?;
-    // Less the poison intent and plan.
-    report.intents = intents.len().saturating_sub(1);
-    report.plans = plans.len().saturating_sub(1);
-    report.results = results.len();
-    report.fills = client.xlen::<usize, _>(LEDGER_COMMIT_STREAM).await?.saturating_sub(1);
-
-    // One plan per intent, and every intent decided (marked) exactly once.
-    let mut problems = Vec::new();
-    let mut plans_of: HashMap<&str, usize> = HashMap::new();
-    for p in &plans {
-        *plans_of.entry(p.get("intent_id").unwrap_or_default()).or_default() += 1;
-    }
-    let ids: Vec<String> = intents
-        .iter()
-        .filter(|e| e.id != POISON_INTENT_ID)
-        .map(|e| seen_key(&e.id))
-        .collect();
-    let markers: Vec<Option<String>> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        client.mget(ids).await?
-    };
-    for (intent, marker) in intents.iter().filter(|e| e.id != POISON_INTENT_ID).zip(markers) {
-        let count = plans_of.get(intent.id.as_str()).copied().unwrap_or_default();
-        let published = marker
-            .as_deref()
-            .is_some_and(|m| m.starts_with("outcome=published") || m.starts_with("outcome=blocked"));
-        match marker {
-            None => problems.push(format!("intent {} was never decided", intent.id)),
-            Some(_) if count > 1 => problems.push(format!("intent {} has {count} plans", intent.id)),
-            Some(_) if published != (count == 1) => problems.push(format!(
-                "intent {}: its marker says published={published}, the stream holds {count} plans",
-                intent.id
-            )),
-            Some(_) => {}
-        }
-    }
-    report
-        .invariants
-        .push(("one plan per intent, every intent decided once", problems));
-
-    // One result per plan.
-    let mut problems = Vec::new();
-    let mut results_of: HashMap<&str, usize> = HashMap::new();
-    for r in &results {
-        *results_of.entry(r.get("plan_id").unwrap_or_default()).or_default() += 1;
-    }
-    for p in &plans {
-        let id = p.get("plan_id").unwrap_or_default();
-        match results_of.get(id).copied().unwrap_or_default() {
-            1 => {}
-            n => problems.push(format!("plan {id} has {n} results")),
-        }
-    }
-    report.invariants.push(("one result per plan", problems));
-
-    // One venue order per plan.
-    let mut problems = Vec::new();
-    let orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
-    report.venue_orders = orders.len();
-    let plan_ids: HashSet<&str> = plans.iter().filter_map(|p| p.get("plan_id")).collect();
-    for key in &orders {
-        let id = key.trim_start_matches("quantum:paper:order:qib-");
-        if !plan_ids.contains(id) {
-            problems.push(format!("venue order {key} belongs to no plan"));
-        }
-    }
-    let executed = results.iter().filter(|r| r.get("executed") == Some("true")).count();
-    if executed > orders.len() {
-        problems.push(format!("{executed} executed results but {} venue orders", orders.len()));
-    }
-    report.invariants.push(("one venue order per plan", problems));
-
-    // Each fill applied once; ledger = Σ fills = venue position.
-    let mut problems = exactly_once_problems(client, &HashMap::new()).await?;
-    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
-        let ledger: HashMap<String, String> = client.hgetall(ledger_key(&symbol)).await?;
-        let snapshot: HashMap<String, String> = client.hgetall(snapshot_key(&symbol)).await?;
-        if ledger.get("position_amt") != snapshot.get("position_amt") {
-            problems.push(format!(
-                "{symbol}: ledger {:?} vs venue {:?}",
-                ledger.get("position_amt"),
-                snapshot.get("position_amt")
-            ));
-        }
-        // Applied in the venue's order: the same last fill, so the same average entry price.
-        if snapshot.contains_key("venue_seq")
-            && (ledger.get("venue_seq") != snapshot.get("venue_seq")
-                || ledger.get("avg_entry_price") != snapshot.get("entry_price"))
-        {
-            problems.push(format!(
-                "{symbol}: ledger at venue_seq {:?} avg {:?}, venue at {:?} avg {:?}",
-                ledger.get("venue_seq"),
-                ledger.get("avg_entry_price"),
-                snapshot.get("venue_seq"),
-                snapshot.get("entry_price")
-            ));
-        }
-    }
-    report.invariants.push((
-        "each fill applied once, in venue order; ledger = Σ fills = venue position",
-        problems,
-    ));
+    let checked = crate::invariants::check(client, Some(POISON_INTENT_ID)).await?;
+    // Less the poison intent, plan and fill.
+    report.intents = checked.intents.saturating_sub(1);
+    report.plans = checked.plans.saturating_sub(1);
+    report.results = checked.results;
+    report.venue_orders = checked.venue_orders;
+    report.fills = checked.fills.saturating_sub(1);
+    report.used_memory = checked.used_memory;
+    report.invariants = checked.invariants;
 
     // The dead letters are exactly the poison.
     let mut problems = Vec::new();
@@ -492,66 +382,7 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
     }
     report
         .invariants
-        .push(("the dead letters hold exactly the poison", problems));
+        .insert(4, ("the dead letters hold exactly the poison", problems));
 
-    // Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
-    let mut problems = Vec::new();
-    for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
-        let left: BTreeMap<String, String> = client.hgetall(&key).await?;
-        if !left.is_empty() {
-            problems.push(format!("{key} still holds {} reservations", left.len()));
-        }
-    }
-    let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
-    if open > 0 {
-        problems.push(format!("{open} orders still open"));
-    }
-    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
-        let parked: u64 = client.hlen(ledger_parked_key(&symbol)).await?;
-        if parked > 0 {
-            problems.push(format!("{symbol}: {parked} fills still parked"));
-        }
-        let mut bytes = 0;
-        for key in [
-            ledger_key(&symbol),
-            ledger_parked_key(&symbol),
-            ledger_applied_key(&symbol),
-        ] {
-            let usage: Value = client
-                .custom(
-                    CustomCommand::new_static("MEMORY", ClusterHash::Custom(0), false),
-                    vec!["USAGE".to_string(), key],
-                )
-                .await?;
-            bytes += usage.as_u64().unwrap_or(0);
-        }
-        if bytes > MAX_DEDUP_BYTES_PER_SYMBOL {
-            problems.push(format!(
-                "{symbol}: ledger and dedup state take {bytes} bytes (> {MAX_DEDUP_BYTES_PER_SYMBOL})"
-            ));
-        }
-    }
-    for (stream, group) in [
-        (INTENT_STREAM, INTENT_GROUP),
-        (PLAN_STREAM, PLAN_GROUP),
-        (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
-    ] {
-        if let Some(b) = quantum_common::consumer::group_backlog(client, stream, group).await? {
-            if !b.is_idle() {
-                problems.push(format!("{group} on {stream}: {} pending, lag {:?}", b.pending, b.lag));
-            }
-        }
-    }
-    let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
-    report.used_memory = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory_human:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    report.invariants.push((
-        "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
-        problems,
-    ));
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod facts;
 pub mod faults;
+pub mod invariants;
 pub mod sim;
 pub mod stack;
 pub mod status;

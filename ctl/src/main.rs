@@ -106,6 +106,18 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Check the exactly-once invariants over a running stack's Redis, read-only (works as the
+    /// quantum-ops ACL user): one plan per intent, one result per plan, one venue order per
+    /// plan, each fill applied once in venue order with ledger = Σ fills = venue position, and
+    /// the memory bound. Waits for the pipeline to be idle first. Exits non-zero if one fails.
+    Check {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// How long to wait for the pipeline to be idle (nothing pending or lagging), in seconds;
+        /// work still in flight after that is reported as left over.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Explain what happened: `why --intent <entry id>` follows one intent through every stage
     /// (bridge, governor, plan, executor, venue order, fills, ledger) and names where it stopped;
     /// `why <SYMBOL>` says whether the symbol trades, and if not, why, in one verdict line.
@@ -177,6 +189,29 @@ async fn run(cli: Cli) -> Result<bool, String> {
             let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
             print!("{}", report.render());
             Ok(report.passed())
+        }
+        Command::Check { redis, wait } => {
+            let client = connect(&redis).await?;
+            let idle = quantumctl::facts::wait_idle(&client, std::time::Duration::from_secs(wait))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !idle {
+                println!("not idle after {wait} s: work in flight is reported as left over");
+            }
+            let checked = quantumctl::invariants::check(&client, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}",
+                checked.intents,
+                checked.plans,
+                checked.results,
+                checked.venue_orders,
+                checked.fills,
+                checked.used_memory
+            );
+            print!("{}", quantumctl::invariants::render(&checked.invariants));
+            Ok(checked.passed())
         }
         Command::Status { redis, minutes, json } => {
             let client = connect(&redis).await?;

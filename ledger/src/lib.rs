@@ -83,8 +83,9 @@ pub struct LedgerArgs {
     /// How long a fill that came ahead of its turn in the venue's sequence waits for the fills
     /// before it (ms); then the ledger moves past the gap and a missing fill that still comes is
     /// applied late. Keep it above the executor's sweep grace plus interval, so that an order
-    /// left by a crashed executor is finalized first.
-    #[arg(long, env = "LEDGER_GAP_TIMEOUT_MS", default_value_t = 600_000)]
+    /// left by a crashed executor is finalized first, and below the bridge's
+    /// INTENT_BRIDGE_RESERVATION_TTL_MS, so that a parked fill's reservation outlives its wait.
+    #[arg(long, env = "LEDGER_GAP_TIMEOUT_MS", default_value_t = 400_000)]
     pub gap_timeout_ms: u64,
     /// Log level when RUST_LOG is unset.
     #[arg(long, env = "LEDGER_LOG_LEVEL", default_value = "info")]
@@ -406,9 +407,16 @@ fn commit_write(
     if !unnumbered.is_empty() {
         writes.push((ledger_applied_key(symbol), CasOp::SortedSetAdd(unnumbered)));
     }
-    if !app.applied.is_empty() {
-        // Applied: what the fills held in flight is now in the ledger.
-        let ids = app.applied.iter().map(|a| a.fill.fill_id.to_string()).collect();
+    if !app.applied.is_empty() || !app.duplicates.is_empty() {
+        // Applied, or counted already (by an earlier application or a reconcile): what the
+        // fills held in flight is in the ledger now.
+        let ids = app
+            .applied
+            .iter()
+            .map(|a| &a.fill)
+            .chain(&app.duplicates)
+            .map(|f| f.fill_id.to_string())
+            .collect();
         writes.push((reservation_key(symbol), CasOp::HashDelete(ids)));
     }
     if !app.unparked.is_empty() {

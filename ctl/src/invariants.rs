@@ -1,0 +1,241 @@
+//! The exactly-once invariants, checked read-only over what Redis holds (works as the
+//! quantum-ops ACL user): one plan per intent, one result per plan, one venue order per plan,
+//! each fill applied once and in venue order with ledger = Σ fills = venue position, and the
+//! memory bound (nothing pending, in flight, open or parked; each symbol's ledger and dedup
+//! state within 64 KiB). The fault suite and `quantumctl check` both use it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use quantum_common::consumer::scan_keys;
+use quantum_common::contract::*;
+use quantum_common::types::Symbol;
+
+use crate::facts::{entries_after, exactly_once_problems};
+use crate::sim::DEMO_SYMBOLS;
+
+/// The bound on one symbol's ledger and fill-dedup state, whatever the number of fills.
+const MAX_DEDUP_BYTES_PER_SYMBOL: u64 = 64 * 1024;
+
+/// What the check counted and found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub intents: usize,
+    pub plans: usize,
+    pub results: usize,
+    pub venue_orders: usize,
+    pub fills: usize,
+    pub used_memory: String,
+    /// (invariant, problems): an empty list passed.
+    pub invariants: Vec<(&'static str, Vec<String>)>,
+}
+
+impl Checked {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        all_passed(&self.invariants)
+    }
+}
+
+/// Whether every invariant of a list held.
+pub fn all_passed(invariants: &[(&'static str, Vec<String>)]) -> bool {
+    invariants.iter().all(|(_, problems)| problems.is_empty())
+}
+
+/// One line per invariant, PASS or FAIL with up to ten of its problems.
+pub fn render(invariants: &[(&'static str, Vec<String>)]) -> String {
+    let mut out = String::new();
+    for (name, problems) in invariants {
+        let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
+        out.push_str(&format!("{verdict}  {name}\n"));
+        for p in problems.iter().take(10) {
+            out.push_str(&format!("      {p}\n"));
+        }
+        if problems.len() > 10 {
+            out.push_str(&format!("      ... and {} more\n", problems.len() - 10));
+        }
+    }
+    out
+}
+
+/// Checks every invariant over what `client`'s Redis holds, leaving out the intent
+/// `poison_intent` (the fault suite's poison, dead-lettered on purpose). Meaningful once the
+/// pipeline is idle ([`crate::facts::wait_idle`]): work in flight shows as left over.
+///
+/// # Errors
+/// A Redis failure while reading.
+pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Checked, Error> {
+    let mut report = Checked::default();
+    let intents = entries_after(client, INTENT_STREAM, "-").await?;
+    let plans = entries_after(client, PLAN_STREAM, "-").await?;
+    let results = entries_after(client, RESULT_STREAM, "-").await?;
+    report.intents = intents.len();
+    report.plans = plans.len();
+    report.results = results.len();
+    report.fills = client.xlen::<usize, _>(LEDGER_COMMIT_STREAM).await?;
+
+    // One plan per intent, and every intent decided (marked) exactly once.
+    let mut problems = Vec::new();
+    let mut plans_of: HashMap<&str, usize> = HashMap::new();
+    for p in &plans {
+        *plans_of.entry(p.get("intent_id").unwrap_or_default()).or_default() += 1;
+    }
+    let ids: Vec<String> = intents
+        .iter()
+        .filter(|e| Some(e.id.as_str()) != poison_intent)
+        .map(|e| seen_key(&e.id))
+        .collect();
+    let markers: Vec<Option<String>> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        client.mget(ids).await?
+    };
+    for (intent, marker) in intents
+        .iter()
+        .filter(|e| Some(e.id.as_str()) != poison_intent)
+        .zip(markers)
+    {
+        let count = plans_of.get(intent.id.as_str()).copied().unwrap_or_default();
+        let published = marker
+            .as_deref()
+            .is_some_and(|m| m.starts_with("outcome=published") || m.starts_with("outcome=blocked"));
+        match marker {
+            None => problems.push(format!("intent {} was never decided", intent.id)),
+            Some(_) if count > 1 => problems.push(format!("intent {} has {count} plans", intent.id)),
+            Some(_) if published != (count == 1) => problems.push(format!(
+                "intent {}: its marker says published={published}, the stream holds {count} plans",
+                intent.id
+            )),
+            Some(_) => {}
+        }
+    }
+    report
+        .invariants
+        .push(("one plan per intent, every intent decided once", problems));
+
+    // One result per plan.
+    let mut problems = Vec::new();
+    let mut results_of: HashMap<&str, usize> = HashMap::new();
+    for r in &results {
+        *results_of.entry(r.get("plan_id").unwrap_or_default()).or_default() += 1;
+    }
+    for p in &plans {
+        let id = p.get("plan_id").unwrap_or_default();
+        match results_of.get(id).copied().unwrap_or_default() {
+            1 => {}
+            n => problems.push(format!("plan {id} has {n} results")),
+        }
+    }
+    report.invariants.push(("one result per plan", problems));
+
+    // One venue order per plan.
+    let mut problems = Vec::new();
+    let orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
+    report.venue_orders = orders.len();
+    let plan_ids: HashSet<&str> = plans.iter().filter_map(|p| p.get("plan_id")).collect();
+    for key in &orders {
+        let id = key.trim_start_matches("quantum:paper:order:qib-");
+        if !plan_ids.contains(id) {
+            problems.push(format!("venue order {key} belongs to no plan"));
+        }
+    }
+    let executed = results.iter().filter(|r| r.get("executed") == Some("true")).count();
+    if executed > orders.len() {
+        problems.push(format!("{executed} executed results but {} venue orders", orders.len()));
+    }
+    report.invariants.push(("one venue order per plan", problems));
+
+    // Each fill applied once; ledger = Σ fills = venue position.
+    let mut problems = exactly_once_problems(client, &HashMap::new()).await?;
+    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
+        let ledger: HashMap<String, String> = client.hgetall(ledger_key(&symbol)).await?;
+        let snapshot: HashMap<String, String> = client.hgetall(snapshot_key(&symbol)).await?;
+        if ledger.get("position_amt") != snapshot.get("position_amt") {
+            problems.push(format!(
+                "{symbol}: ledger {:?} vs venue {:?}",
+                ledger.get("position_amt"),
+                snapshot.get("position_amt")
+            ));
+        }
+        // Applied in the venue's order: the same last fill, so the same average entry price.
+        if snapshot.contains_key("venue_seq")
+            && (ledger.get("venue_seq") != snapshot.get("venue_seq")
+                || ledger.get("avg_entry_price") != snapshot.get("entry_price"))
+        {
+            problems.push(format!(
+                "{symbol}: ledger at venue_seq {:?} avg {:?}, venue at {:?} avg {:?}",
+                ledger.get("venue_seq"),
+                ledger.get("avg_entry_price"),
+                snapshot.get("venue_seq"),
+                snapshot.get("entry_price")
+            ));
+        }
+    }
+    report.invariants.push((
+        "each fill applied once, in venue order; ledger = Σ fills = venue position",
+        problems,
+    ));
+
+    // Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
+    let mut problems = Vec::new();
+    for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
+        let left: BTreeMap<String, String> = client.hgetall(&key).await?;
+        if !left.is_empty() {
+            problems.push(format!("{key} still holds {} reservations", left.len()));
+        }
+    }
+    let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
+    if open > 0 {
+        problems.push(format!("{open} orders still open"));
+    }
+    for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
+        let parked: u64 = client.hlen(ledger_parked_key(&symbol)).await?;
+        if parked > 0 {
+            problems.push(format!("{symbol}: {parked} fills still parked"));
+        }
+        let mut bytes = 0;
+        for key in [
+            ledger_key(&symbol),
+            ledger_parked_key(&symbol),
+            ledger_applied_key(&symbol),
+        ] {
+            let usage: Value = client
+                .custom(
+                    CustomCommand::new_static("MEMORY", ClusterHash::Custom(0), false),
+                    vec!["USAGE".to_string(), key],
+                )
+                .await?;
+            bytes += usage.as_u64().unwrap_or(0);
+        }
+        if bytes > MAX_DEDUP_BYTES_PER_SYMBOL {
+            problems.push(format!(
+                "{symbol}: ledger and dedup state take {bytes} bytes (> {MAX_DEDUP_BYTES_PER_SYMBOL})"
+            ));
+        }
+    }
+    for (stream, group) in [
+        (INTENT_STREAM, INTENT_GROUP),
+        (PLAN_STREAM, PLAN_GROUP),
+        (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
+    ] {
+        if let Some(b) = quantum_common::consumer::group_backlog(client, stream, group).await? {
+            if !b.is_idle() {
+                problems.push(format!("{group} on {stream}: {} pending, lag {:?}", b.pending, b.lag));
+            }
+        }
+    }
+    let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
+    report.used_memory = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_human:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    report.invariants.push((
+        "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
+        problems,
+    ));
+    Ok(report)
+}
