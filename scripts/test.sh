@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, unit/property tests and the system tests against real
-# redis-server processes (installed from the OS packages when missing).
+# Runs every test: formatting, lints, unit/property tests, the system tests against real
+# redis-server processes (installed from the OS packages when missing), and the compose stack
+# on a real container engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
@@ -10,3 +11,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # --all-targets builds them with the same features as the tests, so nothing is compiled twice.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
+# compose.yaml started for real on a container engine (a private dockerd when none is reachable).
+scripts/compose-test.sh

@@ -130,9 +130,13 @@ impl RedisArgs {
         }
     }
 
-    /// The target with any password masked, for log lines.
+    /// The target with any password masked, and the ACL user when one is set apart from the
+    /// URL, for log lines (`redis://redis:6379/0 as quantum-bridge`).
     pub fn display(&self) -> String {
-        redact_url(&self.url())
+        match self.redis_username.as_deref().filter(|u| !u.is_empty()) {
+            Some(user) => format!("{} as {user}", redact_url(&self.url())),
+            None => redact_url(&self.url()),
+        }
     }
 
     /// Connects, retrying with backoff while Redis is unreachable; fails fast on bad
@@ -523,6 +527,7 @@ mod tests {
             (Some("u"), Some("url-pass"))
         );
         args.redis_username = Some("quantum-bridge".into());
+        assert_eq!(args.display(), "redis://u:***@127.0.0.1:6379/0 as quantum-bridge");
         args.redis_password_file = Some(file);
         let config = args.client_config().unwrap();
         assert_eq!(config.username.as_deref(), Some("quantum-bridge"));

@@ -251,6 +251,55 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `docker-compose config` of these files, as lines.
+fn compose_config(files: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for f in files {
+        args.extend(["-f", f]);
+    }
+    args.push("config");
+    let out = Command::new("docker-compose")
+        .args(&args)
+        .current_dir(repo())
+        .output()
+        .expect("docker-compose (Debian package docker-compose) must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_offline_override_changes_only_the_images() {
+    let real = compose_config(&["compose.yaml"]);
+    let offline = compose_config(&["compose.yaml", "deploy/compose/offline.yaml"]);
+    // Every setting, secret, ACL file, healthcheck and dependency of the real file is kept:
+    // only the images (and the build target that makes the service image) differ.
+    let kept: std::collections::HashSet<&String> = offline.iter().collect();
+    let changed: Vec<&String> = real.iter().filter(|l| !kept.contains(l)).collect();
+    for line in &changed {
+        let line = line.trim();
+        assert!(
+            line.starts_with("image: ") || line == "target: runtime",
+            "offline.yaml changes {line:?}"
+        );
+    }
+    assert!(offline.iter().any(|l| l.trim() == "target: runtime-prebuilt"));
+    assert!(offline
+        .iter()
+        .any(|l| l.trim() == "RUNTIME_BASE: localhost/debian-base"));
+    // The real image and the offline one share one definition of what goes into it.
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert_eq!(dockerfile.matches("FROM runtime-base AS").count(), 2);
+    assert!(dockerfile.contains("COPY deploy/image/setup.sh"));
+    let prebuilt = dockerfile.find("AS runtime-prebuilt").unwrap();
+    assert!(
+        prebuilt < dockerfile.find("AS build").unwrap(),
+        "the classic builder must not need the rust image for runtime-prebuilt"
+    );
+}
+
 #[test]
 fn compose_stack_validates_and_matches_the_acls() {
     let out = Command::new("docker-compose")
