@@ -21,6 +21,7 @@ use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 
 use crate::facts::{entries_after, wait_idle};
+use crate::invariants::Checked;
 use crate::sim::{intent_fields, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
@@ -51,41 +52,25 @@ pub struct FaultReport {
     pub kills: usize,
     pub pauses: usize,
     pub redis_restarts: usize,
-    pub intents: usize,
-    pub plans: usize,
-    pub results: usize,
-    pub venue_orders: usize,
-    pub fills: usize,
-    pub used_memory: String,
     pub seconds: f64,
-    /// (invariant, problems): an empty list passed.
-    pub invariants: Vec<(&'static str, Vec<String>)>,
+    /// The flow (less the poison entries) and the invariants.
+    pub checked: Checked,
     pub log_dir: PathBuf,
 }
 
 impl FaultReport {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
-        crate::invariants::all_passed(&self.invariants)
+        self.checked.passed()
     }
 
     /// The report as operators read it: figures, then one line per invariant.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "faults: {} SIGKILLs, {} bridge pauses past the reclaim age, {} Redis restarts in {:.1} s\n\
-             flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}\n",
-            self.kills,
-            self.pauses,
-            self.redis_restarts,
-            self.seconds,
-            self.intents,
-            self.plans,
-            self.results,
-            self.venue_orders,
-            self.fills,
-            self.used_memory
+            "faults: {} SIGKILLs, {} bridge pauses past the reclaim age, {} Redis restarts in {:.1} s\n",
+            self.kills, self.pauses, self.redis_restarts, self.seconds
         );
-        out.push_str(&crate::invariants::render(&self.invariants));
+        out.push_str(&self.checked.render());
         out
     }
 }
@@ -346,15 +331,12 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
 }
 
 async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(), Error> {
-    let checked = crate::invariants::check(client, Some(POISON_INTENT_ID)).await?;
+    let mut checked = crate::invariants::check(client, Some(POISON_INTENT_ID)).await?;
     // Less the poison intent, plan and fill.
-    report.intents = checked.intents.saturating_sub(1);
-    report.plans = checked.plans.saturating_sub(1);
-    report.results = checked.results;
-    report.venue_orders = checked.venue_orders;
-    report.fills = checked.fills.saturating_sub(1);
-    report.used_memory = checked.used_memory;
-    report.invariants = checked.invariants;
+    checked.intents = checked.intents.saturating_sub(1);
+    checked.plans = checked.plans.saturating_sub(1);
+    checked.fills = checked.fills.saturating_sub(1);
+    report.checked = checked;
 
     // The dead letters are exactly the poison.
     let mut problems = Vec::new();
@@ -381,6 +363,7 @@ async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(
         }
     }
     report
+        .checked
         .invariants
         .insert(4, ("the dead letters hold exactly the poison", problems));
 

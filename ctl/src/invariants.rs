@@ -35,29 +35,27 @@ pub struct Checked {
 impl Checked {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
-        all_passed(&self.invariants)
+        self.invariants.iter().all(|(_, problems)| problems.is_empty())
     }
-}
 
-/// Whether every invariant of a list held.
-pub fn all_passed(invariants: &[(&'static str, Vec<String>)]) -> bool {
-    invariants.iter().all(|(_, problems)| problems.is_empty())
-}
-
-/// One line per invariant, PASS or FAIL with up to ten of its problems.
-pub fn render(invariants: &[(&'static str, Vec<String>)]) -> String {
-    let mut out = String::new();
-    for (name, problems) in invariants {
-        let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
-        out.push_str(&format!("{verdict}  {name}\n"));
-        for p in problems.iter().take(10) {
-            out.push_str(&format!("      {p}\n"));
+    /// The flow line, then one line per invariant: PASS, or FAIL with up to ten problems.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}\n",
+            self.intents, self.plans, self.results, self.venue_orders, self.fills, self.used_memory
+        );
+        for (name, problems) in &self.invariants {
+            let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
+            out.push_str(&format!("{verdict}  {name}\n"));
+            for p in problems.iter().take(10) {
+                out.push_str(&format!("      {p}\n"));
+            }
+            if problems.len() > 10 {
+                out.push_str(&format!("      ... and {} more\n", problems.len() - 10));
+            }
         }
-        if problems.len() > 10 {
-            out.push_str(&format!("      ... and {} more\n", problems.len() - 10));
-        }
+        out
     }
-    out
 }
 
 /// Checks every invariant over what `client`'s Redis holds, leaving out the intent

@@ -201,16 +201,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             let checked = quantumctl::invariants::check(&client, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!(
-                "flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}",
-                checked.intents,
-                checked.plans,
-                checked.results,
-                checked.venue_orders,
-                checked.fills,
-                checked.used_memory
-            );
-            print!("{}", quantumctl::invariants::render(&checked.invariants));
+            print!("{}", checked.render());
             Ok(checked.passed())
         }
         Command::Status { redis, minutes, json } => {
