@@ -197,6 +197,14 @@ impl RedisArgs {
     }
 }
 
+/// Makes ring, the provider the Redis TLS connections use, the process's rustls crypto provider,
+/// for the HTTP clients that take the process default (the OTLP exporter, the Binance client):
+/// without one they panic when built. Idempotent.
+pub fn install_crypto_provider() {
+    // Err only when a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A TLS connector trusting only the CA in `ca_file`.
 fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConnector, String> {
     use rustls_pki_types::pem::PemObject;

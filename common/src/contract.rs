@@ -80,6 +80,12 @@ pub fn order_key(order_id: &OrderId) -> String {
     format!("quantum:order:{order_id}")
 }
 
+/// The live venue's record of an order sent to Binance (`quantum:binance:order:<coid>`): the
+/// request's `timestamp` and `recvWindow` written before each send, the outcome after.
+pub fn binance_order_key(order_id: &OrderId) -> String {
+    format!("quantum:binance:order:{order_id}")
+}
+
 /// Prefix of the risk kernel's per-symbol proposal hashes (kill score and its components),
 /// followed by the symbol; read by the bridge's governor.
 pub const PROPOSAL_KEY_PREFIX: &str = "quantum:harvest:proposal:";

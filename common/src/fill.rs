@@ -17,6 +17,8 @@ pub enum FillError {
     Field(#[from] ParseError),
     #[error("{field} must be greater than zero, got {value}")]
     NotPositive { field: &'static str, value: Decimal },
+    #[error("fee_asset must be an asset name (letters and digits), got {0:?}")]
+    BadAsset(String),
     #[error("venue_seq must be a whole number from 1 to 10^15, got {0:?}")]
     BadSequence(String),
 }
@@ -40,8 +42,11 @@ pub struct Fill {
     pub side: Side,
     pub qty: Decimal,
     pub price: Decimal,
-    /// Fee paid in the quote asset (USDT).
+    /// Fee paid, in `fee_asset`.
     pub fee: Decimal,
+    /// The fee's asset when the venue names one (Binance: `commissionAsset`, USDT or BNB
+    /// ...); `None`: the quote asset.
+    pub fee_asset: Option<String>,
     pub leverage: Decimal,
     /// Unix milliseconds of the execution.
     pub ts: u64,
@@ -52,6 +57,15 @@ pub struct Fill {
 }
 
 impl Fill {
+    /// The fee in the symbol's quote asset, the part that counts in its PnL: all of it when
+    /// paid in the quote asset (or no asset named), none when paid in another (BNB).
+    pub fn quote_fee(&self) -> Decimal {
+        match &self.fee_asset {
+            Some(asset) if !self.symbol.as_str().ends_with(asset.as_str()) => Decimal::ZERO,
+            _ => self.fee,
+        }
+    }
+
     /// Flat stream fields.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
@@ -66,6 +80,9 @@ impl Fill {
             ("leverage", self.leverage.to_string()),
             ("ts", self.ts.to_string()),
         ];
+        if let Some(asset) = &self.fee_asset {
+            fields.push(("fee_asset", asset.clone()));
+        }
         if let Some(seq) = self.venue_seq {
             fields.push(("venue_seq", seq.to_string()));
         }
@@ -101,6 +118,13 @@ impl Fill {
                 .map(|v| parse_decimal("fee", v))
                 .transpose()?
                 .unwrap_or_default(),
+            fee_asset: match entry.get("fee_asset") {
+                None | Some("") => None,
+                Some(asset) if asset.len() <= 16 && asset.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                    Some(asset.to_ascii_uppercase())
+                }
+                Some(other) => return Err(FillError::BadAsset(truncate_value(other))),
+            },
             leverage: entry
                 .get("leverage")
                 .map(|v| parse_decimal("leverage", v))
@@ -133,6 +157,7 @@ mod tests {
             qty: Decimal::new(15, 1),
             price: Decimal::new(6500012, 2),
             fee: Decimal::new(39, 1),
+            fee_asset: Some("USDT".into()),
             leverage: Decimal::from(3),
             ts: 1_700_000_000_123,
             venue_seq: Some(42),
@@ -142,19 +167,22 @@ mod tests {
         assert_eq!(Fill::parse(&StreamEntry::new("1-0", &pairs)).unwrap(), fill);
     }
 
+    /// The fields every fill must have.
+    const REQUIRED: [(&str, &str); 7] = [
+        ("fill_id", "f"),
+        ("order_id", "o"),
+        ("plan_id", "0123456789abcdef"),
+        ("symbol", "BTCUSDT"),
+        ("side", "BUY"),
+        ("qty", "1"),
+        ("price", "1"),
+    ];
+
     #[test]
     fn bad_fills_are_specific() {
         let err = Fill::parse(&StreamEntry::new("1-0", &[("fill_id", "f")])).unwrap_err();
         assert_eq!(err, FillError::Missing("order_id"));
-        let mut fields = vec![
-            ("fill_id", "f"),
-            ("order_id", "o"),
-            ("plan_id", "0123456789abcdef"),
-            ("symbol", "BTCUSDT"),
-            ("side", "BUY"),
-            ("qty", "1"),
-            ("price", "1"),
-        ];
+        let mut fields = REQUIRED.to_vec();
         for bad in ["0", "-1", "1.5", "x", "1000000000000001"] {
             fields.push(("venue_seq", bad));
             let err = Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap_err();
@@ -162,5 +190,20 @@ mod tests {
             fields.pop();
         }
         assert_eq!(Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap().venue_seq, None);
+        fields.push(("fee_asset", "BN B"));
+        let err = Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap_err();
+        assert_eq!(err, FillError::BadAsset("BN B".into()));
+    }
+
+    #[test]
+    fn only_a_fee_in_the_quote_asset_counts_in_pnl() {
+        let mut fields = REQUIRED.to_vec();
+        fields.push(("fee", "0.5"));
+        let mut fill = Fill::parse(&StreamEntry::new("1-0", &fields)).unwrap();
+        assert_eq!(fill.quote_fee(), Decimal::new(5, 1), "no asset: the quote asset");
+        fill.fee_asset = Some("USDT".into());
+        assert_eq!(fill.quote_fee(), Decimal::new(5, 1));
+        fill.fee_asset = Some("BNB".into());
+        assert_eq!(fill.quote_fee(), Decimal::ZERO);
     }
 }

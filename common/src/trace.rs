@@ -113,6 +113,7 @@ impl OtlpSettings {
     /// A provider exporting in batches from a background thread (the OTel SDK also reads
     /// `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, `OTEL_BSP_*` and `OTEL_TRACES_SAMPLER`).
     pub fn provider(&self) -> Result<SdkTracerProvider, TraceSetupError> {
+        crate::config::install_crypto_provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

@@ -17,6 +17,7 @@ use quantum_common::types::{Side, Symbol};
 use quantum_intent_executor::paper::seed_position;
 
 use crate::facts::{exactly_once_problems, last_id, phase_facts, wait_idle, PhaseFacts};
+use crate::fake_binance::{FakeBinance, FakeConfig};
 use crate::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
@@ -167,8 +168,50 @@ fn join(set: &std::collections::BTreeSet<String>) -> String {
     set.iter().cloned().collect::<Vec<_>>().join(",")
 }
 
-/// Seeds the pre-existing ZECUSDT position: the ledger and the paper venue agree on it.
-pub async fn seed(client: &Client) -> Result<(), Error> {
+/// Where the demo's executor places its orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoVenue {
+    /// The built-in paper venue.
+    Paper,
+    /// The live Binance venue, against a local fake Binance USD-M server (`quantumctl fake-binance`).
+    Live,
+}
+
+/// The demo's API key and secret at the fake Binance.
+const DEMO_API_KEY: &str = "demo-key";
+const DEMO_API_SECRET: &str = "demo-secret";
+
+/// Starts a fake Binance for a local run (the live demo, the live fault suite): the demo symbols
+/// at their reference prices, a request-weight limit of `weight_limit` a minute; the key files
+/// go into `log_dir`. Returns the server and the executor's settings for it.
+pub async fn start_fake_binance(
+    log_dir: &Path,
+    weight_limit: u64,
+) -> Result<(FakeBinance, Vec<(String, String)>), Box<dyn std::error::Error>> {
+    let prices = quantum_intent_executor::paper::parse_reference_prices(
+        quantum_intent_executor::paper::DEFAULT_REFERENCE_PRICES,
+    )?;
+    let marks = prices.into_iter().map(|(s, p)| (s.to_string(), p)).collect();
+    let mut config = FakeConfig::new(DEMO_API_KEY, DEMO_API_SECRET, marks);
+    config.weight_limit = weight_limit;
+    let fake = FakeBinance::start(config, ([127, 0, 0, 1], 0).into()).await?;
+    let key_file = log_dir.join("binance-api-key");
+    let secret_file = log_dir.join("binance-api-secret");
+    std::fs::write(&key_file, DEMO_API_KEY)?;
+    std::fs::write(&secret_file, DEMO_API_SECRET)?;
+    let env = vec![
+        ("INTENT_EXECUTOR_MODE".to_string(), "live".to_string()),
+        ("BINANCE_FAPI_URL".to_string(), fake.url()),
+        ("BINANCE_API_KEY_FILE".to_string(), key_file.display().to_string()),
+        ("BINANCE_API_SECRET_FILE".to_string(), secret_file.display().to_string()),
+        ("BINANCE_ACCOUNT_SYNC_MS".to_string(), "1000".to_string()),
+    ];
+    Ok((fake, env))
+}
+
+/// Seeds the pre-existing ZECUSDT position in the ledger (and, for the paper venue, at the
+/// venue; the fake Binance holds it from its start).
+pub async fn seed(client: &Client, venue: DemoVenue) -> Result<(), Error> {
     let symbol = Symbol::parse(SEEDED_SYMBOL).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
     let (amt, price) = (Decimal::from(SEEDED_AMT), Decimal::from(SEEDED_PRICE));
     let entry = LedgerEntry {
@@ -186,7 +229,10 @@ pub async fn seed(client: &Client) -> Result<(), Error> {
     client
         .hset::<(), _, _>(ledger_key(&symbol), owned(entry.to_fields()))
         .await?;
-    seed_position(client, &symbol, amt, price).await
+    match venue {
+        DemoVenue::Paper => seed_position(client, &symbol, amt, price).await,
+        DemoVenue::Live => Ok(()),
+    }
 }
 
 fn intents(side: Side, n0: usize) -> Vec<Vec<(String, String)>> {
@@ -264,12 +310,30 @@ async fn wait_for_equity(client: &Client, log_dir: &Path) -> Result<(), Box<dyn 
     }
 }
 
-/// Runs the whole story against `redis_url`, logging into `log_dir`.
-pub async fn run(client: &Client, redis_url: &str, log_dir: &Path) -> Result<DemoReport, Box<dyn std::error::Error>> {
-    seed(client).await?;
+/// Runs the whole story against `redis_url` on `venue`, logging into `log_dir`.
+pub async fn run(
+    client: &Client,
+    redis_url: &str,
+    log_dir: &Path,
+    venue: DemoVenue,
+) -> Result<DemoReport, Box<dyn std::error::Error>> {
+    seed(client, venue).await?;
     let env = base_env(redis_url);
+    let fake = match venue {
+        DemoVenue::Paper => None,
+        DemoVenue::Live => {
+            let (fake, env) = start_fake_binance(log_dir, 2400).await?;
+            // The account already holds the seeded position, as the ledger says.
+            fake.with_book(|b| b.seed(SEEDED_SYMBOL, Decimal::from(SEEDED_AMT), Decimal::from(SEEDED_PRICE)));
+            Some((fake, env))
+        }
+    };
+    let mut executor_env = env.clone();
+    if let Some((_, live)) = &fake {
+        executor_env.extend(live.iter().cloned());
+    }
     let ledger = ServiceProcess::start(Service::Ledger, &env, &log_dir.join("ledger.log"))?;
-    let executor = ServiceProcess::start(Service::Executor, &env, &log_dir.join("executor.log"))?;
+    let executor = ServiceProcess::start(Service::Executor, &executor_env, &log_dir.join("executor.log"))?;
     wait_for_equity(client, log_dir).await?;
 
     let mut phases = Vec::new();
@@ -292,6 +356,9 @@ pub async fn run(client: &Client, redis_url: &str, log_dir: &Path) -> Result<Dem
 
     let starting: HashMap<String, Decimal> = [(SEEDED_SYMBOL.to_string(), Decimal::from(SEEDED_AMT))].into();
     let mut problems = exactly_once_problems(client, &starting).await?;
+    if let Some((fake, _)) = &fake {
+        problems.extend(fake.doubled_orders());
+    }
     for p in &phases {
         problems.extend(phase_problems(p));
     }

@@ -20,7 +20,9 @@ use quantum_common::fields::StreamEntry;
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
 
+use crate::demo::{start_fake_binance, DemoVenue};
 use crate::facts::{entries_after, wait_idle};
+use crate::fake_binance::{FakeBinance, Faults};
 use crate::invariants::Checked;
 use crate::sim::{intent_fields, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
@@ -44,6 +46,10 @@ pub struct FaultPlan {
     pub replicas: usize,
     /// Seed of the choice of victims and pauses.
     pub seed: u64,
+    /// The executors' venue: paper, or the live venue against a fake Binance that also
+    /// injects venue faults (accept then time out, 5xx, duplicate id, 429, 418, skew, partial
+    /// fills) at random between the kills.
+    pub venue: DemoVenue,
 }
 
 /// What the run did and found.
@@ -114,8 +120,37 @@ fn fault_env(redis_url: &str) -> HashMap<String, String> {
     env
 }
 
+/// The live venue's settings for the run: short windows, so unknown outcomes settle in seconds.
+const LIVE_ENV: [(&str, &str); 4] = [
+    ("BINANCE_RECV_WINDOW_MS", "1000"),
+    ("BINANCE_UNKNOWN_MARGIN_MS", "500"),
+    ("BINANCE_HTTP_TIMEOUT_MS", "500"),
+    ("BINANCE_ACCOUNT_SYNC_MS", "1000"),
+];
+
+/// A venue fault chosen by `dice` (a fifth of the time none).
+fn venue_fault(dice: &mut Dice) -> Faults {
+    let mut faults = Faults {
+        retry_after_secs: 1,
+        ban_secs: 1,
+        reply_delay_ms: 1500,
+        ..Faults::default()
+    };
+    match dice.below(10) {
+        0 => faults.accept_then_timeout = 1,
+        1 => faults.accept_then_5xx = 1,
+        2 => faults.duplicate_client_id = 1,
+        3 => faults.throttle = 1,
+        4 => faults.ban = 1,
+        5 => faults.clock_skew_ms = 3000,
+        6 | 7 => faults.partial_fills = true,
+        _ => {}
+    }
+    faults
+}
+
 /// Corrupts one key per stage and adds the entry that trips over it.
-async fn inject_poison(client: &Client) -> Result<(), Error> {
+async fn inject_poison(client: &Client, venue: DemoVenue) -> Result<(), Error> {
     // Bridge: the intent's replay marker is a hash, so its commit step fails every time.
     client
         .hset::<(), _, _>(seen_key(POISON_INTENT_ID), ("poison", "1"))
@@ -129,13 +164,13 @@ async fn inject_poison(client: &Client) -> Result<(), Error> {
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.001")],
         )
         .await?;
-    // Executor: the paper venue's position of the poison symbol is unreadable.
-    client
-        .hset::<(), _, _>(
-            format!("quantum:paper:position:{POISON_SYMBOL}"),
-            ("position_amt", "garbage"),
-        )
-        .await?;
+    // Executor: the venue's state of the poison plan is unreadable (the paper venue's position
+    // of its symbol, the live venue's record of its order).
+    let (key, field) = match venue {
+        DemoVenue::Paper => (format!("quantum:paper:position:{POISON_SYMBOL}"), "position_amt"),
+        DemoVenue::Live => (format!("quantum:binance:order:qib-{POISON_PLAN_ID}"), "state"),
+    };
+    client.hset::<(), _, _>(key, (field, "garbage")).await?;
     client
         .xadd::<(), _, _, _, _>(
             PLAN_STREAM,
@@ -249,8 +284,18 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
     let client = quantum_common::config::RedisArgs::from_url(&redis.url())
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
-    inject_poison(&client).await?;
-    let env = fault_env(&redis.url());
+    inject_poison(&client, plan.venue).await?;
+    let mut env = fault_env(&redis.url());
+    let fake = match plan.venue {
+        DemoVenue::Paper => None,
+        DemoVenue::Live => {
+            // The weight limit is the fake's own; the suite injects 429s and 418s itself.
+            let (fake, live) = start_fake_binance(log_dir, u64::MAX).await?;
+            env.extend(live);
+            env.extend(LIVE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Some(fake)
+        }
+    };
     let mut instances = Vec::new();
     for service in [Service::Ledger, Service::Executor, Service::Bridge] {
         for n in 0..plan.replicas.max(1) {
@@ -301,17 +346,32 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
             redis.restart()?;
             report.redis_restarts += 1;
         }
+        if let Some(fake) = &fake {
+            fake.set_faults(venue_fault(&mut dice));
+        }
         let victim = dice.below(instances.len() as u64) as usize;
         instances[victim].restart(&env)?;
         report.kills += 1;
+    }
+    if let Some(fake) = &fake {
+        fake.set_faults(Faults::default());
     }
     publisher.await??;
 
     // Drained: every group idle, the poison dead-lettered, no order left open.
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut repaired = false;
     loop {
         let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
         let dead: u64 = client.xlen(PLAN_DLQ_STREAM).await?;
+        if fake.is_some() && dead > 0 && !repaired {
+            // The live venue never guesses past a corrupt order record: its order stays open
+            // until an operator repairs it, as here (nothing was sent), and the sweep settles it.
+            client
+                .del::<(), _>(format!("quantum:binance:order:qib-{POISON_PLAN_ID}"))
+                .await?;
+            repaired = true;
+        }
         if open == 0 && dead > 0 && wait_idle(&client, Duration::from_secs(1)).await? {
             break;
         }
@@ -320,6 +380,9 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    if fake.is_some() {
+        wait_for_account_sync(&client).await?;
+    }
     for instance in &mut instances {
         if let Some(p) = instance.process.take() {
             p.stop(Duration::from_secs(10));
@@ -327,7 +390,57 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
     }
     report.seconds = started.elapsed().as_secs_f64();
     check_invariants(&client, &mut report).await?;
+    if let Some(fake) = &fake {
+        let problems = venue_problems(&client, fake).await?;
+        report.checked.invariants.insert(
+            3,
+            (
+                "the venue holds each client order id once; each of its trades is one fill",
+                problems,
+            ),
+        );
+    }
     Ok(report)
+}
+
+/// Waits (at most 15 s) until the live executors' account sync has written every symbol's
+/// snapshot after the pipeline drained, so the snapshots hold the venue's final positions.
+async fn wait_for_account_sync(client: &Client) -> Result<(), Error> {
+    let drained_at = quantum_common::time::now_ms();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let mut synced = true;
+        for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
+            let ts: Option<u64> = client.hget(snapshot_key(&symbol), "ts").await?;
+            synced &= ts.is_some_and(|ts| ts > drained_at);
+        }
+        if synced {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The venue's side of exactly once: no client order id twice, and its trades are the fills in
+/// `ledger.commit`, one each.
+async fn venue_problems(client: &Client, fake: &FakeBinance) -> Result<Vec<String>, Error> {
+    let mut problems = fake.doubled_orders();
+    let trades: std::collections::BTreeSet<String> =
+        fake.with_book(|b| b.trades.iter().map(|t| t.id.to_string()).collect());
+    let fills: std::collections::BTreeSet<String> = entries_after(client, LEDGER_COMMIT_STREAM, "-")
+        .await?
+        .iter()
+        .filter_map(|f| f.get("fill_id").map(str::to_string))
+        .filter(|id| id != POISON_FILL_ID)
+        .collect();
+    for id in trades.difference(&fills).take(10) {
+        problems.push(format!("venue trade {id} never reached ledger.commit"));
+    }
+    for id in fills.difference(&trades).take(10) {
+        problems.push(format!("fill {id} is no venue trade"));
+    }
+    Ok(problems)
 }
 
 async fn check_invariants(client: &Client, report: &mut FaultReport) -> Result<(), Error> {

@@ -130,11 +130,13 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
 
     // One venue order per plan.
     let mut problems = Vec::new();
-    let orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
+    // The venues' own order records: the paper venue's, the live venue's.
+    let mut orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
+    orders.extend(scan_keys(client, "quantum:binance:order:qib-*").await?);
     report.venue_orders = orders.len();
     let plan_ids: HashSet<&str> = plans.iter().filter_map(|p| p.get("plan_id")).collect();
     for key in &orders {
-        let id = key.trim_start_matches("quantum:paper:order:qib-");
+        let id = key.rsplit_once(":qib-").map_or(key.as_str(), |(_, id)| id);
         if !plan_ids.contains(id) {
             problems.push(format!("venue order {key} belongs to no plan"));
         }
@@ -180,8 +182,11 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
     let mut problems = Vec::new();
     for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
         let left: BTreeMap<String, String> = client.hgetall(&key).await?;
-        if !left.is_empty() {
-            problems.push(format!("{key} still holds {} reservations", left.len()));
+        if let Some((field, value)) = left.iter().next() {
+            problems.push(format!(
+                "{key} still holds {} reservations (e.g. {field}: {value})",
+                left.len()
+            ));
         }
     }
     let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod facts;
+pub mod fake_binance;
 pub mod faults;
 pub mod invariants;
 pub mod sim;

@@ -32,6 +32,34 @@ enum Command {
     Demo {
         #[command(flatten)]
         redis: RedisArgs,
+        /// Where the executor places orders: the paper venue, or the live Binance venue against
+        /// a local fake Binance USD-M server started for the demo.
+        #[arg(long, value_enum, default_value = "paper")]
+        venue: demo::DemoVenue,
+    },
+    /// Serve a local Binance USD-M futures test server (the endpoints the live executor uses,
+    /// with signature, recvWindow, filter and position-mode checks, documented error codes and
+    /// rate-limit headers). Point the executor at it with BINANCE_FAPI_URL. Faults are injected
+    /// with `POST /fake/faults` (JSON), state is read with `GET /fake/state`. Runs until Ctrl-C.
+    FakeBinance {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9190")]
+        listen: std::net::SocketAddr,
+        /// File holding the API key clients must send (X-MBX-APIKEY).
+        #[arg(long)]
+        api_key_file: std::path::PathBuf,
+        /// File holding the API secret requests are signed with.
+        #[arg(long)]
+        api_secret_file: std::path::PathBuf,
+        /// Symbols and their mark prices, SYMBOL=price comma separated.
+        #[arg(long, default_value = quantum_intent_executor::paper::DEFAULT_REFERENCE_PRICES)]
+        marks: String,
+        /// USDT in the account's wallet.
+        #[arg(long, default_value = "100000")]
+        wallet: Decimal,
+        /// Start the account in hedge mode (dualSidePosition=true).
+        #[arg(long)]
+        hedge_mode: bool,
     },
     /// Publish simulated trade intents.
     Sim {
@@ -105,6 +133,11 @@ enum Command {
         /// Seed of the choice of victims (the same seed kills in the same order).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// The executors' venue: paper, or the live venue against a fake Binance that also
+        /// injects venue faults between the kills (accept then time out, 5xx after accepting, a
+        /// duplicate client id, 429, 418, clock skew, partial fills).
+        #[arg(long, value_enum, default_value = "paper")]
+        venue: demo::DemoVenue,
     },
     /// Check the exactly-once invariants over a running stack's Redis, read-only (works as the
     /// quantum-ops ACL user): one plan per intent, one result per plan, one venue order per
@@ -170,6 +203,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             rate,
             replicas,
             seed,
+            venue,
         } => {
             let plan = quantumctl::faults::FaultPlan {
                 kills,
@@ -177,6 +211,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 rate,
                 replicas,
                 seed,
+                venue,
             };
             let dir = tempfile::Builder::new()
                 .prefix("quantumctl-faults-")
@@ -307,14 +342,45 @@ async fn run(cli: Cli) -> Result<bool, String> {
             );
             Ok(true)
         }
-        Command::Demo { redis } => {
+        Command::FakeBinance {
+            listen,
+            api_key_file,
+            api_secret_file,
+            marks,
+            wallet,
+            hedge_mode,
+        } => {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            let marks = quantum_intent_executor::paper::parse_reference_prices(&marks)
+                .map_err(|e| format!("--marks: {e}"))?
+                .into_iter()
+                .map(|(s, p)| (s.to_string(), p))
+                .collect();
+            let mut config =
+                quantumctl::fake_binance::FakeConfig::new(&read(&api_key_file)?, &read(&api_secret_file)?, marks);
+            config.wallet_usdt = wallet;
+            config.dual_side = hedge_mode;
+            let fake = quantumctl::fake_binance::FakeBinance::start(config, listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            println!("fake-binance listening on {} (BINANCE_FAPI_URL)", fake.url());
+            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Command::Demo { redis, venue } => {
             let log_dir = tempfile::Builder::new()
                 .prefix("quantumctl-demo-")
                 .tempdir()
                 .map_err(|e| e.to_string())?
                 .keep();
             let (_server, url, client) = given_or_throwaway(&redis).await?;
-            let report = demo::run(&client, &url, &log_dir).await.map_err(|e| e.to_string());
+            let report = demo::run(&client, &url, &log_dir, venue)
+                .await
+                .map_err(|e| e.to_string());
             let _ = client.quit().await;
             let report = report?;
             println!("\n{}", report.table());

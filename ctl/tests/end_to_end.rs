@@ -156,9 +156,9 @@ fn proof_refuses_to_run_without_a_log_source() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read log file"));
 }
 
-#[test]
-fn demo_shows_the_deadlock_then_the_governor_then_both_fixes() {
-    let (code, out) = quantumctl(&["demo"], None);
+/// Runs `quantumctl demo` with `args` and checks the table of the story; returns its output.
+fn demo_tells_the_story(args: &[&str]) -> String {
+    let (code, out) = quantumctl(args, None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("started a throwaway redis-server"), "{out}");
     // Each row: the label, then one cell per phase (strict, legacy governor, separated).
@@ -182,6 +182,28 @@ fn demo_shows_the_deadlock_then_the_governor_then_both_fixes() {
     assert_eq!(row("EXECUTE / BLOCKED plans"), ["2 / 0", "1 / 11", "22 / 0"]);
     assert_eq!(row("LEDGER_MISSING_OPEN lines"), ["0", "10", "10"]);
     assert!(out.contains("PASS: strict mode reproduces the deadlock"), "{out}");
+    out
+}
+
+#[test]
+fn demo_shows_the_deadlock_then_the_governor_then_both_fixes() {
+    demo_tells_the_story(&["demo"]);
+}
+
+#[test]
+fn demo_tells_the_same_story_on_the_live_venue_against_a_fake_binance() {
+    let out = demo_tells_the_story(&["demo", "--venue", "live"]);
+    let logs = out
+        .lines()
+        .find_map(|l| l.strip_prefix("service logs: "))
+        .unwrap_or_else(|| panic!("no log dir in:\n{out}"));
+    let executor = std::fs::read_to_string(std::path::Path::new(logs).join("executor.log")).unwrap();
+    assert!(executor.contains("Config: mode=live"), "{executor}");
+    assert!(executor.contains("Start-up check: 0 open orders"), "{executor}");
+    // Fills carry the venue's trade ids (numbers), not the paper venue's `<coid>-1`.
+    let fill = executor.lines().find(|l| l.contains("ORDER FILLED")).expect("a fill");
+    let fill_id = fill.split("fill_id=").nth(1).and_then(|r| r.split(' ').next()).unwrap();
+    assert!(fill_id.parse::<u64>().is_ok(), "{fill}");
 }
 
 #[tokio::test]

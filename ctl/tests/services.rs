@@ -148,11 +148,14 @@ async fn executor_reports_every_plan_once_whatever_its_fate() {
 }
 
 #[tokio::test]
-async fn live_mode_is_refused_with_a_clear_message() {
+async fn live_mode_without_credentials_is_refused_with_a_clear_message() {
     let mut stack = Stack::new().await;
     stack.start(Service::Executor, &[("INTENT_EXECUTOR_MODE", "live")]);
     stack
-        .wait_log(Service::Executor, "the Binance venue is not part of this build yet")
+        .wait_log(
+            Service::Executor,
+            "BINANCE_API_KEY_FILE is not set and there is no systemd credential binance-api-key",
+        )
         .await;
 }
 

@@ -10,8 +10,10 @@
 //!
 //! Layout: `lib.rs` holds the settings and the batch handler (triage → claim → venue →
 //! commit → report); `order` the order record's scripts (claim, finalize); `sweep` the pass
-//! that finishes orders left NEW; `venue` the venue boundary; `paper` the paper venue.
+//! that finishes orders left NEW; `venue` the venue boundary; `paper` the paper venue;
+//! `binance` the live venue (Binance USD-M futures).
 
+pub mod binance;
 mod order;
 pub mod paper;
 mod sweep;
@@ -45,14 +47,14 @@ use quantum_common::types::{Decision, PlanId, Symbol};
 
 use order::{ClaimState, OrderRef};
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
-use venue::{OrderOutcome, OrderRequest, Venue};
+use venue::{OrderOutcome, OrderRequest, Venue, VenueError};
 
 /// Where orders go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// The built-in paper venue (deterministic, state in Redis).
     Paper,
-    /// Binance USD-M futures (not available in this build).
+    /// Binance USD-M futures (BINANCE_ENV: testnet by default, or mainnet).
     Live,
 }
 
@@ -71,6 +73,8 @@ pub struct ExecutorArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub binance: binance::BinanceArgs,
     /// Port of /metrics, /healthz and /readyz (0: any free port, logged).
     #[arg(long, env = "INTENT_EXECUTOR_METRICS_PORT", default_value_t = 9102)]
     pub metrics_port: u16,
@@ -179,6 +183,13 @@ pub enum ExecutorError {
     Stage(#[from] quantum_common::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
+    #[error("venue: {0}")]
+    Venue(#[from] venue::VenueError),
+    #[error(
+        "the venue holds {0} order(s) or trade(s) the order records cannot explain (RECONCILE_MISMATCH lines); \
+         refusing to trade until an operator has looked (docs/venues.md)"
+    )]
+    Reconcile(usize),
 }
 
 /// Counts of what the executor did.
@@ -467,8 +478,10 @@ impl<V: Venue> Executor<V> {
     /// Calls the venue for the batch's orders: one symbol's orders in plan order, different
     /// symbols concurrently (their venue state is independent), so a batch costs a few round
     /// trips per symbol rather than per order. Outcomes come back as (batch position,
-    /// outcome) in batch order, each venue call traced as a step of the plan's span.
-    async fn execute_all(&self, steps: &[Step], spans: &[Span]) -> Result<Vec<(usize, OrderOutcome)>, StageError> {
+    /// outcome) in batch order, each venue call traced as a step of the plan's span. An order
+    /// whose outcome the venue leaves unknown waits, claimed, with the symbol's later orders
+    /// of the batch (their positions are returned apart): other symbols go on.
+    async fn execute_all(&self, steps: &[Step], spans: &[Span]) -> Result<Executed, StageError> {
         let mut by_symbol: HashMap<&str, Vec<(usize, &Step)>> = HashMap::new();
         for (i, step) in steps.iter().enumerate() {
             if let Some(plan) = step.order() {
@@ -477,8 +490,9 @@ impl<V: Venue> Executor<V> {
         }
         let venue = &self.venue;
         let per_symbol = by_symbol.into_values().map(|orders| async move {
-            let mut done = Vec::with_capacity(orders.len());
-            for (i, step) in orders {
+            let mut done = Executed::default();
+            let mut orders = orders.into_iter();
+            while let Some((i, step)) = orders.next() {
                 let call = trace::step_span(&spans[i], "venue.order");
                 let outcome = match step {
                     Step::Recover(plan, reason) => {
@@ -495,22 +509,44 @@ impl<V: Venue> Executor<V> {
                         }
                     }
                 };
-                let outcome = outcome.map_err(|e| {
-                    metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue.name(), "kind" => e.kind())
-                        .increment(1);
-                    StageError::from(e)
-                })?;
-                done.push((i, outcome));
+                match outcome {
+                    Ok(outcome) => done.finished.push((i, outcome)),
+                    Err(e @ VenueError::Unresolved { .. }) => {
+                        count_venue_error(venue.name(), &e);
+                        done.waiting.push(i);
+                        done.waiting.extend(orders.by_ref().map(|(later, _)| later));
+                        break;
+                    }
+                    Err(e) => {
+                        count_venue_error(venue.name(), &e);
+                        return Err(StageError::from(e));
+                    }
+                }
             }
             Ok::<_, StageError>(done)
         });
-        let mut all = Vec::new();
+        let mut all = Executed::default();
         for result in futures_util::future::join_all(per_symbol).await {
-            all.extend(result?);
+            let done = result?;
+            all.finished.extend(done.finished);
+            all.waiting.extend(done.waiting);
         }
-        all.sort_by_key(|(i, _)| *i);
+        all.finished.sort_by_key(|(i, _)| *i);
         Ok(all)
     }
+}
+
+/// What the venue did with a batch's orders.
+#[derive(Default)]
+struct Executed {
+    /// (batch position, outcome), in batch order.
+    finished: Vec<(usize, OrderOutcome)>,
+    /// Batch positions of orders left waiting on an unknown outcome: their plans stay pending.
+    waiting: Vec<usize>,
+}
+
+fn count_venue_error(venue: &'static str, e: &VenueError) {
+    metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue, "kind" => e.kind()).increment(1);
 }
 
 /// How soon a plan left to another executor's lease is looked at again.
@@ -550,9 +586,20 @@ impl<V: Venue> Executor<V> {
             .collect();
         let steps = self.claim(steps, spans).await?;
         fail::fail_point!("executor::after_claim", |_| std::process::abort());
-        let finished = self.execute_all(&steps, spans).await?;
+        let Executed { finished, waiting } = self.execute_all(&steps, spans).await?;
         fail::fail_point!("executor::before_finalize", |_| std::process::abort());
-        let finalized = self.commit(batch, spans, &steps, &finished).await?;
+        for &i in &waiting {
+            if let Some(plan) = steps[i].order() {
+                tracing::info!(
+                    "Plan {} for {} left pending: an order of {} has an unknown outcome at the venue",
+                    plan.plan_id,
+                    plan.symbol,
+                    plan.symbol
+                );
+            }
+        }
+        self.deferred |= !waiting.is_empty();
+        let finalized = self.commit(batch, spans, &steps, &finished, &waiting).await?;
         for ((i, outcome), finalized_here) in finished.iter().zip(finalized) {
             let Some(plan) = steps[*i].order() else { continue };
             let _in_span = spans[*i].enter();
@@ -593,6 +640,7 @@ impl<V: Venue> Executor<V> {
         spans: &[Span],
         steps: &[Step],
         finished: &[(usize, OrderOutcome)],
+        waiting: &[usize],
     ) -> Result<Vec<bool>, StageError> {
         let trx = self.writer.multi();
         let mut queued = 0;
@@ -635,12 +683,14 @@ impl<V: Venue> Executor<V> {
             })
             .await?;
         }
-        // Every entry but those left to the executor that holds their order.
+        // Every entry but those left to the executor that holds their order, and those
+        // waiting on an unknown outcome.
         let ids: Vec<String> = batch
             .iter()
             .zip(steps)
-            .filter(|(_, step)| !matches!(step, Step::Leased))
-            .map(|(e, _)| e.id.clone())
+            .enumerate()
+            .filter(|(i, (_, step))| !matches!(step, Step::Leased) && !waiting.contains(i))
+            .map(|(_, (e, _))| e.id.clone())
             .collect();
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
         let replies: Vec<Value> = trx.exec(true).await?;
@@ -696,11 +746,6 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
 
 /// Runs the executor until `shutdown` fires.
 pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<ExecutorStats, ExecutorError> {
-    if args.mode == Mode::Live {
-        return Err(ExecutorError::Config(
-            "INTENT_EXECUTOR_MODE=live: the Binance venue is not part of this build yet; use paper".into(),
-        ));
-    }
     let paper = args.paper_config().map_err(ExecutorError::Config)?;
     let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
     args.consumer
@@ -714,6 +759,10 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
             args.sweep_grace_ms, args.max_plan_age_ms, order_lease_ms
         )));
     }
+    let credentials = match args.mode {
+        Mode::Live => Some(args.binance.credentials().map_err(ExecutorError::Config)?),
+        Mode::Paper => None,
+    };
     let mut spec = ConsumerSpec::new(
         PLAN_STREAM,
         PLAN_GROUP,
@@ -728,25 +777,34 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
     tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
     allowlist.log_notices();
-    tracing::info!(
-        "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
-        paper.seed,
-        paper.slippage_bps,
-        paper.fee_bps,
-        paper.qty_step,
-        paper.price_tick,
-        paper.equity_usd,
-        paper.default_price,
-        args.paper_reference_prices,
-        spec.batch_size
-    );
+    let mode = match args.mode {
+        Mode::Paper => {
+            tracing::info!(
+                "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
+                paper.seed,
+                paper.slippage_bps,
+                paper.fee_bps,
+                paper.qty_step,
+                paper.price_tick,
+                paper.equity_usd,
+                paper.default_price,
+                args.paper_reference_prices,
+                spec.batch_size
+            );
+            "paper"
+        }
+        Mode::Live => {
+            log_live_config(&args.binance, spec.batch_size);
+            "live"
+        }
+    };
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     readiness.watch(conns.writer.clone(), &spec);
     let config = vec![
         ("allowlist", allowlist.display()),
         ("allowlist_source", allowlist.source.to_string()),
-        ("mode", "paper".to_string()),
+        ("mode", mode.to_string()),
         ("consumer", spec.consumer.clone()),
         ("started_ts", now_ms().to_string()),
     ];
@@ -757,37 +815,168 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     if let Err(e) = written {
         tracing::warn!("Cannot publish the settings to {EXECUTOR_CONFIG_KEY} ({e}); quantumctl why will not see them");
     }
-    let venue = PaperVenue::new(conns.writer.clone(), paper);
-    venue.publish_market().await?;
-    let sweeper = sweep::Sweeper {
-        // The sweep takes only orders whose leases ran out (its grace exceeds the lease).
-        owner: format!("{}:sweep", spec.consumer),
-        writer: conns.writer.clone(),
-        venue: venue.clone(),
-        grace_ms: args.sweep_grace_ms,
-        stats: ExecutorStats::default(),
+    let service = Service {
+        args: &args,
+        spec,
+        conns,
+        allowlist,
+        order_lease_ms,
     };
-    tokio::spawn(sweeper.run(Duration::from_millis(args.sweep_interval_ms), shutdown.clone()));
-    let mut executor = Executor::new(conns.writer.clone(), venue, allowlist);
-    executor.max_plan_age_ms = args.max_plan_age_ms;
-    executor.claimant = order::Claimant {
-        owner: spec.consumer.clone(),
-        lease_ms: order_lease_ms,
-    };
-    executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
-        "quantum_executing_symbols",
-        std::time::Duration::from_secs(300),
-        shutdown.clone(),
-    ));
-    consumer::run(&conns.reader, &conns.writer, &spec, &mut executor, &shutdown).await?;
-    let s = &executor.stats;
+    match credentials {
+        None => {
+            let venue = PaperVenue::new(service.conns.writer.clone(), paper);
+            venue.publish_market().await?;
+            service.serve(venue, shutdown).await
+        }
+        Some(credentials) => {
+            let venue = start_live(&service, credentials, &shutdown).await?;
+            service.serve(venue, shutdown).await
+        }
+    }
+}
+
+/// The settings line of the live venue; mainnet gets a banner no operator can miss.
+fn log_live_config(args: &binance::BinanceArgs, batch_size: u64) {
+    let config = args.config();
+    if args.binance_env == binance::BinanceEnv::Mainnet {
+        for _ in 0..3 {
+            tracing::warn!(
+                "!!! BINANCE MAINNET: this executor places REAL orders with REAL money at {} !!!",
+                config.base_url
+            );
+        }
+    }
     tracing::info!(
-        "Intent Executor stopped: filled={} rejected={} not_executed={} duplicates={} malformed={}",
-        s.filled,
-        s.rejected,
-        s.not_executed,
-        s.duplicates,
-        s.malformed
+        "Config: mode=live binance_env={:?} fapi_url={} recv_window_ms={} unknown_margin_ms={} http_timeout_ms={} account_sync_ms={} batch_size={batch_size}",
+        args.binance_env,
+        config.base_url,
+        config.recv_window_ms,
+        config.unknown_margin_ms,
+        args.binance_http_timeout_ms,
+        args.binance_account_sync_ms
     );
-    Ok(executor.stats)
+}
+
+/// Connects the live venue, refuses to go on when the venue holds orders or trades the order
+/// records cannot explain, writes a first account snapshot and starts the account sync.
+async fn start_live(
+    service: &Service<'_>,
+    credentials: binance::sign::Credentials,
+    shutdown: &CancellationToken,
+) -> Result<binance::BinanceVenue, ExecutorError> {
+    let args = &service.args.binance;
+    let config = args.config();
+    let fapi = binance::Fapi::new(
+        &config.base_url,
+        credentials,
+        config.recv_window_ms,
+        config.http_timeout,
+    )
+    .map_err(ExecutorError::Config)?;
+    let fapi = std::sync::Arc::new(fapi);
+    let venue = until_available("connect", shutdown, || {
+        binance::BinanceVenue::connect(fapi.clone(), service.conns.writer.clone(), config.clone())
+    })
+    .await?;
+    let symbols: Vec<Symbol> = service.allowlist.symbols.iter().cloned().collect();
+    let lookback = args.binance_reconcile_lookback_ms;
+    let mismatches = until_available("check the account", shutdown, || {
+        binance::reconcile_on_start(&venue, &symbols, lookback)
+    })
+    .await?;
+    for m in &mismatches {
+        tracing::error!("RECONCILE_MISMATCH {m}");
+    }
+    if !mismatches.is_empty() {
+        return Err(ExecutorError::Reconcile(mismatches.len()));
+    }
+    let sync = binance::AccountSync {
+        venue: venue.clone(),
+        symbols,
+    };
+    let positions = until_available("sync the account", shutdown, || sync.sync_once()).await?;
+    tracing::info!("Account synced: {positions} allowlisted positions written to quantum:position:snapshot:*");
+    tokio::spawn(sync.run(Duration::from_millis(args.binance_account_sync_ms), shutdown.clone()));
+    Ok(venue)
+}
+
+/// Runs a start-up step of the live venue until it gets through: a venue that is unreachable,
+/// throttling or banning at start is waited for (with a growing pause, logged), not a reason to
+/// exit; refused credentials and everything else stop the executor.
+async fn until_available<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut step: F) -> Result<T, ExecutorError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, VenueError>>,
+{
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match step().await {
+            Err(VenueError::Unavailable(e)) => {
+                tracing::warn!("Binance unavailable at start ({what}): {e}; trying again in {pause:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(ExecutorError::Venue(VenueError::Unavailable(e))),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            other => return other.map_err(ExecutorError::Venue),
+        }
+    }
+}
+
+/// What every venue's executor runs on.
+struct Service<'a> {
+    args: &'a ExecutorArgs,
+    spec: ConsumerSpec,
+    conns: Connections,
+    allowlist: Allowlist,
+    order_lease_ms: u64,
+}
+
+impl Service<'_> {
+    /// The sweep in the background, the consumer loop until `shutdown`.
+    async fn serve<V: Venue + Clone + 'static>(
+        self,
+        venue: V,
+        shutdown: CancellationToken,
+    ) -> Result<ExecutorStats, ExecutorError> {
+        let sweeper = sweep::Sweeper {
+            // The sweep takes only orders whose leases ran out (its grace exceeds the lease).
+            owner: format!("{}:sweep", self.spec.consumer),
+            writer: self.conns.writer.clone(),
+            venue: venue.clone(),
+            grace_ms: self.args.sweep_grace_ms,
+            stats: ExecutorStats::default(),
+        };
+        tokio::spawn(sweeper.run(Duration::from_millis(self.args.sweep_interval_ms), shutdown.clone()));
+        let mut executor = Executor::new(self.conns.writer.clone(), venue, self.allowlist);
+        executor.max_plan_age_ms = self.args.max_plan_age_ms;
+        executor.claimant = order::Claimant {
+            owner: self.spec.consumer.clone(),
+            lease_ms: self.order_lease_ms,
+        };
+        executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
+            "quantum_executing_symbols",
+            std::time::Duration::from_secs(300),
+            shutdown.clone(),
+        ));
+        consumer::run(
+            &self.conns.reader,
+            &self.conns.writer,
+            &self.spec,
+            &mut executor,
+            &shutdown,
+        )
+        .await?;
+        let s = &executor.stats;
+        tracing::info!(
+            "Intent Executor stopped: filled={} rejected={} not_executed={} duplicates={} malformed={}",
+            s.filled,
+            s.rejected,
+            s.not_executed,
+            s.duplicates,
+            s.malformed
+        );
+        Ok(executor.stats)
+    }
 }

@@ -268,6 +268,7 @@ pub fn simulate(
         qty,
         price,
         fee,
+        fee_asset: None,
         leverage: order.leverage,
         ts: now_ms,
         venue_seq: Some(next.fill_seq),

@@ -1,4 +1,4 @@
-//! The venue boundary: where orders go and fills come from. Paper today, Binance USD-M next.
+//! The venue boundary: where orders go and fills come from (the paper venue, Binance USD-M).
 
 use std::future::Future;
 
@@ -78,6 +78,17 @@ pub enum VenueError {
     Corrupt { symbol: Symbol, detail: String },
     #[error("venue kept conflicting on {0}; will retry")]
     Contended(Symbol),
+    /// The venue may hold the order but has not said what became of it: the plan stays
+    /// claimed and is looked at again, and nothing is sent until it is resolved.
+    #[error("outcome of order {client_order_id} unknown: {detail}")]
+    Unresolved { client_order_id: OrderId, detail: String },
+    /// The venue cannot be reached or holds requests off (rate limit, ban, overload);
+    /// nothing was placed.
+    #[error("venue unavailable: {0}")]
+    Unavailable(String),
+    /// The venue refuses this executor's credentials: no retry fixes it.
+    #[error("venue refused the credentials: {0}")]
+    Credentials(String),
 }
 
 impl VenueError {
@@ -87,6 +98,9 @@ impl VenueError {
             Self::Redis(_) => "storage",
             Self::Corrupt { .. } => "corrupt_state",
             Self::Contended(_) => "contended",
+            Self::Unresolved { .. } => "unknown_outcome",
+            Self::Unavailable(_) => "unavailable",
+            Self::Credentials(_) => "credentials",
         }
     }
 }
@@ -98,7 +112,10 @@ impl From<VenueError> for quantum_common::failure::StageError {
         match e {
             VenueError::Redis(e) => e.into(),
             VenueError::Corrupt { .. } => Self::Poison(e.to_string()),
-            VenueError::Contended(_) => Self::Retryable(e.to_string()),
+            VenueError::Contended(_) | VenueError::Unresolved { .. } | VenueError::Unavailable(_) => {
+                Self::Retryable(e.to_string())
+            }
+            VenueError::Credentials(_) => Self::Fatal(e.to_string()),
         }
     }
 }
@@ -106,7 +123,7 @@ impl From<VenueError> for quantum_common::failure::StageError {
 /// A place to execute orders. Implementations must be idempotent by client order id:
 /// executing the same request again returns the first outcome and places nothing new.
 pub trait Venue: Send + Sync {
-    /// Short name for logs (`paper`, `binance`).
+    /// Short name for logs and metric labels (`paper`, `binance`).
     fn name(&self) -> &'static str;
     /// Places the order, or returns the outcome of the order already placed under its id.
     fn execute(&self, order: &OrderRequest) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;

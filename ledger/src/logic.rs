@@ -180,7 +180,7 @@ pub fn apply_fills(state: LedgerState<'_>, fills: &[Fill], now_ms: u64, gap_time
 
 /// Applies one fill to the ledger state and records it.
 fn apply_one(entry: &mut LedgerEntry, fill: &Fill, app: &mut Application) {
-    entry.position.apply(fill.side, fill.qty, fill.price, fill.fee);
+    entry.position.apply(fill.side, fill.qty, fill.price, fill.quote_fee());
     entry.leverage = fill.leverage;
     entry.last_order_id = fill.order_id.to_string();
     entry.last_fill_id = fill.fill_id.to_string();
@@ -293,6 +293,7 @@ mod tests {
             qty: Decimal::from(qty),
             price: Decimal::from(price),
             fee: Decimal::ZERO,
+            fee_asset: None,
             leverage: Decimal::from(2),
             ts: 1,
             venue_seq: None,

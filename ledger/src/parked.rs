@@ -63,6 +63,7 @@ mod tests {
                 qty: Decimal::new(123456789012345678, 18),
                 price: Decimal::from(65000),
                 fee: Decimal::ZERO,
+                fee_asset: None,
                 leverage: Decimal::ONE,
                 ts: 5,
                 venue_seq: Some(7),
