@@ -302,26 +302,8 @@ impl Book {
         })
     }
 
-    /// Checks a new order against the rules, in the order Binance checks them, without
-    /// placing it: symbol, side, type, quantity, price, position mode, reduce-only, notional.
-    fn check(&self, p: &Params) -> Result<Checked, ApiError> {
-        let symbol = mandatory(p, "symbol")?.to_string();
-        let mark = self.mark(&symbol)?;
-        let side = mandatory(p, "side")?.to_string();
-        if side != "BUY" && side != "SELL" {
-            return Err(ApiError::bad(-1117, "Invalid side."));
-        }
-        let order_type = mandatory(p, "type")?.to_string();
-        if order_type != "MARKET" && order_type != "LIMIT" {
-            return Err(ApiError::bad(-1116, "Invalid orderType."));
-        }
-        let client_order_id = match p.get("newClientOrderId") {
-            Some(id) if !valid_client_order_id(id) => {
-                return Err(ApiError::bad(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'."))
-            }
-            Some(id) => id.clone(),
-            None => format!("web_{}", self.next_order_id),
-        };
+    /// The order's quantity: positive, on the step, within the lot bounds of its type.
+    fn check_quantity(&self, p: &Params, order_type: &str) -> Result<Decimal, ApiError> {
         let qty = decimal(p, "quantity")?.ok_or_else(|| {
             ApiError::bad(
                 -1102,
@@ -349,7 +331,14 @@ impl Book {
         if qty > max {
             return Err(ApiError::bad(-4005, "Quantity greater than max quantity."));
         }
-        let (price, time_in_force) = if order_type == "LIMIT" {
+        Ok(qty)
+    }
+
+    /// A LIMIT order's price (IOC or FOK, on the tick, within the mark's band) and time in
+    /// force; MARKET orders have neither.
+    fn check_price(&self, p: &Params, order_type: &str, mark: Decimal) -> Result<(Decimal, String), ApiError> {
+        let r = &self.rules;
+        if order_type == "LIMIT" {
             let price = decimal(p, "price")?.ok_or_else(|| {
                 ApiError::bad(
                     -1102,
@@ -376,13 +365,17 @@ impl Book {
             if price < mark * r.multiplier_down {
                 return Err(ApiError::bad(-4024, "Price is lower than mark price multiplier floor."));
             }
-            (price, tif)
+            Ok((price, tif))
         } else {
             if p.contains_key("price") {
                 return Err(ApiError::bad(-1106, "Parameter 'price' sent when not required."));
             }
-            (Decimal::ZERO, "GTC".to_string())
-        };
+            Ok((Decimal::ZERO, "GTC".to_string()))
+        }
+    }
+
+    /// `reduceOnly` and `positionSide` as the account's position mode allows them.
+    fn check_position_mode(&self, p: &Params) -> Result<(bool, String), ApiError> {
         let reduce_only = match p.get("reduceOnly").map(String::as_str) {
             None | Some("false") => false,
             Some("true") => true,
@@ -410,6 +403,33 @@ impl Book {
                 "Order's position side does not match user's setting.",
             ));
         }
+        Ok((reduce_only, position_side))
+    }
+
+    /// Checks a new order against the rules, in the order Binance checks them, without
+    /// placing it: symbol, side, type, quantity, price, position mode, reduce-only, notional.
+    fn check(&self, p: &Params) -> Result<Checked, ApiError> {
+        let symbol = mandatory(p, "symbol")?.to_string();
+        let mark = self.mark(&symbol)?;
+        let side = mandatory(p, "side")?.to_string();
+        if side != "BUY" && side != "SELL" {
+            return Err(ApiError::bad(-1117, "Invalid side."));
+        }
+        let order_type = mandatory(p, "type")?.to_string();
+        if order_type != "MARKET" && order_type != "LIMIT" {
+            return Err(ApiError::bad(-1116, "Invalid orderType."));
+        }
+        let client_order_id = match p.get("newClientOrderId") {
+            Some(id) if !valid_client_order_id(id) => {
+                return Err(ApiError::bad(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'."))
+            }
+            Some(id) => id.clone(),
+            None => format!("web_{}", self.next_order_id),
+        };
+        let qty = self.check_quantity(p, &order_type)?;
+        let (price, time_in_force) = self.check_price(p, &order_type, mark)?;
+        let (reduce_only, position_side) = self.check_position_mode(p)?;
+        let r = &self.rules;
         let leg = self
             .legs
             .get(&(symbol.clone(), position_side.clone()))

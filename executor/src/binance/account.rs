@@ -223,71 +223,94 @@ pub async fn reconcile_on_start(
     symbols: &[Symbol],
     lookback_ms: u64,
 ) -> Result<Vec<Mismatch>, VenueError> {
-    let fapi = venue.fapi();
-    let mut mismatches = Vec::new();
-    let mut foreign = 0usize;
-    let open: Vec<OrderReply> = fapi
+    let mut tally = Tally::default();
+    let open = check_open_orders(venue, &mut tally).await?;
+    let since = venue.fapi().server_now_ms().saturating_sub(lookback_ms);
+    for symbol in symbols {
+        check_trades(venue, symbol, since, &mut tally).await?;
+    }
+    let line = format!(
+        "Start-up check: {open} open orders, {} trades of {} orders in the last {} s; {} orders not ours",
+        tally.trades,
+        tally.lookups,
+        lookback_ms / 1000,
+        tally.foreign
+    );
+    if tally.foreign > 0 {
+        tracing::warn!("{line} (someone else trades on this account: the ledger's reconcile will see it)");
+    } else {
+        tracing::info!("{line}");
+    }
+    Ok(tally.mismatches)
+}
+
+/// What the start-up check found so far.
+#[derive(Default)]
+struct Tally {
+    mismatches: Vec<Mismatch>,
+    /// Orders not named `qib-...`.
+    foreign: usize,
+    /// Orders looked up for their client id.
+    lookups: usize,
+    trades: usize,
+}
+
+/// Each open order of ours must be one being sent (SENDING). Returns how many are open.
+async fn check_open_orders(venue: &BinanceVenue, tally: &mut Tally) -> Result<usize, VenueError> {
+    let open: Vec<OrderReply> = venue
+        .fapi()
         .signed(Method::GET, "/fapi/v1/openOrders", &[])
         .await
         .map_err(venue_error)?;
     for order in &open {
         let Some(ctx) = context(&order.client_order_id, &order.symbol) else {
-            foreign += 1;
+            tally.foreign += 1;
             continue;
         };
         if !matches!(venue.read_record(&ctx).await?, Record::Sending(_)) {
-            mismatches.push(Mismatch::OpenOrderUnexplained {
+            tally.mismatches.push(Mismatch::OpenOrderUnexplained {
                 symbol: order.symbol.clone(),
                 client_order_id: order.client_order_id.clone(),
                 order_id: order.order_id,
             });
         }
     }
-    let since = fapi.server_now_ms().saturating_sub(lookback_ms);
-    let mut lookups = 0usize;
-    let mut trades_seen = 0usize;
-    for symbol in symbols {
-        let trades = trades_since(venue, symbol, since).await?;
-        trades_seen += trades.len();
-        let mut by_order: BTreeMap<u64, Vec<&Trade>> = BTreeMap::new();
-        for t in &trades {
-            by_order.entry(t.order_id).or_default().push(t);
-        }
-        // The newest orders first: they are the ones a crash may have left unexplained.
-        for (order_id, trades) in by_order.iter().rev() {
-            if lookups == MAX_ORDER_LOOKUPS {
-                tracing::warn!("Start-up check stopped after {MAX_ORDER_LOOKUPS} orders; older trades not checked");
-                break;
-            }
-            lookups += 1;
-            let params = [("symbol", symbol.to_string()), ("orderId", order_id.to_string())];
-            let order: OrderReply = fapi
-                .signed(Method::GET, "/fapi/v1/order", &params)
-                .await
-                .map_err(venue_error)?;
-            let Some(ctx) = context(&order.client_order_id, &order.symbol) else {
-                foreign += 1;
-                continue;
-            };
-            let record = venue.read_record(&ctx).await?;
-            mismatches.extend(
-                trades
-                    .iter()
-                    .filter_map(|t| explain(&record, t, symbol.as_str(), &order.client_order_id)),
-            );
-        }
+    Ok(open.len())
+}
+
+/// Each trade of `symbol` since `since` of an order of ours must be explained by its record.
+async fn check_trades(venue: &BinanceVenue, symbol: &Symbol, since: u64, tally: &mut Tally) -> Result<(), VenueError> {
+    let trades = trades_since(venue, symbol, since).await?;
+    tally.trades += trades.len();
+    let mut by_order: BTreeMap<u64, Vec<&Trade>> = BTreeMap::new();
+    for t in &trades {
+        by_order.entry(t.order_id).or_default().push(t);
     }
-    let line = format!(
-        "Start-up check: {} open orders, {trades_seen} trades of {lookups} orders in the last {} s; {foreign} orders not ours",
-        open.len(),
-        lookback_ms / 1000
-    );
-    if foreign > 0 {
-        tracing::warn!("{line} (someone else trades on this account: the ledger's reconcile will see it)");
-    } else {
-        tracing::info!("{line}");
+    // The newest orders first: they are the ones a crash may have left unexplained.
+    for (order_id, trades) in by_order.iter().rev() {
+        if tally.lookups == MAX_ORDER_LOOKUPS {
+            tracing::warn!("Start-up check stopped after {MAX_ORDER_LOOKUPS} orders; older trades not checked");
+            break;
+        }
+        tally.lookups += 1;
+        let params = [("symbol", symbol.to_string()), ("orderId", order_id.to_string())];
+        let order: OrderReply = venue
+            .fapi()
+            .signed(Method::GET, "/fapi/v1/order", &params)
+            .await
+            .map_err(venue_error)?;
+        let Some(ctx) = context(&order.client_order_id, &order.symbol) else {
+            tally.foreign += 1;
+            continue;
+        };
+        let record = venue.read_record(&ctx).await?;
+        tally.mismatches.extend(
+            trades
+                .iter()
+                .filter_map(|t| explain(&record, t, symbol.as_str(), &order.client_order_id)),
+        );
     }
-    Ok(mismatches)
+    Ok(())
 }
 
 /// Pages of the account's trades a start-up check reads per symbol, at most.

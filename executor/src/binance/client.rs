@@ -211,13 +211,15 @@ impl Fapi {
         let reply = match request.send().await {
             Ok(reply) => reply,
             Err(e) => {
-                // A connection never made carries nothing; any later failure may have.
+                // A connection never made carries nothing; any later failure may have. The
+                // URL is left out: its query holds the signature.
                 let disposition = if e.is_connect() {
                     Disposition::NotAccepted
                 } else {
                     Disposition::Unknown
                 };
                 count(path, disposition);
+                let e = e.without_url();
                 return Err(CallError::new(
                     disposition,
                     None,
@@ -226,6 +228,15 @@ impl Fapi {
             }
         };
         self.note_limits(&reply);
+        self.read_reply(path, reply).await
+    }
+
+    /// The reply's value, or its failure classified (and a 429/418 held off).
+    async fn read_reply<T: DeserializeOwned>(
+        &self,
+        path: &'static str,
+        reply: reqwest::Response,
+    ) -> Result<T, CallError> {
         let status = reply.status();
         let retry_after_ms = reply
             .headers()

@@ -226,48 +226,10 @@ pub fn fit(order: &FitRequest<'_>, rules: &SymbolRules, mark: Option<Decimal>) -
     if rules.status != "TRADING" {
         return Err(FilterViolation::NotTrading(rules.status.clone()));
     }
-    let (filter, lot) = match order.order_type {
-        OrderType::Market => ("MARKET_LOT_SIZE", rules.market_lot),
-        OrderType::Limit => ("LOT_SIZE", rules.lot),
-    };
-    let qty = floor_to_step(order.qty, lot.step_size);
-    if qty < lot.min_qty || qty.is_zero() {
-        return Err(FilterViolation::BelowMinQty {
-            filter,
-            qty: order.qty,
-            rounded: qty,
-            step: lot.step_size,
-            min: lot.min_qty,
-        });
-    }
-    if lot.max_qty > Decimal::ZERO && qty > lot.max_qty {
-        return Err(FilterViolation::AboveMaxQty {
-            filter,
-            qty,
-            max: lot.max_qty,
-        });
-    }
+    let qty = fit_quantity(order, rules)?;
     let price = match order.order_type {
         OrderType::Market => None,
-        OrderType::Limit => {
-            let raw = order.limit_price.ok_or(FilterViolation::LimitWithoutPrice)?;
-            let ticks = raw / rules.tick_size;
-            let ticks = match order.side {
-                Side::Buy => ticks.floor(),
-                Side::Sell => ticks.ceil(),
-            };
-            let price = (ticks * rules.tick_size).normalize();
-            let below = price < rules.min_price || price.is_zero();
-            let above = rules.max_price > Decimal::ZERO && price > rules.max_price;
-            if below || above {
-                return Err(FilterViolation::PriceOutOfRange {
-                    price,
-                    min: rules.min_price,
-                    max: rules.max_price,
-                });
-            }
-            Some(price)
-        }
+        OrderType::Limit => Some(fit_limit_price(order, rules)?),
     };
     let needs_mark = rules.percent_price.is_some() && price.is_some()
         || (!order.reduce_only && rules.min_notional > Decimal::ZERO && price.is_none());
@@ -298,6 +260,54 @@ pub fn fit(order: &FitRequest<'_>, rules: &SymbolRules, mark: Option<Decimal>) -
         }
     }
     Ok(Fitted { qty, price })
+}
+
+/// The quantity on the lot filter's step (`MARKET_LOT_SIZE` for MARKET, `LOT_SIZE` for
+/// LIMIT), within its bounds.
+fn fit_quantity(order: &FitRequest<'_>, rules: &SymbolRules) -> Result<Decimal, FilterViolation> {
+    let (filter, lot) = match order.order_type {
+        OrderType::Market => ("MARKET_LOT_SIZE", rules.market_lot),
+        OrderType::Limit => ("LOT_SIZE", rules.lot),
+    };
+    let qty = floor_to_step(order.qty, lot.step_size);
+    if qty < lot.min_qty || qty.is_zero() {
+        return Err(FilterViolation::BelowMinQty {
+            filter,
+            qty: order.qty,
+            rounded: qty,
+            step: lot.step_size,
+            min: lot.min_qty,
+        });
+    }
+    if lot.max_qty > Decimal::ZERO && qty > lot.max_qty {
+        return Err(FilterViolation::AboveMaxQty {
+            filter,
+            qty,
+            max: lot.max_qty,
+        });
+    }
+    Ok(qty)
+}
+
+/// The limit price on the tick, rounded toward the passive side, within `PRICE_FILTER`.
+fn fit_limit_price(order: &FitRequest<'_>, rules: &SymbolRules) -> Result<Decimal, FilterViolation> {
+    let raw = order.limit_price.ok_or(FilterViolation::LimitWithoutPrice)?;
+    let ticks = raw / rules.tick_size;
+    let ticks = match order.side {
+        Side::Buy => ticks.floor(),
+        Side::Sell => ticks.ceil(),
+    };
+    let price = (ticks * rules.tick_size).normalize();
+    let below = price < rules.min_price || price.is_zero();
+    let above = rules.max_price > Decimal::ZERO && price > rules.max_price;
+    if below || above {
+        return Err(FilterViolation::PriceOutOfRange {
+            price,
+            min: rules.min_price,
+            max: rules.max_price,
+        });
+    }
+    Ok(price)
 }
 
 #[cfg(test)]
