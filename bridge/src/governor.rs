@@ -7,13 +7,13 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use quantum_common::contract::{kill_history_key, proposal_key};
-use quantum_common::fields::opt_text;
 use quantum_common::governor::{
     GovernorConfig, KillWeights, MissingPolicy, Mode, ProposalError, ProposalFields, ProposalView, Sample, SymbolRisk,
     Verdict, PROPOSAL_FIELDS,
 };
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
+use quantum_common::stream_entry::opt_text;
 use quantum_common::types::{Decision, Symbol};
 
 /// How long a symbol's history outlives its last sample (a delisted symbol's set goes away).
@@ -240,7 +240,7 @@ pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
     }
     let symbol = symbol_label(&plan.symbol);
     metrics::counter!(
-        "quantum_governor_decisions_total",
+        quantum_common::metric_names::GOVERNOR_DECISIONS_TOTAL,
         "symbol" => symbol.clone(),
         "side" => plan.side.as_str(),
         "decision" => verdict.decision.as_str(),
@@ -248,10 +248,10 @@ pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
     )
     .increment(1);
     if let Some(k) = verdict.kill_score {
-        metrics::gauge!("quantum_governor_kill_score", "symbol" => symbol.clone()).set(k);
+        metrics::gauge!(quantum_common::metric_names::GOVERNOR_KILL_SCORE, "symbol" => symbol.clone()).set(k);
     }
     if let Some(z) = verdict.z {
-        metrics::gauge!("quantum_governor_kill_score_z", "symbol" => symbol).set(z);
+        metrics::gauge!(quantum_common::metric_names::GOVERNOR_KILL_SCORE_Z, "symbol" => symbol).set(z);
     }
 }
 
@@ -335,8 +335,10 @@ mod tests {
 
     #[test]
     fn the_verdict_shapes_the_plan() {
-        let entry =
-            quantum_common::fields::StreamEntry::new("1-0", &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")]);
+        let entry = quantum_common::stream_entry::StreamEntry::new(
+            "1-0",
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")],
+        );
         let intent = quantum_common::intent::Intent::parse(&entry, &Default::default()).unwrap();
         let mut plan = Plan::from_intent(&intent, rust_decimal::Decimal::ONE, 0);
         let cfg = GovernorConfig {

@@ -34,13 +34,13 @@ use quantum_common::contract::{
     MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_common::failure::StageError;
-use quantum_common::fields::{hash_pairs, opt_text, truncate, StreamEntry};
 use quantum_common::governor::{GovernorConfig, ProposalView};
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::plan::Plan;
 use quantum_common::reservation::{next_token, InFlight, Reservation};
+use quantum_common::stream_entry::{hash_pairs, opt_text, truncate, StreamEntry};
 use quantum_common::time::{entry_age_ms, now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
@@ -510,7 +510,8 @@ impl IntentBridge {
             LedgerView::Known(amt) => amt.to_string(),
             _ => "unknown".to_string(),
         };
-        metrics::counter!("quantum_bridge_sell_cut_total", "symbol" => plan.symbol.to_string()).increment(1);
+        metrics::counter!(quantum_common::metric_names::BRIDGE_SELL_CUT_TOTAL, "symbol" => plan.symbol.to_string())
+            .increment(1);
         tracing::info!(
             "SELL cut to available: symbol={} requested={requested} available={} position_amt={position_amt} in_flight={in_flight} plan_id={}",
             plan.symbol,
@@ -521,7 +522,7 @@ impl IntentBridge {
 
     fn wait_for_mark(&mut self, entry: &StreamEntry, intent: &Intent, age_ms: u64) -> Outcome {
         if self.waiting.insert(entry.id.clone()) {
-            metrics::counter!("quantum_bridge_mark_waits_total").increment(1);
+            metrics::counter!(quantum_common::metric_names::BRIDGE_MARK_WAITS_TOTAL).increment(1);
             tracing::info!(
                 "Waiting for mark price: {} {} intent {} (age={age_ms}ms, max={}ms); left pending and retried",
                 intent.symbol,
@@ -544,7 +545,7 @@ impl IntentBridge {
     ) -> Outcome {
         let (sym, side, short) = (plan.symbol.clone(), plan.side, plan.plan_id.short().to_string());
         if ledger_missing_open {
-            metrics::counter!("quantum_bridge_ledger_missing_open_total", "symbol" => sym.to_string()).increment(1);
+            metrics::counter!(quantum_common::metric_names::BRIDGE_LEDGER_MISSING_OPEN_TOTAL, "symbol" => sym.to_string()).increment(1);
             self.stats.ledger_missing_open += 1;
             tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
         }
@@ -562,11 +563,11 @@ impl IntentBridge {
         } else {
             "published"
         };
-        metrics::counter!("quantum_bridge_outcomes_total", "reason" => outcome).increment(1);
+        metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => outcome).increment(1);
         if let Some(window) = &self.plan_symbols {
             window.saw(&sym);
         }
-        metrics::counter!("quantum_bridge_plans_published_total", "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
+        metrics::counter!(quantum_common::metric_names::BRIDGE_PLANS_PUBLISHED_TOTAL, "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
             .increment(1);
         // The kill score only when there is one: this line is the bridge's hottest.
         let kill_score = verdict.kill_score.map(|k| format!(" kill_score={k:.4}"));
@@ -595,9 +596,9 @@ impl IntentBridge {
 
     fn skip(&mut self, subject: &Subject, reason: SkipReason) -> Outcome {
         let (sym, side, short) = (&subject.symbol, subject.side, subject.plan_id.as_str());
-        metrics::counter!("quantum_bridge_outcomes_total", "reason" => reason.code()).increment(1);
+        metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => reason.code()).increment(1);
         if side == Side::Sell && reason != SkipReason::NotAllowlisted {
-            metrics::counter!("quantum_bridge_sell_blocked_total", "symbol" => sym.to_string(), "reason" => reason.code())
+            metrics::counter!(quantum_common::metric_names::BRIDGE_SELL_BLOCKED_TOTAL, "symbol" => sym.to_string(), "reason" => reason.code())
                 .increment(1);
         }
         *self.stats.skipped.entry(reason.code()).or_default() += 1;
@@ -763,10 +764,10 @@ impl BatchHandler for IntentBridge {
         };
         let acked = committing.len() as u64 - again;
         self.stats.consumed += acked;
-        metrics::counter!("quantum_bridge_intents_consumed_total").increment(acked);
-        metrics::gauge!("quantum_bridge_waiting_intents").set(self.waiting.len() as f64);
-        metrics::histogram!("quantum_bridge_batch_size").record(batch.len() as f64);
-        metrics::histogram!("quantum_bridge_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!(quantum_common::metric_names::BRIDGE_INTENTS_CONSUMED_TOTAL).increment(acked);
+        metrics::gauge!(quantum_common::metric_names::BRIDGE_WAITING_INTENTS).set(self.waiting.len() as f64);
+        metrics::histogram!(quantum_common::metric_names::BRIDGE_BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(quantum_common::metric_names::BRIDGE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         if let Some(window) = &self.plan_symbols {
             window.publish();
         }
@@ -827,8 +828,9 @@ impl IntentBridge {
                 );
                 commit.outcome = Some((INTENT_DLQ_STREAM, dlq_fields(entry, reason, &error, now)));
                 self.stats.malformed += 1;
-                metrics::counter!("quantum_bridge_outcomes_total", "reason" => "malformed").increment(1);
-                metrics::counter!("quantum_dlq_entries_total", "stream" => INTENT_DLQ_STREAM, "reason" => reason)
+                metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => "malformed")
+                    .increment(1);
+                metrics::counter!(quantum_common::metric_names::DLQ_ENTRIES_TOTAL, "stream" => INTENT_DLQ_STREAM, "reason" => reason)
                     .increment(1);
             }
             Outcome::Skip(..) | Outcome::Wait => {}
@@ -865,7 +867,7 @@ impl IntentBridge {
                 Ok(v) if v.as_i64() == Some(-1) => {
                     // Another bridge reserved for the symbol after this one read it: nothing was
                     // written; the intent stays pending and is decided again on fresh state.
-                    metrics::counter!("quantum_bridge_commit_conflicts_total").increment(1);
+                    metrics::counter!(quantum_common::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
                     self.deferred = true;
                     again += 1;
                     self.stats.published = self.stats.published.saturating_sub(1);
@@ -875,7 +877,7 @@ impl IntentBridge {
                     );
                 }
                 Ok(v) if *decided && v.as_i64() == Some(0) => {
-                    metrics::counter!("quantum_bridge_commit_conflicts_total").increment(1);
+                    metrics::counter!(quantum_common::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
                     tracing::info!(
                         "Already processed: intent {} was committed by another bridge meanwhile; this one published nothing",
                         entry.id
@@ -904,7 +906,7 @@ async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, 
             in_flight.expired.len(),
             truncate(&in_flight.expired.join(","), 512)
         );
-        metrics::counter!("quantum_bridge_reservations_expired_total", "symbol" => symbol.to_string())
+        metrics::counter!(quantum_common::metric_names::BRIDGE_RESERVATIONS_EXPIRED_TOTAL, "symbol" => symbol.to_string())
             .increment(in_flight.expired.len() as u64);
         pipeline
             .hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
@@ -1108,6 +1110,9 @@ async fn publish_config(
 }
 
 /// Runs the bridge until `shutdown` fires.
+///
+/// # Errors
+/// Invalid settings, Redis unreachable or refusing the bridge's credentials or rights, the HTTP port taken, or a fatal stage error.
 pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<BridgeStats, BridgeError> {
     let allowlist = args.allowlist().map_err(BridgeError::Config)?;
     let gates = args.gate_config().map_err(BridgeError::Config)?;
@@ -1150,14 +1155,14 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
         max_qty: args.max_qty.clone().unwrap_or_default(),
         max_notional_usd: args.max_notional_usd.clone(),
     };
-    metrics::gauge!("quantum_bridge_allowlist_symbols").set(gates.allowlist.len() as f64);
+    metrics::gauge!(quantum_common::metric_names::BRIDGE_ALLOWLIST_SYMBOLS).set(gates.allowlist.len() as f64);
     publish_config(&conns.writer, &args, &spec, &allowlist, &governor).await;
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     bridge.governor = governor;
     bridge.max_intent_age_ms = args.max_intent_age_ms;
     bridge.reservation_ttl_ms = args.reservation_ttl_ms;
     bridge.plan_symbols = Some(quantum_common::window::SymbolWindow::spawn(
-        "quantum_apply_plan_symbols",
+        quantum_common::metric_names::APPLY_PLAN_SYMBOLS,
         std::time::Duration::from_secs(300),
         shutdown.clone(),
     ));

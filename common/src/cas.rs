@@ -108,12 +108,18 @@ impl CasWrite {
     }
 
     /// Queues the write on a pipeline; read its reply with [`CasOutcome::from_reply`].
+    ///
+    /// # Errors
+    /// The command could not be queued.
     pub async fn queue(&self, pipeline: &Pipeline<Client>) -> Result<(), Error> {
         let (keys, args) = self.keys_and_args();
         queue_eval(pipeline, SCRIPT, keys, args).await
     }
 
     /// Runs the write now.
+    ///
+    /// # Errors
+    /// Redis unreachable, or the script failed (a key of the wrong type).
     pub async fn apply(&self, client: &Client) -> Result<CasOutcome, Error> {
         let (keys, args) = self.keys_and_args();
         let reply: Value = client.eval(SCRIPT, keys, args).await?;
@@ -123,6 +129,9 @@ impl CasWrite {
 
 impl CasOutcome {
     /// Reads the script's reply.
+    ///
+    /// # Errors
+    /// A reply the script never gives.
     pub fn from_reply(reply: &Value) -> Result<Self, Error> {
         match reply.as_i64() {
             Some(1) => Ok(Self::Applied),

@@ -94,6 +94,10 @@ impl RedisArgs {
     }
 
     /// The client configuration: the URL, then the explicit user name and password on top.
+    ///
+    /// # Errors
+    /// An invalid URL, an unreadable password file, a CA file that cannot be read, or a CA
+    /// file with a URL that is not `rediss://`.
     pub fn client_config(&self) -> Result<Config, ConnectError> {
         let target = self.display();
         let mut config = Config::from_url(&self.url()).map_err(|source| ConnectError::Config {
@@ -141,6 +145,9 @@ impl RedisArgs {
 
     /// Connects, retrying with backoff while Redis is unreachable; fails fast on bad
     /// credentials or settings, and gives up when `shutdown` fires.
+    ///
+    /// # Errors
+    /// Refused credentials, an untrusted certificate, invalid settings, or `shutdown` fired first.
     pub async fn connect(&self, shutdown: &CancellationToken) -> Result<Client, ConnectError> {
         let target = self.display();
         let config = self.client_config()?;
@@ -270,11 +277,17 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Parses an on/off setting the way the Python services did, plus yes/no/1/0.
+///
+/// # Errors
+/// Text that is not an on/off value.
 pub fn parse_flag(raw: &str) -> Result<bool, String> {
     crate::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
 }
 
 /// Parses a decimal setting that must be zero or more.
+///
+/// # Errors
+/// Text that is not a decimal, or a negative one.
 pub fn parse_non_negative(raw: &str) -> Result<rust_decimal::Decimal, String> {
     let value = crate::types::parse_decimal("value", raw).map_err(|e| e.to_string())?;
     if value.is_sign_negative() && !value.is_zero() {
@@ -284,6 +297,9 @@ pub fn parse_non_negative(raw: &str) -> Result<rust_decimal::Decimal, String> {
 }
 
 /// Parses a decimal setting that must be greater than zero.
+///
+/// # Errors
+/// Text that is not a decimal, or not above zero.
 pub fn parse_positive(raw: &str) -> Result<rust_decimal::Decimal, String> {
     let value = parse_non_negative(raw)?;
     if value.is_zero() {

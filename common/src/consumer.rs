@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::failure::StageError;
-use crate::fields::{decode_entries, decode_read_reply, truncate, StreamEntry};
+use crate::stream_entry::{decode_entries, decode_read_reply, truncate, StreamEntry};
 use crate::time::{now_ms, now_secs};
 
 /// Which stream and group a consumer reads, and how.
@@ -60,7 +60,7 @@ pub struct Progress {
 impl Progress {
     fn succeeded(&self, stream: &'static str) {
         if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
-            metrics::gauge!("quantum_consumer_stalled", "stream" => stream).set(0.0);
+            metrics::gauge!(crate::metric_names::CONSUMER_STALLED, "stream" => stream).set(0.0);
         }
     }
 
@@ -74,7 +74,7 @@ impl Progress {
             Err(since) => since,
         };
         let stalled = now.saturating_sub(since) >= self.stall_after_ms.load(Ordering::Relaxed);
-        metrics::gauge!("quantum_consumer_stalled", "stream" => stream).set(if stalled { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metric_names::CONSUMER_STALLED, "stream" => stream).set(if stalled { 1.0 } else { 0.0 });
     }
 
     /// `Some(ms)` while batches have kept failing for at least the stall limit: for how long.
@@ -133,6 +133,9 @@ pub trait BatchHandler: Send {
 }
 
 /// Creates the group (and the stream) if missing; an existing group is left as it is.
+///
+/// # Errors
+/// Redis refused the command (other than the group existing already).
 pub async fn ensure_group(client: &Client, stream: &str, group: &str) -> Result<(), Error> {
     let created: Result<Value, Error> = client.xgroup_create(stream, group, "0", true).await;
     match created {
@@ -146,6 +149,9 @@ pub async fn ensure_group(client: &Client, stream: &str, group: &str) -> Result<
 }
 
 /// Queues an XACK of `ids` on anything that can send commands (a pipeline or a transaction).
+///
+/// # Errors
+/// The command could not be queued.
 pub async fn queue_ack<C: StreamsInterface + Sync>(
     c: &C,
     stream: &str,
@@ -313,9 +319,9 @@ pub async fn run<H: BatchHandler>(
         let count = entries.len() as u64;
         if recover_from.is_some() {
             let counter = if retrying {
-                "quantum_consumer_retries_total"
+                crate::metric_names::CONSUMER_RETRIES_TOTAL
             } else {
-                "quantum_consumer_redeliveries_total"
+                crate::metric_names::CONSUMER_REDELIVERIES_TOTAL
             };
             metrics::counter!(counter, "stream" => spec.stream).increment(count);
         }
@@ -326,7 +332,8 @@ pub async fn run<H: BatchHandler>(
                 crate::telemetry::flush_logs();
                 backoff.reset();
                 spec.progress.succeeded(spec.stream);
-                metrics::counter!("quantum_consumer_entries_total", "stream" => spec.stream).increment(count);
+                metrics::counter!(crate::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => spec.stream)
+                    .increment(count);
                 if let Some(delay) = handler.retry_pending_after() {
                     retry_at = Some(Instant::now() + delay);
                 }
@@ -339,7 +346,7 @@ pub async fn run<H: BatchHandler>(
                     e.class()
                 );
                 spec.progress.failed(spec.stream);
-                metrics::counter!("quantum_consumer_errors_total", "stream" => spec.stream, "class" => e.class())
+                metrics::counter!(crate::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => spec.stream, "class" => e.class())
                     .increment(1);
                 recover_from = Some("0".to_string());
                 if backoff.wait(shutdown).await {
@@ -357,9 +364,9 @@ const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 async fn record_backlog(writer: &Client, spec: &ConsumerSpec) {
     if let Ok(Some(backlog)) = group_backlog(writer, spec.stream, spec.group).await {
         let labels = [("stream", spec.stream), ("group", spec.group)];
-        metrics::gauge!("quantum_consumer_pending", &labels).set(backlog.pending as f64);
+        metrics::gauge!(crate::metric_names::CONSUMER_PENDING, &labels).set(backlog.pending as f64);
         if let Some(lag) = backlog.lag {
-            metrics::gauge!("quantum_consumer_lag", &labels).set(lag as f64);
+            metrics::gauge!(crate::metric_names::CONSUMER_LAG, &labels).set(lag as f64);
         }
     }
 }
@@ -528,7 +535,8 @@ async fn dead_letter_if_exhausted(
             entry.id, spec.stream
         )));
     }
-    metrics::counter!("quantum_dlq_entries_total", "stream" => spec.dlq_stream, "reason" => "poison").increment(1);
+    metrics::counter!(crate::metric_names::DLQ_ENTRIES_TOTAL, "stream" => spec.dlq_stream, "reason" => "poison")
+        .increment(1);
     tracing::error!(
         "DLQ poison entry {} of {} after {delivered} deliveries: {error} (moved to {}; other entries go on)",
         entry.id,
@@ -572,7 +580,7 @@ async fn reclaim_stale<H: BatchHandler>(
         let entries = decode_entries(parts.next().unwrap_or(Value::Null))
             .map_err(|e| StageError::Retryable(format!("unreadable XAUTOCLAIM reply: {e}")))?;
         claimed_total += entries.len();
-        metrics::counter!("quantum_consumer_redeliveries_total", "stream" => spec.stream)
+        metrics::counter!(crate::metric_names::CONSUMER_REDELIVERIES_TOTAL, "stream" => spec.stream)
             .increment(entries.len() as u64);
         if !entries.is_empty() {
             dispatch(writer, spec, handler, entries).await?;
@@ -633,7 +641,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
         .await?;
     let prune_after = spec.prune_idle.as_millis() as u64;
     for consumer in reply.into_array() {
-        let pairs = crate::fields::hash_pairs(consumer);
+        let pairs = crate::stream_entry::hash_pairs(consumer);
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let (Some(name), Some(pending), Some(idle)) = (get("name"), get("pending"), get("idle")) else {
             continue;
@@ -660,7 +668,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
             spec.group,
             spec.stream
         );
-        metrics::counter!("quantum_consumer_pruned_total", "stream" => spec.stream).increment(1);
+        metrics::counter!(crate::metric_names::CONSUMER_PRUNED_TOTAL, "stream" => spec.stream).increment(1);
     }
     Ok(())
 }
@@ -758,6 +766,9 @@ impl GroupBacklog {
 }
 
 /// Reads the backlog of `group` on `stream`; `None` when the stream or group does not exist.
+///
+/// # Errors
+/// Redis unreachable, or an unreadable XINFO reply.
 pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result<Option<GroupBacklog>, Error> {
     let reply: Result<Value, Error> = client.xinfo_groups(stream).await;
     let groups = match reply {
@@ -766,7 +777,7 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
         Err(e) => return Err(e),
     };
     for g in groups {
-        let pairs = crate::fields::hash_pairs(g);
+        let pairs = crate::stream_entry::hash_pairs(g);
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if get("name") != Some(group) {
             continue;
@@ -783,6 +794,9 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
 }
 
 /// All keys matching `pattern`, via SCAN (never KEYS on a production server).
+///
+/// # Errors
+/// Redis unreachable or refusing SCAN.
 pub async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>, Error> {
     let mut keys = Vec::new();
     let mut cursor = "0".to_string();

@@ -3,7 +3,7 @@
 use rust_decimal::Decimal;
 use thiserror::Error;
 
-use crate::fields::StreamEntry;
+use crate::stream_entry::StreamEntry;
 use crate::types::{parse_decimal, FillId, OrderId, ParseError, PlanId, Side, Symbol};
 
 /// Why a ledger.commit entry could not be read.
@@ -90,6 +90,9 @@ impl Fill {
     }
 
     /// Reads a fill from stream fields or a stored hash.
+    ///
+    /// # Errors
+    /// The first field that is missing, oversized or invalid.
     pub fn parse(entry: &StreamEntry) -> Result<Self, FillError> {
         entry.check_limits().map_err(FillError::Oversized)?;
         let req = |name: &'static str| {

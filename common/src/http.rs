@@ -86,6 +86,9 @@ fn recorder() -> std::io::Result<PrometheusHandle> {
 
 /// Installs the Prometheus recorder and serves the endpoints on `bind:port` (port 0: any free
 /// port, logged) until `shutdown`. Returns the readiness handle to fill in once connected.
+///
+/// # Errors
+/// The port cannot be bound, or the recorder cannot be installed.
 pub async fn serve(bind: std::net::IpAddr, port: u16, shutdown: CancellationToken) -> std::io::Result<Arc<Readiness>> {
     let metrics = recorder()?;
     let upkeep = metrics.clone();

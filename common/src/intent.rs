@@ -3,7 +3,7 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use thiserror::Error;
 
-use crate::fields::{truncate, StreamEntry};
+use crate::stream_entry::{truncate, StreamEntry};
 use crate::types::{parse_bool, parse_decimal, OrderType, ParseError, Side, Symbol};
 
 /// Decimal places kept when a quantity is derived from a USD size and a price.
@@ -279,6 +279,9 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 
 impl Intent {
     /// Parses a trade.intent entry in any of the accepted formats.
+    ///
+    /// # Errors
+    /// The first field that is missing, oversized or invalid, named.
     pub fn parse(entry: &StreamEntry, limits: &IntentLimits) -> Result<Self, IntentError> {
         entry.check_limits().map_err(IntentError::Oversized)?;
         let f = IntentFields::from_entry(entry)?;

@@ -3,9 +3,9 @@
 use rust_decimal::Decimal;
 use thiserror::Error;
 
-use crate::fields::StreamEntry;
 use crate::governor::PROPOSAL_FIELDS;
 use crate::intent::{Intent, CARRIED_FIELDS, MAX_CARRIED_LEN};
+use crate::stream_entry::StreamEntry;
 use crate::types::{parse_bool, parse_decimal, Decision, OrderType, ParseError, PlanId, Side, Symbol};
 
 /// Why a plan entry could not be read.
@@ -120,6 +120,9 @@ impl Plan {
     }
 
     /// Reads a plan entry.
+    ///
+    /// # Errors
+    /// The first field that is missing, oversized or invalid.
     pub fn parse(entry: &StreamEntry) -> Result<Self, PlanError> {
         entry.check_limits().map_err(PlanError::Oversized)?;
         let req = |name: &'static str| {
@@ -192,7 +195,7 @@ fn present(entry: &StreamEntry, names: &[&'static str]) -> Vec<(&'static str, St
             entry
                 .get(name)
                 .filter(|v| !v.is_empty())
-                .map(|v| (*name, crate::fields::truncate(v, MAX_CARRIED_LEN).to_string()))
+                .map(|v| (*name, crate::stream_entry::truncate(v, MAX_CARRIED_LEN).to_string()))
         })
         .collect()
 }

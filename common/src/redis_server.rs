@@ -30,11 +30,17 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts a server with no persistence.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start_with`].
     pub fn start() -> Result<Self, RedisServerError> {
         Self::start_with(&[])
     }
 
     /// Starts a server with extra `redis-server` arguments (e.g. `--appendonly yes`).
+    ///
+    /// # Errors
+    /// No `redis-server` binary, no free port or temp dir, or the server not answering in time.
     pub fn start_with(extra_args: &[&str]) -> Result<Self, RedisServerError> {
         let dir = tempfile::Builder::new().prefix("quantum-redis-").tempdir()?;
         let mut last_error = None;
@@ -118,6 +124,9 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port and directory.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start_with`].
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.kill();
         self.spawn()

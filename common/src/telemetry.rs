@@ -96,6 +96,9 @@ pub fn init_logging(service_level: Option<&str>) -> TelemetryGuard {
 /// Installs log output and, when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, OTLP trace export as `service`
 /// (`OTEL_SERVICE_NAME` overrides it).
+///
+/// # Errors
+/// OTLP settings that are invalid, or an exporter that cannot be built.
 pub fn init(service: &str, service_level: Option<&str>) -> Result<TelemetryGuard, TraceSetupError> {
     let Some(settings) = OtlpSettings::from_env(service)? else {
         install(level_filter(service_level), None);
@@ -162,7 +165,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields::StreamEntry;
+    use crate::stream_entry::StreamEntry;
 
     #[test]
     fn with_export_off_the_pipeline_spans_are_never_built() {

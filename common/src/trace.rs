@@ -22,7 +22,7 @@ use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::fields::StreamEntry;
+use crate::stream_entry::StreamEntry;
 
 /// The `tracing` target of the pipeline's spans.
 pub const TARGET: &str = "quantum::trace";
@@ -63,12 +63,18 @@ pub struct OtlpSettings {
 
 impl OtlpSettings {
     /// Reads the process environment; `None` means export is off.
+    ///
+    /// # Errors
+    /// As [`OtlpSettings::from_vars`].
     pub fn from_env(default_service: &str) -> Result<Option<Self>, TraceSetupError> {
         Self::from_vars(|name| std::env::var(name).ok(), default_service)
     }
 
     /// Export is on when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
     /// is set, unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+    ///
+    /// # Errors
+    /// An unsupported protocol or an invalid endpoint.
     pub fn from_vars(
         var: impl Fn(&str) -> Option<String>,
         default_service: &str,
@@ -112,6 +118,9 @@ impl OtlpSettings {
 
     /// A provider exporting in batches from a background thread (the OTel SDK also reads
     /// `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, `OTEL_BSP_*` and `OTEL_TRACES_SAMPLER`).
+    ///
+    /// # Errors
+    /// The exporter cannot be built.
     pub fn provider(&self) -> Result<SdkTracerProvider, TraceSetupError> {
         crate::config::install_crypto_provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()

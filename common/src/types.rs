@@ -44,6 +44,9 @@ pub struct Symbol(String);
 
 impl Symbol {
     /// Parses a symbol, accepting any case; rejects anything that is not 2-20 ASCII alphanumerics.
+    ///
+    /// # Errors
+    /// Anything else.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let trimmed = raw.trim();
         let valid = (2..=20).contains(&trimmed.len()) && trimmed.bytes().all(|b| b.is_ascii_alphanumeric());
@@ -82,6 +85,9 @@ pub enum Side {
 
 impl Side {
     /// Parses BUY/SELL in any case.
+    ///
+    /// # Errors
+    /// Anything else.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         match raw.trim().to_ascii_uppercase().as_str() {
             "BUY" => Ok(Self::Buy),
@@ -123,6 +129,9 @@ pub enum Decision {
 
 impl Decision {
     /// Parses EXECUTE/BLOCKED/SKIP in any case.
+    ///
+    /// # Errors
+    /// Anything else.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         match raw.trim().to_ascii_uppercase().as_str() {
             "EXECUTE" => Ok(Self::Execute),
@@ -157,6 +166,9 @@ pub enum OrderType {
 
 impl OrderType {
     /// Parses MARKET/LIMIT in any case.
+    ///
+    /// # Errors
+    /// Anything else.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         match raw.trim().to_ascii_uppercase().as_str() {
             "MARKET" => Ok(Self::Market),
@@ -197,6 +209,9 @@ impl PlanId {
     }
 
     /// Parses a plan id as found in a stream entry.
+    ///
+    /// # Errors
+    /// Anything but 16 hex digits.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let ok = raw.len() == 16 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if ok {
@@ -274,6 +289,9 @@ impl fmt::Display for FillId {
 }
 
 /// Parses a decimal from text, rejecting NaN/inf spellings with a specific error.
+///
+/// # Errors
+/// Text that is not a finite decimal, or one beyond ±10^12.
 pub fn parse_decimal(field: &'static str, raw: &str) -> Result<Decimal, ParseError> {
     let text = raw.trim();
     if text.is_empty() {
@@ -297,13 +315,16 @@ pub fn parse_decimal(field: &'static str, raw: &str) -> Result<Decimal, ParseErr
     if value.abs() > MAX_MAGNITUDE {
         return Err(ParseError::OutOfRange {
             field,
-            value: crate::fields::truncate(text, 64).to_string(),
+            value: crate::stream_entry::truncate(text, 64).to_string(),
         });
     }
     Ok(value)
 }
 
 /// Parses a boolean the way the Python services did: true/1/yes and false/0/no, any case.
+///
+/// # Errors
+/// Anything else.
 pub fn parse_bool(field: &'static str, raw: &str) -> Result<bool, ParseError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),

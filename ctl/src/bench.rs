@@ -32,6 +32,9 @@ impl BenchResult {
 
 /// Preloads `count` intents (BUY/SELL mix over the demo symbols, all formats), runs the bridge
 /// with `batch_size` and returns how long it took to drain them.
+///
+/// # Errors
+/// Redis unreachable, or the bridge not starting or not draining the intents.
 pub async fn bridge_throughput(
     client: &Client,
     redis_url: &str,

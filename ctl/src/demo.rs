@@ -16,8 +16,8 @@ use quantum_common::time::now_ms;
 use quantum_common::types::{Side, Symbol};
 use quantum_intent_executor::paper::seed_position;
 
-use crate::facts::{exactly_once_problems, last_id, phase_facts, wait_idle, PhaseFacts};
 use crate::fake_binance::{FakeBinance, FakeConfig};
+use crate::pipeline_facts::{exactly_once_problems, last_id, phase_facts, wait_idle, PhaseFacts};
 use crate::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
@@ -184,6 +184,9 @@ const DEMO_API_SECRET: &str = "demo-secret";
 /// Starts a fake Binance for a local run (the live demo, the live fault suite): the demo symbols
 /// at their reference prices, a request-weight limit of `weight_limit` a minute; the key files
 /// go into `log_dir`. Returns the server and the executor's settings for it.
+///
+/// # Errors
+/// The port cannot be bound or the key files cannot be written.
 pub async fn start_fake_binance(
     log_dir: &Path,
     weight_limit: u64,
@@ -211,6 +214,9 @@ pub async fn start_fake_binance(
 
 /// Seeds the pre-existing ZECUSDT position in the ledger (and, for the paper venue, at the
 /// venue; the fake Binance holds it from its start).
+///
+/// # Errors
+/// Redis refused a write, or the paper position exists already.
 pub async fn seed(client: &Client, venue: DemoVenue) -> Result<(), Error> {
     let symbol = Symbol::parse(SEEDED_SYMBOL).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
     let (amt, price) = (Decimal::from(SEEDED_AMT), Decimal::from(SEEDED_PRICE));
@@ -311,6 +317,9 @@ async fn wait_for_equity(client: &Client, log_dir: &Path) -> Result<(), Box<dyn 
 }
 
 /// Runs the whole story against `redis_url` on `venue`, logging into `log_dir`.
+///
+/// # Errors
+/// A service that does not start, a phase that does not drain in time, or Redis unreachable; a story not shown is not an error but the report's problems.
 pub async fn run(
     client: &Client,
     redis_url: &str,

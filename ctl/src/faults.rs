@@ -16,14 +16,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use quantum_common::contract::*;
-use quantum_common::fields::StreamEntry;
 use quantum_common::redis_server::RedisServer;
+use quantum_common::stream_entry::StreamEntry;
 use quantum_common::types::{Side, Symbol};
 
 use crate::demo::{start_fake_binance, DemoVenue};
-use crate::facts::{entries_after, wait_idle};
 use crate::fake_binance::{FakeBinance, Faults};
 use crate::invariants::Checked;
+use crate::pipeline_facts::{entries_after, wait_idle};
 use crate::sim::{intent_fields, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 

@@ -13,7 +13,7 @@ use quantum_common::consumer::scan_keys;
 use quantum_common::contract::*;
 use quantum_common::types::Symbol;
 
-use crate::facts::{entries_after, exactly_once_problems};
+use crate::pipeline_facts::{entries_after, exactly_once_problems};
 use crate::sim::DEMO_SYMBOLS;
 
 /// The bound on one symbol's ledger and fill-dedup state, whatever the number of fills.
@@ -60,7 +60,7 @@ impl Checked {
 
 /// Checks every invariant over what `client`'s Redis holds, leaving out the intent
 /// `poison_intent` (the fault suite's poison, dead-lettered on purpose). Meaningful once the
-/// pipeline is idle ([`crate::facts::wait_idle`]): work in flight shows as left over.
+/// pipeline is idle ([`crate::pipeline_facts::wait_idle`]): work in flight shows as left over.
 ///
 /// # Errors
 /// A Redis failure while reading.

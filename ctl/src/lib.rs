@@ -3,10 +3,10 @@
 
 pub mod bench;
 pub mod demo;
-pub mod facts;
 pub mod fake_binance;
 pub mod faults;
 pub mod invariants;
+pub mod pipeline_facts;
 pub mod sim;
 pub mod stack;
 pub mod status;

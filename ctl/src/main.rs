@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         }
         Command::Check { redis, wait } => {
             let client = connect(&redis).await?;
-            let idle = quantumctl::facts::wait_idle(&client, std::time::Duration::from_secs(wait))
+            let idle = quantumctl::pipeline_facts::wait_idle(&client, std::time::Duration::from_secs(wait))
                 .await
                 .map_err(|e| e.to_string())?;
             if !idle {

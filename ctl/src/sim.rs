@@ -131,6 +131,9 @@ pub fn intent_fields(symbol: &Symbol, side: Side, usd: Decimal, format: Format, 
 
 /// Publishes intents in pipelined chunks; `rate` intents per second (0 = as fast as possible).
 /// Returns the ids written, in order.
+///
+/// # Errors
+/// Redis refused an XADD.
 pub async fn publish(client: &Client, intents: &[Vec<(String, String)>], rate: u64) -> Result<Vec<String>, Error> {
     let chunk = if rate == 0 {
         1000
@@ -189,6 +192,9 @@ impl ProposalKind {
 
 /// Writes `quantum:harvest:proposal:<SYMBOL>` for each symbol as the risk kernel does: the
 /// components, K computed with the kernel's weights, and a fresh `last_update_epoch`.
+///
+/// # Errors
+/// Redis refused a write.
 pub async fn write_proposals(client: &Client, symbols: &[Symbol], kind: ProposalKind) -> Result<(), Error> {
     let c = kind.components();
     let k = KillWeights::default().kill_score(&c);

@@ -53,6 +53,9 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `service` with `env` added to this process's environment, logging to `log`
     /// (appended, so a restarted service keeps one log).
+    ///
+    /// # Errors
+    /// The binary or the log file cannot be opened.
     pub fn start(service: Service, env: &HashMap<String, String>, log: &Path) -> std::io::Result<Self> {
         let path = bin_dir().join(service.binary());
         if !path.exists() {

@@ -9,12 +9,15 @@ use fred::types::Value;
 
 use quantum_common::consumer::{group_backlog, scan_keys, GroupBacklog};
 use quantum_common::contract::*;
-use quantum_common::fields::hash_pairs;
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
+use quantum_common::stream_entry::hash_pairs;
 use quantum_common::types::Symbol;
 
 /// Every ledger, by symbol (unreadable ones are reported as errors).
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn ledgers(client: &Client) -> Result<Vec<(Symbol, Result<LedgerEntry, String>)>, Error> {
     let keys = scan_keys(client, &format!("{LEDGER_KEY_PREFIX}*")).await?;
     let symbols: Vec<Symbol> = keys

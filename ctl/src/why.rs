@@ -14,11 +14,11 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
 use quantum_common::contract::*;
-use quantum_common::fields::{decode_entries, hash_pairs, opt_text, StreamEntry};
 use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
 use quantum_common::intent::{Intent, IntentLimits};
 use quantum_common::outcome::OutcomeRecord;
 use quantum_common::position::LedgerEntry;
+use quantum_common::stream_entry::{decode_entries, hash_pairs, opt_text, StreamEntry};
 use quantum_common::time::{entry_ms, now_ms};
 use quantum_common::types::{OrderId, Side, Symbol};
 

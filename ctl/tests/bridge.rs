@@ -63,6 +63,16 @@ async fn outputs(
     (plans, dlq)
 }
 
+/// What the bridge must make of an intent.
+enum Expect {
+    /// A plan with these fields.
+    Plan(&'static [(&'static str, &'static str)]),
+    /// Skipped by a gate: no plan, no dead letter.
+    Skipped,
+    /// Dead-lettered with this reason.
+    Dlq(&'static str),
+}
+
 #[tokio::test]
 async fn default_mode_gates_formats_and_log_lines() {
     let mut stack = seeded_stack().await;
@@ -75,144 +85,147 @@ async fn default_mode_gates_formats_and_log_lines() {
         ],
     );
 
-    let buy_new = stack
-        .xadd(
-            INTENT_STREAM,
-            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "0.5")],
-        )
-        .await;
-    let sell_unknown = stack
-        .xadd(
-            INTENT_STREAM,
-            &[("symbol", "ETHUSDT"), ("action", "sell"), ("qty", "1")],
-        )
-        .await;
-    let sell_flat = stack
-        .xadd(INTENT_STREAM, &[("symbol", "SOLUSDT"), ("side", "SELL"), ("qty", "1")])
-        .await;
-    let sell_ok = stack
-        .xadd(INTENT_STREAM, &[("symbol", "zecusdt"), ("side", "Sell"), ("qty", "1")])
-        .await;
-    let not_allowed = stack
-        .xadd(INTENT_STREAM, &[("symbol", "DOGEUSDT"), ("side", "BUY"), ("qty", "10")])
-        .await;
-    let payload = stack
-        .xadd(
-            INTENT_STREAM,
-            &[(
-                "payload",
-                r#"{"symbol":"ETHUSDT","side":"BUY","qty":0.25,"leverage":3,"stop_loss":2800,"take_profit":3300,"reduceOnly":false}"#,
-            )],
-        )
-        .await;
-    let size = stack
-        .xadd(
-            INTENT_STREAM,
-            &[
+    // Each intent, in every accepted format, and what the bridge must make of it.
+    let big = "9".repeat(20_000);
+    let json = r#"{"symbol":"ETHUSDT","side":"BUY","qty":0.25,"leverage":3,"stop_loss":2800,"take_profit":3300,"reduceOnly":false}"#;
+    let cases: Vec<(Vec<(&str, &str)>, Expect)> = vec![
+        (
+            vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "0.5")],
+            Expect::Plan(&[
+                ("decision", "EXECUTE"),
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "0.5"),
+                ("type", "MARKET"),
+                ("reduceOnly", "false"),
+                ("leverage", "1"),
+                ("source", "intent_bridge"),
+            ]),
+        ),
+        (
+            vec![("symbol", "ETHUSDT"), ("action", "sell"), ("qty", "1")],
+            Expect::Skipped,
+        ),
+        (
+            vec![("symbol", "SOLUSDT"), ("side", "SELL"), ("qty", "1")],
+            Expect::Skipped,
+        ),
+        (
+            vec![("symbol", "zecusdt"), ("side", "Sell"), ("qty", "1")],
+            Expect::Plan(&[("side", "SELL"), ("symbol", "ZECUSDT")]),
+        ),
+        (
+            vec![("symbol", "DOGEUSDT"), ("side", "BUY"), ("qty", "10")],
+            Expect::Skipped,
+        ),
+        (
+            vec![("payload", json)],
+            Expect::Plan(&[
+                ("qty", "0.25"),
+                ("leverage", "3"),
+                ("stop_loss", "2800"),
+                ("take_profit", "3300"),
+            ]),
+        ),
+        (
+            vec![
                 ("symbol", "BTCUSDT"),
                 ("side", "BUY"),
                 ("size", "100"),
                 ("price", "40000"),
             ],
-        )
-        .await;
-    let pos_size = stack
-        .xadd(
-            INTENT_STREAM,
-            &[
+            Expect::Plan(&[("qty", "0.0025")]),
+        ),
+        (
+            vec![
                 ("symbol", "ETHUSDT"),
                 ("side", "BUY"),
                 ("position_size_usd", "300"),
                 ("entry_price", "3000"),
             ],
-        )
-        .await;
-    let margin = stack
-        .xadd(
-            INTENT_STREAM,
-            &[
+            Expect::Plan(&[("qty", "0.1")]),
+        ),
+        // (300 * 2) / mark 3000.
+        (
+            vec![
                 ("symbol", "ETHUSDT"),
                 ("side", "BUY"),
                 ("position_usd", "300"),
                 ("leverage", "2"),
             ],
-        )
-        .await;
-    let no_mark = stack
-        .xadd(
-            INTENT_STREAM,
-            &[
+            Expect::Plan(&[("qty", "0.2")]),
+        ),
+        (
+            vec![
                 ("symbol", "SOLUSDT"),
                 ("side", "BUY"),
                 ("position_usd", "300"),
                 ("leverage", "2"),
             ],
-        )
-        .await;
-    let limit = stack
-        .xadd(
-            INTENT_STREAM,
-            &[
+            Expect::Dlq("mark_price_unavailable"),
+        ),
+        (
+            vec![
                 ("symbol", "BTCUSDT"),
                 ("side", "BUY"),
                 ("qty", "0.1"),
                 ("type", "limit"),
                 ("price", "64000"),
             ],
-        )
-        .await;
-
-    let big = "9".repeat(20_000);
-    let malformed: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        ("missing_symbol", vec![("side", "BUY"), ("qty", "1")]),
+            Expect::Plan(&[("type", "LIMIT"), ("price", "64000")]),
+        ),
+        (vec![("side", "BUY"), ("qty", "1")], Expect::Dlq("missing_symbol")),
         (
-            "invalid_symbol",
             vec![("symbol", "BTC/USDT"), ("side", "BUY"), ("qty", "1")],
+            Expect::Dlq("invalid_symbol"),
         ),
-        ("missing_side", vec![("symbol", "BTCUSDT"), ("qty", "1")]),
+        (vec![("symbol", "BTCUSDT"), ("qty", "1")], Expect::Dlq("missing_side")),
         (
-            "unknown_side",
             vec![("symbol", "BTCUSDT"), ("side", "HOLD"), ("qty", "1")],
+            Expect::Dlq("unknown_side"),
         ),
         (
-            "non_positive_quantity",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0")],
+            Expect::Dlq("non_positive_quantity"),
         ),
         (
-            "non_positive_quantity",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "-2")],
+            Expect::Dlq("non_positive_quantity"),
         ),
         (
-            "non_finite_number",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "NaN")],
+            Expect::Dlq("non_finite_number"),
         ),
         (
-            "non_finite_number",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("quantity", "inf")],
+            Expect::Dlq("non_finite_number"),
         ),
         (
-            "invalid_number",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1,5")],
+            Expect::Dlq("invalid_number"),
         ),
-        ("missing_quantity", vec![("symbol", "BTCUSDT"), ("side", "BUY")]),
         (
-            "absurd_leverage",
+            vec![("symbol", "BTCUSDT"), ("side", "BUY")],
+            Expect::Dlq("missing_quantity"),
+        ),
+        (
             vec![
                 ("symbol", "BTCUSDT"),
                 ("side", "BUY"),
                 ("qty", "1"),
                 ("leverage", "1000"),
             ],
+            Expect::Dlq("absurd_leverage"),
         ),
-        ("invalid_payload", vec![("payload", "{\"symbol\": ")]),
+        (vec![("payload", "{\"symbol\": ")], Expect::Dlq("invalid_payload")),
         (
-            "oversized_or_binary",
             vec![("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", big.as_str())],
+            Expect::Dlq("oversized_or_binary"),
         ),
     ];
-    let mut malformed_ids = Vec::new();
-    for (reason, fields) in &malformed {
-        malformed_ids.push((*reason, stack.xadd(INTENT_STREAM, fields).await));
+    let mut ids = Vec::new();
+    for (fields, expect) in &cases {
+        ids.push((stack.xadd(INTENT_STREAM, fields).await, expect));
     }
     // Binary garbage in a field value.
     let binary: String = stack
@@ -229,58 +242,38 @@ async fn default_mode_gates_formats_and_log_lines() {
         )
         .await
         .expect("xadd binary");
-    malformed_ids.push(("oversized_or_binary", binary));
+    let binary_case = Expect::Dlq("oversized_or_binary");
+    ids.push((binary, &binary_case));
 
     stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
     let (plans, dlq) = outputs(&stack).await;
-
-    // Published, with the contract's fields.
-    let p = &plans[&buy_new];
-    assert_eq!(p["decision"], "EXECUTE");
-    assert_eq!(
-        (p["symbol"].as_str(), p["side"].as_str(), p["qty"].as_str()),
-        ("BTCUSDT", "BUY", "0.5")
-    );
-    assert_eq!(
-        (p["type"].as_str(), p["reduceOnly"].as_str(), p["leverage"].as_str()),
-        ("MARKET", "false", "1")
-    );
-    assert_eq!(p["source"], "intent_bridge");
-    assert_eq!(p["plan_id"].len(), 16);
-    assert!(p["plan_id"]
-        .bytes()
-        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-    assert!(p["timestamp"].parse::<u64>().is_ok());
-    assert_eq!(plans[&sell_ok]["side"], "SELL");
-    assert_eq!(plans[&sell_ok]["symbol"], "ZECUSDT");
-    let j = &plans[&payload];
-    assert_eq!((j["qty"].as_str(), j["leverage"].as_str()), ("0.25", "3"));
-    assert_eq!((j["stop_loss"].as_str(), j["take_profit"].as_str()), ("2800", "3300"));
-    assert_eq!(plans[&size]["qty"], "0.0025");
-    assert_eq!(plans[&pos_size]["qty"], "0.1");
-    assert_eq!(plans[&margin]["qty"], "0.2", "(300 * 2) / mark 3000");
-    assert_eq!(
-        (plans[&limit]["type"].as_str(), plans[&limit]["price"].as_str()),
-        ("LIMIT", "64000")
-    );
-
-    // Skipped: no plan, no DLQ.
-    for id in [&sell_unknown, &sell_flat, &not_allowed] {
-        assert!(
-            !plans.contains_key(id) && !dlq.contains_key(id),
-            "{id} should be skipped"
-        );
-    }
-    assert_eq!(dlq[&no_mark]["reason"], "mark_price_unavailable");
-
-    // Malformed: DLQ with the specific reason, the error text and the raw fields.
-    for (reason, id) in &malformed_ids {
-        let entry = dlq
-            .get(id)
-            .unwrap_or_else(|| panic!("{reason} intent {id} missing from the DLQ"));
-        assert_eq!(entry["reason"], *reason, "intent {id}");
-        assert!(!entry["error"].is_empty());
-        assert!(serde_json::from_str::<serde_json::Value>(&entry["raw"]).is_ok());
+    for (id, expect) in &ids {
+        match expect {
+            Expect::Plan(fields) => {
+                let plan = plans.get(id).unwrap_or_else(|| panic!("intent {id} has no plan"));
+                for (k, v) in fields.iter() {
+                    assert_eq!(plan[*k], *v, "intent {id}: plan field {k}");
+                }
+                assert_eq!(plan["plan_id"].len(), 16);
+                assert!(plan["plan_id"]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                assert!(plan["timestamp"].parse::<u64>().is_ok());
+            }
+            Expect::Skipped => assert!(
+                !plans.contains_key(id) && !dlq.contains_key(id),
+                "{id} should be skipped"
+            ),
+            // DLQ with the specific reason, the error text and the raw fields.
+            Expect::Dlq(reason) => {
+                let entry = dlq
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{reason} intent {id} missing from the DLQ"));
+                assert_eq!(entry["reason"], *reason, "intent {id}");
+                assert!(!entry["error"].is_empty());
+                assert!(serde_json::from_str::<serde_json::Value>(&entry["raw"]).is_ok());
+            }
+        }
     }
     assert_eq!(plans.len(), 7);
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use quantum_common::contract::*;
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{quantumctl, Stack, TIMEOUT};
 

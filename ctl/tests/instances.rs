@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 
 use quantum_common::contract::*;
 use quantum_common::types::{Side, Symbol};
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, consumers, wait_for, Stack, TIMEOUT};

@@ -4,7 +4,7 @@
 mod support;
 
 use quantum_common::contract::*;
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{Stack, TIMEOUT};
 

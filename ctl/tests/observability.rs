@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use quantum_common::contract::*;
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{get, port_of, try_get, Stack, TIMEOUT};
 

@@ -94,3 +94,61 @@ fn every_dashboard_query_parses_and_the_first_row_answers_the_first_question() {
     let provisioning = std::fs::read_to_string(deploy().join("grafana/provisioning/dashboards/quantum.yml")).unwrap();
     assert!(provisioning.contains("/var/lib/grafana/dashboards"));
 }
+
+/// The `quantum_...` names in `text`, histogram suffixes (`_bucket`, `_sum`, `_count`) taken
+/// off where the name without one is a metric.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let known: std::collections::BTreeSet<&str> = quantum_common::metric_names::ALL.iter().copied().collect();
+    let mut found = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("quantum_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| known.contains(b)))
+            .unwrap_or(name);
+        found.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    found
+}
+
+#[test]
+fn rules_dashboard_and_docs_name_only_metrics_the_code_exports() {
+    let known: std::collections::BTreeSet<String> = quantum_common::metric_names::ALL
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let rules = std::fs::read_to_string(deploy().join("prometheus/rules/quantum.rules.yml")).unwrap();
+    // Rule group names share the prefix but are not metrics.
+    let groups: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .map(str::to_string)
+        .collect();
+    for file in [
+        "prometheus/rules/quantum.rules.yml",
+        "prometheus/tests/quantum.test.yml",
+        "grafana/dashboards/quantum-pipeline.json",
+        "../docs/observability.md",
+    ] {
+        let text = std::fs::read_to_string(deploy().join(file)).unwrap();
+        for name in metric_names_in(&text) {
+            assert!(
+                known.contains(&name) || groups.contains(&name),
+                "{file} names {name}, which no service exports (quantum_common::metric_names)"
+            );
+        }
+    }
+    let documented = metric_names_in(&std::fs::read_to_string(deploy().join("../docs/observability.md")).unwrap());
+    for name in &known {
+        assert!(
+            documented.contains(name),
+            "{name} is exported but not in docs/observability.md"
+        );
+    }
+}

@@ -14,10 +14,10 @@ use std::collections::{HashMap, HashSet};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
-use quantum_common::fields::StreamEntry;
 use quantum_common::intent::{Intent, IntentLimits, SymbolCaps};
 use quantum_common::plan::Plan;
 use quantum_common::position::Position;
+use quantum_common::stream_entry::StreamEntry;
 use quantum_common::types::{Side, Symbol};
 use quantum_intent_bridge::gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView};
 use quantum_intent_executor::paper::{simulate, PaperConfig, PaperPosition};

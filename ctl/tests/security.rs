@@ -15,7 +15,7 @@ use quantum_common::config::RedisArgs;
 use quantum_common::contract::{PLAN_STREAM, RESULT_STREAM};
 use quantum_common::redis_server::RedisServer;
 use quantum_common::types::{Side, Symbol};
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, Stack, TIMEOUT};

@@ -5,7 +5,7 @@ mod support;
 
 use quantum_common::contract::*;
 use quantum_common::time::now_secs;
-use quantumctl::facts::wait_idle;
+use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{quantumctl, Stack, TIMEOUT};
 

@@ -35,12 +35,12 @@ use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_common::contract::{
     answered_key, reservation_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
+use quantum_common::execution_result::ExecutionResult;
 use quantum_common::failure::StageError;
-use quantum_common::fields::StreamEntry;
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
 use quantum_common::plan::Plan;
-use quantum_common::result::ExecutionResult;
+use quantum_common::stream_entry::StreamEntry;
 use quantum_common::time::{entry_age_ms, now_ms};
 use quantum_common::trace;
 use quantum_common::types::{Decision, PlanId, Symbol};
@@ -155,6 +155,9 @@ impl ExecutorArgs {
     }
 
     /// The paper venue settings.
+    ///
+    /// # Errors
+    /// Unreadable `PAPER_REFERENCE_PRICES`.
     pub fn paper_config(&self) -> Result<PaperConfig, String> {
         Ok(PaperConfig {
             seed: self.paper_seed,
@@ -292,7 +295,7 @@ impl<V: Venue> Executor<V> {
             Err(e) => {
                 trace::record_outcome(span, "malformed", true);
                 self.stats.malformed += 1;
-                metrics::counter!("quantum_executor_plans_total", "decision" => "INVALID", "outcome" => "malformed")
+                metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "INVALID", "outcome" => "malformed")
                     .increment(1);
                 tracing::warn!("Malformed plan {}: {e}", entry.id);
                 let get = |k: &str| entry.get(k).unwrap_or_default().to_string();
@@ -314,7 +317,7 @@ impl<V: Venue> Executor<V> {
         if !seen.insert(plan.plan_id.to_string()) {
             trace::record_outcome(span, "duplicate", false);
             self.stats.duplicates += 1;
-            metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
+            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {
@@ -369,7 +372,7 @@ impl<V: Venue> Executor<V> {
     fn refuse(&mut self, plan: &Plan, span: &Span, outcome: &'static str, reason: String) -> Step {
         trace::record_outcome(span, outcome, false);
         self.stats.not_executed += 1;
-        metrics::counter!("quantum_executor_plans_total", "decision" => plan.decision.as_str(), "outcome" => outcome)
+        metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => outcome)
             .increment(1);
         let line = format!(
             "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
@@ -461,7 +464,7 @@ impl<V: Venue> Executor<V> {
             (ClaimState::Finished(finished), _) => {
                 trace::record_outcome(span, "duplicate", false);
                 self.stats.duplicates += 1;
-                metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "duplicate")
+                metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "duplicate")
                     .increment(1);
                 tracing::info!(
                     "Duplicate plan {} for {} skipped: order {coid} already {finished}",
@@ -546,7 +549,8 @@ struct Executed {
 }
 
 fn count_venue_error(venue: &'static str, e: &VenueError) {
-    metrics::counter!("quantum_executor_venue_errors_total", "venue" => venue, "kind" => e.kind()).increment(1);
+    metrics::counter!(quantum_common::metric_names::EXECUTOR_VENUE_ERRORS_TOTAL, "venue" => venue, "kind" => e.kind())
+        .increment(1);
 }
 
 /// How soon a plan left to another executor's lease is looked at again.
@@ -620,7 +624,7 @@ impl<V: Venue> Executor<V> {
                 // A plan's entry id starts with the millisecond the bridge published it.
                 if quantum_common::time::entry_ms(&batch[*i].id).is_some() {
                     let latency = entry_age_ms(&batch[*i].id, now_ms()) as f64 / 1000.0;
-                    metrics::histogram!("quantum_executor_plan_to_fill_seconds").record(latency);
+                    metrics::histogram!(quantum_common::metric_names::EXECUTOR_PLAN_TO_FILL_SECONDS).record(latency);
                 }
             }
             report_order(&mut self.stats, &spans[*i], &OrderRef::from(plan), outcome);
@@ -711,9 +715,9 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
         OrderOutcome::Filled { fills } => {
             trace::record_outcome(span, "filled", false);
             stats.filled += 1;
-            metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "filled")
+            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "filled")
                 .increment(1);
-            metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "FILLED").increment(1);
+            metrics::counter!(quantum_common::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "FILLED").increment(1);
             for f in fills {
                 tracing::info!(
                     "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
@@ -730,9 +734,9 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
         OrderOutcome::Rejected { reason } => {
             trace::record_outcome(span, "rejected", false);
             stats.rejected += 1;
-            metrics::counter!("quantum_executor_plans_total", "decision" => "EXECUTE", "outcome" => "rejected")
+            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "rejected")
                 .increment(1);
-            metrics::counter!("quantum_executor_orders_total", "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "REJECTED").increment(1);
+            metrics::counter!(quantum_common::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "REJECTED").increment(1);
             tracing::warn!(
                 "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
                 order.symbol,
@@ -745,6 +749,9 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
 }
 
 /// Runs the executor until `shutdown` fires.
+///
+/// # Errors
+/// Invalid settings, Redis or the venue refusing the executor's credentials, the HTTP port taken, an account the start-up check cannot explain, or a fatal stage error.
 pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<ExecutorStats, ExecutorError> {
     let paper = args.paper_config().map_err(ExecutorError::Config)?;
     let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
@@ -956,7 +963,7 @@ impl Service<'_> {
             lease_ms: self.order_lease_ms,
         };
         executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
-            "quantum_executing_symbols",
+            quantum_common::metric_names::EXECUTING_SYMBOLS,
             std::time::Duration::from_secs(300),
             shutdown.clone(),
         ));

@@ -23,11 +23,11 @@ use rust_decimal::Decimal;
 
 use quantum_common::cas::{owned, queue_eval};
 use quantum_common::contract::{order_key, reservation_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM};
-use quantum_common::fields::{hash_pairs, StreamEntry};
+use quantum_common::execution_result::ExecutionResult;
 use quantum_common::fill::Fill;
 use quantum_common::plan::Plan;
 use quantum_common::reservation::Reservation;
-use quantum_common::result::ExecutionResult;
+use quantum_common::stream_entry::{hash_pairs, StreamEntry};
 use quantum_common::time::now_ms;
 use quantum_common::types::{OrderId, PlanId, Side, Symbol};
 

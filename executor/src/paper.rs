@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use quantum_common::cas::{owned, queue_eval, CasOp, CasOutcome, CasWrite};
 use quantum_common::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
-use quantum_common::fields::{hash_pairs, StreamEntry};
 use quantum_common::fill::Fill;
 use quantum_common::position::Position;
 use quantum_common::snapshot::Snapshot;
+use quantum_common::stream_entry::{hash_pairs, StreamEntry};
 use quantum_common::time::now_ms;
 use quantum_common::types::{parse_decimal, FillId, OrderId, OrderType, Side, Symbol};
 
@@ -53,6 +53,9 @@ pub const DEFAULT_REFERENCE_PRICES: &str = "BTCUSDT=65000,ETHUSDT=3200,SOLUSDT=1
 BNBUSDT=580,XRPUSDT=0.6,ADAUSDT=0.45,DOGEUSDT=0.15,LINKUSDT=15,AVAXUSDT=30";
 
 /// Parses `SYMBOL=price,SYMBOL=price`.
+///
+/// # Errors
+/// An item that is not `SYMBOL=price` with a valid symbol and a positive price.
 pub fn parse_reference_prices(raw: &str) -> Result<HashMap<Symbol, Decimal>, String> {
     let mut out = HashMap::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -99,6 +102,9 @@ pub fn walk(seed: u64, symbol: &Symbol, tick: u64, previous: Decimal, price_tick
 
 /// Seeds the venue with an existing position (operators migrating an account, the demo).
 /// Refuses to overwrite a position that has already traded.
+///
+/// # Errors
+/// Redis refused the write, or the symbol's paper position exists already.
 pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry_price: Decimal) -> Result<(), Error> {
     let state = PaperPosition {
         position: Position {
@@ -300,6 +306,9 @@ impl PaperVenue {
 
     /// Publishes the current marks of the reference symbols (so the bridge can size
     /// `position_usd` intents before any fill) and the account equity if none is set.
+    ///
+    /// # Errors
+    /// Redis refused a read or a write.
     pub async fn publish_market(&self) -> Result<(), Error> {
         let symbols: Vec<&Symbol> = self.config.reference_prices.keys().collect();
         let pipeline = self.client.pipeline();

@@ -60,7 +60,7 @@ impl<V: Venue> Sweeper<V> {
                     tracing::error!(
                         "Open order {coid} unreadable ({e}); left NEW for an operator: repair or finish quantum:order:{coid}"
                     );
-                    metrics::counter!("quantum_executor_swept_orders_total", "outcome" => "unreadable").increment(1);
+                    metrics::counter!(quantum_common::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => "unreadable").increment(1);
                     continue;
                 }
                 Some(Ok(order)) => order,
@@ -99,7 +99,7 @@ impl<V: Venue> Sweeper<V> {
             OrderOutcome::Filled { .. } => "filled",
             OrderOutcome::Rejected { .. } => "rejected",
         };
-        metrics::counter!("quantum_executor_swept_orders_total", "outcome" => found).increment(1);
+        metrics::counter!(quantum_common::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => found).increment(1);
         tracing::warn!(
             "Swept order {} of plan {} for {}: left NEW past the grace period, finalized {found} from the venue's record",
             order.client_order_id,

@@ -12,12 +12,12 @@
 //! at a venue call), and (4) the ledger's
 //! version is still the one observed (CAS). In-flight fills therefore always land first.
 //!
-//! Layout: `logic` (the pure fill application), `dedup` (the applied-fill records: their
+//! Layout: `decisions` (the pure fill application and reconcile rule), `dedup` (the applied-fill records: their
 //! conversion from an earlier version and their pruning), this file (the batch handler,
 //! reconcile and `run`).
 
+pub mod decisions;
 mod dedup;
-pub mod logic;
 mod parked;
 
 use std::collections::{HashMap, HashSet};
@@ -37,18 +37,18 @@ use quantum_common::contract::{
     LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, LEDGER_PARKED_PATTERN, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
 };
 use quantum_common::failure::StageError;
-use quantum_common::fields::{hash_pairs, truncate, StreamEntry};
 use quantum_common::fill::Fill;
 use quantum_common::http::{self, HttpArgs};
 use quantum_common::labels::symbol_label;
 use quantum_common::position::LedgerEntry;
 use quantum_common::snapshot::Snapshot;
+use quantum_common::stream_entry::{hash_pairs, truncate, StreamEntry};
 use quantum_common::time::{now_ms, now_secs};
 use quantum_common::trace;
 use quantum_common::types::{FillId, Symbol};
 use tracing::Span;
 
-use logic::{apply_fills, detect_drift, reconciled, DriftTracker, LedgerState, Parked};
+use decisions::{apply_fills, detect_drift, reconciled, DriftTracker, LedgerState, Parked};
 
 /// Command line and environment of `quantum-ledger`.
 #[derive(Parser, Debug, Clone)]
@@ -274,7 +274,7 @@ impl LedgerWriter {
             let counts: Vec<u64> = pipeline.all().await?;
             waiting = counts.iter().sum();
         }
-        metrics::gauge!("quantum_ledger_parked_fills").set(waiting as f64);
+        metrics::gauge!(quantum_common::metric_names::LEDGER_PARKED_FILLS).set(waiting as f64);
         Ok(waiting)
     }
 
@@ -284,7 +284,7 @@ impl LedgerWriter {
         }
     }
 
-    fn report(&mut self, symbol: &Symbol, app: &logic::Application) {
+    fn report(&mut self, symbol: &Symbol, app: &decisions::Application) {
         for a in &app.applied {
             let f = &a.fill;
             self.record(&f.fill_id, "applied", false);
@@ -325,19 +325,21 @@ impl LedgerWriter {
                 gap.start(),
                 gap.end()
             );
-            metrics::counter!("quantum_ledger_fill_gaps_total").increment(gap.end() - gap.start() + 1);
+            metrics::counter!(quantum_common::metric_names::LEDGER_FILL_GAPS_TOTAL)
+                .increment(gap.end() - gap.start() + 1);
         }
-        metrics::counter!("quantum_ledger_fills_parked_total").increment(app.parked.len() as u64);
+        metrics::counter!(quantum_common::metric_names::LEDGER_FILLS_PARKED_TOTAL).increment(app.parked.len() as u64);
         self.stats.applied += app.applied.len() as u64;
         self.stats.duplicates += app.duplicates.len() as u64;
         let label = symbol_label(symbol);
-        metrics::counter!("quantum_ledger_fills_applied_total", "symbol" => label.clone())
+        metrics::counter!(quantum_common::metric_names::LEDGER_FILLS_APPLIED_TOTAL, "symbol" => label.clone())
             .increment(app.applied.len() as u64);
         if let Some(entry) = &app.entry {
-            metrics::gauge!("quantum_ledger_position", "symbol" => label)
+            metrics::gauge!(quantum_common::metric_names::LEDGER_POSITION, "symbol" => label)
                 .set(entry.position.amt.try_into().unwrap_or(0.0));
         }
-        metrics::counter!("quantum_ledger_duplicates_suppressed_total").increment(app.duplicates.len() as u64);
+        metrics::counter!(quantum_common::metric_names::LEDGER_DUPLICATES_SUPPRESSED_TOTAL)
+            .increment(app.duplicates.len() as u64);
     }
 }
 
@@ -381,7 +383,7 @@ impl SymbolState {
 fn commit_write(
     symbol: &Symbol,
     state: &SymbolState,
-    app: &logic::Application,
+    app: &decisions::Application,
     fills: &[(String, Fill)],
     now: u64,
 ) -> CasWrite {
@@ -503,7 +505,7 @@ impl LedgerWriter {
         consumer::queue_ack(&trx, LEDGER_COMMIT_STREAM, LEDGER_GROUP, &ids).await?;
         trx.exec::<Value>(true).await?;
         self.stats.malformed += dlq.len() as u64;
-        metrics::counter!("quantum_dlq_entries_total", "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
+        metrics::counter!(quantum_common::metric_names::DLQ_ENTRIES_TOTAL, "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
             .increment(dlq.len() as u64);
         Ok(())
     }
@@ -518,6 +520,9 @@ pub struct ReconcileConfig {
 }
 
 /// Compares every snapshot with its ledger once; returns how many ledgers were overwritten.
+///
+/// # Errors
+/// Redis unreachable or refusing a read or a write.
 pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mut DriftTracker) -> Result<u64, Error> {
     let symbols = snapshot_symbols(client).await?;
     if symbols.is_empty() {
@@ -551,7 +556,7 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         let version = ledger.as_ref().map_or(0, |l| l.version);
         let ledger_amt = drift.ledger_amt.map_or_else(|| "none".to_string(), |a| a.to_string());
         if tracker.is_new(&symbol) {
-            metrics::counter!("quantum_ledger_reconcile_drift_events_total").increment(1);
+            metrics::counter!(quantum_common::metric_names::LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL).increment(1);
             tracing::info!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=observed",
                 drift.exchange_amt,
@@ -573,8 +578,8 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         };
         if cas.apply(client).await? == CasOutcome::Applied {
             written += 1;
-            metrics::counter!("quantum_ledger_reconcile_applied_total").increment(1);
-            metrics::histogram!("quantum_ledger_reconcile_drift_size")
+            metrics::counter!(quantum_common::metric_names::LEDGER_RECONCILE_APPLIED_TOTAL).increment(1);
+            metrics::histogram!(quantum_common::metric_names::LEDGER_RECONCILE_DRIFT_SIZE)
                 .record(drift.size().abs().try_into().unwrap_or(f64::MAX));
             tracker.clear(&symbol);
             tracing::warn!(
@@ -602,6 +607,9 @@ async fn symbol_quiescent(client: &Client, symbol: &Symbol) -> Result<bool, Erro
 }
 
 /// Counts the ledger hashes present and publishes the count as `quantum_ledger_entries`.
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn ledger_census(client: &Client) -> Result<usize, Error> {
     let keys = scan_keys(client, &format!("{LEDGER_KEY_PREFIX}*")).await?;
     let count = keys
@@ -609,7 +617,7 @@ pub async fn ledger_census(client: &Client) -> Result<usize, Error> {
         .filter_map(|k| k.strip_prefix(LEDGER_KEY_PREFIX))
         .filter(|s| Symbol::parse(s).is_ok())
         .count();
-    metrics::gauge!("quantum_ledger_entries").set(count as f64);
+    metrics::gauge!(quantum_common::metric_names::LEDGER_ENTRIES).set(count as f64);
     Ok(count)
 }
 
@@ -623,6 +631,9 @@ async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
 }
 
 /// Runs the ledger service until `shutdown` fires.
+///
+/// # Errors
+/// Invalid settings, Redis unreachable or refusing the ledger's credentials or rights, the HTTP port taken, or a fatal stage error.
 pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<LedgerStats, LedgerError> {
     let spec = ConsumerSpec::new(
         LEDGER_COMMIT_STREAM,
@@ -665,7 +676,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
                 match dedup::prune(&client).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        metrics::counter!("quantum_ledger_dedup_pruned_total").increment(n);
+                        metrics::counter!(quantum_common::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
                         tracing::debug!("Pruned {n} applied-fill records no entry can deliver again");
                     }
                     Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),

@@ -1,5 +1,5 @@
 //! The parked fills of a symbol (`{quantum:position:ledger:<SYMBOL>}:parked`): numbered fills
-//! that came before their turn, kept until the fills ahead of them are applied (`logic`).
+//! that came before their turn, kept until the fills ahead of them are applied (`decisions`).
 //!
 //! A parked fill's `ledger.commit` entry is acknowledged once the fill is parked: the hash is
 //! then the fill's only copy, so a value that cannot be read stops the symbol (like a corrupt
@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use quantum_common::fields::StreamEntry;
 use quantum_common::fill::Fill;
+use quantum_common::stream_entry::StreamEntry;
 
-use crate::logic::Parked;
+use crate::decisions::Parked;
 
 /// The hash field and value of a parked fill.
 pub fn encode(parked: &Parked) -> (String, String) {

@@ -143,7 +143,7 @@ impl AccountSync {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    metrics::counter!("quantum_executor_account_sync_failures_total").increment(1);
+                    metrics::counter!(quantum_common::metric_names::EXECUTOR_ACCOUNT_SYNC_FAILURES_TOTAL).increment(1);
                     if !failing {
                         tracing::warn!("Account sync failed: {e}; snapshots keep their last values");
                     }

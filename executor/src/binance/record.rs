@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use quantum_common::fields::StreamEntry;
 use quantum_common::fill::Fill;
+use quantum_common::stream_entry::StreamEntry;
 
 use crate::venue::OrderOutcome;
 

@@ -89,6 +89,9 @@ impl Credentials {
 }
 
 /// Lowercase hex HMAC-SHA256 of `payload` keyed by `secret`.
+///
+/// # Panics
+/// Never: HMAC takes a key of any length.
 pub fn signature(secret: &str, payload: &str) -> String {
     // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
@@ -97,6 +100,9 @@ pub fn signature(secret: &str, payload: &str) -> String {
 }
 
 /// Whether `signature_hex` is the signature of `payload` under `secret` (constant time).
+///
+/// # Panics
+/// Never: HMAC takes a key of any length.
 pub fn verify(secret: &str, payload: &str, signature_hex: &str) -> bool {
     let Ok(given) = hex::decode(signature_hex) else {
         return false;

@@ -9,10 +9,13 @@ use rust_decimal::Decimal;
 
 use quantum_common::consumer::group_backlog;
 use quantum_common::contract::*;
-use quantum_common::fields::{decode_entries, StreamEntry};
+use quantum_common::stream_entry::{decode_entries, StreamEntry};
 use quantum_common::types::parse_decimal;
 
 /// All entries of `stream` after `after` (exclusive; `-` for the beginning).
+///
+/// # Errors
+/// Redis unreachable, or an unreadable reply.
 pub async fn entries_after(client: &Client, stream: &str, after: &str) -> Result<Vec<StreamEntry>, Error> {
     let mut out = Vec::new();
     let mut start = if after == "-" {
@@ -31,6 +34,9 @@ pub async fn entries_after(client: &Client, stream: &str, after: &str) -> Result
 }
 
 /// The id of the newest entry of `stream` (`0-0` when empty), to mark where a phase starts.
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn last_id(client: &Client, stream: &str) -> Result<String, Error> {
     let reply: Value = client.xrevrange(stream, "+", "-", Some(1)).await?;
     let entries = decode_entries(reply).map_err(|e| Error::new(ErrorKind::Parse, e))?;
@@ -38,6 +44,9 @@ pub async fn last_id(client: &Client, stream: &str) -> Result<String, Error> {
 }
 
 /// Waits until the bridge, the executor and the ledger have nothing pending or undelivered.
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn wait_idle(client: &Client, timeout: Duration) -> Result<bool, Error> {
     let deadline = Instant::now() + timeout;
     for (stream, group) in [
@@ -75,6 +84,9 @@ pub struct PhaseFacts {
 }
 
 /// Facts about plans and results written after the given ids.
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn phase_facts(client: &Client, plans_after: &str, results_after: &str) -> Result<PhaseFacts, Error> {
     let mut facts = PhaseFacts::default();
     for plan in entries_after(client, PLAN_STREAM, plans_after).await? {
@@ -105,6 +117,9 @@ pub async fn phase_facts(client: &Client, plans_after: &str, results_after: &str
 /// Checks that every fill was counted exactly once: no fill id twice in ledger.commit, each
 /// ledger's fill count equals its fills in the stream, and each ledger's position equals its
 /// starting amount plus the signed sum of its fills. Returns the problems found.
+///
+/// # Errors
+/// Redis unreachable.
 pub async fn exactly_once_problems(client: &Client, starting: &HashMap<String, Decimal>) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();

@@ -48,6 +48,9 @@ impl StreamEntry {
     }
 
     /// Checks the generic size limits every service applies before looking at content.
+    ///
+    /// # Errors
+    /// The name of the first field that is binary or above [`MAX_FIELD_BYTES`].
     pub fn check_limits(&self) -> Result<(), String> {
         if let Some(name) = &self.binary_field {
             return Err(format!("field {name:?} is not valid UTF-8"));
@@ -101,6 +104,9 @@ fn value_lossy(value: &Value) -> String {
 
 /// Decodes one `[id, [k, v, ...]]` pair. A nil field list (an entry deleted while pending)
 /// yields `Ok(None)` for the id so the caller can acknowledge it.
+///
+/// # Errors
+/// A reply that is not an entry.
 pub fn decode_entry(value: Value) -> Result<(String, Option<StreamEntry>), String> {
     let mut parts = match value {
         Value::Array(parts) if parts.len() == 2 => parts,
@@ -135,6 +141,9 @@ pub fn decode_entry(value: Value) -> Result<(String, Option<StreamEntry>), Strin
 }
 
 /// Decodes an array of entries (XRANGE, XAUTOCLAIM, one stream of XREADGROUP).
+///
+/// # Errors
+/// A reply that is not an array of entries.
 pub fn decode_entries(value: Value) -> Result<Vec<(String, Option<StreamEntry>)>, String> {
     match value {
         Value::Array(items) => items.into_iter().map(decode_entry).collect(),
@@ -144,6 +153,9 @@ pub fn decode_entries(value: Value) -> Result<Vec<(String, Option<StreamEntry>)>
 }
 
 /// Decodes an XREADGROUP/XREAD reply for a single stream.
+///
+/// # Errors
+/// A reply that is not a read reply for one stream.
 pub fn decode_read_reply(value: Value) -> Result<Vec<(String, Option<StreamEntry>)>, String> {
     match value {
         Value::Null => Ok(Vec::new()),
