@@ -46,30 +46,70 @@ pub struct Position {
 }
 
 impl Position {
-    /// Applies one fill: extends, reduces, closes or flips the position.
+    /// Applies one fill. Its four cases, by what the fill does to the position:
+    ///
+    /// - **increase** (from flat, or the same direction): the average entry is the
+    ///   quantity-weighted average of the old entry and the fill's price;
+    /// - **reduce** (the other direction, less than the position): the closed part realizes
+    ///   `qty × (price − entry)` (sign by direction), the entry stays;
+    /// - **close** (exactly the position): the closed part realizes, the entry goes to 0;
+    /// - **flip** (more than the position): the whole position realizes, and the remainder
+    ///   opens at the fill's price.
+    ///
+    /// The fee is taken off the realized PnL in every case.
+    ///
+    /// ```
+    /// use quantum_common::position::Position;
+    /// use quantum_common::types::Side;
+    /// use rust_decimal::Decimal;
+    ///
+    /// let d = |v: i64| Decimal::from(v);
+    /// let mut p = Position::default();
+    /// p.apply(Side::Buy, d(1), d(100), d(0)); // increase from flat
+    /// p.apply(Side::Buy, d(1), d(120), d(0)); // increase
+    /// assert_eq!((p.amt, p.avg_entry), (d(2), d(110)));
+    /// p.apply(Side::Sell, d(1), d(130), d(1)); // reduce: +20, less the fee
+    /// assert_eq!((p.amt, p.avg_entry, p.realized_pnl), (d(1), d(110), d(19)));
+    /// p.apply(Side::Sell, d(3), d(100), d(0)); // flip: -10, short 2 from 100
+    /// assert_eq!((p.amt, p.avg_entry, p.realized_pnl), (d(-2), d(100), d(9)));
+    /// p.apply(Side::Buy, d(2), d(90), d(0)); // close: +20
+    /// assert_eq!((p.amt, p.avg_entry, p.realized_pnl), (d(0), d(0), d(29)));
+    /// ```
     pub fn apply(&mut self, side: Side, qty: Decimal, price: Decimal, fee: Decimal) {
         let signed = side.sign() * qty;
-        let new_amt = self.amt + signed;
-        let same_direction = self.amt.is_zero() || self.amt.is_sign_positive() == signed.is_sign_positive();
-        if same_direction {
-            let cost = self.amt.abs() * self.avg_entry + qty * price;
-            self.avg_entry = round_price(cost / new_amt.abs());
+        let increases = self.amt.is_zero() || self.amt.is_sign_positive() == signed.is_sign_positive();
+        if increases {
+            self.increase(signed, qty, price);
         } else {
-            let closed = qty.min(self.amt.abs());
-            let direction = if self.amt.is_sign_positive() {
-                Decimal::ONE
-            } else {
-                Decimal::NEGATIVE_ONE
-            };
-            self.realized_pnl += closed * (price - self.avg_entry) * direction;
-            if new_amt.is_zero() {
-                self.avg_entry = Decimal::ZERO;
-            } else if new_amt.is_sign_positive() != self.amt.is_sign_positive() {
-                // Flipped through zero: the remainder opened at this fill's price.
-                self.avg_entry = price;
-            }
+            self.reduce_close_or_flip(signed, qty, price);
         }
         self.realized_pnl -= fee;
+    }
+
+    /// From flat or in the position's direction: the entry becomes the weighted average.
+    fn increase(&mut self, signed: Decimal, qty: Decimal, price: Decimal) {
+        let new_amt = self.amt + signed;
+        let cost = self.amt.abs() * self.avg_entry + qty * price;
+        self.avg_entry = round_price(cost / new_amt.abs());
+        self.amt = new_amt;
+    }
+
+    /// Against the position: the closed part realizes; a close leaves no entry, a flip opens
+    /// the remainder at the fill's price, a reduce keeps the entry.
+    fn reduce_close_or_flip(&mut self, signed: Decimal, qty: Decimal, price: Decimal) {
+        let new_amt = self.amt + signed;
+        let closed = qty.min(self.amt.abs());
+        let direction = if self.amt.is_sign_positive() {
+            Decimal::ONE
+        } else {
+            Decimal::NEGATIVE_ONE
+        };
+        self.realized_pnl += closed * (price - self.avg_entry) * direction;
+        if new_amt.is_zero() {
+            self.avg_entry = Decimal::ZERO;
+        } else if new_amt.is_sign_positive() != self.amt.is_sign_positive() {
+            self.avg_entry = price;
+        }
         self.amt = new_amt;
     }
 

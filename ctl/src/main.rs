@@ -29,145 +29,177 @@ enum Command {
     /// publishes, but its entries are BLOCKED at K=0.7563), then entry/exit separation (all
     /// symbols trade). Starts a throwaway redis-server unless REDIS_URL or REDIS_HOST is set.
     /// Exits non-zero if any step of the story is not demonstrated.
-    Demo {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// Where the executor places orders: the paper venue, or the live Binance venue against
-        /// a local fake Binance USD-M server started for the demo.
-        #[arg(long, value_enum, default_value = "paper")]
-        venue: demo::DemoVenue,
-    },
+    Demo(DemoArgs),
     /// Serve a local Binance USD-M futures test server (the endpoints the live executor uses,
     /// with signature, recvWindow, filter and position-mode checks, documented error codes and
     /// rate-limit headers). Point the executor at it with BINANCE_FAPI_URL. Faults are injected
     /// with `POST /fake/faults` (JSON), state is read with `GET /fake/state`. Runs until Ctrl-C.
-    FakeBinance {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9190")]
-        listen: std::net::SocketAddr,
-        /// File holding the API key clients must send (X-MBX-APIKEY).
-        #[arg(long)]
-        api_key_file: std::path::PathBuf,
-        /// File holding the API secret requests are signed with.
-        #[arg(long)]
-        api_secret_file: std::path::PathBuf,
-        /// Symbols and their mark prices, SYMBOL=price comma separated.
-        #[arg(long, default_value = quantum_intent_executor::paper::DEFAULT_REFERENCE_PRICES)]
-        marks: String,
-        /// USDT in the account's wallet.
-        #[arg(long, default_value = "100000")]
-        wallet: Decimal,
-        /// Start the account in hedge mode (dualSidePosition=true).
-        #[arg(long)]
-        hedge_mode: bool,
-    },
+    FakeBinance(FakeBinanceArgs),
     /// Publish simulated trade intents.
-    Sim {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// How many intents.
-        #[arg(long, default_value_t = 100)]
-        count: usize,
-        /// Intents per second (0 = as fast as possible).
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Symbols to rotate through, comma separated.
-        #[arg(long, default_value_t = DEMO_SYMBOLS.join(","))]
-        symbols: String,
-        /// Intent format.
-        #[arg(long, value_enum, default_value = "mixed")]
-        format: Format,
-        /// Publish a SELL every N intents (0 = only BUYs).
-        #[arg(long, default_value_t = 0)]
-        sell_every: usize,
-        /// USD value of each intent.
-        #[arg(long, default_value = "200")]
-        usd: Decimal,
-        /// First write a risk-kernel proposal (quantum:harvest:proposal:<SYMBOL>) of this kind
-        /// for every symbol; with --count 0 only the proposals are written.
-        #[arg(long, value_enum)]
-        proposal: Option<ProposalKind>,
-    },
+    Sim(SimArgs),
     /// Measure bridge throughput: preload intents on a throwaway redis-server (or the one given),
     /// start the bridge and time until all are consumed, gated, published and acknowledged.
     /// Build with --release for meaningful numbers.
-    Bench {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// How many intents.
-        #[arg(long, default_value_t = 200_000)]
-        count: usize,
-        /// The bridge's STREAM_BATCH_SIZE.
-        #[arg(long, default_value_t = 512)]
-        batch_size: u64,
-    },
+    Bench(BenchArgs),
     /// Show stream lengths, consumer-group lag and pending counts, what the bridge did with the
     /// last minutes' intents (by outcome and reason), and the ledgers.
-    Status {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// The window of the bridge's outcomes, in minutes.
-        #[arg(long, default_value_t = 5)]
-        minutes: u64,
-        /// Print JSON, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// The fault suite: under a steady flow of intents, run several instances of every service
     /// on a throwaway redis-server (AOF, appendfsync always), SIGKILL them at random, pause a
     /// bridge past the reclaim age, restart Redis, inject one poison entry into each stream,
     /// then check the exactly-once invariants. Exits non-zero if one fails.
-    Faults {
-        /// SIGKILLs over the run (each killed process is restarted at once).
-        #[arg(long, default_value_t = 120)]
-        kills: usize,
-        /// Intents published.
-        #[arg(long, default_value_t = 3000)]
-        intents: usize,
-        /// Intents per second.
-        #[arg(long, default_value_t = 100)]
-        rate: u64,
-        /// Instances of each service.
-        #[arg(long, default_value_t = 2)]
-        replicas: usize,
-        /// Seed of the choice of victims (the same seed kills in the same order).
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// The executors' venue: paper, or the live venue against a fake Binance that also
-        /// injects venue faults between the kills (accept then time out, 5xx after accepting, a
-        /// duplicate client id, 429, 418, clock skew, partial fills).
-        #[arg(long, value_enum, default_value = "paper")]
-        venue: demo::DemoVenue,
-    },
+    Faults(FaultsArgs),
     /// Check the exactly-once invariants over a running stack's Redis, read-only (works as the
     /// quantum-ops ACL user): one plan per intent, one result per plan, one venue order per
     /// plan, each fill applied once in venue order with ledger = Σ fills = venue position, and
     /// the memory bound. Waits for the pipeline to be idle first. Exits non-zero if one fails.
-    Check {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// How long to wait for the pipeline to be idle (nothing pending or lagging), in seconds;
-        /// work still in flight after that is reported as left over.
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
-    },
+    Check(CheckArgs),
     /// Explain what happened: `why --intent <entry id>` follows one intent through every stage
     /// (bridge, governor, plan, executor, venue order, fills, ledger) and names where it stopped;
     /// `why <SYMBOL>` says whether the symbol trades, and if not, why, in one verdict line.
     /// Read-only: works as the quantum-ops ACL user.
-    Why {
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// The symbol to explain.
-        #[arg(required_unless_present = "intent", conflicts_with = "intent")]
-        symbol: Option<String>,
-        /// A trade.intent entry id (as XADD returned it) to follow.
-        #[arg(long)]
-        intent: Option<String>,
-        /// How far back `why <SYMBOL>` looks, in minutes.
-        #[arg(long, default_value_t = 5)]
-        minutes: u64,
-    },
+    Why(WhyArgs),
+}
+
+/// The arguments of `quantumctl demo`.
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Where the executor places orders: the paper venue, or the live Binance venue against
+    /// a local fake Binance USD-M server started for the demo.
+    #[arg(long, value_enum, default_value = "paper")]
+    venue: demo::DemoVenue,
+}
+
+/// The arguments of `quantumctl fake-binance`.
+#[derive(clap::Args, Debug)]
+struct FakeBinanceArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9190")]
+    listen: std::net::SocketAddr,
+    /// File holding the API key clients must send (X-MBX-APIKEY).
+    #[arg(long)]
+    api_key_file: std::path::PathBuf,
+    /// File holding the API secret requests are signed with.
+    #[arg(long)]
+    api_secret_file: std::path::PathBuf,
+    /// Symbols and their mark prices, SYMBOL=price comma separated.
+    #[arg(long, default_value = quantum_intent_executor::paper::DEFAULT_REFERENCE_PRICES)]
+    marks: String,
+    /// USDT in the account's wallet.
+    #[arg(long, default_value = "100000")]
+    wallet: Decimal,
+    /// Start the account in hedge mode (dualSidePosition=true).
+    #[arg(long)]
+    hedge_mode: bool,
+}
+
+/// The arguments of `quantumctl sim`.
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// How many intents.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Intents per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Symbols to rotate through, comma separated.
+    #[arg(long, default_value_t = DEMO_SYMBOLS.join(","))]
+    symbols: String,
+    /// Intent format.
+    #[arg(long, value_enum, default_value = "mixed")]
+    format: Format,
+    /// Publish a SELL every N intents (0 = only BUYs).
+    #[arg(long, default_value_t = 0)]
+    sell_every: usize,
+    /// USD value of each intent.
+    #[arg(long, default_value = "200")]
+    usd: Decimal,
+    /// First write a risk-kernel proposal (quantum:harvest:proposal:<SYMBOL>) of this kind
+    /// for every symbol; with --count 0 only the proposals are written.
+    #[arg(long, value_enum)]
+    proposal: Option<ProposalKind>,
+}
+
+/// The arguments of `quantumctl bench`.
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// How many intents.
+    #[arg(long, default_value_t = 200_000)]
+    count: usize,
+    /// The bridge's STREAM_BATCH_SIZE.
+    #[arg(long, default_value_t = 512)]
+    batch_size: u64,
+}
+
+/// The arguments of `quantumctl status`.
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The window of the bridge's outcomes, in minutes.
+    #[arg(long, default_value_t = 5)]
+    minutes: u64,
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arguments of `quantumctl faults`.
+#[derive(clap::Args, Debug)]
+struct FaultsArgs {
+    /// SIGKILLs over the run (each killed process is restarted at once).
+    #[arg(long, default_value_t = 120)]
+    kills: usize,
+    /// Intents published.
+    #[arg(long, default_value_t = 3000)]
+    intents: usize,
+    /// Intents per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Instances of each service.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Seed of the choice of victims (the same seed kills in the same order).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// The executors' venue: paper, or the live venue against a fake Binance that also
+    /// injects venue faults between the kills (accept then time out, 5xx after accepting, a
+    /// duplicate client id, 429, 418, clock skew, partial fills).
+    #[arg(long, value_enum, default_value = "paper")]
+    venue: demo::DemoVenue,
+}
+
+/// The arguments of `quantumctl check`.
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// How long to wait for the pipeline to be idle (nothing pending or lagging), in seconds;
+    /// work still in flight after that is reported as left over.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+/// The arguments of `quantumctl why`.
+#[derive(clap::Args, Debug)]
+struct WhyArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The symbol to explain.
+    #[arg(required_unless_present = "intent", conflicts_with = "intent")]
+    symbol: Option<String>,
+    /// A trade.intent entry id (as XADD returned it) to follow.
+    #[arg(long)]
+    intent: Option<String>,
+    /// How far back `why <SYMBOL>` looks, in minutes.
+    #[arg(long, default_value_t = 5)]
+    minutes: u64,
 }
 
 fn redis_given(redis: &RedisArgs) -> bool {
@@ -197,80 +229,109 @@ async fn connect(redis: &RedisArgs) -> Result<fred::prelude::Client, String> {
 
 async fn run(cli: Cli) -> Result<bool, String> {
     match cli.command {
-        Command::Faults {
+        Command::Faults(args) => args.run().await,
+        Command::Check(args) => args.run().await,
+        Command::Status(args) => args.run().await,
+        Command::Why(args) => args.run().await,
+        Command::Sim(args) => args.run().await,
+        Command::Bench(args) => args.run().await,
+        Command::FakeBinance(args) => args.run().await,
+        Command::Demo(args) => args.run().await,
+    }
+}
+
+impl FaultsArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self {
             kills,
             intents,
             rate,
             replicas,
             seed,
             venue,
-        } => {
-            let plan = quantumctl::faults::FaultPlan {
-                kills,
-                intents,
-                rate,
-                replicas,
-                seed,
-                venue,
-            };
-            let dir = tempfile::Builder::new()
-                .prefix("quantumctl-faults-")
-                .tempdir()
-                .map_err(|e| e.to_string())?
-                .keep();
-            println!(
-                "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed})"
-            );
-            let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
-            print!("{}", report.render());
-            Ok(report.passed())
+        } = self;
+        let plan = quantumctl::faults::FaultPlan {
+            kills,
+            intents,
+            rate,
+            replicas,
+            seed,
+            venue,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("quantumctl-faults-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        println!(
+        "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed})"
+    );
+        let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
+        print!("{}", report.render());
+        Ok(report.passed())
+    }
+}
+
+impl CheckArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self { redis, wait } = self;
+        let client = connect(&redis).await?;
+        let idle = quantumctl::pipeline_facts::wait_idle(&client, std::time::Duration::from_secs(wait))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !idle {
+            println!("not idle after {wait} s: work in flight is reported as left over");
         }
-        Command::Check { redis, wait } => {
-            let client = connect(&redis).await?;
-            let idle = quantumctl::pipeline_facts::wait_idle(&client, std::time::Duration::from_secs(wait))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !idle {
-                println!("not idle after {wait} s: work in flight is reported as left over");
-            }
-            let checked = quantumctl::invariants::check(&client, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            print!("{}", checked.render());
-            Ok(checked.passed())
+        let checked = quantumctl::invariants::check(&client, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        print!("{}", checked.render());
+        Ok(checked.passed())
+    }
+}
+
+impl StatusArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self { redis, minutes, json } = self;
+        let client = connect(&redis).await?;
+        let status = status::gather(&client, minutes).await.map_err(|e| e.to_string())?;
+        if json {
+            println!("{}", status.to_json());
+        } else {
+            print!("{}", status.render(why::stdout_is_terminal()));
         }
-        Command::Status { redis, minutes, json } => {
-            let client = connect(&redis).await?;
-            let status = status::gather(&client, minutes).await.map_err(|e| e.to_string())?;
-            if json {
-                println!("{}", status.to_json());
-            } else {
-                print!("{}", status.render(why::stdout_is_terminal()));
-            }
-            Ok(true)
-        }
-        Command::Why {
+        Ok(true)
+    }
+}
+
+impl WhyArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self {
             redis,
             symbol,
             intent,
             minutes,
-        } => {
-            let client = connect(&redis).await?;
-            let color = why::stdout_is_terminal();
-            if let Some(id) = intent {
-                let report = why::intent(&client, id.trim()).await.map_err(|e| e.to_string())?;
-                print!("{}", report.render(color));
-                return Ok(true);
-            }
-            let raw = symbol.unwrap_or_default();
-            let symbol = Symbol::parse(&raw).map_err(|e| format!("SYMBOL: {e}"))?;
-            let report = why::symbol(&client, &symbol, minutes)
-                .await
-                .map_err(|e| e.to_string())?;
+        } = self;
+        let client = connect(&redis).await?;
+        let color = why::stdout_is_terminal();
+        if let Some(id) = intent {
+            let report = why::intent(&client, id.trim()).await.map_err(|e| e.to_string())?;
             print!("{}", report.render(color));
-            Ok(true)
+            return Ok(true);
         }
-        Command::Sim {
+        let raw = symbol.unwrap_or_default();
+        let symbol = Symbol::parse(&raw).map_err(|e| format!("SYMBOL: {e}"))?;
+        let report = why::symbol(&client, &symbol, minutes)
+            .await
+            .map_err(|e| e.to_string())?;
+        print!("{}", report.render(color));
+        Ok(true)
+    }
+}
+
+impl SimArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self {
             redis,
             count,
             rate,
@@ -279,130 +340,141 @@ async fn run(cli: Cli) -> Result<bool, String> {
             sell_every,
             usd,
             proposal,
-        } => {
-            let symbols: Vec<Symbol> = symbols
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(Symbol::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("--symbols: {e}"))?;
-            if symbols.is_empty() {
-                return Err("--symbols: give at least one symbol".into());
-            }
-            let intents: Vec<_> = (0..count)
-                .map(|n| {
-                    let side = if sell_every > 0 && (n + 1) % sell_every == 0 {
-                        Side::Sell
-                    } else {
-                        Side::Buy
-                    };
-                    intent_fields(&symbols[n % symbols.len()], side, usd, format, n)
-                })
-                .collect();
-            let client = connect(&redis).await?;
-            if let Some(kind) = proposal {
-                write_proposals(&client, &symbols, kind)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!(
-                    "wrote {kind:?} proposals (K={:.4}) for {} symbols",
-                    quantum_common::governor::KillWeights::default().kill_score(&kind.components()),
-                    symbols.len()
-                );
-            }
-            let started = std::time::Instant::now();
-            let ids = publish(&client, &intents, rate).await.map_err(|e| e.to_string())?;
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "published {} intents to quantum:stream:trade.intent in {secs:.3}s ({:.0}/s)",
-                ids.len(),
-                ids.len() as f64 / secs.max(1e-9)
-            );
-            Ok(true)
+        } = self;
+        let symbols: Vec<Symbol> = symbols
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(Symbol::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--symbols: {e}"))?;
+        if symbols.is_empty() {
+            return Err("--symbols: give at least one symbol".into());
         }
-        Command::Bench {
+        let intents: Vec<_> = (0..count)
+            .map(|n| {
+                let side = if sell_every > 0 && (n + 1) % sell_every == 0 {
+                    Side::Sell
+                } else {
+                    Side::Buy
+                };
+                intent_fields(&symbols[n % symbols.len()], side, usd, format, n)
+            })
+            .collect();
+        let client = connect(&redis).await?;
+        if let Some(kind) = proposal {
+            write_proposals(&client, &symbols, kind)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "wrote {kind:?} proposals (K={:.4}) for {} symbols",
+                quantum_common::governor::KillWeights::default().kill_score(&kind.components()),
+                symbols.len()
+            );
+        }
+        let started = std::time::Instant::now();
+        let ids = publish(&client, &intents, rate).await.map_err(|e| e.to_string())?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "published {} intents to quantum:stream:trade.intent in {secs:.3}s ({:.0}/s)",
+            ids.len(),
+            ids.len() as f64 / secs.max(1e-9)
+        );
+        Ok(true)
+    }
+}
+
+impl BenchArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self {
             redis,
             count,
             batch_size,
-        } => {
-            let (_server, url, client) = given_or_throwaway(&redis).await?;
-            let log = std::env::temp_dir().join(format!("quantumctl-bench-bridge-{}.log", std::process::id()));
-            let result = bench::bridge_throughput(&client, &url, count, batch_size, &log)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = client.quit().await;
-            let result = result?;
-            println!(
-                "bridge: {} intents -> {} plans in {:.3}s = {:.0} intents/s (batch {batch_size}; log {})",
-                result.intents,
-                result.plans,
-                result.seconds,
-                result.rate(),
-                log.display()
-            );
-            Ok(true)
-        }
-        Command::FakeBinance {
+        } = self;
+        let (_server, url, client) = given_or_throwaway(&redis).await?;
+        let log = std::env::temp_dir().join(format!("quantumctl-bench-bridge-{}.log", std::process::id()));
+        let result = bench::bridge_throughput(&client, &url, count, batch_size, &log)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = client.quit().await;
+        let result = result?;
+        println!(
+            "bridge: {} intents -> {} plans in {:.3}s = {:.0} intents/s (batch {batch_size}; log {})",
+            result.intents,
+            result.plans,
+            result.seconds,
+            result.rate(),
+            log.display()
+        );
+        Ok(true)
+    }
+}
+
+impl FakeBinanceArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self {
             listen,
             api_key_file,
             api_secret_file,
             marks,
             wallet,
             hedge_mode,
-        } => {
-            let read = |path: &std::path::Path| {
-                std::fs::read_to_string(path)
-                    .map(|s| s.trim().to_string())
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            };
-            let marks = quantum_intent_executor::paper::parse_reference_prices(&marks)
-                .map_err(|e| format!("--marks: {e}"))?
-                .into_iter()
-                .map(|(s, p)| (s.to_string(), p))
-                .collect();
-            let mut config =
-                quantumctl::fake_binance::FakeConfig::new(&read(&api_key_file)?, &read(&api_secret_file)?, marks);
-            config.wallet_usdt = wallet;
-            config.dual_side = hedge_mode;
-            let fake = quantumctl::fake_binance::FakeBinance::start(config, listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            println!("fake-binance listening on {} (BINANCE_FAPI_URL)", fake.url());
-            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
-            Ok(true)
-        }
-        Command::Demo { redis, venue } => {
-            let log_dir = tempfile::Builder::new()
-                .prefix("quantumctl-demo-")
-                .tempdir()
-                .map_err(|e| e.to_string())?
-                .keep();
-            let (_server, url, client) = given_or_throwaway(&redis).await?;
-            let report = demo::run(&client, &url, &log_dir, venue)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = client.quit().await;
-            let report = report?;
-            println!("\n{}", report.table());
-            println!("service logs: {}", report.log_dir.display());
+        } = self;
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let marks = quantum_intent_executor::paper::parse_reference_prices(&marks)
+            .map_err(|e| format!("--marks: {e}"))?
+            .into_iter()
+            .map(|(s, p)| (s.to_string(), p))
+            .collect();
+        let mut config =
+            quantumctl::fake_binance::FakeConfig::new(&read(&api_key_file)?, &read(&api_secret_file)?, marks);
+        config.wallet_usdt = wallet;
+        config.dual_side = hedge_mode;
+        let fake = quantumctl::fake_binance::FakeBinance::start(config, listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        println!("fake-binance listening on {} (BINANCE_FAPI_URL)", fake.url());
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+impl DemoArgs {
+    async fn run(self) -> Result<bool, String> {
+        let Self { redis, venue } = self;
+        let log_dir = tempfile::Builder::new()
+            .prefix("quantumctl-demo-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let (_server, url, client) = given_or_throwaway(&redis).await?;
+        let report = demo::run(&client, &url, &log_dir, venue)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = client.quit().await;
+        let report = report?;
+        println!("\n{}", report.table());
+        println!("service logs: {}", report.log_dir.display());
+        println!(
+            "operators' proof on the fixed bridge's log: proofs/proof_intent_bridge_ledger_gate.sh --log-file {}",
+            report.log_dir.join("bridge-default.log").display()
+        );
+        if report.passed() {
             println!(
-                "operators' proof on the fixed bridge's log: proofs/proof_intent_bridge_ledger_gate.sh --log-file {}",
-                report.log_dir.join("bridge-default.log").display()
+                "\nPASS: strict mode reproduces the deadlock; the legacy governor blocks the fresh symbols' entries; \
+             separated mode trades all {} symbols; no fill counted twice",
+                DEMO_SYMBOLS.len()
             );
-            if report.passed() {
-                println!(
-                    "\nPASS: strict mode reproduces the deadlock; the legacy governor blocks the fresh symbols' entries; \
-                     separated mode trades all {} symbols; no fill counted twice",
-                    DEMO_SYMBOLS.len()
-                );
-            } else {
-                println!("\nFAIL: the story was not demonstrated:");
-                for p in &report.problems {
-                    println!("  - {p}");
-                }
+        } else {
+            println!("\nFAIL: the story was not demonstrated:");
+            for p in &report.problems {
+                println!("  - {p}");
             }
-            Ok(report.passed())
         }
+        Ok(report.passed())
     }
 }
 
