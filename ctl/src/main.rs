@@ -202,6 +202,15 @@ struct WhyArgs {
     minutes: u64,
 }
 
+/// A new directory under the system temp dir, kept after the run (it holds the run's logs).
+fn kept_dir(prefix: &str) -> Result<std::path::PathBuf, String> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| e.to_string())
+}
+
 fn redis_given(redis: &RedisArgs) -> bool {
     redis.redis_url.is_some() || std::env::var_os("REDIS_HOST").is_some()
 }
@@ -258,11 +267,7 @@ impl FaultsArgs {
             seed,
             venue,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("quantumctl-faults-")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
+        let dir = kept_dir("quantumctl-faults-")?;
         println!(
         "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed})"
     );
@@ -445,11 +450,7 @@ impl FakeBinanceArgs {
 impl DemoArgs {
     async fn run(self) -> Result<bool, String> {
         let Self { redis, venue } = self;
-        let log_dir = tempfile::Builder::new()
-            .prefix("quantumctl-demo-")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
+        let log_dir = kept_dir("quantumctl-demo-")?;
         let (_server, url, client) = given_or_throwaway(&redis).await?;
         let report = demo::run(&client, &url, &log_dir, venue)
             .await

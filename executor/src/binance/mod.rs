@@ -503,11 +503,16 @@ impl BinanceVenue {
         fail::fail_point!("executor::binance_after_send", |_| std::process::abort());
         match reply {
             Ok(reply) => {
-                let id = vec![("venue_order_id".to_string(), reply.order_id.to_string())];
-                self.update(ctx, sending.sends, id).await?;
+                let venue_order_id = reply.order_id;
                 match self.judge_reply(ctx, reply).await? {
+                    // The usual case: final in its reply, one write records it.
                     Resolution::Outcome(outcome) => Ok(Step::Done(self.finish(ctx, sending.sends, outcome).await?)),
-                    Resolution::Pending(why) => Err(self.unresolved(coid, why)),
+                    Resolution::Pending(why) => {
+                        // Kept so the resolution asks by the venue's own id.
+                        let id = vec![("venue_order_id".to_string(), venue_order_id.to_string())];
+                        self.update(ctx, sending.sends, id).await?;
+                        Err(self.unresolved(coid, why))
+                    }
                     Resolution::NeverAccepted => Ok(Step::Again),
                 }
             }
