@@ -24,7 +24,7 @@
 
 use fred::prelude::*;
 
-use quantum_common::cas::queue_eval;
+use quantum_runtime::cas::queue_eval;
 
 /// A symbol's ledger fields and reservations, read at one instant.
 const READ_POSITION_SCRIPT: &str = r#"#!lua flags=no-writes
@@ -36,16 +36,16 @@ return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), redis.call
 /// reservation token; the reply is `[[amt, notional], [field, value, ...], token]`.
 pub async fn queue_position_read(
     pipeline: &fred::clients::Pipeline<Client>,
-    symbol: &quantum_common::types::Symbol,
+    symbol: &quantum_model::types::Symbol,
 ) -> Result<(), Error> {
-    use quantum_common::contract::{ledger_key, reservation_key, reservation_version_key};
+    use quantum_model::contract::{ledger_key, reservation_key, reservation_version_key};
     let keys = vec![
         ledger_key(symbol),
         reservation_key(symbol),
         reservation_version_key(symbol),
     ];
     // EVAL_RO: the bridge may only read ledgers.
-    quantum_common::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, Vec::new()).await
+    quantum_runtime::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, Vec::new()).await
 }
 
 const COMMIT_SCRIPT: &str = r#"#!lua
@@ -100,7 +100,7 @@ pub struct EntryCommit<'a> {
 
 /// A reservation to add with a plan.
 pub struct ReservationCommit {
-    pub symbol: quantum_common::types::Symbol,
+    pub symbol: quantum_model::types::Symbol,
     /// The plan id.
     pub field: String,
     pub value: String,
@@ -126,8 +126,8 @@ pub async fn queue_commit(
     let none = || (String::new(), String::new());
     let (reservations, version, field, value, token, buy, buys_token) = match commit.reservation {
         Some(r) => (
-            quantum_common::contract::reservation_key(&r.symbol),
-            quantum_common::contract::reservation_version_key(&r.symbol),
+            quantum_model::contract::reservation_key(&r.symbol),
+            quantum_model::contract::reservation_version_key(&r.symbol),
             r.field,
             r.value,
             r.token,
@@ -169,7 +169,7 @@ pub async fn queue_commit(
         outcome_stream.to_string(),
         reservations,
         version,
-        quantum_common::contract::BUYS_VERSION_KEY.to_string(),
+        quantum_model::contract::BUYS_VERSION_KEY.to_string(),
     ];
     queue_eval(pipeline, COMMIT_SCRIPT, keys, args).await
 }

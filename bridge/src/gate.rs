@@ -1,7 +1,7 @@
 //! The bridge's gates, in order: allowlist, ledger (split by side, counting what is in flight),
 //! exposure. Pure functions. (Freshness is checked before them and shares their skip reasons.)
 //!
-//! Invariants the gates keep (with the reservations of `quantum_common::reservation`):
+//! Invariants the gates keep (with the reservations of `quantum_model::reservation`):
 //! - a published SELL never exceeds what is available: the ledger's long position minus the
 //!   SELLs in flight; a larger one is cut to it, and with nothing available it is skipped;
 //! - a BUY is refused when the exposure after it (ledgers, BUYs in flight, the order itself)
@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use rust_decimal::Decimal;
 
-use quantum_common::types::{Side, Symbol};
+use quantum_model::types::{Side, Symbol};
 
 /// Gate settings.
 #[derive(Debug, Clone)]

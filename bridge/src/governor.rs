@@ -1,20 +1,20 @@
 //! The governor's settings and its glue to the batch: which proposal and history to read, how a
 //! verdict shapes the plan, its log line and metrics, and the history sample to record. The
-//! decision itself is the pure `quantum_common::governor::decide`.
+//! decision itself is the pure `quantum_model::governor::decide`.
 
 use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::Value;
 
-use quantum_common::contract::{kill_history_key, proposal_key};
-use quantum_common::governor::{
+use quantum_model::contract::{kill_history_key, proposal_key};
+use quantum_model::governor::{
     GovernorConfig, KillWeights, MissingPolicy, Mode, ProposalError, ProposalFields, ProposalView, Sample, SymbolRisk,
     Verdict, PROPOSAL_FIELDS,
 };
-use quantum_common::labels::symbol_label;
-use quantum_common::plan::Plan;
-use quantum_common::stream_entry::opt_text;
-use quantum_common::types::{Decision, Symbol};
+use quantum_model::labels::symbol_label;
+use quantum_model::plan::Plan;
+use quantum_model::types::{Decision, Symbol};
+use quantum_runtime::reply::opt_text;
 
 /// How long a symbol's history outlives its last sample (a delisted symbol's set goes away).
 const HISTORY_TTL_SECS: i64 = 7 * 24 * 3600;
@@ -240,7 +240,7 @@ pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
     }
     let symbol = symbol_label(&plan.symbol);
     metrics::counter!(
-        quantum_common::metric_names::GOVERNOR_DECISIONS_TOTAL,
+        quantum_model::metric_names::GOVERNOR_DECISIONS_TOTAL,
         "symbol" => symbol.clone(),
         "side" => plan.side.as_str(),
         "decision" => verdict.decision.as_str(),
@@ -248,10 +248,10 @@ pub fn report(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) {
     )
     .increment(1);
     if let Some(k) = verdict.kill_score {
-        metrics::gauge!(quantum_common::metric_names::GOVERNOR_KILL_SCORE, "symbol" => symbol.clone()).set(k);
+        metrics::gauge!(quantum_model::metric_names::GOVERNOR_KILL_SCORE, "symbol" => symbol.clone()).set(k);
     }
     if let Some(z) = verdict.z {
-        metrics::gauge!(quantum_common::metric_names::GOVERNOR_KILL_SCORE_Z, "symbol" => symbol).set(z);
+        metrics::gauge!(quantum_model::metric_names::GOVERNOR_KILL_SCORE_Z, "symbol" => symbol).set(z);
     }
 }
 
@@ -273,8 +273,8 @@ fn blocked_line(cfg: &GovernorConfig, plan: &Plan, verdict: &Verdict) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quantum_common::governor::{decide, Reason};
-    use quantum_common::types::Side;
+    use quantum_model::governor::{decide, Reason};
+    use quantum_model::types::Side;
 
     fn array(values: &[Option<&str>]) -> Value {
         Value::Array(
@@ -335,11 +335,11 @@ mod tests {
 
     #[test]
     fn the_verdict_shapes_the_plan() {
-        let entry = quantum_common::stream_entry::StreamEntry::new(
+        let entry = quantum_model::stream_entry::StreamEntry::new(
             "1-0",
             &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "1")],
         );
-        let intent = quantum_common::intent::Intent::parse(&entry, &Default::default()).unwrap();
+        let intent = quantum_model::intent::Intent::parse(&entry, &Default::default()).unwrap();
         let mut plan = Plan::from_intent(&intent, rust_decimal::Decimal::ONE, 0);
         let cfg = GovernorConfig {
             mode: Mode::Legacy,

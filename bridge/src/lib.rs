@@ -12,7 +12,7 @@
 //! published) → publish.
 //!
 //! Layout: `gate` (pure gates), `governor` (its settings and batch glue; the decision is
-//! `quantum_common::governor`), `commit` (each intent's server-side commit step), this file
+//! `quantum_model::governor`), `commit` (each intent's server-side commit step), this file
 //! (the batch handler and `run`).
 
 mod commit;
@@ -27,28 +27,29 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
-use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
-use quantum_common::contract::{
+use quantum_model::contract::{
     reservation_key, seen_key, BRIDGE_CONFIG_KEY, BUYS_VERSION_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM,
     MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY,
 };
-use quantum_common::failure::StageError;
-use quantum_common::governor::{GovernorConfig, ProposalView};
-use quantum_common::http::{self, HttpArgs};
-use quantum_common::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
-use quantum_common::outcome::OutcomeRecord;
-use quantum_common::plan::Plan;
-use quantum_common::reservation::{next_token, InFlight, Reservation};
-use quantum_common::stream_entry::{hash_pairs, opt_text, truncate, StreamEntry};
-use quantum_common::time::{entry_age_ms, now_ms, now_secs};
-use quantum_common::trace;
-use quantum_common::types::{parse_decimal, Decision, Side, Symbol};
+use quantum_model::governor::{GovernorConfig, ProposalView};
+use quantum_model::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
+use quantum_model::outcome::OutcomeRecord;
+use quantum_model::plan::Plan;
+use quantum_model::reservation::{next_token, InFlight, Reservation};
+use quantum_model::stream_entry::{truncate, StreamEntry};
+use quantum_model::time::{entry_age_ms, now_ms, now_secs};
+use quantum_model::types::{parse_decimal, Decision, Side, Symbol};
+use quantum_runtime::config::{parse_flag, parse_non_negative, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
+use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
+use quantum_runtime::failure::StageError;
+use quantum_runtime::http::{self, HttpArgs};
+use quantum_runtime::reply::{hash_pairs, opt_text};
+use quantum_runtime::trace;
 
 use commit::{queue_commit, queue_position_read, EntryCommit, ReservationCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
-use quantum_common::governor::SymbolRisk;
+use quantum_model::governor::SymbolRisk;
 
 /// Deployment marker operators grep for to confirm the ledger-open fix is running.
 pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
@@ -59,7 +60,7 @@ pub const BUILD_TAG: &str = "intent-bridge-ledger-open-v1";
     name = "quantum-intent-bridge",
     version,
     about = "Gates trade intents and publishes apply plans.",
-    after_help = quantum_common::trace::HELP
+    after_help = quantum_runtime::trace::HELP
 )]
 pub struct BridgeArgs {
     #[command(flatten)]
@@ -167,7 +168,7 @@ pub enum BridgeError {
     #[error("Redis refused an operation the bridge needs: {0}")]
     Redis(#[from] Error),
     #[error("stopped: {0}")]
-    Stage(#[from] quantum_common::failure::StageError),
+    Stage(#[from] quantum_runtime::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -204,7 +205,7 @@ pub struct IntentBridge {
     deferred: bool,
     last_summary: std::time::Instant,
     /// Distinct symbols with published plans over the last 5 minutes (a live gauge).
-    plan_symbols: Option<quantum_common::window::SymbolWindow>,
+    plan_symbols: Option<quantum_runtime::window::SymbolWindow>,
     /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
     allowlist: Vec<Symbol>,
     pub stats: BridgeStats,
@@ -394,7 +395,7 @@ impl IntentBridge {
         for symbol in gated_symbols {
             let (proposal, history) = (next(), next());
             let risk = governor::read_replies(&self.governor, proposal, history, now);
-            if let quantum_common::governor::ProposalView::Unreadable(e) = &risk.view {
+            if let quantum_model::governor::ProposalView::Unreadable(e) = &risk.view {
                 tracing::warn!("Proposal of {symbol} unreadable ({e}); entries are BLOCKED until it is fixed");
             }
             view.risk.insert(symbol, risk);
@@ -510,7 +511,7 @@ impl IntentBridge {
             LedgerView::Known(amt) => amt.to_string(),
             _ => "unknown".to_string(),
         };
-        metrics::counter!(quantum_common::metric_names::BRIDGE_SELL_CUT_TOTAL, "symbol" => plan.symbol.to_string())
+        metrics::counter!(quantum_model::metric_names::BRIDGE_SELL_CUT_TOTAL, "symbol" => plan.symbol.to_string())
             .increment(1);
         tracing::info!(
             "SELL cut to available: symbol={} requested={requested} available={} position_amt={position_amt} in_flight={in_flight} plan_id={}",
@@ -522,7 +523,7 @@ impl IntentBridge {
 
     fn wait_for_mark(&mut self, entry: &StreamEntry, intent: &Intent, age_ms: u64) -> Outcome {
         if self.waiting.insert(entry.id.clone()) {
-            metrics::counter!(quantum_common::metric_names::BRIDGE_MARK_WAITS_TOTAL).increment(1);
+            metrics::counter!(quantum_model::metric_names::BRIDGE_MARK_WAITS_TOTAL).increment(1);
             tracing::info!(
                 "Waiting for mark price: {} {} intent {} (age={age_ms}ms, max={}ms); left pending and retried",
                 intent.symbol,
@@ -545,7 +546,7 @@ impl IntentBridge {
     ) -> Outcome {
         let (sym, side, short) = (plan.symbol.clone(), plan.side, plan.plan_id.short().to_string());
         if ledger_missing_open {
-            metrics::counter!(quantum_common::metric_names::BRIDGE_LEDGER_MISSING_OPEN_TOTAL, "symbol" => sym.to_string()).increment(1);
+            metrics::counter!(quantum_model::metric_names::BRIDGE_LEDGER_MISSING_OPEN_TOTAL, "symbol" => sym.to_string()).increment(1);
             self.stats.ledger_missing_open += 1;
             tracing::info!("LEDGER_MISSING_OPEN allowed: symbol={sym} side=BUY plan_id={short}");
         }
@@ -554,7 +555,7 @@ impl IntentBridge {
             .risk
             .get(&sym)
             .map_or((&NO_PROPOSAL, &[][..]), |r| (&r.view, &r.history[..]));
-        let verdict = quantum_common::governor::decide(&self.governor, side, proposal, history);
+        let verdict = quantum_model::governor::decide(&self.governor, side, proposal, history);
         governor::annotate(&mut plan, &verdict, proposal);
         governor::report(&self.governor, &plan, &verdict);
         let outcome = if verdict.decision == Decision::Blocked {
@@ -563,11 +564,11 @@ impl IntentBridge {
         } else {
             "published"
         };
-        metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => outcome).increment(1);
+        metrics::counter!(quantum_model::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => outcome).increment(1);
         if let Some(window) = &self.plan_symbols {
             window.saw(&sym);
         }
-        metrics::counter!(quantum_common::metric_names::BRIDGE_PLANS_PUBLISHED_TOTAL, "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
+        metrics::counter!(quantum_model::metric_names::BRIDGE_PLANS_PUBLISHED_TOTAL, "symbol" => sym.to_string(), "side" => side.as_str(), "decision" => verdict.decision.as_str())
             .increment(1);
         // The kill score only when there is one: this line is the bridge's hottest.
         let kill_score = verdict.kill_score.map(|k| format!(" kill_score={k:.4}"));
@@ -596,9 +597,9 @@ impl IntentBridge {
 
     fn skip(&mut self, subject: &Subject, reason: SkipReason) -> Outcome {
         let (sym, side, short) = (&subject.symbol, subject.side, subject.plan_id.as_str());
-        metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => reason.code()).increment(1);
+        metrics::counter!(quantum_model::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => reason.code()).increment(1);
         if side == Side::Sell && reason != SkipReason::NotAllowlisted {
-            metrics::counter!(quantum_common::metric_names::BRIDGE_SELL_BLOCKED_TOTAL, "symbol" => sym.to_string(), "reason" => reason.code())
+            metrics::counter!(quantum_model::metric_names::BRIDGE_SELL_BLOCKED_TOTAL, "symbol" => sym.to_string(), "reason" => reason.code())
                 .increment(1);
         }
         *self.stats.skipped.entry(reason.code()).or_default() += 1;
@@ -764,10 +765,10 @@ impl BatchHandler for IntentBridge {
         };
         let acked = committing.len() as u64 - again;
         self.stats.consumed += acked;
-        metrics::counter!(quantum_common::metric_names::BRIDGE_INTENTS_CONSUMED_TOTAL).increment(acked);
-        metrics::gauge!(quantum_common::metric_names::BRIDGE_WAITING_INTENTS).set(self.waiting.len() as f64);
-        metrics::histogram!(quantum_common::metric_names::BRIDGE_BATCH_SIZE).record(batch.len() as f64);
-        metrics::histogram!(quantum_common::metric_names::BRIDGE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(quantum_model::metric_names::BRIDGE_INTENTS_CONSUMED_TOTAL).increment(acked);
+        metrics::gauge!(quantum_model::metric_names::BRIDGE_WAITING_INTENTS).set(self.waiting.len() as f64);
+        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         if let Some(window) = &self.plan_symbols {
             window.publish();
         }
@@ -828,9 +829,9 @@ impl IntentBridge {
                 );
                 commit.outcome = Some((INTENT_DLQ_STREAM, dlq_fields(entry, reason, &error, now)));
                 self.stats.malformed += 1;
-                metrics::counter!(quantum_common::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => "malformed")
+                metrics::counter!(quantum_model::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => "malformed")
                     .increment(1);
-                metrics::counter!(quantum_common::metric_names::DLQ_ENTRIES_TOTAL, "stream" => INTENT_DLQ_STREAM, "reason" => reason)
+                metrics::counter!(quantum_model::metric_names::DLQ_ENTRIES_TOTAL, "stream" => INTENT_DLQ_STREAM, "reason" => reason)
                     .increment(1);
             }
             Outcome::Skip(..) | Outcome::Wait => {}
@@ -867,7 +868,7 @@ impl IntentBridge {
                 Ok(v) if v.as_i64() == Some(-1) => {
                     // Another bridge reserved for the symbol after this one read it: nothing was
                     // written; the intent stays pending and is decided again on fresh state.
-                    metrics::counter!(quantum_common::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
+                    metrics::counter!(quantum_model::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
                     self.deferred = true;
                     again += 1;
                     self.stats.published = self.stats.published.saturating_sub(1);
@@ -877,7 +878,7 @@ impl IntentBridge {
                     );
                 }
                 Ok(v) if *decided && v.as_i64() == Some(0) => {
-                    metrics::counter!(quantum_common::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
+                    metrics::counter!(quantum_model::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
                     tracing::info!(
                         "Already processed: intent {} was committed by another bridge meanwhile; this one published nothing",
                         entry.id
@@ -906,7 +907,7 @@ async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, 
             in_flight.expired.len(),
             truncate(&in_flight.expired.join(","), 512)
         );
-        metrics::counter!(quantum_common::metric_names::BRIDGE_RESERVATIONS_EXPIRED_TOTAL, "symbol" => symbol.to_string())
+        metrics::counter!(quantum_model::metric_names::BRIDGE_RESERVATIONS_EXPIRED_TOTAL, "symbol" => symbol.to_string())
             .increment(in_flight.expired.len() as u64);
         pipeline
             .hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
@@ -935,7 +936,7 @@ fn log_stats(prefix: &str, s: &BridgeStats) {
     );
 }
 
-/// The record of an outcome, as the replay marker keeps it (see `quantum_common::outcome`).
+/// The record of an outcome, as the replay marker keeps it (see `quantum_model::outcome`).
 fn outcome_record(outcome: &Outcome, now_ms: u64) -> OutcomeRecord {
     let record = match outcome {
         Outcome::Publish(plan, _) => {
@@ -1103,7 +1104,9 @@ async fn publish_config(
         ("started_ts", now_ms().to_string()),
     ];
     fields.extend(governor.to_fields());
-    let written: Result<(), Error> = writer.hset(BRIDGE_CONFIG_KEY, quantum_common::cas::owned(fields)).await;
+    let written: Result<(), Error> = writer
+        .hset(BRIDGE_CONFIG_KEY, quantum_runtime::cas::owned(fields))
+        .await;
     if let Err(e) = written {
         tracing::warn!("Cannot publish the settings to {BRIDGE_CONFIG_KEY} ({e}); quantumctl why will not see them");
     }
@@ -1155,14 +1158,14 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
         max_qty: args.max_qty.clone().unwrap_or_default(),
         max_notional_usd: args.max_notional_usd.clone(),
     };
-    metrics::gauge!(quantum_common::metric_names::BRIDGE_ALLOWLIST_SYMBOLS).set(gates.allowlist.len() as f64);
+    metrics::gauge!(quantum_model::metric_names::BRIDGE_ALLOWLIST_SYMBOLS).set(gates.allowlist.len() as f64);
     publish_config(&conns.writer, &args, &spec, &allowlist, &governor).await;
     let mut bridge = IntentBridge::new(conns.writer.clone(), gates, limits, args.idempotency_ttl);
     bridge.governor = governor;
     bridge.max_intent_age_ms = args.max_intent_age_ms;
     bridge.reservation_ttl_ms = args.reservation_ttl_ms;
-    bridge.plan_symbols = Some(quantum_common::window::SymbolWindow::spawn(
-        quantum_common::metric_names::APPLY_PLAN_SYMBOLS,
+    bridge.plan_symbols = Some(quantum_runtime::window::SymbolWindow::spawn(
+        quantum_model::metric_names::APPLY_PLAN_SYMBOLS,
         std::time::Duration::from_secs(300),
         shutdown.clone(),
     ));

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use rust_decimal::Decimal;
 
-use quantum_common::consumer::group_backlog;
-use quantum_common::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY};
-use quantum_common::types::{Side, Symbol};
+use quantum_model::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY};
+use quantum_model::types::{Side, Symbol};
+use quantum_runtime::consumer::group_backlog;
 
 use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};

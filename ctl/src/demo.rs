@@ -9,12 +9,12 @@ use std::time::Duration;
 use fred::prelude::*;
 use rust_decimal::Decimal;
 
-use quantum_common::cas::owned;
-use quantum_common::contract::{ledger_key, PLAN_STREAM, PORTFOLIO_KEY, RESULT_STREAM};
-use quantum_common::position::{LedgerEntry, Position};
-use quantum_common::time::now_ms;
-use quantum_common::types::{Side, Symbol};
 use quantum_intent_executor::paper::seed_position;
+use quantum_model::contract::{ledger_key, PLAN_STREAM, PORTFOLIO_KEY, RESULT_STREAM};
+use quantum_model::position::{LedgerEntry, Position};
+use quantum_model::time::now_ms;
+use quantum_model::types::{Side, Symbol};
+use quantum_runtime::cas::owned;
 
 use crate::fake_binance::{FakeBinance, FakeConfig};
 use crate::pipeline_facts::{exactly_once_problems, last_id, phase_facts, wait_idle, PhaseFacts};

@@ -15,10 +15,10 @@ use rust_decimal::Decimal;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use quantum_common::contract::*;
-use quantum_common::redis_server::RedisServer;
-use quantum_common::stream_entry::StreamEntry;
-use quantum_common::types::{Side, Symbol};
+use crate::redis_server::RedisServer;
+use quantum_model::contract::*;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::types::{Side, Symbol};
 
 use crate::demo::{start_fake_binance, DemoVenue};
 use crate::fake_binance::{FakeBinance, Faults};
@@ -281,7 +281,7 @@ async fn publish_through_outages(client: Client, intents: Vec<Vec<(String, Strin
 pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
-    let client = quantum_common::config::RedisArgs::from_url(&redis.url())
+    let client = quantum_runtime::config::RedisArgs::from_url(&redis.url())
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
     inject_poison(&client, plan.venue).await?;
@@ -406,7 +406,7 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
 /// Waits (at most 15 s) until the live executors' account sync has written every symbol's
 /// snapshot after the pipeline drained, so the snapshots hold the venue's final positions.
 async fn wait_for_account_sync(client: &Client) -> Result<(), Error> {
-    let drained_at = quantum_common::time::now_ms();
+    let drained_at = quantum_model::time::now_ms();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let mut synced = true;

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_common::consumer::scan_keys;
-use quantum_common::contract::*;
-use quantum_common::types::Symbol;
+use quantum_model::contract::*;
+use quantum_model::types::Symbol;
+use quantum_runtime::consumer::scan_keys;
 
 use crate::pipeline_facts::{entries_after, exactly_once_problems};
 use crate::sim::DEMO_SYMBOLS;
@@ -223,7 +223,7 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
         (PLAN_STREAM, PLAN_GROUP),
         (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
     ] {
-        if let Some(b) = quantum_common::consumer::group_backlog(client, stream, group).await? {
+        if let Some(b) = quantum_runtime::consumer::group_backlog(client, stream, group).await? {
             if !b.is_idle() {
                 problems.push(format!("{group} on {stream}: {} pending, lag {:?}", b.pending, b.lag));
             }

@@ -7,6 +7,7 @@ pub mod fake_binance;
 pub mod faults;
 pub mod invariants;
 pub mod pipeline_facts;
+pub mod redis_server;
 pub mod sim;
 pub mod stack;
 pub mod status;

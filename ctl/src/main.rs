@@ -5,9 +5,9 @@ use fred::prelude::ClientLike;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::config::RedisArgs;
-use quantum_common::redis_server::RedisServer;
-use quantum_common::types::{Side, Symbol};
+use quantum_model::types::{Side, Symbol};
+use quantum_runtime::config::RedisArgs;
+use quantumctl::redis_server::RedisServer;
 use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use quantumctl::{bench, demo, status, why};
 
@@ -372,7 +372,7 @@ impl SimArgs {
                 .map_err(|e| e.to_string())?;
             println!(
                 "wrote {kind:?} proposals (K={:.4}) for {} symbols",
-                quantum_common::governor::KillWeights::default().kill_score(&kind.components()),
+                quantum_model::governor::KillWeights::default().kill_score(&kind.components()),
                 symbols.len()
             );
         }
@@ -481,7 +481,7 @@ impl DemoArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _logs = quantum_common::telemetry::init_logging(Some("warn"));
+    let _logs = quantum_runtime::telemetry::init_logging(Some("warn"));
     match run(Cli::parse()).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -7,10 +7,11 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::consumer::group_backlog;
-use quantum_common::contract::*;
-use quantum_common::stream_entry::{decode_entries, StreamEntry};
-use quantum_common::types::parse_decimal;
+use quantum_model::contract::*;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::types::parse_decimal;
+use quantum_runtime::consumer::group_backlog;
+use quantum_runtime::reply::decode_entries;
 
 /// All entries of `stream` after `after` (exclusive; `-` for the beginning).
 ///

@@ -8,10 +8,10 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::contract::{proposal_key, INTENT_STREAM};
-use quantum_common::governor::{Components, KillWeights};
-use quantum_common::time::now_secs;
-use quantum_common::types::{Side, Symbol};
+use quantum_model::contract::{proposal_key, INTENT_STREAM};
+use quantum_model::governor::{Components, KillWeights};
+use quantum_model::time::now_secs;
+use quantum_model::types::{Side, Symbol};
 
 /// The demo's eleven symbols.
 pub const DEMO_SYMBOLS: [&str; 11] = [

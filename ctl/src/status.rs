@@ -7,12 +7,12 @@ use std::fmt::Write;
 use fred::prelude::*;
 use fred::types::Value;
 
-use quantum_common::consumer::{group_backlog, scan_keys, GroupBacklog};
-use quantum_common::contract::*;
-use quantum_common::position::LedgerEntry;
-use quantum_common::snapshot::Snapshot;
-use quantum_common::stream_entry::hash_pairs;
-use quantum_common::types::Symbol;
+use quantum_model::contract::*;
+use quantum_model::position::LedgerEntry;
+use quantum_model::snapshot::Snapshot;
+use quantum_model::types::Symbol;
+use quantum_runtime::consumer::{group_backlog, scan_keys, GroupBacklog};
+use quantum_runtime::reply::hash_pairs;
 
 /// Every ledger, by symbol (unreadable ones are reported as errors).
 ///

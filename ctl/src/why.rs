@@ -2,7 +2,7 @@
 //! trading, in one verdict line. Reads only (works as the `quantum-ops` ACL user).
 //!
 //! Sources: the intent entry; its replay marker, whose value is the bridge's outcome record
-//! (`quantum_common::outcome`); the plan, result and fills found by scanning their streams
+//! (`quantum_model::outcome`); the plan, result and fills found by scanning their streams
 //! forward from the intent's time (bounded); the order record; the ledger's dedup set; the
 //! settings the bridge and executor publish at start; the proposal and its history.
 //! Gathering is I/O; [`IntentReport::stopped`] and [`SymbolReport::verdict`] are pure.
@@ -13,14 +13,15 @@ use std::fmt::Write;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_common::contract::*;
-use quantum_common::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
-use quantum_common::intent::{Intent, IntentLimits};
-use quantum_common::outcome::OutcomeRecord;
-use quantum_common::position::LedgerEntry;
-use quantum_common::stream_entry::{decode_entries, hash_pairs, opt_text, StreamEntry};
-use quantum_common::time::{entry_ms, now_ms};
-use quantum_common::types::{OrderId, Side, Symbol};
+use quantum_model::contract::*;
+use quantum_model::governor::{self, GovernorConfig, ProposalFields, ProposalView, SymbolRisk, PROPOSAL_FIELDS};
+use quantum_model::intent::{Intent, IntentLimits};
+use quantum_model::outcome::OutcomeRecord;
+use quantum_model::position::LedgerEntry;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::time::{entry_ms, now_ms};
+use quantum_model::types::{OrderId, Side, Symbol};
+use quantum_runtime::reply::{decode_entries, hash_pairs, opt_text};
 
 /// Most entries one search reads from a stream (so a huge stream costs a bounded scan).
 const MAX_SCAN: usize = 200_000;
@@ -304,7 +305,7 @@ pub async fn intent(client: &Client, intent_id: &str) -> Result<IntentReport, Er
     report.record = marker.map(|m| OutcomeRecord::parse(&m));
     let Some(record) = report.record.clone() else {
         report.pending_deliveries = pending_deliveries(client, INTENT_STREAM, INTENT_GROUP, intent_id).await?;
-        let backlog = quantum_common::consumer::group_backlog(client, INTENT_STREAM, INTENT_GROUP).await?;
+        let backlog = quantum_runtime::consumer::group_backlog(client, INTENT_STREAM, INTENT_GROUP).await?;
         report.unread =
             report.pending_deliveries.is_none() && backlog.is_none_or(|b| id_after(intent_id, &b.last_delivered_id));
         return Ok(report);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use fred::prelude::*;
 use fred::types::Value;
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::stack::Service;
 use support::Stack;
 
@@ -506,7 +506,7 @@ async fn a_missing_group_is_created_and_a_deleted_pending_entry_is_acknowledged(
         .await
         .unwrap();
     // Under a stable name (as the systemd units set it), so the restart finds it as its own.
-    let consumer = format!("intent_bridge-{}", quantum_common::config::hostname());
+    let consumer = format!("intent_bridge-{}", quantum_runtime::config::hostname());
     let _: Value = stack
         .client
         .xreadgroup(

@@ -6,7 +6,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{quantumctl, Stack, TIMEOUT};

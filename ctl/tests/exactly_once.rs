@@ -9,10 +9,10 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::contract::*;
-use quantum_common::redis_server::RedisServer;
-use quantum_common::types::{Side, Symbol};
+use quantum_model::contract::*;
+use quantum_model::types::{Side, Symbol};
 use quantumctl::pipeline_facts::wait_idle;
+use quantumctl::redis_server::RedisServer;
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, paper_orders, wait_for, Stack, TIMEOUT};

@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashMap;
 
 use fred::prelude::*;
-use quantum_common::contract::*;
-use quantum_common::time::now_secs;
+use quantum_model::contract::*;
+use quantum_model::time::now_secs;
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
 
@@ -103,7 +103,7 @@ async fn legacy_governor_blocks_entries_and_lets_closes_through_and_the_executor
         .hset("quantum:position:ledger:ZECUSDT", &[("position_amt", "5")])
         .await;
     // The venue holds the position the ledger shows: the close is reduce-only.
-    let zec = quantum_common::types::Symbol::parse("ZECUSDT").unwrap();
+    let zec = quantum_model::types::Symbol::parse("ZECUSDT").unwrap();
     quantum_intent_executor::paper::seed_position(&stack.client, &zec, 5.into(), 40.into())
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use fred::prelude::*;
 use rust_decimal::Decimal;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
 

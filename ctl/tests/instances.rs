@@ -8,8 +8,8 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use rust_decimal::Decimal;
 
-use quantum_common::contract::*;
-use quantum_common::types::{Side, Symbol};
+use quantum_model::contract::*;
+use quantum_model::types::{Side, Symbol};
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
@@ -52,7 +52,7 @@ async fn two_of_every_service_handle_each_intent_exactly_once() {
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     assert_exactly_once(&stack, &ids).await;
 
-    let hostname = quantum_common::config::hostname();
+    let hostname = quantum_runtime::config::hostname();
     for (stream, group) in GROUPS {
         let names: Vec<String> = consumers(&stack, stream, group)
             .await

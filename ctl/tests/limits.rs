@@ -3,7 +3,7 @@
 
 mod support;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{Stack, TIMEOUT};

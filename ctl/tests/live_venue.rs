@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::fake_binance::{FakeBinance, FakeConfig, Faults};
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
@@ -248,7 +248,7 @@ async fn a_sigkill_between_the_send_and_its_record_places_nothing_twice() {
     live.crash_at("executor::binance_after_send=return").await;
     assert_eq!(live.fake.counters().orders_placed, 1, "the venue took the order");
     let records = live.stack.client.clone();
-    let keys = quantum_common::consumer::scan_keys(&records, "quantum:binance:order:qib-*")
+    let keys = quantum_runtime::consumer::scan_keys(&records, "quantum:binance:order:qib-*")
         .await
         .unwrap();
     assert_eq!(keys.len(), 1);
@@ -380,7 +380,7 @@ async fn an_account_the_records_cannot_explain_stops_the_executor() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        b.place(&params, quantum_common::time::now_ms()).unwrap();
+        b.place(&params, quantum_model::time::now_ms()).unwrap();
     });
     live.start_executor(None);
     wait_for("the executor to refuse to start", || {

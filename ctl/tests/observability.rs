@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{get, port_of, try_get, Stack, TIMEOUT};

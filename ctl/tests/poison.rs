@@ -7,7 +7,7 @@ mod support;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::stack::Service;
 use support::{get, port_of, wait_for, Stack};
 

@@ -98,7 +98,7 @@ fn every_dashboard_query_parses_and_the_first_row_answers_the_first_question() {
 /// The `quantum_...` names in `text`, histogram suffixes (`_bucket`, `_sum`, `_count`) taken
 /// off where the name without one is a metric.
 fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
-    let known: std::collections::BTreeSet<&str> = quantum_common::metric_names::ALL.iter().copied().collect();
+    let known: std::collections::BTreeSet<&str> = quantum_model::metric_names::ALL.iter().copied().collect();
     let mut found = std::collections::BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("quantum_") {
@@ -119,10 +119,8 @@ fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn rules_dashboard_and_docs_name_only_metrics_the_code_exports() {
-    let known: std::collections::BTreeSet<String> = quantum_common::metric_names::ALL
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
+    let known: std::collections::BTreeSet<String> =
+        quantum_model::metric_names::ALL.iter().map(|n| n.to_string()).collect();
     let rules = std::fs::read_to_string(deploy().join("prometheus/rules/quantum.rules.yml")).unwrap();
     // Rule group names share the prefix but are not metrics.
     let groups: Vec<String> = rules
@@ -140,7 +138,7 @@ fn rules_dashboard_and_docs_name_only_metrics_the_code_exports() {
         for name in metric_names_in(&text) {
             assert!(
                 known.contains(&name) || groups.contains(&name),
-                "{file} names {name}, which no service exports (quantum_common::metric_names)"
+                "{file} names {name}, which no service exports (quantum_model::metric_names)"
             );
         }
     }

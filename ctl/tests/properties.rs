@@ -14,14 +14,14 @@ use std::collections::{HashMap, HashSet};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
-use quantum_common::intent::{Intent, IntentLimits, SymbolCaps};
-use quantum_common::plan::Plan;
-use quantum_common::position::Position;
-use quantum_common::stream_entry::StreamEntry;
-use quantum_common::types::{Side, Symbol};
 use quantum_intent_bridge::gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView};
 use quantum_intent_executor::paper::{simulate, PaperConfig, PaperPosition};
 use quantum_intent_executor::venue::{OrderOutcome, OrderRequest};
+use quantum_model::intent::{Intent, IntentLimits, SymbolCaps};
+use quantum_model::plan::Plan;
+use quantum_model::position::Position;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::types::{Side, Symbol};
 
 /// Numbers as producers get them wrong: huge, tiny, negative, NaN, exponents, junk.
 fn number() -> impl Strategy<Value = String> {
@@ -262,7 +262,7 @@ proptest! {
         venue_amt in -2_000_000i64..2_000_000,
     ) {
         let mark = mark
-            .and_then(|m| quantum_common::types::parse_decimal("mark", &m).ok())
+            .and_then(|m| quantum_model::types::parse_decimal("mark", &m).ok())
             .filter(|m| *m > Decimal::ZERO);
         let end = through_the_pipeline(
             &fields,

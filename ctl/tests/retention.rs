@@ -6,8 +6,8 @@ mod support;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_common::contract::*;
-use quantum_common::redis_server::RedisServer;
+use quantum_model::contract::*;
+use quantumctl::redis_server::RedisServer;
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
 

@@ -11,11 +11,11 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::config::RedisArgs;
-use quantum_common::contract::{PLAN_STREAM, RESULT_STREAM};
-use quantum_common::redis_server::RedisServer;
-use quantum_common::types::{Side, Symbol};
+use quantum_model::contract::{PLAN_STREAM, RESULT_STREAM};
+use quantum_model::types::{Side, Symbol};
+use quantum_runtime::config::RedisArgs;
 use quantumctl::pipeline_facts::wait_idle;
+use quantumctl::redis_server::RedisServer;
 use quantumctl::sim::{intent_fields, publish, write_proposals, Format, ProposalKind, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, Stack, TIMEOUT};

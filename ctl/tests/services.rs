@@ -3,7 +3,7 @@
 
 mod support;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::stack::Service;
 use support::Stack;
 
@@ -228,7 +228,7 @@ async fn reconcile_lets_exchange_truth_win_after_the_grace_period() {
             ],
         )
         .await;
-    let now = quantum_common::time::now_ms().to_string();
+    let now = quantum_model::time::now_ms().to_string();
     stack
         .hset(
             "quantum:position:snapshot:SOLUSDT",
@@ -315,7 +315,7 @@ async fn reconcile_lets_exchange_truth_win_after_the_grace_period() {
 #[tokio::test]
 async fn reconcile_waits_while_the_symbol_has_work_in_flight_and_only_that_symbol() {
     let mut stack = Stack::new().await;
-    let now = quantum_common::time::now_ms().to_string();
+    let now = quantum_model::time::now_ms().to_string();
     for symbol in ["SOLUSDT", "ZECUSDT"] {
         stack
             .hset(
@@ -374,7 +374,7 @@ async fn reconcile_waits_while_the_symbol_has_work_in_flight_and_only_that_symbo
 
 #[tokio::test]
 async fn redis_settings_that_endanger_the_dedup_records_are_reported_at_start() {
-    use quantum_common::redis_server::RedisServer;
+    use quantumctl::redis_server::RedisServer;
     let evicting = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]).unwrap();
     let mut stack = Stack::with_redis(evicting).await;
     stack.start(Service::Ledger, &[]);

@@ -7,7 +7,7 @@ mod support;
 
 use fred::prelude::*;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::stack::Service;
 use support::{paper_orders, wait_for, Stack};
 
@@ -104,7 +104,7 @@ async fn a_plan_redelivered_stale_after_its_order_was_placed_is_finalized_not_re
     // Restarted only once the plan is older than INTENT_EXECUTOR_MAX_PLAN_AGE_MS; the sweep
     // is kept out of the way, so the redelivered plan recovers its own order.
     wait_for("the plan to go stale", || async {
-        quantum_common::time::entry_age_ms(&entry, quantum_common::time::now_ms()) > 1600
+        quantum_model::time::entry_age_ms(&entry, quantum_model::time::now_ms()) > 1600
     })
     .await;
     start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000")]);

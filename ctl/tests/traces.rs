@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 
-use quantum_common::contract::*;
-use quantum_common::trace;
 use quantum_intent_bridge::BridgeArgs;
 use quantum_intent_executor::ExecutorArgs;
 use quantum_ledger::LedgerArgs;
+use quantum_model::contract::*;
+use quantum_runtime::trace;
 use support::{wait_for, Stack};
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {

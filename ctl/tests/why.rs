@@ -3,8 +3,8 @@
 
 mod support;
 
-use quantum_common::contract::*;
-use quantum_common::time::now_secs;
+use quantum_model::contract::*;
+use quantum_model::time::now_secs;
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::stack::Service;
 use support::{quantumctl, Stack, TIMEOUT};

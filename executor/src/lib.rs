@@ -29,21 +29,21 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
-use quantum_common::cas::queue_eval;
-use quantum_common::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
-use quantum_common::consumer::{self, BatchHandler, Connections, ConsumerSpec};
-use quantum_common::contract::{
+use quantum_model::contract::{
     answered_key, reservation_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
-use quantum_common::execution_result::ExecutionResult;
-use quantum_common::failure::StageError;
-use quantum_common::http::{self, HttpArgs};
-use quantum_common::labels::symbol_label;
-use quantum_common::plan::Plan;
-use quantum_common::stream_entry::StreamEntry;
-use quantum_common::time::{entry_age_ms, now_ms};
-use quantum_common::trace;
-use quantum_common::types::{Decision, PlanId, Symbol};
+use quantum_model::execution_result::ExecutionResult;
+use quantum_model::labels::symbol_label;
+use quantum_model::plan::Plan;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::time::{entry_age_ms, now_ms};
+use quantum_model::types::{Decision, PlanId, Symbol};
+use quantum_runtime::cas::queue_eval;
+use quantum_runtime::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
+use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
+use quantum_runtime::failure::StageError;
+use quantum_runtime::http::{self, HttpArgs};
+use quantum_runtime::trace;
 
 use order::{ClaimState, OrderRef};
 use paper::{parse_reference_prices, PaperConfig, PaperVenue, DEFAULT_REFERENCE_PRICES};
@@ -64,7 +64,7 @@ pub enum Mode {
     name = "quantum-intent-executor",
     version,
     about = "Executes apply plans exactly once and reports fills to the ledger.",
-    after_help = quantum_common::trace::HELP
+    after_help = quantum_runtime::trace::HELP
 )]
 pub struct ExecutorArgs {
     #[command(flatten)]
@@ -183,7 +183,7 @@ pub enum ExecutorError {
     #[error("Redis refused an operation the executor needs: {0}")]
     Redis(#[from] Error),
     #[error("stopped: {0}")]
-    Stage(#[from] quantum_common::failure::StageError),
+    Stage(#[from] quantum_runtime::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
     #[error("venue: {0}")]
@@ -239,7 +239,7 @@ pub struct Executor<V: Venue> {
     pub max_plan_age_ms: u64,
     pub stats: ExecutorStats,
     /// Distinct symbols with fills over the last 5 minutes (a live gauge).
-    executing_symbols: Option<quantum_common::window::SymbolWindow>,
+    executing_symbols: Option<quantum_runtime::window::SymbolWindow>,
     /// This executor's name on its order claims, and their lease.
     pub claimant: order::Claimant,
     /// Whether the last batch left plans pending because another executor holds their orders.
@@ -295,7 +295,7 @@ impl<V: Venue> Executor<V> {
             Err(e) => {
                 trace::record_outcome(span, "malformed", true);
                 self.stats.malformed += 1;
-                metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "INVALID", "outcome" => "malformed")
+                metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "INVALID", "outcome" => "malformed")
                     .increment(1);
                 tracing::warn!("Malformed plan {}: {e}", entry.id);
                 let get = |k: &str| entry.get(k).unwrap_or_default().to_string();
@@ -317,7 +317,7 @@ impl<V: Venue> Executor<V> {
         if !seen.insert(plan.plan_id.to_string()) {
             trace::record_outcome(span, "duplicate", false);
             self.stats.duplicates += 1;
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {
@@ -372,7 +372,7 @@ impl<V: Venue> Executor<V> {
     fn refuse(&mut self, plan: &Plan, span: &Span, outcome: &'static str, reason: String) -> Step {
         trace::record_outcome(span, outcome, false);
         self.stats.not_executed += 1;
-        metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => outcome)
+        metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => outcome)
             .increment(1);
         let line = format!(
             "Plan not executed: symbol={} side={} decision={} reason={reason} plan_id={}",
@@ -464,7 +464,7 @@ impl<V: Venue> Executor<V> {
             (ClaimState::Finished(finished), _) => {
                 trace::record_outcome(span, "duplicate", false);
                 self.stats.duplicates += 1;
-                metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "duplicate")
+                metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "duplicate")
                     .increment(1);
                 tracing::info!(
                     "Duplicate plan {} for {} skipped: order {coid} already {finished}",
@@ -549,7 +549,7 @@ struct Executed {
 }
 
 fn count_venue_error(venue: &'static str, e: &VenueError) {
-    metrics::counter!(quantum_common::metric_names::EXECUTOR_VENUE_ERRORS_TOTAL, "venue" => venue, "kind" => e.kind())
+    metrics::counter!(quantum_model::metric_names::EXECUTOR_VENUE_ERRORS_TOTAL, "venue" => venue, "kind" => e.kind())
         .increment(1);
 }
 
@@ -622,9 +622,9 @@ impl<V: Venue> Executor<V> {
                     window.saw(&plan.symbol);
                 }
                 // A plan's entry id starts with the millisecond the bridge published it.
-                if quantum_common::time::entry_ms(&batch[*i].id).is_some() {
+                if quantum_model::time::entry_ms(&batch[*i].id).is_some() {
                     let latency = entry_age_ms(&batch[*i].id, now_ms()) as f64 / 1000.0;
-                    metrics::histogram!(quantum_common::metric_names::EXECUTOR_PLAN_TO_FILL_SECONDS).record(latency);
+                    metrics::histogram!(quantum_model::metric_names::EXECUTOR_PLAN_TO_FILL_SECONDS).record(latency);
                 }
             }
             report_order(&mut self.stats, &spans[*i], &OrderRef::from(plan), outcome);
@@ -715,9 +715,9 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
         OrderOutcome::Filled { fills } => {
             trace::record_outcome(span, "filled", false);
             stats.filled += 1;
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "filled")
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "filled")
                 .increment(1);
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "FILLED").increment(1);
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "FILLED").increment(1);
             for f in fills {
                 tracing::info!(
                     "ORDER FILLED symbol={} side={} qty={} price={} order_id={coid} plan_id={} fill_id={} fee={}",
@@ -734,9 +734,9 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
         OrderOutcome::Rejected { reason } => {
             trace::record_outcome(span, "rejected", false);
             stats.rejected += 1;
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "rejected")
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => "EXECUTE", "outcome" => "rejected")
                 .increment(1);
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "REJECTED").increment(1);
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_ORDERS_TOTAL, "symbol" => symbol_label(&order.symbol), "side" => order.side.as_str(), "status" => "REJECTED").increment(1);
             tracing::warn!(
                 "ORDER REJECTED symbol={} side={} qty={} order_id={coid} plan_id={} reason={reason}",
                 order.symbol,
@@ -817,7 +817,7 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     ];
     let written: Result<(), Error> = conns
         .writer
-        .hset(EXECUTOR_CONFIG_KEY, quantum_common::cas::owned(config))
+        .hset(EXECUTOR_CONFIG_KEY, quantum_runtime::cas::owned(config))
         .await;
     if let Err(e) = written {
         tracing::warn!("Cannot publish the settings to {EXECUTOR_CONFIG_KEY} ({e}); quantumctl why will not see them");
@@ -962,8 +962,8 @@ impl Service<'_> {
             owner: self.spec.consumer.clone(),
             lease_ms: self.order_lease_ms,
         };
-        executor.executing_symbols = Some(quantum_common::window::SymbolWindow::spawn(
-            quantum_common::metric_names::EXECUTING_SYMBOLS,
+        executor.executing_symbols = Some(quantum_runtime::window::SymbolWindow::spawn(
+            quantum_model::metric_names::EXECUTING_SYMBOLS,
             std::time::Duration::from_secs(300),
             shutdown.clone(),
         ));

@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = ExecutorArgs::parse();
-    let _telemetry = match quantum_common::telemetry::init("quantum-intent-executor", Some(&args.log_level)) {
+    let _telemetry = match quantum_runtime::telemetry::init("quantum-intent-executor", Some(&args.log_level)) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("quantum-intent-executor: {e}");
@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     // Only in builds with the `failpoints` feature (the system tests'): reads FAILPOINTS.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let shutdown = quantum_common::consumer::shutdown_on_signals();
+    let shutdown = quantum_runtime::consumer::shutdown_on_signals();
     match run(args, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

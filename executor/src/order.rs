@@ -21,15 +21,16 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_common::cas::{owned, queue_eval};
-use quantum_common::contract::{order_key, reservation_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM};
-use quantum_common::execution_result::ExecutionResult;
-use quantum_common::fill::Fill;
-use quantum_common::plan::Plan;
-use quantum_common::reservation::Reservation;
-use quantum_common::stream_entry::{hash_pairs, StreamEntry};
-use quantum_common::time::now_ms;
-use quantum_common::types::{OrderId, PlanId, Side, Symbol};
+use quantum_model::contract::{order_key, reservation_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM};
+use quantum_model::execution_result::ExecutionResult;
+use quantum_model::fill::Fill;
+use quantum_model::plan::Plan;
+use quantum_model::reservation::Reservation;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::time::now_ms;
+use quantum_model::types::{OrderId, PlanId, Side, Symbol};
+use quantum_runtime::cas::{owned, queue_eval};
+use quantum_runtime::reply::hash_pairs;
 
 use crate::venue::OrderOutcome;
 
@@ -156,7 +157,7 @@ impl OrderRef {
             client_order_id: plan_id.client_order_id(),
             symbol: Symbol::parse(field("symbol")?).map_err(|e| e.to_string())?,
             side: Side::parse(field("side")?).map_err(|e| e.to_string())?,
-            qty: quantum_common::types::parse_decimal("qty", field("qty")?).map_err(|e| e.to_string())?,
+            qty: quantum_model::types::parse_decimal("qty", field("qty")?).map_err(|e| e.to_string())?,
             plan_id,
         })
     }

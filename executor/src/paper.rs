@@ -12,14 +12,15 @@ use fred::types::Value;
 use rust_decimal::{Decimal, RoundingStrategy};
 use sha2::{Digest, Sha256};
 
-use quantum_common::cas::{owned, queue_eval, CasOp, CasOutcome, CasWrite};
-use quantum_common::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
-use quantum_common::fill::Fill;
-use quantum_common::position::Position;
-use quantum_common::snapshot::Snapshot;
-use quantum_common::stream_entry::{hash_pairs, StreamEntry};
-use quantum_common::time::now_ms;
-use quantum_common::types::{parse_decimal, FillId, OrderId, OrderType, Side, Symbol};
+use quantum_model::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
+use quantum_model::fill::Fill;
+use quantum_model::position::Position;
+use quantum_model::snapshot::Snapshot;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_model::time::now_ms;
+use quantum_model::types::{parse_decimal, FillId, OrderId, OrderType, Side, Symbol};
+use quantum_runtime::cas::{owned, queue_eval, CasOp, CasOutcome, CasWrite};
+use quantum_runtime::reply::hash_pairs;
 
 use crate::venue::{OrderOutcome, OrderRequest, Venue, VenueError};
 
@@ -465,7 +466,7 @@ mod tests {
     }
 
     fn order(side: Side, qty: &str, reduce_only: bool, limit: Option<&str>) -> OrderRequest {
-        let plan_id = quantum_common::types::PlanId::parse("00000000000000aa").unwrap();
+        let plan_id = quantum_model::types::PlanId::parse("00000000000000aa").unwrap();
         OrderRequest {
             client_order_id: plan_id.client_order_id(),
             plan_id,

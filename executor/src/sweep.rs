@@ -19,8 +19,8 @@ use fred::prelude::*;
 use fred::types::Value;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::failure::StageError;
-use quantum_common::time::now_ms;
+use quantum_model::time::now_ms;
+use quantum_runtime::failure::StageError;
 
 use crate::order::{self, OrderRef};
 use crate::venue::{OrderOutcome, Venue};
@@ -60,7 +60,7 @@ impl<V: Venue> Sweeper<V> {
                     tracing::error!(
                         "Open order {coid} unreadable ({e}); left NEW for an operator: repair or finish quantum:order:{coid}"
                     );
-                    metrics::counter!(quantum_common::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => "unreadable").increment(1);
+                    metrics::counter!(quantum_model::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => "unreadable").increment(1);
                     continue;
                 }
                 Some(Ok(order)) => order,
@@ -99,7 +99,7 @@ impl<V: Venue> Sweeper<V> {
             OrderOutcome::Filled { .. } => "filled",
             OrderOutcome::Rejected { .. } => "rejected",
         };
-        metrics::counter!(quantum_common::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => found).increment(1);
+        metrics::counter!(quantum_model::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => found).increment(1);
         tracing::warn!(
             "Swept order {} of plan {} for {}: left NEW past the grace period, finalized {found} from the venue's record",
             order.client_order_id,
@@ -119,7 +119,7 @@ impl<V: Venue> Sweeper<V> {
                 Err(e) => tracing::warn!("Sweeping open orders failed ({}): {e}; next pass retries", e.class()),
             }
             // Lines are buffered; a pass's are written at its end, like a batch's.
-            quantum_common::telemetry::flush_logs();
+            quantum_runtime::telemetry::flush_logs();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}

@@ -5,8 +5,8 @@ use std::future::Future;
 use rust_decimal::Decimal;
 use thiserror::Error;
 
-use quantum_common::fill::Fill;
-use quantum_common::types::{OrderId, OrderType, PlanId, Side, Symbol};
+use quantum_model::fill::Fill;
+use quantum_model::types::{OrderId, OrderType, PlanId, Side, Symbol};
 
 /// One order as the executor asks a venue to place it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +23,9 @@ pub struct OrderRequest {
     pub leverage: Decimal,
 }
 
-impl From<&quantum_common::plan::Plan> for OrderRequest {
+impl From<&quantum_model::plan::Plan> for OrderRequest {
     /// The order a plan asks for, under its client order id.
-    fn from(plan: &quantum_common::plan::Plan) -> Self {
+    fn from(plan: &quantum_model::plan::Plan) -> Self {
         Self {
             client_order_id: plan.plan_id.client_order_id(),
             plan_id: plan.plan_id.clone(),
@@ -105,7 +105,7 @@ impl VenueError {
     }
 }
 
-impl From<VenueError> for quantum_common::failure::StageError {
+impl From<VenueError> for quantum_runtime::failure::StageError {
     /// Corrupt venue state fails the same way every time (poison: isolated, then dead-lettered);
     /// storage errors are classified like any Redis error; contention passes.
     fn from(e: VenueError) -> Self {

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use quantum_common::fill::Fill;
-use quantum_common::position::{LedgerEntry, MAX_MISSING_SEQS};
-use quantum_common::snapshot::Snapshot;
-use quantum_common::types::Symbol;
+use quantum_model::fill::Fill;
+use quantum_model::position::{LedgerEntry, MAX_MISSING_SEQS};
+use quantum_model::snapshot::Snapshot;
+use quantum_model::types::Symbol;
 
 /// One fill applied, with the position right after it (for the LEDGER_COMMIT line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl DriftTracker {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use quantum_common::types::{FillId, OrderId, PlanId, Side};
+    use quantum_model::types::{FillId, OrderId, PlanId, Side};
 
     const NEVER: u64 = u64::MAX;
 

@@ -17,10 +17,10 @@
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_common::cas::queue_eval;
-use quantum_common::consumer::scan_keys;
-use quantum_common::contract::{LEDGER_COMMIT_STREAM, LEDGER_GROUP};
-use quantum_common::time::entry_ms;
+use quantum_model::contract::{LEDGER_COMMIT_STREAM, LEDGER_GROUP};
+use quantum_model::time::entry_ms;
+use quantum_runtime::cas::queue_eval;
+use quantum_runtime::consumer::scan_keys;
 
 /// The pattern of every applied-fill record.
 const APPLIED_PATTERN: &str = "quantum:ledger:applied:*";

@@ -29,23 +29,24 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::cas::{owned, CasOp, CasOutcome, CasWrite};
-use quantum_common::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
-use quantum_common::consumer::{self, scan_keys, BatchHandler, Connections, ConsumerSpec};
-use quantum_common::contract::{
+use quantum_model::contract::{
     ledger_applied_key, ledger_key, ledger_parked_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM,
     LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, LEDGER_PARKED_PATTERN, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
 };
-use quantum_common::failure::StageError;
-use quantum_common::fill::Fill;
-use quantum_common::http::{self, HttpArgs};
-use quantum_common::labels::symbol_label;
-use quantum_common::position::LedgerEntry;
-use quantum_common::snapshot::Snapshot;
-use quantum_common::stream_entry::{hash_pairs, truncate, StreamEntry};
-use quantum_common::time::{now_ms, now_secs};
-use quantum_common::trace;
-use quantum_common::types::{FillId, Symbol};
+use quantum_model::fill::Fill;
+use quantum_model::labels::symbol_label;
+use quantum_model::position::LedgerEntry;
+use quantum_model::snapshot::Snapshot;
+use quantum_model::stream_entry::{truncate, StreamEntry};
+use quantum_model::time::{now_ms, now_secs};
+use quantum_model::types::{FillId, Symbol};
+use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
+use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
+use quantum_runtime::consumer::{self, scan_keys, BatchHandler, Connections, ConsumerSpec};
+use quantum_runtime::failure::StageError;
+use quantum_runtime::http::{self, HttpArgs};
+use quantum_runtime::reply::hash_pairs;
+use quantum_runtime::trace;
 use tracing::Span;
 
 use decisions::{apply_fills, detect_drift, reconciled, DriftTracker, LedgerState, Parked};
@@ -56,7 +57,7 @@ use decisions::{apply_fills, detect_drift, reconciled, DriftTracker, LedgerState
     name = "quantum-ledger",
     version,
     about = "Applies fills to per-symbol ledgers exactly once and reconciles with exchange snapshots.",
-    after_help = quantum_common::trace::HELP
+    after_help = quantum_runtime::trace::HELP
 )]
 pub struct LedgerArgs {
     #[command(flatten)]
@@ -100,7 +101,7 @@ pub enum LedgerError {
     #[error("Redis refused an operation the ledger needs: {0}")]
     Redis(#[from] Error),
     #[error("stopped: {0}")]
-    Stage(#[from] quantum_common::failure::StageError),
+    Stage(#[from] quantum_runtime::failure::StageError),
     #[error("cannot serve the HTTP endpoints: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -274,7 +275,7 @@ impl LedgerWriter {
             let counts: Vec<u64> = pipeline.all().await?;
             waiting = counts.iter().sum();
         }
-        metrics::gauge!(quantum_common::metric_names::LEDGER_PARKED_FILLS).set(waiting as f64);
+        metrics::gauge!(quantum_model::metric_names::LEDGER_PARKED_FILLS).set(waiting as f64);
         Ok(waiting)
     }
 
@@ -325,20 +326,20 @@ impl LedgerWriter {
                 gap.start(),
                 gap.end()
             );
-            metrics::counter!(quantum_common::metric_names::LEDGER_FILL_GAPS_TOTAL)
+            metrics::counter!(quantum_model::metric_names::LEDGER_FILL_GAPS_TOTAL)
                 .increment(gap.end() - gap.start() + 1);
         }
-        metrics::counter!(quantum_common::metric_names::LEDGER_FILLS_PARKED_TOTAL).increment(app.parked.len() as u64);
+        metrics::counter!(quantum_model::metric_names::LEDGER_FILLS_PARKED_TOTAL).increment(app.parked.len() as u64);
         self.stats.applied += app.applied.len() as u64;
         self.stats.duplicates += app.duplicates.len() as u64;
         let label = symbol_label(symbol);
-        metrics::counter!(quantum_common::metric_names::LEDGER_FILLS_APPLIED_TOTAL, "symbol" => label.clone())
+        metrics::counter!(quantum_model::metric_names::LEDGER_FILLS_APPLIED_TOTAL, "symbol" => label.clone())
             .increment(app.applied.len() as u64);
         if let Some(entry) = &app.entry {
-            metrics::gauge!(quantum_common::metric_names::LEDGER_POSITION, "symbol" => label)
+            metrics::gauge!(quantum_model::metric_names::LEDGER_POSITION, "symbol" => label)
                 .set(entry.position.amt.try_into().unwrap_or(0.0));
         }
-        metrics::counter!(quantum_common::metric_names::LEDGER_DUPLICATES_SUPPRESSED_TOTAL)
+        metrics::counter!(quantum_model::metric_names::LEDGER_DUPLICATES_SUPPRESSED_TOTAL)
             .increment(app.duplicates.len() as u64);
     }
 }
@@ -395,7 +396,7 @@ fn commit_write(
     // Each record is scored by its ledger.commit entry's millisecond (`dedup`).
     let scores: HashMap<&FillId, u64> = fills
         .iter()
-        .map(|(id, f)| (&f.fill_id, quantum_common::time::entry_ms(id).unwrap_or(now)))
+        .map(|(id, f)| (&f.fill_id, quantum_model::time::entry_ms(id).unwrap_or(now)))
         .collect();
     let unnumbered: Vec<(u64, String)> = app
         .applied
@@ -505,7 +506,7 @@ impl LedgerWriter {
         consumer::queue_ack(&trx, LEDGER_COMMIT_STREAM, LEDGER_GROUP, &ids).await?;
         trx.exec::<Value>(true).await?;
         self.stats.malformed += dlq.len() as u64;
-        metrics::counter!(quantum_common::metric_names::DLQ_ENTRIES_TOTAL, "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
+        metrics::counter!(quantum_model::metric_names::DLQ_ENTRIES_TOTAL, "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
             .increment(dlq.len() as u64);
         Ok(())
     }
@@ -556,7 +557,7 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         let version = ledger.as_ref().map_or(0, |l| l.version);
         let ledger_amt = drift.ledger_amt.map_or_else(|| "none".to_string(), |a| a.to_string());
         if tracker.is_new(&symbol) {
-            metrics::counter!(quantum_common::metric_names::LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL).increment(1);
+            metrics::counter!(quantum_model::metric_names::LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL).increment(1);
             tracing::info!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=observed",
                 drift.exchange_amt,
@@ -578,8 +579,8 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         };
         if cas.apply(client).await? == CasOutcome::Applied {
             written += 1;
-            metrics::counter!(quantum_common::metric_names::LEDGER_RECONCILE_APPLIED_TOTAL).increment(1);
-            metrics::histogram!(quantum_common::metric_names::LEDGER_RECONCILE_DRIFT_SIZE)
+            metrics::counter!(quantum_model::metric_names::LEDGER_RECONCILE_APPLIED_TOTAL).increment(1);
+            metrics::histogram!(quantum_model::metric_names::LEDGER_RECONCILE_DRIFT_SIZE)
                 .record(drift.size().abs().try_into().unwrap_or(f64::MAX));
             tracker.clear(&symbol);
             tracing::warn!(
@@ -617,7 +618,7 @@ pub async fn ledger_census(client: &Client) -> Result<usize, Error> {
         .filter_map(|k| k.strip_prefix(LEDGER_KEY_PREFIX))
         .filter(|s| Symbol::parse(s).is_ok())
         .count();
-    metrics::gauge!(quantum_common::metric_names::LEDGER_ENTRIES).set(count as f64);
+    metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(count as f64);
     Ok(count)
 }
 
@@ -676,7 +677,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
                 match dedup::prune(&client).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        metrics::counter!(quantum_common::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
+                        metrics::counter!(quantum_model::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
                         tracing::debug!("Pruned {n} applied-fill records no entry can deliver again");
                     }
                     Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
@@ -693,7 +694,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
                         tracing::warn!("Reconcile pass failed: {e}");
                     }
                 }
-                quantum_common::telemetry::flush_logs();
+                quantum_runtime::telemetry::flush_logs();
             }
         })
     };

@@ -11,14 +11,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = LedgerArgs::parse();
-    let _telemetry = match quantum_common::telemetry::init("quantum-ledger", Some(&args.log_level)) {
+    let _telemetry = match quantum_runtime::telemetry::init("quantum-ledger", Some(&args.log_level)) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("quantum-ledger: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = quantum_common::consumer::shutdown_on_signals();
+    let shutdown = quantum_runtime::consumer::shutdown_on_signals();
     match run(args, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use quantum_common::fill::Fill;
-use quantum_common::stream_entry::StreamEntry;
+use quantum_model::fill::Fill;
+use quantum_model::stream_entry::StreamEntry;
 
 use crate::decisions::Parked;
 
@@ -48,7 +48,7 @@ pub fn decode(field: &str, value: &str) -> Result<Parked, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quantum_common::types::{FillId, OrderId, PlanId, Side, Symbol};
+    use quantum_model::types::{FillId, OrderId, PlanId, Side, Symbol};
     use rust_decimal::Decimal;
 
     #[test]

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::time::now_ms;
 use quantum_intent_executor::binance::sign::verify;
+use quantum_model::time::now_ms;
 
 pub use book::{ApiError, Book};
 

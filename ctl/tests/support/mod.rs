@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::Value;
 
-use quantum_common::config::RedisArgs;
-use quantum_common::consumer::group_backlog;
-use quantum_common::redis_server::RedisServer;
-use quantum_common::stream_entry::StreamEntry;
+use quantum_model::stream_entry::StreamEntry;
+use quantum_runtime::config::RedisArgs;
+use quantum_runtime::consumer::group_backlog;
+use quantumctl::redis_server::RedisServer;
 use std::collections::HashSet;
 
-use quantum_common::contract::*;
+use quantum_model::contract::*;
 use quantumctl::pipeline_facts::{entries_after, exactly_once_problems};
 use quantumctl::sim::DEMO_SYMBOLS;
 use quantumctl::stack::{base_env, Service, ServiceProcess};
@@ -160,7 +160,7 @@ impl Stack {
 
     pub async fn hash(&self, key: &str) -> HashMap<String, String> {
         let v: Value = self.client.hgetall(key).await.expect("hgetall");
-        quantum_common::stream_entry::hash_pairs(v).into_iter().collect()
+        quantum_runtime::reply::hash_pairs(v).into_iter().collect()
     }
 
     pub async fn hset(&self, key: &str, fields: &[(&str, &str)]) {
@@ -280,7 +280,7 @@ pub async fn consumers(stack: &Stack, stream: &str, group: &str) -> Vec<(String,
         .into_array()
         .into_iter()
         .map(|c| {
-            let pairs = quantum_common::stream_entry::hash_pairs(c);
+            let pairs = quantum_runtime::reply::hash_pairs(c);
             let get = |k: &str| {
                 pairs
                     .iter()
@@ -295,7 +295,7 @@ pub async fn consumers(stack: &Stack, stream: &str, group: &str) -> Vec<(String,
 
 /// How many orders the paper venue holds (one record per order it accepted).
 pub async fn paper_orders(stack: &Stack) -> usize {
-    quantum_common::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
+    quantum_runtime::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
         .await
         .unwrap()
         .len()

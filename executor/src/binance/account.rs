@@ -17,11 +17,11 @@ use reqwest::Method;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use quantum_common::cas::owned;
-use quantum_common::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
-use quantum_common::snapshot::Snapshot;
-use quantum_common::time::now_ms;
-use quantum_common::types::{OrderId, Symbol};
+use quantum_model::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
+use quantum_model::snapshot::Snapshot;
+use quantum_model::time::now_ms;
+use quantum_model::types::{OrderId, Symbol};
+use quantum_runtime::cas::owned;
 
 use super::api::{Account, OrderReply, PositionRisk, PremiumIndex, Trade};
 use super::record::Record;
@@ -143,7 +143,7 @@ impl AccountSync {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    metrics::counter!(quantum_common::metric_names::EXECUTOR_ACCOUNT_SYNC_FAILURES_TOTAL).increment(1);
+                    metrics::counter!(quantum_model::metric_names::EXECUTOR_ACCOUNT_SYNC_FAILURES_TOTAL).increment(1);
                     if !failing {
                         tracing::warn!("Account sync failed: {e}; snapshots keep their last values");
                     }

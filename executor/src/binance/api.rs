@@ -4,7 +4,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use quantum_common::types::{OrderId, OrderType, Side, Symbol};
+use quantum_model::types::{OrderId, OrderType, Side, Symbol};
 
 /// `GET /fapi/v1/time`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

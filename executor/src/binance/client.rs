@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use quantum_common::time::now_ms;
+use quantum_model::time::now_ms;
 
 use super::api::{ApiErrorBody, ServerTime};
 use super::errors::{classify, Disposition};
@@ -74,7 +74,7 @@ impl Fapi {
     /// # Errors
     /// The HTTP client cannot be built (no TLS roots).
     pub fn new(base: &str, credentials: Credentials, recv_window_ms: u64, timeout: Duration) -> Result<Self, String> {
-        quantum_common::config::install_crypto_provider();
+        quantum_runtime::config::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -113,7 +113,7 @@ impl Fapi {
         let received = now_ms();
         let offset = time.server_time as i64 - (sent + received).div_ceil(2) as i64;
         self.offset_ms.store(offset, Ordering::Relaxed);
-        metrics::gauge!(quantum_common::metric_names::EXECUTOR_BINANCE_CLOCK_OFFSET_MS).set(offset as f64);
+        metrics::gauge!(quantum_model::metric_names::EXECUTOR_BINANCE_CLOCK_OFFSET_MS).set(offset as f64);
         Ok(offset)
     }
 
@@ -258,7 +258,7 @@ impl Fapi {
         };
         if status.is_success() {
             if let Ok(value) = serde_json::from_slice::<T>(&body) {
-                metrics::counter!(quantum_common::metric_names::EXECUTOR_BINANCE_REPLIES_TOTAL, "path" => path, "disposition" => "ok")
+                metrics::counter!(quantum_model::metric_names::EXECUTOR_BINANCE_REPLIES_TOTAL, "path" => path, "disposition" => "ok")
                     .increment(1);
                 return Ok(value);
             }
@@ -300,7 +300,7 @@ impl Fapi {
                 ),
             ));
         }
-        metrics::gauge!(quantum_common::metric_names::EXECUTOR_BINANCE_BANNED).set(0.0);
+        metrics::gauge!(quantum_model::metric_names::EXECUTOR_BINANCE_BANNED).set(0.0);
         let throttled = self.throttled_until_ms.load(Ordering::Relaxed);
         if throttled > now {
             return Err(CallError::new(
@@ -320,7 +320,7 @@ impl Fapi {
             Disposition::Banned => {
                 let until = now_ms().saturating_add(retry_after_ms.unwrap_or(DEFAULT_BAN_MS));
                 self.banned_until_ms.store(until, Ordering::Relaxed);
-                metrics::gauge!(quantum_common::metric_names::EXECUTOR_BINANCE_BANNED).set(1.0);
+                metrics::gauge!(quantum_model::metric_names::EXECUTOR_BINANCE_BANNED).set(1.0);
                 tracing::error!(
                     "BINANCE_BANNED until_ms={until} retry_after_ms={}: HTTP {status}; nothing is sent until the ban ends",
                     retry_after_ms.unwrap_or(DEFAULT_BAN_MS)
@@ -344,10 +344,10 @@ impl Fapi {
                 continue;
             };
             if let Some(interval) = name.strip_prefix("x-mbx-used-weight-") {
-                metrics::gauge!(quantum_common::metric_names::EXECUTOR_BINANCE_USED_WEIGHT, "interval" => interval.to_ascii_lowercase())
+                metrics::gauge!(quantum_model::metric_names::EXECUTOR_BINANCE_USED_WEIGHT, "interval" => interval.to_ascii_lowercase())
                     .set(used);
             } else if let Some(interval) = name.strip_prefix("x-mbx-order-count-") {
-                metrics::gauge!(quantum_common::metric_names::EXECUTOR_BINANCE_ORDER_COUNT, "interval" => interval.to_ascii_lowercase())
+                metrics::gauge!(quantum_model::metric_names::EXECUTOR_BINANCE_ORDER_COUNT, "interval" => interval.to_ascii_lowercase())
                     .set(used);
             }
         }
@@ -357,7 +357,7 @@ impl Fapi {
 /// Counts a failed reply by endpoint and disposition.
 fn count(path: &'static str, disposition: Disposition) {
     metrics::counter!(
-        quantum_common::metric_names::EXECUTOR_BINANCE_REPLIES_TOTAL,
+        quantum_model::metric_names::EXECUTOR_BINANCE_REPLIES_TOTAL,
         "path" => path,
         "disposition" => disposition.as_str()
     )

@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use thiserror::Error;
 
-use quantum_common::types::{OrderType, Side, Symbol};
+use quantum_model::types::{OrderType, Side, Symbol};
 
 use crate::paper::floor_to_step;
 

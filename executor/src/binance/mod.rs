@@ -43,10 +43,10 @@ use fred::types::Value;
 use reqwest::Method;
 use rust_decimal::Decimal;
 
-use quantum_common::cas::queue_eval;
-use quantum_common::contract::binance_order_key;
-use quantum_common::stream_entry::hash_pairs;
-use quantum_common::types::{OrderId, Symbol};
+use quantum_model::contract::binance_order_key;
+use quantum_model::types::{OrderId, Symbol};
+use quantum_runtime::cas::queue_eval;
+use quantum_runtime::reply::hash_pairs;
 
 pub use account::{reconcile_on_start, AccountSync, Mismatch};
 pub use api::{Mode as PositionMode, NewOrder, OrderReply, PositionRisk, Trade};
@@ -418,10 +418,10 @@ impl BinanceVenue {
     fn unresolved(&self, coid: &OrderId, detail: String) -> VenueError {
         let mut set = lock(&self.inner.unresolved);
         if set.insert(coid.clone()) {
-            metrics::counter!(quantum_common::metric_names::EXECUTOR_UNKNOWN_OUTCOMES_TOTAL).increment(1);
+            metrics::counter!(quantum_model::metric_names::EXECUTOR_UNKNOWN_OUTCOMES_TOTAL).increment(1);
             tracing::warn!("ORDER UNKNOWN order_id={coid}: {detail}; resolving it with the venue, sending nothing");
         }
-        metrics::gauge!(quantum_common::metric_names::EXECUTOR_UNKNOWN_ORDERS).set(set.len() as f64);
+        metrics::gauge!(quantum_model::metric_names::EXECUTOR_UNKNOWN_ORDERS).set(set.len() as f64);
         VenueError::Unresolved {
             client_order_id: coid.clone(),
             detail,
@@ -433,7 +433,7 @@ impl BinanceVenue {
         if set.remove(coid) {
             tracing::info!("ORDER RESOLVED order_id={coid} outcome={how}");
         }
-        metrics::gauge!(quantum_common::metric_names::EXECUTOR_UNKNOWN_ORDERS).set(set.len() as f64);
+        metrics::gauge!(quantum_model::metric_names::EXECUTOR_UNKNOWN_ORDERS).set(set.len() as f64);
     }
 
     /// Settles a SENDING record from the venue's answers: the outcome, or the record moved to

@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use quantum_common::fill::Fill;
-use quantum_common::stream_entry::StreamEntry;
+use quantum_model::fill::Fill;
+use quantum_model::stream_entry::StreamEntry;
 
 use crate::venue::OrderOutcome;
 
@@ -160,7 +160,7 @@ return 'OK'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quantum_common::types::{FillId, OrderId, PlanId, Side, Symbol};
+    use quantum_model::types::{FillId, OrderId, PlanId, Side, Symbol};
     use rust_decimal::Decimal;
 
     fn pairs(fields: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -4,8 +4,8 @@
 
 use rust_decimal::Decimal;
 
-use quantum_common::fill::Fill;
-use quantum_common::types::{FillId, OrderId, PlanId, Side, Symbol};
+use quantum_model::fill::Fill;
+use quantum_model::types::{FillId, OrderId, PlanId, Side, Symbol};
 
 use super::api::{OrderReply, Trade};
 use super::record::Sending;

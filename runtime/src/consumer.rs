@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::failure::StageError;
-use crate::stream_entry::{decode_entries, decode_read_reply, truncate, StreamEntry};
-use crate::time::{now_ms, now_secs};
+use crate::reply::{decode_entries, decode_read_reply};
+use quantum_model::stream_entry::{truncate, StreamEntry};
+use quantum_model::time::{now_ms, now_secs};
 
 /// Which stream and group a consumer reads, and how.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ pub struct Progress {
 impl Progress {
     fn succeeded(&self, stream: &'static str) {
         if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
-            metrics::gauge!(crate::metric_names::CONSUMER_STALLED, "stream" => stream).set(0.0);
+            metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, "stream" => stream).set(0.0);
         }
     }
 
@@ -74,7 +75,11 @@ impl Progress {
             Err(since) => since,
         };
         let stalled = now.saturating_sub(since) >= self.stall_after_ms.load(Ordering::Relaxed);
-        metrics::gauge!(crate::metric_names::CONSUMER_STALLED, "stream" => stream).set(if stalled { 1.0 } else { 0.0 });
+        metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, "stream" => stream).set(if stalled {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// `Some(ms)` while batches have kept failing for at least the stall limit: for how long.
@@ -319,9 +324,9 @@ pub async fn run<H: BatchHandler>(
         let count = entries.len() as u64;
         if recover_from.is_some() {
             let counter = if retrying {
-                crate::metric_names::CONSUMER_RETRIES_TOTAL
+                quantum_model::metric_names::CONSUMER_RETRIES_TOTAL
             } else {
-                crate::metric_names::CONSUMER_REDELIVERIES_TOTAL
+                quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL
             };
             metrics::counter!(counter, "stream" => spec.stream).increment(count);
         }
@@ -332,7 +337,7 @@ pub async fn run<H: BatchHandler>(
                 crate::telemetry::flush_logs();
                 backoff.reset();
                 spec.progress.succeeded(spec.stream);
-                metrics::counter!(crate::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => spec.stream)
+                metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => spec.stream)
                     .increment(count);
                 if let Some(delay) = handler.retry_pending_after() {
                     retry_at = Some(Instant::now() + delay);
@@ -346,7 +351,7 @@ pub async fn run<H: BatchHandler>(
                     e.class()
                 );
                 spec.progress.failed(spec.stream);
-                metrics::counter!(crate::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => spec.stream, "class" => e.class())
+                metrics::counter!(quantum_model::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => spec.stream, "class" => e.class())
                     .increment(1);
                 recover_from = Some("0".to_string());
                 if backoff.wait(shutdown).await {
@@ -364,9 +369,9 @@ const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 async fn record_backlog(writer: &Client, spec: &ConsumerSpec) {
     if let Ok(Some(backlog)) = group_backlog(writer, spec.stream, spec.group).await {
         let labels = [("stream", spec.stream), ("group", spec.group)];
-        metrics::gauge!(crate::metric_names::CONSUMER_PENDING, &labels).set(backlog.pending as f64);
+        metrics::gauge!(quantum_model::metric_names::CONSUMER_PENDING, &labels).set(backlog.pending as f64);
         if let Some(lag) = backlog.lag {
-            metrics::gauge!(crate::metric_names::CONSUMER_LAG, &labels).set(lag as f64);
+            metrics::gauge!(quantum_model::metric_names::CONSUMER_LAG, &labels).set(lag as f64);
         }
     }
 }
@@ -535,7 +540,7 @@ async fn dead_letter_if_exhausted(
             entry.id, spec.stream
         )));
     }
-    metrics::counter!(crate::metric_names::DLQ_ENTRIES_TOTAL, "stream" => spec.dlq_stream, "reason" => "poison")
+    metrics::counter!(quantum_model::metric_names::DLQ_ENTRIES_TOTAL, "stream" => spec.dlq_stream, "reason" => "poison")
         .increment(1);
     tracing::error!(
         "DLQ poison entry {} of {} after {delivered} deliveries: {error} (moved to {}; other entries go on)",
@@ -580,7 +585,7 @@ async fn reclaim_stale<H: BatchHandler>(
         let entries = decode_entries(parts.next().unwrap_or(Value::Null))
             .map_err(|e| StageError::Retryable(format!("unreadable XAUTOCLAIM reply: {e}")))?;
         claimed_total += entries.len();
-        metrics::counter!(crate::metric_names::CONSUMER_REDELIVERIES_TOTAL, "stream" => spec.stream)
+        metrics::counter!(quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL, "stream" => spec.stream)
             .increment(entries.len() as u64);
         if !entries.is_empty() {
             dispatch(writer, spec, handler, entries).await?;
@@ -600,9 +605,14 @@ async fn reclaim_stale<H: BatchHandler>(
     prune_consumers(writer, spec).await?;
     // Trimming is housekeeping: a failure is reported and retried next pass, never allowed to
     // hold up the entries (only a missing permission stops the service, as everywhere).
-    match crate::retention::trim(writer, &spec.trim_streams, spec.retention_ms, crate::time::now_ms())
-        .await
-        .map_err(StageError::from)
+    match crate::retention::trim(
+        writer,
+        &spec.trim_streams,
+        spec.retention_ms,
+        quantum_model::time::now_ms(),
+    )
+    .await
+    .map_err(StageError::from)
     {
         Ok(0) => {}
         Ok(trimmed) => tracing::debug!(
@@ -641,7 +651,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
         .await?;
     let prune_after = spec.prune_idle.as_millis() as u64;
     for consumer in reply.into_array() {
-        let pairs = crate::stream_entry::hash_pairs(consumer);
+        let pairs = crate::reply::hash_pairs(consumer);
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let (Some(name), Some(pending), Some(idle)) = (get("name"), get("pending"), get("idle")) else {
             continue;
@@ -668,7 +678,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
             spec.group,
             spec.stream
         );
-        metrics::counter!(crate::metric_names::CONSUMER_PRUNED_TOTAL, "stream" => spec.stream).increment(1);
+        metrics::counter!(quantum_model::metric_names::CONSUMER_PRUNED_TOTAL, "stream" => spec.stream).increment(1);
     }
     Ok(())
 }
@@ -777,7 +787,7 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
         Err(e) => return Err(e),
     };
     for g in groups {
-        let pairs = crate::stream_entry::hash_pairs(g);
+        let pairs = crate::reply::hash_pairs(g);
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if get("name") != Some(group) {
             continue;

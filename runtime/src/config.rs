@@ -281,7 +281,7 @@ pub fn redact_url(url: &str) -> String {
 /// # Errors
 /// Text that is not an on/off value.
 pub fn parse_flag(raw: &str) -> Result<bool, String> {
-    crate::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
+    quantum_model::types::parse_bool("flag", raw).map_err(|_| format!("{raw:?} is not true/false"))
 }
 
 /// Parses a decimal setting that must be zero or more.
@@ -289,7 +289,7 @@ pub fn parse_flag(raw: &str) -> Result<bool, String> {
 /// # Errors
 /// Text that is not a decimal, or a negative one.
 pub fn parse_non_negative(raw: &str) -> Result<rust_decimal::Decimal, String> {
-    let value = crate::types::parse_decimal("value", raw).map_err(|e| e.to_string())?;
+    let value = quantum_model::types::parse_decimal("value", raw).map_err(|e| e.to_string())?;
     if value.is_sign_negative() && !value.is_zero() {
         return Err(format!("{raw} must not be negative"));
     }
@@ -314,7 +314,7 @@ pub const DEFAULT_ALLOWLIST: &str = "BTCUSDT";
 /// The one symbol allowlist every service reads (`SYMBOL_ALLOWLIST`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowlist {
-    pub symbols: std::collections::BTreeSet<crate::types::Symbol>,
+    pub symbols: std::collections::BTreeSet<quantum_model::types::Symbol>,
     /// The setting it came from: `SYMBOL_ALLOWLIST`, a deprecated variable, or `default`.
     pub source: &'static str,
     /// What to log at start when a deprecated variable was used.
@@ -370,16 +370,19 @@ impl Allowlist {
     ///
     /// # Errors
     /// The first entry that is not a symbol.
-    pub fn parse_list(variable: &str, raw: &str) -> Result<std::collections::BTreeSet<crate::types::Symbol>, String> {
+    pub fn parse_list(
+        variable: &str,
+        raw: &str,
+    ) -> Result<std::collections::BTreeSet<quantum_model::types::Symbol>, String> {
         raw.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| crate::types::Symbol::parse(s).map_err(|e| format!("{variable}: {e}")))
+            .map(|s| quantum_model::types::Symbol::parse(s).map_err(|e| format!("{variable}: {e}")))
             .collect()
     }
 
     /// Whether `symbol` may trade.
-    pub fn contains(&self, symbol: &crate::types::Symbol) -> bool {
+    pub fn contains(&self, symbol: &quantum_model::types::Symbol) -> bool {
         self.symbols.contains(symbol)
     }
 
@@ -402,7 +405,7 @@ impl Allowlist {
     }
 }
 
-fn join_symbols(symbols: &std::collections::BTreeSet<crate::types::Symbol>) -> String {
+fn join_symbols(symbols: &std::collections::BTreeSet<quantum_model::types::Symbol>) -> String {
     symbols.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
 

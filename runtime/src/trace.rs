@@ -22,7 +22,7 @@ use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::stream_entry::StreamEntry;
+use quantum_model::stream_entry::StreamEntry;
 
 /// The `tracing` target of the pipeline's spans.
 pub const TARGET: &str = "quantum::trace";

@@ -165,7 +165,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream_entry::StreamEntry;
+    use quantum_model::stream_entry::StreamEntry;
 
     #[test]
     fn with_export_off_the_pipeline_spans_are_never_built() {

@@ -61,7 +61,7 @@ pub async fn trim(client: &Client, streams: &[&str], retention_ms: u64, now_ms: 
     let total: u64 = removed.iter().map(|n| (*n).max(0) as u64).sum();
     for (stream, n) in streams.iter().zip(&removed) {
         if *n > 0 {
-            metrics::counter!(crate::metric_names::STREAM_TRIMMED_ENTRIES_TOTAL, "stream" => stream.to_string())
+            metrics::counter!(quantum_model::metric_names::STREAM_TRIMMED_ENTRIES_TOTAL, "stream" => stream.to_string())
                 .increment(*n as u64);
         }
     }

@@ -59,8 +59,8 @@ impl Position {
     /// The fee is taken off the realized PnL in every case.
     ///
     /// ```
-    /// use quantum_common::position::Position;
-    /// use quantum_common::types::Side;
+    /// use quantum_model::position::Position;
+    /// use quantum_model::types::Side;
     /// use rust_decimal::Decimal;
     ///
     /// let d = |v: i64| Decimal::from(v);

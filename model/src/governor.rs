@@ -73,7 +73,7 @@ impl KillWeights {
     /// The kill score of `c`, computed as the kernel does.
     ///
     /// ```
-    /// use quantum_common::governor::{Components, KillWeights};
+    /// use quantum_model::governor::{Components, KillWeights};
     /// let c = Components { regime_flip: 1.0, sigma_spike: 0.0, ts_drop: 0.2398, age_penalty: 0.0417 };
     /// assert_eq!(format!("{:.4}", KillWeights::default().kill_score(&c)), "0.7563");
     /// ```

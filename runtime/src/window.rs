@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::labels::symbol_label;
-use crate::types::Symbol;
+use quantum_model::labels::symbol_label;
+use quantum_model::types::Symbol;
 
 /// How often the gauge is refreshed even without new activity.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);

@@ -1,0 +1,34 @@
+//! What every quantum service runs on: the Redis connection and its settings, the
+//! consumer-group loop, the atomic compare-and-set writes, stream retention, logging, traces,
+//! metrics, the HTTP endpoints and systemd integration. The domain it carries lives in
+//! `quantum_model`; this crate is the I/O around it.
+//!
+//! The loop's guarantee: an entry is acknowledged only together with (or after) the step that
+//! makes its effect durable, a poison entry is isolated from its batch and dead-lettered after
+//! `STREAM_MAX_DELIVERIES`, and failures are typed once at the boundary ([`failure`]):
+//! retryable, fatal or poison.
+//!
+//! # Layout
+//! - [`config`]: the shared flags (Redis URL, TLS, ACL user, consumer settings) and connecting.
+//! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
+//! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
+//! - [`reply`]: Redis replies decoded into stream entries and text.
+//! - [`cas`]: versioned multi-key writes in one Lua script.
+//! - [`retention`]: bounded streams (trimming by age).
+//! - [`durability`]: the Redis persistence settings the exactly-once records depend on.
+//! - [`telemetry`], [`trace`]: log lines (text or JSON) and OTLP traces across the stages.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`window`]: live symbol-window gauges.
+//! - [`systemd`]: readiness, stopping and watchdog notifications.
+
+pub mod cas;
+pub mod config;
+pub mod consumer;
+pub mod durability;
+pub mod failure;
+pub mod http;
+pub mod reply;
+pub mod retention;
+pub mod systemd;
+pub mod telemetry;
+pub mod trace;
+pub mod window;
