@@ -229,6 +229,26 @@ struct BatchView {
     risk: HashMap<Symbol, SymbolRisk>,
 }
 
+/// The symbols one batch's view reads.
+struct ViewScope<'a> {
+    /// The batch has an allowlisted BUY: exposure is read across every allowlisted ledger.
+    any_buy: bool,
+    /// The batch's allowlisted symbols: their ledgers, marks and governor inputs are read.
+    gated_symbols: Vec<Symbol>,
+    allowlist: &'a [Symbol],
+}
+
+impl ViewScope<'_> {
+    /// Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
+    fn ledger_symbols(&self) -> &[Symbol] {
+        if self.any_buy {
+            self.allowlist
+        } else {
+            &self.gated_symbols
+        }
+    }
+}
+
 /// A plan's reservation, with the reservation tokens its gates decided on and the ones it writes.
 struct Reserved {
     reservation: Reservation,
@@ -296,111 +316,127 @@ impl IntentBridge {
             .collect())
     }
 
+    /// Reads what the batch's gates decide on, in one pipeline: the BUY token, the ledgers and
+    /// reservations, the equity, the marks and the governor's inputs.
     async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
-        let parsed = || intents.iter().filter_map(|i| i.as_ref().ok());
-        let any_buy = parsed().any(|i| i.side == Side::Buy && self.gates.allowlist.contains(&i.symbol));
-        // The batch's allowlisted symbols: their ledgers and governor inputs are read.
-        let gated_symbols: Vec<Symbol> = {
-            let set: HashSet<&Symbol> = parsed()
-                .map(|i| &i.symbol)
-                .filter(|s| self.gates.allowlist.contains(*s))
-                .collect();
-            set.into_iter().cloned().collect()
-        };
-        // Exposure spans every allowlisted ledger; without a BUY only the batch's symbols matter.
-        let ledger_symbols: &[Symbol] = if any_buy { &self.allowlist } else { &gated_symbols };
-        // Marks size intents at the mark and price the notional caps: every gated symbol's.
-        if ledger_symbols.is_empty() && gated_symbols.is_empty() {
+        let scope = self.view_scope(intents);
+        if scope.ledger_symbols().is_empty() && scope.gated_symbols.is_empty() {
             return Ok(BatchView::default());
         }
-
         let pipeline = self.writer.pipeline();
-        // The BUY token first: a BUY another bridge commits after this read changes it, so
-        // this batch's BUYs cannot commit on positions read without it.
-        pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
-        for symbol in ledger_symbols {
-            queue_position_read(&pipeline, symbol).await?;
-        }
-        pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
-        if !gated_symbols.is_empty() {
-            let fields: Vec<&str> = gated_symbols.iter().map(Symbol::as_str).collect();
-            pipeline.hmget::<(), _, _>(MARK_PRICE_KEY, fields).await?;
-        }
-        for symbol in &gated_symbols {
-            governor::queue_reads(&pipeline, &self.governor, symbol).await?;
-        }
+        self.queue_view_reads(&pipeline, &scope).await?;
         // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
         let mut next = || replies.next().unwrap_or(Ok(Value::Null));
 
-        let mut view = BatchView::default();
-        let buys_token = opt_text(&next()?).unwrap_or_default();
+        let mut view = BatchView {
+            buys_token: opt_text(&next()?).unwrap_or_default(),
+            ..BatchView::default()
+        };
         let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
-        for symbol in ledger_symbols {
-            let mut position = next()?.into_array().into_iter();
-            let pair = position.next().unwrap_or(Value::Null).into_array();
-            let reservations = position.next().unwrap_or(Value::Null);
-            let token = position.next().as_ref().and_then(opt_text).unwrap_or_default();
-            let amt = pair.first().and_then(opt_text);
-            let mut ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
-                None => LedgerView::Missing,
-                Some(Ok(amt)) => LedgerView::Known(amt),
-                Some(Err(e)) => {
-                    tracing::warn!("Ledger of {symbol} unreadable ({e}); its intents are skipped until it is fixed");
-                    LedgerView::Unreadable
-                }
-            };
-            let summary = InFlight::summarize(&hash_pairs(reservations), now_ms, self.reservation_ttl_ms);
-            match summary.map(|mut in_flight| {
-                in_flight.token = token;
-                in_flight
-            }) {
-                Ok(in_flight) => {
-                    view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
-                    view.in_flight.insert(symbol.clone(), in_flight);
-                }
-                Err(e) => {
-                    // What is in flight is unknown: the symbol's gates fail closed.
-                    tracing::warn!(
-                        "Reservations of {symbol} unreadable ({e}) in {}; its intents are skipped until it is fixed",
-                        reservation_key(symbol)
-                    );
-                    ledger = LedgerView::Unreadable;
-                }
-            }
-            if let Some(notional) = pair
-                .get(1)
-                .and_then(opt_text)
-                .and_then(|v| parse_decimal("notional_usd", &v).ok())
-            {
-                total_notional = total_notional.saturating_add(notional.abs());
-            }
-            view.ledgers.insert(symbol.clone(), ledger);
+        for symbol in scope.ledger_symbols() {
+            let notional = self.read_position(&mut view, symbol, next()?, now_ms);
+            total_notional = total_notional.saturating_add(notional.unwrap_or_default().abs());
         }
         view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
-        view.buys_token = buys_token;
-        view.ledger_notional = if any_buy { total_notional } else { Decimal::ZERO };
-        if !any_buy {
+        if scope.any_buy {
+            view.ledger_notional = total_notional;
+        } else {
             view.buys_in_flight = Decimal::ZERO;
         }
-        if !gated_symbols.is_empty() {
-            for (symbol, mark) in gated_symbols.iter().zip(next()?.into_array()) {
+        if !scope.gated_symbols.is_empty() {
+            for (symbol, mark) in scope.gated_symbols.iter().zip(next()?.into_array()) {
                 if let Some(mark) = opt_text(&mark).and_then(|v| parse_decimal("mark", &v).ok()) {
                     view.marks.insert(symbol.clone(), mark);
                 }
             }
         }
         let now = now_secs();
-        for symbol in gated_symbols {
+        for symbol in &scope.gated_symbols {
             let (proposal, history) = (next(), next());
             let risk = governor::read_replies(&self.governor, proposal, history, now);
             if let quantum_model::governor::ProposalView::Unreadable(e) = &risk.view {
                 tracing::warn!("Proposal of {symbol} unreadable ({e}); entries are BLOCKED until it is fixed");
             }
-            view.risk.insert(symbol, risk);
+            view.risk.insert(symbol.clone(), risk);
         }
         Ok(view)
+    }
+
+    /// Which symbols the batch reads: its allowlisted symbols (ledgers, marks, governor), and,
+    /// when it has a BUY, every allowlisted ledger (exposure spans them all).
+    fn view_scope<'a>(&'a self, intents: &[Result<Intent, IntentError>]) -> ViewScope<'a> {
+        let parsed = || intents.iter().filter_map(|i| i.as_ref().ok());
+        let any_buy = parsed().any(|i| i.side == Side::Buy && self.gates.allowlist.contains(&i.symbol));
+        let set: HashSet<&Symbol> = parsed()
+            .map(|i| &i.symbol)
+            .filter(|s| self.gates.allowlist.contains(*s))
+            .collect();
+        ViewScope {
+            any_buy,
+            gated_symbols: set.into_iter().cloned().collect(),
+            allowlist: &self.allowlist,
+        }
+    }
+
+    async fn queue_view_reads(
+        &self,
+        pipeline: &fred::clients::Pipeline<Client>,
+        scope: &ViewScope<'_>,
+    ) -> Result<(), Error> {
+        // The BUY token first: a BUY another bridge commits after this read changes it, so
+        // this batch's BUYs cannot commit on positions read without it.
+        pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
+        for symbol in scope.ledger_symbols() {
+            queue_position_read(pipeline, symbol).await?;
+        }
+        pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
+        if !scope.gated_symbols.is_empty() {
+            let fields: Vec<&str> = scope.gated_symbols.iter().map(Symbol::as_str).collect();
+            pipeline.hmget::<(), _, _>(MARK_PRICE_KEY, fields).await?;
+        }
+        for symbol in &scope.gated_symbols {
+            governor::queue_reads(pipeline, &self.governor, symbol).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts one symbol's ledger and reservations into the view (an unreadable one makes the
+    /// symbol's gates fail closed); returns its ledger's notional.
+    fn read_position(&self, view: &mut BatchView, symbol: &Symbol, reply: Value, now_ms: u64) -> Option<Decimal> {
+        let mut position = reply.into_array().into_iter();
+        let pair = position.next().unwrap_or(Value::Null).into_array();
+        let reservations = position.next().unwrap_or(Value::Null);
+        let token = position.next().as_ref().and_then(opt_text).unwrap_or_default();
+        let amt = pair.first().and_then(opt_text);
+        let mut ledger = match amt.as_deref().map(|v| parse_decimal("position_amt", v)) {
+            None => LedgerView::Missing,
+            Some(Ok(amt)) => LedgerView::Known(amt),
+            Some(Err(e)) => {
+                tracing::warn!("Ledger of {symbol} unreadable ({e}); its intents are skipped until it is fixed");
+                LedgerView::Unreadable
+            }
+        };
+        match InFlight::summarize(&hash_pairs(reservations), now_ms, self.reservation_ttl_ms) {
+            Ok(mut in_flight) => {
+                in_flight.token = token;
+                view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
+                view.in_flight.insert(symbol.clone(), in_flight);
+            }
+            Err(e) => {
+                // What is in flight is unknown: the symbol's gates fail closed.
+                tracing::warn!(
+                    "Reservations of {symbol} unreadable ({e}) in {}; its intents are skipped until it is fixed",
+                    reservation_key(symbol)
+                );
+                ledger = LedgerView::Unreadable;
+            }
+        }
+        view.ledgers.insert(symbol.clone(), ledger);
+        pair.get(1)
+            .and_then(opt_text)
+            .and_then(|v| parse_decimal("notional_usd", &v).ok())
     }
 
     /// Whether an intent this old may still wait for its mark price.
@@ -408,7 +444,7 @@ impl IntentBridge {
         self.max_intent_age_ms > 0 && age_ms <= self.max_intent_age_ms
     }
 
-    /// read → size → freshness → gates → governor, for one intent.
+    /// size → freshness → gates → governor, for one intent.
     fn decide(
         &mut self,
         entry: &StreamEntry,
@@ -424,38 +460,66 @@ impl IntentBridge {
         span.record("quantum.symbol", intent.symbol.as_str());
         span.record("quantum.side", intent.side.as_str());
         let age_ms = entry_age_ms(&entry.id, now_ms);
-        let max_ms = self.max_intent_age_ms;
-        let stale = SkipReason::Stale { age_ms, max_ms };
-        let qty = match intent.quantity(view.marks.get(&intent.symbol).copied()) {
+        let qty = match self.size(entry, &intent, view, age_ms) {
             Ok(qty) => qty,
-            Err(e @ IntentError::MarkPriceUnavailable(_)) => {
-                // Decide what needs no quantity first: an intent that could never trade
-                // does not wait for a price.
-                if !self.gates.allowlist.contains(&intent.symbol) {
-                    return self.skip(&Subject::without_qty(&intent), SkipReason::NotAllowlisted);
-                }
-                if self.can_wait(age_ms) {
-                    return self.wait_for_mark(entry, &intent, age_ms);
-                }
-                if max_ms > 0 && !self.waiting.contains(&entry.id) {
-                    return self.skip(&Subject::without_qty(&intent), stale);
-                }
-                let waited = if max_ms > 0 {
-                    format!("; waited {age_ms} ms (INTENT_BRIDGE_MAX_INTENT_AGE_MS={max_ms})")
-                } else {
-                    String::new()
-                };
-                return Outcome::dlq(&e, waited);
-            }
-            Err(e) => return Outcome::dlq(&e, String::new()),
+            Err(outcome) => return outcome,
         };
-        if let Err(e) = intent.check_caps(qty, view.marks.get(&intent.symbol).copied(), &self.limits) {
-            return Outcome::dlq(&e, String::new());
-        }
         let plan = Plan::from_intent(&intent, qty, now_ms / 1000);
+        let max_ms = self.max_intent_age_ms;
         if max_ms > 0 && age_ms > max_ms {
-            return self.skip(&Subject::of(&plan), stale);
+            return self.skip(&Subject::of(&plan), SkipReason::Stale { age_ms, max_ms });
         }
+        self.gate_and_publish(&intent, plan, view, now_ms)
+    }
+
+    /// The intent's quantity at the batch's mark, within the caps; or what becomes of it
+    /// instead: DLQ, skipped, or left waiting for its mark price.
+    #[expect(clippy::result_large_err, reason = "moved once per intent, and never a Publish")]
+    fn size(
+        &mut self,
+        entry: &StreamEntry,
+        intent: &Intent,
+        view: &BatchView,
+        age_ms: u64,
+    ) -> Result<Decimal, Outcome> {
+        let mark = view.marks.get(&intent.symbol).copied();
+        let qty = match intent.quantity(mark) {
+            Ok(qty) => qty,
+            Err(e @ IntentError::MarkPriceUnavailable(_)) => return Err(self.without_mark(entry, intent, &e, age_ms)),
+            Err(e) => return Err(Outcome::dlq(&e, String::new())),
+        };
+        intent
+            .check_caps(qty, mark, &self.limits)
+            .map_err(|e| Outcome::dlq(&e, String::new()))?;
+        Ok(qty)
+    }
+
+    /// An intent sized at a mark price not published yet. What needs no quantity is decided
+    /// first (an intent that could never trade does not wait for a price); then it waits while
+    /// young enough, and is skipped as stale or dead-lettered once it cannot.
+    fn without_mark(&mut self, entry: &StreamEntry, intent: &Intent, e: &IntentError, age_ms: u64) -> Outcome {
+        if !self.gates.allowlist.contains(&intent.symbol) {
+            return self.skip(&Subject::without_qty(intent), SkipReason::NotAllowlisted);
+        }
+        if self.can_wait(age_ms) {
+            return self.wait_for_mark(entry, intent, age_ms);
+        }
+        let max_ms = self.max_intent_age_ms;
+        if max_ms > 0 && !self.waiting.contains(&entry.id) {
+            return self.skip(&Subject::without_qty(intent), SkipReason::Stale { age_ms, max_ms });
+        }
+        let waited = if max_ms > 0 {
+            format!("; waited {age_ms} ms (INTENT_BRIDGE_MAX_INTENT_AGE_MS={max_ms})")
+        } else {
+            String::new()
+        };
+        Outcome::dlq(e, waited)
+    }
+
+    /// The gates (allowlist, ledger by side, exposure) on the plan, then the governor and
+    /// publication; a published EXECUTE plan is counted against the rest of the batch.
+    fn gate_and_publish(&mut self, intent: &Intent, plan: Plan, view: &mut BatchView, now_ms: u64) -> Outcome {
+        let qty = plan.qty;
         let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
         let mark = view.marks.get(&intent.symbol).copied();
         // The order's notional at its limit price or the mark (0 while no price is known).
@@ -478,31 +542,30 @@ impl IntentBridge {
             sells_in_flight,
             exposure_pct,
         };
-        match gate(&self.gates, &plan.symbol, &input) {
+        let (ledger_missing_open, gated) = match gate(&self.gates, &plan.symbol, &input) {
             GateOutcome::Publish {
                 ledger_missing_open,
-                qty: gated,
-            } => {
-                let (mut plan, notional) = if gated == qty {
-                    (plan, own)
-                } else {
-                    let cut = Plan::from_intent(&intent, gated, now_ms / 1000);
-                    self.report_cut(&cut, qty, ledger, sells_in_flight);
-                    (cut, intent.notional_usd(gated, mark).unwrap_or_default())
-                };
-                if plan.side == Side::Sell && self.gates.skip_flat_sell {
-                    // Gated SELLs only reduce: the venue refuses one that would open a short.
-                    plan.reduce_only = true;
-                }
-                let mut outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
-                if let Outcome::Publish(plan, Some(reserved)) = &mut outcome {
-                    (reserved.token, reserved.buys_token) =
-                        view.reserve(&plan.symbol, plan.plan_id.as_str(), &reserved.reservation);
-                }
-                outcome
-            }
-            GateOutcome::Skip(reason) => self.skip(&Subject::of(&plan), reason),
+                qty,
+            } => (ledger_missing_open, qty),
+            GateOutcome::Skip(reason) => return self.skip(&Subject::of(&plan), reason),
+        };
+        let (mut plan, notional) = if gated == qty {
+            (plan, own)
+        } else {
+            let cut = Plan::from_intent(intent, gated, now_ms / 1000);
+            self.report_cut(&cut, qty, ledger, sells_in_flight);
+            (cut, intent.notional_usd(gated, mark).unwrap_or_default())
+        };
+        if plan.side == Side::Sell && self.gates.skip_flat_sell {
+            // Gated SELLs only reduce: the venue refuses one that would open a short.
+            plan.reduce_only = true;
         }
+        let mut outcome = self.publish(plan, ledger_missing_open, view, notional, now_ms);
+        if let Outcome::Publish(plan, Some(reserved)) = &mut outcome {
+            (reserved.token, reserved.buys_token) =
+                view.reserve(&plan.symbol, plan.plan_id.as_str(), &reserved.reservation);
+        }
+        outcome
     }
 
     /// Logs and counts a SELL cut to what is available.
@@ -686,6 +749,8 @@ fn display_opt(value: Option<Decimal>) -> String {
 }
 
 impl BatchHandler for IntentBridge {
+    /// read (markers, then the batch's view) → decide and queue each entry's commit step →
+    /// commit (one pipeline) → report.
     async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let started = std::time::Instant::now();
         self.deferred = false;
@@ -698,84 +763,24 @@ impl BatchHandler for IntentBridge {
             .collect();
         let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
         let mut view = self.read_view(&fresh).await?;
-        let now_ms = now_ms();
         let stats_before = self.stats.clone();
 
         let pipeline = self.writer.pipeline();
-        // The entries committed, in the order of their steps; whether each was decided here
-        // (false: a replay, only acknowledged).
-        let mut committing: Vec<(&StreamEntry, bool)> = Vec::with_capacity(batch.len());
-        // Each intent's span ends once its plan is committed (only kept while tracing is on).
-        let mut spans = Vec::new();
-        for ((entry, intent), seen) in batch.iter().zip(intents).zip(seen) {
-            let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
-            let Some(intent) = intent else {
-                // The first outcome stays; the record counts the replay (a marker that expired
-                // meanwhile is not recreated without a TTL).
-                let commit = EntryCommit {
-                    marker_key: seen_key(&entry.id),
-                    entry_id: &entry.id,
-                    outcome: None,
-                    reservation: None,
-                    record: None,
-                    replay_record: seen.map(|first| first.replayed(now_ms).to_string()),
-                };
-                queue_commit(&pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await?;
-                committing.push((entry, false));
-                trace::record_outcome(&span, "replayed", false);
-                self.stats.replayed += 1;
-                tracing::info!(
-                    "Already processed: intent {} (a replay); acknowledged without publishing",
-                    entry.id
-                );
-                continue;
-            };
-            let outcome = span.in_scope(|| self.decide(entry, intent, &mut view, now_ms, &span));
-            outcome.record(&span);
-            if !span.is_disabled() {
-                spans.push(span.clone());
-            }
-            if matches!(outcome, Outcome::Wait) {
-                // Neither marked nor acknowledged: it stays pending and is read again.
-                self.deferred = true;
-                continue;
-            }
-            self.waiting.remove(&entry.id);
-            self.queue_outcome(&pipeline, entry, outcome, &span, now_ms).await?;
-            committing.push((entry, true));
-        }
-        queue_expired_reservations(&pipeline, &view).await?;
-        for (symbol, risk) in &view.risk {
-            if let Some(sample) = risk.unrecorded {
-                governor::queue_record(&pipeline, &self.governor, symbol, sample).await?;
-            }
-        }
+        let queued = self.queue_batch(&pipeline, batch, intents, seen, &mut view).await?;
+        self.queue_housekeeping(&pipeline, &view).await?;
         fail::fail_point!("bridge::before_commit");
         let replies = pipeline.try_all::<Value>().await;
-        let committed = self.check_commits(&committing, &replies);
-        let again = match committed {
+        let again = match self.check_commits(&queued.committing, &replies) {
             Ok(again) => again,
             Err(e) => {
                 // The failed entries stay pending; their counts are undone with the batch's
                 // (the others are acknowledged and count as replays if they come back).
                 self.stats = stats_before;
-                trace::record_batch_failed(&spans);
+                trace::record_batch_failed(&queued.spans);
                 return Err(e);
             }
         };
-        let acked = committing.len() as u64 - again;
-        self.stats.consumed += acked;
-        metrics::counter!(quantum_model::metric_names::BRIDGE_INTENTS_CONSUMED_TOTAL).increment(acked);
-        metrics::gauge!(quantum_model::metric_names::BRIDGE_WAITING_INTENTS).set(self.waiting.len() as f64);
-        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SIZE).record(batch.len() as f64);
-        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-        if let Some(window) = &self.plan_symbols {
-            window.publish();
-        }
-        if self.last_summary.elapsed() >= STATS_INTERVAL {
-            self.last_summary = std::time::Instant::now();
-            log_stats("Intent Bridge stats", &self.stats);
-        }
+        self.report_batch(batch.len(), queued.committing.len() as u64 - again, started);
         Ok(())
     }
 
@@ -787,7 +792,114 @@ impl BatchHandler for IntentBridge {
 /// How soon an intent waiting for its mark price is looked at again.
 const MARK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The commit steps queued for a batch.
+struct QueuedBatch<'a> {
+    /// The entries committed, in the order of their steps; whether each was decided here
+    /// (false: a replay, only acknowledged).
+    committing: Vec<(&'a StreamEntry, bool)>,
+    /// Each intent's span, ended once its plan is committed (only kept while tracing is on).
+    spans: Vec<tracing::Span>,
+}
+
 impl IntentBridge {
+    /// Decides every entry of the batch against `view` and queues its commit step; an intent
+    /// waiting for its mark price is neither marked nor acknowledged (it is read again).
+    async fn queue_batch<'a>(
+        &mut self,
+        pipeline: &fred::clients::Pipeline<Client>,
+        batch: &'a [StreamEntry],
+        intents: Vec<Option<Result<Intent, IntentError>>>,
+        seen: Vec<Option<OutcomeRecord>>,
+        view: &mut BatchView,
+    ) -> Result<QueuedBatch<'a>, Error> {
+        let now_ms = now_ms();
+        let mut queued = QueuedBatch {
+            committing: Vec::with_capacity(batch.len()),
+            spans: Vec::new(),
+        };
+        for ((entry, intent), seen) in batch.iter().zip(intents).zip(seen) {
+            let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
+            let Some(intent) = intent else {
+                self.queue_replay(pipeline, entry, seen, now_ms, &span).await?;
+                queued.committing.push((entry, false));
+                continue;
+            };
+            let outcome = span.in_scope(|| self.decide(entry, intent, view, now_ms, &span));
+            outcome.record(&span);
+            if !span.is_disabled() {
+                queued.spans.push(span.clone());
+            }
+            if matches!(outcome, Outcome::Wait) {
+                self.deferred = true;
+                continue;
+            }
+            self.waiting.remove(&entry.id);
+            self.queue_outcome(pipeline, entry, outcome, &span, now_ms).await?;
+            queued.committing.push((entry, true));
+        }
+        Ok(queued)
+    }
+
+    /// Queues the acknowledgement of an intent processed before: the first outcome stays; the
+    /// record counts the replay (a marker that expired meanwhile is not recreated without a TTL).
+    async fn queue_replay(
+        &mut self,
+        pipeline: &fred::clients::Pipeline<Client>,
+        entry: &StreamEntry,
+        seen: Option<OutcomeRecord>,
+        now_ms: u64,
+        span: &tracing::Span,
+    ) -> Result<(), Error> {
+        let commit = EntryCommit {
+            marker_key: seen_key(&entry.id),
+            entry_id: &entry.id,
+            outcome: None,
+            reservation: None,
+            record: None,
+            replay_record: seen.map(|first| first.replayed(now_ms).to_string()),
+        };
+        queue_commit(pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await?;
+        trace::record_outcome(span, "replayed", false);
+        self.stats.replayed += 1;
+        tracing::info!(
+            "Already processed: intent {} (a replay); acknowledged without publishing",
+            entry.id
+        );
+        Ok(())
+    }
+
+    /// Queues, after the commit steps, what the batch's view found to tidy: expired
+    /// reservations and the governor's history samples.
+    async fn queue_housekeeping(
+        &self,
+        pipeline: &fred::clients::Pipeline<Client>,
+        view: &BatchView,
+    ) -> Result<(), Error> {
+        queue_expired_reservations(pipeline, view).await?;
+        for (symbol, risk) in &view.risk {
+            if let Some(sample) = risk.unrecorded {
+                governor::queue_record(pipeline, &self.governor, symbol, sample).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a committed batch and, every `STATS_INTERVAL`, logs the stats line.
+    fn report_batch(&mut self, size: usize, acked: u64, started: std::time::Instant) {
+        self.stats.consumed += acked;
+        metrics::counter!(quantum_model::metric_names::BRIDGE_INTENTS_CONSUMED_TOTAL).increment(acked);
+        metrics::gauge!(quantum_model::metric_names::BRIDGE_WAITING_INTENTS).set(self.waiting.len() as f64);
+        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SIZE).record(size as f64);
+        metrics::histogram!(quantum_model::metric_names::BRIDGE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Some(window) = &self.plan_symbols {
+            window.publish();
+        }
+        if self.last_summary.elapsed() >= STATS_INTERVAL {
+            self.last_summary = std::time::Instant::now();
+            log_stats("Intent Bridge stats", &self.stats);
+        }
+    }
+
     /// Queues an intent's commit step: its plan or DLQ entry, reservation, marker and XACK.
     async fn queue_outcome(
         &mut self,

@@ -296,93 +296,22 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
             Some(fake)
         }
     };
-    let mut instances = Vec::new();
-    for service in [Service::Ledger, Service::Executor, Service::Bridge] {
-        for n in 0..plan.replicas.max(1) {
-            let log = log_dir.join(format!("{}-{n}.log", service.binary()));
-            let mut instance = Instance {
-                service,
-                log,
-                process: None,
-            };
-            instance.restart(&env)?;
-            instances.push(instance);
-        }
-    }
-    let intents: Vec<_> = (0..plan.intents)
-        .map(|n| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
-            let side = if n % 4 == 3 { Side::Sell } else { Side::Buy };
-            intent_fields(&symbol, side, Decimal::from(50), Format::Mixed, n)
-        })
-        .collect();
-    let publisher = tokio::spawn(publish_through_outages(client.clone(), intents, plan.rate));
-
+    let mut instances = start_instances(plan, &env, log_dir)?;
+    let publisher = tokio::spawn(publish_through_outages(client.clone(), fault_intents(plan), plan.rate));
     let mut report = FaultReport {
         log_dir: log_dir.to_path_buf(),
         ..FaultReport::default()
     };
-    let mut dice = Dice(plan.seed);
-    // The kills are spread over the publishing time.
-    let publishing = Duration::from_secs_f64(plan.intents as f64 / plan.rate.max(1) as f64);
-    let gap = publishing / (plan.kills.max(1) as u32 + 1);
-    let bridges: Vec<usize> = (0..instances.len())
-        .filter(|i| instances[*i].service == Service::Bridge)
-        .collect();
-    for k in 0..plan.kills {
-        tokio::time::sleep(gap.mul_f64(0.5 + dice.below(100) as f64 / 100.0)).await;
-        if k == plan.kills / 3 {
-            // A bridge stalls past the reclaim age: the other takes its entries, and when it
-            // wakes up its commits find them done.
-            let victim = bridges[dice.below(bridges.len() as u64) as usize];
-            instances[victim].signal(Signal::SIGSTOP);
-            tokio::time::sleep(Duration::from_millis(2_600)).await;
-            instances[victim].signal(Signal::SIGCONT);
-            report.pauses += 1;
-        }
-        if k == plan.kills / 2 {
-            redis.kill();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            redis.restart()?;
-            report.redis_restarts += 1;
-        }
-        if let Some(fake) = &fake {
-            fake.set_faults(venue_fault(&mut dice));
-        }
-        let victim = dice.below(instances.len() as u64) as usize;
-        instances[victim].restart(&env)?;
-        report.kills += 1;
-    }
-    if let Some(fake) = &fake {
-        fake.set_faults(Faults::default());
-    }
+    let mut faults = Inflicting {
+        instances: &mut instances,
+        redis: &mut redis,
+        fake: fake.as_ref(),
+        env: &env,
+        report: &mut report,
+    };
+    faults.inflict(plan).await?;
     publisher.await??;
-
-    // Drained: every group idle, the poison dead-lettered, no order left open.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut repaired = false;
-    loop {
-        let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
-        let dead: u64 = client.xlen(PLAN_DLQ_STREAM).await?;
-        if fake.is_some() && dead > 0 && !repaired {
-            // The live venue never guesses past a corrupt order record: its order stays open
-            // until an operator repairs it, as here (nothing was sent), and the sweep settles it.
-            client
-                .del::<(), _>(format!("quantum:binance:order:qib-{POISON_PLAN_ID}"))
-                .await?;
-            repaired = true;
-        }
-        if open == 0 && dead > 0 && wait_idle(&client, Duration::from_secs(1)).await? {
-            break;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if fake.is_some() {
-        wait_for_account_sync(&client).await?;
-    }
+    drain(&client, fake.as_ref()).await?;
     for instance in &mut instances {
         if let Some(p) = instance.process.take() {
             p.stop(Duration::from_secs(10));
@@ -401,6 +330,120 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
         );
     }
     Ok(report)
+}
+
+/// Every service, `plan.replicas` times, each logging to its own file.
+fn start_instances(
+    plan: &FaultPlan,
+    env: &HashMap<String, String>,
+    log_dir: &Path,
+) -> Result<Vec<Instance>, Box<dyn std::error::Error>> {
+    let mut instances = Vec::new();
+    for service in [Service::Ledger, Service::Executor, Service::Bridge] {
+        for n in 0..plan.replicas.max(1) {
+            let log = log_dir.join(format!("{}-{n}.log", service.binary()));
+            let mut instance = Instance {
+                service,
+                log,
+                process: None,
+            };
+            instance.restart(env)?;
+            instances.push(instance);
+        }
+    }
+    Ok(instances)
+}
+
+/// The intents published: the demo symbols in turn, one SELL in four, every format.
+fn fault_intents(plan: &FaultPlan) -> Vec<Vec<(String, String)>> {
+    (0..plan.intents)
+        .map(|n| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
+            let side = if n % 4 == 3 { Side::Sell } else { Side::Buy };
+            intent_fields(&symbol, side, Decimal::from(50), Format::Mixed, n)
+        })
+        .collect()
+}
+
+/// What the fault schedule acts on.
+struct Inflicting<'a> {
+    instances: &'a mut Vec<Instance>,
+    redis: &'a mut RedisServer,
+    fake: Option<&'a FakeBinance>,
+    env: &'a HashMap<String, String>,
+    report: &'a mut FaultReport,
+}
+
+impl Inflicting<'_> {
+    /// The kills, spread over the publishing time; a third of the way a bridge stalls past the
+    /// reclaim age, half way Redis is killed and restarted, and on the live venue every kill
+    /// comes with a random venue fault.
+    async fn inflict(&mut self, plan: &FaultPlan) -> Result<(), Box<dyn std::error::Error>> {
+        let mut dice = Dice(plan.seed);
+        let publishing = Duration::from_secs_f64(plan.intents as f64 / plan.rate.max(1) as f64);
+        let gap = publishing / (plan.kills.max(1) as u32 + 1);
+        let bridges: Vec<usize> = (0..self.instances.len())
+            .filter(|i| self.instances[*i].service == Service::Bridge)
+            .collect();
+        for k in 0..plan.kills {
+            tokio::time::sleep(gap.mul_f64(0.5 + dice.below(100) as f64 / 100.0)).await;
+            if k == plan.kills / 3 {
+                // The other bridge takes the stalled one's entries, and when it wakes up its
+                // commits find them done.
+                let victim = bridges[dice.below(bridges.len() as u64) as usize];
+                self.instances[victim].signal(Signal::SIGSTOP);
+                tokio::time::sleep(Duration::from_millis(2_600)).await;
+                self.instances[victim].signal(Signal::SIGCONT);
+                self.report.pauses += 1;
+            }
+            if k == plan.kills / 2 {
+                self.redis.kill();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.redis.restart()?;
+                self.report.redis_restarts += 1;
+            }
+            if let Some(fake) = self.fake {
+                fake.set_faults(venue_fault(&mut dice));
+            }
+            let victim = dice.below(self.instances.len() as u64) as usize;
+            self.instances[victim].restart(self.env)?;
+            self.report.kills += 1;
+        }
+        if let Some(fake) = self.fake {
+            fake.set_faults(Faults::default());
+        }
+        Ok(())
+    }
+}
+
+/// Waits (at most 180 s) until the pipeline has drained: every group idle, the poison
+/// dead-lettered, no order left open; then, on the live venue, for the account sync.
+async fn drain(client: &Client, fake: Option<&FakeBinance>) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut repaired = false;
+    loop {
+        let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
+        let dead: u64 = client.xlen(PLAN_DLQ_STREAM).await?;
+        if fake.is_some() && dead > 0 && !repaired {
+            // The live venue never guesses past a corrupt order record: its order stays open
+            // until an operator repairs it, as here (nothing was sent), and the sweep settles it.
+            client
+                .del::<(), _>(format!("quantum:binance:order:qib-{POISON_PLAN_ID}"))
+                .await?;
+            repaired = true;
+        }
+        if open == 0 && dead > 0 && wait_idle(client, Duration::from_secs(1)).await? {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if fake.is_some() {
+        wait_for_account_sync(client).await?;
+    }
+    Ok(())
 }
 
 /// Waits (at most 15 s) until the live executors' account sync has written every symbol's

@@ -10,6 +10,7 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
 use quantum_model::contract::*;
+use quantum_model::stream_entry::StreamEntry;
 use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
 
@@ -73,11 +74,38 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
     report.plans = plans.len();
     report.results = results.len();
     report.fills = client.xlen::<usize, _>(LEDGER_COMMIT_STREAM).await?;
+    let problems = one_plan_per_intent(client, &intents, &plans, poison_intent).await?;
+    report
+        .invariants
+        .push(("one plan per intent, every intent decided once", problems));
+    report
+        .invariants
+        .push(("one result per plan", one_result_per_plan(&plans, &results)));
+    let problems = one_order_per_plan(client, &plans, &results, &mut report).await?;
+    report.invariants.push(("one venue order per plan", problems));
+    let problems = fills_once_in_venue_order(client).await?;
+    report.invariants.push((
+        "each fill applied once, in venue order; ledger = Σ fills = venue position",
+        problems,
+    ));
+    let problems = memory_bounded(client, &mut report).await?;
+    report.invariants.push((
+        "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
+        problems,
+    ));
+    Ok(report)
+}
 
-    // One plan per intent, and every intent decided (marked) exactly once.
+/// One plan per intent, and every intent decided (marked) exactly once.
+async fn one_plan_per_intent(
+    client: &Client,
+    intents: &[StreamEntry],
+    plans: &[StreamEntry],
+    poison_intent: Option<&str>,
+) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
     let mut plans_of: HashMap<&str, usize> = HashMap::new();
-    for p in &plans {
+    for p in plans {
         *plans_of.entry(p.get("intent_id").unwrap_or_default()).or_default() += 1;
     }
     let ids: Vec<String> = intents
@@ -109,28 +137,35 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
             Some(_) => {}
         }
     }
-    report
-        .invariants
-        .push(("one plan per intent, every intent decided once", problems));
+    Ok(problems)
+}
 
-    // One result per plan.
+/// One result per plan.
+fn one_result_per_plan(plans: &[StreamEntry], results: &[StreamEntry]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut results_of: HashMap<&str, usize> = HashMap::new();
-    for r in &results {
+    for r in results {
         *results_of.entry(r.get("plan_id").unwrap_or_default()).or_default() += 1;
     }
-    for p in &plans {
+    for p in plans {
         let id = p.get("plan_id").unwrap_or_default();
         match results_of.get(id).copied().unwrap_or_default() {
             1 => {}
             n => problems.push(format!("plan {id} has {n} results")),
         }
     }
-    report.invariants.push(("one result per plan", problems));
+    problems
+}
 
-    // One venue order per plan.
+/// One venue order per plan: the venues' own order records (the paper venue's, the live
+/// venue's) each belong to a plan, and cover every executed result.
+async fn one_order_per_plan(
+    client: &Client,
+    plans: &[StreamEntry],
+    results: &[StreamEntry],
+    report: &mut Checked,
+) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
-    // The venues' own order records: the paper venue's, the live venue's.
     let mut orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
     orders.extend(scan_keys(client, "quantum:binance:order:qib-*").await?);
     report.venue_orders = orders.len();
@@ -145,9 +180,11 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
     if executed > orders.len() {
         problems.push(format!("{executed} executed results but {} venue orders", orders.len()));
     }
-    report.invariants.push(("one venue order per plan", problems));
+    Ok(problems)
+}
 
-    // Each fill applied once; ledger = Σ fills = venue position.
+/// Each fill applied once; ledger = Σ fills = venue position, at the venue's last fill.
+async fn fills_once_in_venue_order(client: &Client) -> Result<Vec<String>, Error> {
     let mut problems = exactly_once_problems(client, &HashMap::new()).await?;
     for symbol in DEMO_SYMBOLS.iter().filter_map(|s| Symbol::parse(s).ok()) {
         let ledger: HashMap<String, String> = client.hgetall(ledger_key(&symbol)).await?;
@@ -173,12 +210,11 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
             ));
         }
     }
-    report.invariants.push((
-        "each fill applied once, in venue order; ledger = Σ fills = venue position",
-        problems,
-    ));
+    Ok(problems)
+}
 
-    // Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
+/// Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
+async fn memory_bounded(client: &Client, report: &mut Checked) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
     for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
         let left: BTreeMap<String, String> = client.hgetall(&key).await?;
@@ -236,9 +272,5 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
         .unwrap_or("?")
         .trim()
         .to_string();
-    report.invariants.push((
-        "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
-        problems,
-    ));
-    Ok(report)
+    Ok(problems)
 }

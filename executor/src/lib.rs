@@ -753,19 +753,7 @@ fn report_order(stats: &mut ExecutorStats, span: &Span, order: &OrderRef, outcom
 /// # Errors
 /// Invalid settings, Redis or the venue refusing the executor's credentials, the HTTP port taken, an account the start-up check cannot explain, or a fatal stage error.
 pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<ExecutorStats, ExecutorError> {
-    let paper = args.paper_config().map_err(ExecutorError::Config)?;
-    let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
-    args.consumer
-        .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
-        .map_err(ExecutorError::Config)?;
-    let order_lease_ms = args.order_lease_ms.unwrap_or(args.consumer.claim_idle_ms);
-    if args.sweep_grace_ms <= args.max_plan_age_ms.max(order_lease_ms) {
-        return Err(ExecutorError::Config(format!(
-            "INTENT_EXECUTOR_SWEEP_GRACE_MS ({}) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}) and \
-             INTENT_EXECUTOR_ORDER_LEASE_MS ({}): the sweep would finalize orders an executor may still place",
-            args.sweep_grace_ms, args.max_plan_age_ms, order_lease_ms
-        )));
-    }
+    let settings = Settings::check(&args)?;
     let credentials = match args.mode {
         Mode::Live => Some(args.binance.credentials().map_err(ExecutorError::Config)?),
         Mode::Paper => None,
@@ -779,13 +767,72 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
     );
     // apply.result is the executor's alone, and no group reads it.
     spec.trim_streams.push(RESULT_STREAM);
+    let mode = log_settings(&args, &spec, &settings);
+    let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
+    let conns = Connections::connect(&args.redis, &shutdown).await?;
+    readiness.watch(conns.writer.clone(), &spec);
+    publish_settings(&conns.writer, &settings.allowlist, mode, &spec).await;
+    let service = Service {
+        args: &args,
+        spec,
+        conns,
+        allowlist: settings.allowlist,
+        order_lease_ms: settings.order_lease_ms,
+    };
+    match credentials {
+        None => {
+            let venue = PaperVenue::new(service.conns.writer.clone(), settings.paper);
+            venue.publish_market().await?;
+            service.serve(venue, shutdown).await
+        }
+        Some(credentials) => {
+            let venue = start_live(&service, credentials, &shutdown).await?;
+            service.serve(venue, shutdown).await
+        }
+    }
+}
+
+/// The executor's settings, checked together before anything starts.
+struct Settings {
+    paper: PaperConfig,
+    allowlist: Allowlist,
+    order_lease_ms: u64,
+}
+
+impl Settings {
+    fn check(args: &ExecutorArgs) -> Result<Self, ExecutorError> {
+        let paper = args.paper_config().map_err(ExecutorError::Config)?;
+        let allowlist = args.allowlist().map_err(ExecutorError::Config)?;
+        args.consumer
+            .check_age_limit("INTENT_EXECUTOR_MAX_PLAN_AGE_MS", args.max_plan_age_ms)
+            .map_err(ExecutorError::Config)?;
+        let order_lease_ms = args.order_lease_ms.unwrap_or(args.consumer.claim_idle_ms);
+        if args.sweep_grace_ms <= args.max_plan_age_ms.max(order_lease_ms) {
+            return Err(ExecutorError::Config(format!(
+                "INTENT_EXECUTOR_SWEEP_GRACE_MS ({}) must exceed INTENT_EXECUTOR_MAX_PLAN_AGE_MS ({}) and \
+                 INTENT_EXECUTOR_ORDER_LEASE_MS ({}): the sweep would finalize orders an executor may still place",
+                args.sweep_grace_ms, args.max_plan_age_ms, order_lease_ms
+            )));
+        }
+        Ok(Self {
+            paper,
+            allowlist,
+            order_lease_ms,
+        })
+    }
+}
+
+/// The start-up lines operators read; returns the mode's name.
+fn log_settings(args: &ExecutorArgs, spec: &ConsumerSpec, settings: &Settings) -> &'static str {
     tracing::info!("Intent Executor - apply.plan → venue → apply.result + ledger.commit");
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
+    let allowlist = &settings.allowlist;
     tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
     allowlist.log_notices();
-    let mode = match args.mode {
+    match args.mode {
         Mode::Paper => {
+            let paper = &settings.paper;
             tracing::info!(
                 "Config: mode=paper seed={} slippage_bps={} fee_bps={} qty_step={} price_tick={} equity_usd={} default_price={} reference_prices={} batch_size={}",
                 paper.seed,
@@ -804,10 +851,11 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
             log_live_config(&args.binance, spec.batch_size);
             "live"
         }
-    };
-    let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
-    let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), &spec);
+    }
+}
+
+/// The settings `quantumctl why` shows (best effort: a failure is only logged).
+async fn publish_settings(writer: &Client, allowlist: &Allowlist, mode: &str, spec: &ConsumerSpec) {
     let config = vec![
         ("allowlist", allowlist.display()),
         ("allowlist_source", allowlist.source.to_string()),
@@ -815,30 +863,11 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
         ("consumer", spec.consumer.clone()),
         ("started_ts", now_ms().to_string()),
     ];
-    let written: Result<(), Error> = conns
-        .writer
+    let written: Result<(), Error> = writer
         .hset(EXECUTOR_CONFIG_KEY, quantum_runtime::cas::owned(config))
         .await;
     if let Err(e) = written {
         tracing::warn!("Cannot publish the settings to {EXECUTOR_CONFIG_KEY} ({e}); quantumctl why will not see them");
-    }
-    let service = Service {
-        args: &args,
-        spec,
-        conns,
-        allowlist,
-        order_lease_ms,
-    };
-    match credentials {
-        None => {
-            let venue = PaperVenue::new(service.conns.writer.clone(), paper);
-            venue.publish_market().await?;
-            service.serve(venue, shutdown).await
-        }
-        Some(credentials) => {
-            let venue = start_live(&service, credentials, &shutdown).await?;
-            service.serve(venue, shutdown).await
-        }
     }
 }
 

@@ -91,7 +91,34 @@ pub fn apply_fills(state: LedgerState<'_>, fills: &[Fill], now_ms: u64, gap_time
         ..LedgerEntry::default()
     });
     let mut app = Application::default();
+    let mut waiting = sort_arrivals(&state, fills, &mut entry, &mut app);
+    settle_late(&mut waiting, &mut entry, &mut app);
+    apply_in_sequence(&mut waiting, &mut entry, &mut app, now_ms, gap_timeout_ms);
+    app.parked = waiting
+        .into_values()
+        .filter(|w| w.since_ms.is_none())
+        .map(|w| Parked {
+            fill: w.fill,
+            since_ms: now_ms,
+        })
+        .collect();
+    if !app.applied.is_empty() {
+        entry.last_update_ts = now_ms.max(entry.last_update_ts);
+        entry.source = "fill".into();
+        entry.version += 1;
+        app.entry = Some(entry);
+    }
+    app
+}
 
+/// Applies the unnumbered fills at once (deduplicated by id) and returns the numbered ones
+/// waiting for their turn, by sequence number: the parked ones and this batch's.
+fn sort_arrivals(
+    state: &LedgerState<'_>,
+    fills: &[Fill],
+    entry: &mut LedgerEntry,
+    app: &mut Application,
+) -> BTreeMap<u64, Waiting> {
     let mut seen: HashSet<&str> = HashSet::new();
     let mut waiting: BTreeMap<u64, Waiting> = state
         .parked
@@ -109,7 +136,7 @@ pub fn apply_fills(state: LedgerState<'_>, fills: &[Fill], now_ms: u64, gap_time
             None if state.applied_ids.contains(fill.fill_id.as_str()) || !seen.insert(fill.fill_id.as_str()) => {
                 app.duplicates.push(fill.clone());
             }
-            None => apply_one(&mut entry, fill, &mut app),
+            None => apply_one(entry, fill, app),
             Some(seq) if waiting.contains_key(&seq) => app.duplicates.push(fill.clone()),
             Some(seq) => {
                 let w = Waiting {
@@ -120,21 +147,35 @@ pub fn apply_fills(state: LedgerState<'_>, fills: &[Fill], now_ms: u64, gap_time
             }
         }
     }
+    waiting
+}
 
-    // At or below the sequence: late fills the ledger gave up on, or duplicates.
+/// Takes the waiting fills at or below the ledger's sequence out of `waiting`: a late fill the
+/// ledger gave up on as missing is applied now, any other is a duplicate.
+fn settle_late(waiting: &mut BTreeMap<u64, Waiting>, entry: &mut LedgerEntry, app: &mut Application) {
     let ahead = waiting.split_off(&(entry.venue_seq + 1));
-    for (seq, w) in std::mem::replace(&mut waiting, ahead) {
+    for (seq, w) in std::mem::replace(waiting, ahead) {
         if w.since_ms.is_some() {
             app.unparked.push(seq);
         }
         if let Some(i) = entry.venue_seq_missing.iter().position(|&m| m == seq) {
             entry.venue_seq_missing.remove(i);
-            apply_one(&mut entry, &w.fill, &mut app);
+            apply_one(entry, &w.fill, app);
         } else {
             app.duplicates.push(w.fill);
         }
     }
-    // In sequence, skipping a gap only once the fills behind it have waited long enough.
+}
+
+/// Applies the waiting fills in sequence, skipping a gap only once the fills behind it have
+/// waited `gap_timeout_ms`; what is left waits behind a gap.
+fn apply_in_sequence(
+    waiting: &mut BTreeMap<u64, Waiting>,
+    entry: &mut LedgerEntry,
+    app: &mut Application,
+    now_ms: u64,
+    gap_timeout_ms: u64,
+) {
     while let Some((&first, _)) = waiting.first_key_value() {
         if first != entry.venue_seq + 1 {
             let oldest = waiting
@@ -145,37 +186,27 @@ pub fn apply_fills(state: LedgerState<'_>, fills: &[Fill], now_ms: u64, gap_time
             if now_ms.saturating_sub(oldest) < gap_timeout_ms {
                 break;
             }
-            let gap = entry.venue_seq + 1..=first - 1;
-            let remembered = (*gap.end() - *gap.start() + 1).min(MAX_MISSING_SEQS as u64);
-            entry.venue_seq_missing.extend(*gap.end() + 1 - remembered..=*gap.end());
-            let excess = entry.venue_seq_missing.len().saturating_sub(MAX_MISSING_SEQS);
-            entry.venue_seq_missing.drain(..excess);
-            app.gaps.push(gap);
-            entry.venue_seq = first - 1;
+            skip_gap(entry, app, first);
         }
         let Some((seq, w)) = waiting.pop_first() else { break };
         if w.since_ms.is_some() {
             app.unparked.push(seq);
         }
         entry.venue_seq = seq;
-        apply_one(&mut entry, &w.fill, &mut app);
+        apply_one(entry, &w.fill, app);
     }
-    app.parked = waiting
-        .into_values()
-        .filter(|w| w.since_ms.is_none())
-        .map(|w| Parked {
-            fill: w.fill,
-            since_ms: now_ms,
-        })
-        .collect();
+}
 
-    if !app.applied.is_empty() {
-        entry.last_update_ts = now_ms.max(entry.last_update_ts);
-        entry.source = "fill".into();
-        entry.version += 1;
-        app.entry = Some(entry);
-    }
-    app
+/// Gives up on the numbers before `first`: the last [`MAX_MISSING_SEQS`] are remembered as
+/// missing (applied late if they still come) and the gap is reported.
+fn skip_gap(entry: &mut LedgerEntry, app: &mut Application, first: u64) {
+    let gap = entry.venue_seq + 1..=first - 1;
+    let remembered = (*gap.end() - *gap.start() + 1).min(MAX_MISSING_SEQS as u64);
+    entry.venue_seq_missing.extend(*gap.end() + 1 - remembered..=*gap.end());
+    let excess = entry.venue_seq_missing.len().saturating_sub(MAX_MISSING_SEQS);
+    entry.venue_seq_missing.drain(..excess);
+    app.gaps.push(gap);
+    entry.venue_seq = first - 1;
 }
 
 /// Applies one fill to the ledger state and records it.

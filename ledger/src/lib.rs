@@ -631,6 +631,46 @@ async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
         .collect())
 }
 
+/// The ledger's housekeeping every reconcile interval, until `stop` fires: the ledger census,
+/// pruning the applied-fill records, the parked fills' sweep, and (`reconcile_on`) a
+/// reconcile pass. A failed step is logged and retried on the next pass.
+async fn periodic(
+    client: Client,
+    reconcile: ReconcileConfig,
+    reconcile_on: bool,
+    gap_timeout_ms: u64,
+    stop: CancellationToken,
+) {
+    let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms);
+    let mut tracker = DriftTracker::default();
+    loop {
+        if let Err(e) = ledger_census(&client).await {
+            tracing::warn!("Counting ledgers failed: {e}");
+        }
+        match dedup::prune(&client).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!(quantum_model::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
+                tracing::debug!("Pruned {n} applied-fill records no entry can deliver again");
+            }
+            Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
+        }
+        if let Err(e) = sweeper.sweep_parked().await {
+            tracing::warn!("Applying parked fills failed: {e}; next pass retries");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(reconcile.interval) => {}
+        }
+        if reconcile_on {
+            if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
+                tracing::warn!("Reconcile pass failed: {e}");
+            }
+        }
+        quantum_runtime::telemetry::flush_logs();
+    }
+}
+
 /// Runs the ledger service until `shutdown` fires.
 ///
 /// # Errors
@@ -663,41 +703,13 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
     let conns = Connections::connect(&args.redis, &shutdown).await?;
     dedup::migrate(&conns.writer, now_ms()).await?;
     readiness.watch(conns.writer.clone(), &spec);
-    let periodic = {
-        let client = conns.writer.clone();
-        let stop = shutdown.clone();
-        let reconcile_on = args.reconcile;
-        let mut sweeper = LedgerWriter::new(client.clone(), args.gap_timeout_ms);
-        tokio::spawn(async move {
-            let mut tracker = DriftTracker::default();
-            loop {
-                if let Err(e) = ledger_census(&client).await {
-                    tracing::warn!("Counting ledgers failed: {e}");
-                }
-                match dedup::prune(&client).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        metrics::counter!(quantum_model::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
-                        tracing::debug!("Pruned {n} applied-fill records no entry can deliver again");
-                    }
-                    Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
-                }
-                if let Err(e) = sweeper.sweep_parked().await {
-                    tracing::warn!("Applying parked fills failed: {e}; next pass retries");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(reconcile.interval) => {}
-                }
-                if reconcile_on {
-                    if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
-                        tracing::warn!("Reconcile pass failed: {e}");
-                    }
-                }
-                quantum_runtime::telemetry::flush_logs();
-            }
-        })
-    };
+    let periodic = tokio::spawn(periodic(
+        conns.writer.clone(),
+        reconcile,
+        args.reconcile,
+        args.gap_timeout_ms,
+        shutdown.clone(),
+    ));
     let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms);
     let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
     shutdown.cancel();

@@ -237,25 +237,18 @@ fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConn
 
 /// Connection failures retrying cannot fix: refused credentials, an untrusted certificate.
 fn unrecoverable(target: &str, e: &fred::error::Error) -> Option<ConnectError> {
-    if is_auth_error(e) {
+    if crate::failure::is_auth_error(e) {
         return Some(ConnectError::Auth {
             target: target.to_string(),
             message: e.details().to_string(),
         });
     }
+    // fred hands a failed TLS handshake over as text (the rustls error's Debug form inside an
+    // I/O error), so the certificate verdict can only be read from that text.
     e.to_string().contains("InvalidCertificate").then(|| ConnectError::Tls {
         target: target.to_string(),
         message: format!("the server's certificate is not trusted ({e}); set REDIS_TLS_CA_FILE"),
     })
-}
-
-/// Whether an error means our credentials or permissions are wrong (retrying cannot help).
-pub fn is_auth_error(e: &fred::error::Error) -> bool {
-    let text = e.to_string();
-    matches!(e.kind(), ErrorKind::Auth)
-        || ["WRONGPASS", "NOAUTH", "NOPERM", "invalid username-password"]
-            .iter()
-            .any(|needle| text.contains(needle))
 }
 
 /// Masks the password in a redis:// URL.

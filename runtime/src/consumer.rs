@@ -148,7 +148,7 @@ pub async fn ensure_group(client: &Client, stream: &str, group: &str) -> Result<
             tracing::info!("Consumer group created: {group} on {stream}");
             Ok(())
         }
-        Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+        Err(e) if crate::failure::redis_error_code(&e) == Some("BUSYGROUP") => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -173,7 +173,10 @@ fn xreadgroup_cmd(blocking: bool) -> CustomCommand {
     CustomCommand::new("XREADGROUP", fred::types::ClusterHash::Custom(0), blocking)
 }
 
-/// Runs the loop until `shutdown` fires.
+/// Runs the loop until `shutdown` fires: join the group, then, batch after batch, keep the
+/// housekeeping due (backlog gauges, reclaiming stale entries), read, dispatch, and back off
+/// after a failure. Starts by draining this consumer's own pending entries (a previous run of
+/// ours died mid-batch).
 ///
 /// # Errors
 /// Only [`StageError::Fatal`]: failures retrying cannot fix (bad credentials, missing
@@ -186,24 +189,61 @@ pub async fn run<H: BatchHandler>(
     shutdown: &CancellationToken,
 ) -> Result<(), StageError> {
     let mut backoff = Backoff::default();
+    if join_group(writer, spec, &mut backoff, shutdown).await? == Flow::Stop {
+        return Ok(());
+    }
+    announce_ready(spec);
+    let mut consumer = Consumer {
+        reader,
+        writer,
+        spec,
+        handler,
+        shutdown,
+        backoff,
+        pass: Pass::recovery(),
+        watchdog: crate::systemd::Watchdog::from_env(),
+        last_claim: None,
+        last_backlog: None,
+        retry_at: None,
+    };
+    consumer.run().await
+}
+
+/// Whether the loop goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Creates the group, retrying while Redis is unreachable.
+async fn join_group(
+    writer: &Client,
+    spec: &ConsumerSpec,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Flow, StageError> {
     loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(Flow::Stop);
         }
         match ensure_group(writer, spec.stream, spec.group)
             .await
             .map_err(StageError::from)
         {
-            Ok(()) => break,
+            Ok(()) => return Ok(Flow::Continue),
             Err(e @ StageError::Fatal(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!("Cannot create group {} on {}: {e}; retrying", spec.group, spec.stream);
                 if backoff.wait(shutdown).await {
-                    return Ok(());
+                    return Ok(Flow::Stop);
                 }
             }
         }
     }
+}
+
+fn announce_ready(spec: &ConsumerSpec) {
     tracing::info!(
         "Consumer ready: stream={} group={} consumer={} batch={} max_deliveries={} dlq={}",
         spec.stream,
@@ -213,151 +253,224 @@ pub async fn run<H: BatchHandler>(
         spec.max_deliveries,
         spec.dlq_stream
     );
-
     crate::systemd::notify_ready(&format!("consuming {} as {}", spec.stream, spec.consumer));
-    let mut watchdog = crate::systemd::Watchdog::from_env();
+}
 
-    // Start by draining our own pending entries (a previous run of ours died mid-batch).
-    let mut recover_from: Option<String> = Some("0".to_string());
-    let mut last_claim: Option<Instant> = None;
-    let mut last_backlog: Option<Instant> = None;
-    // When to re-read the entries the handler left pending on purpose, and whether the
-    // current pass over our pending list is such a retry (not a recovery after a restart).
-    let mut retry_at: Option<Instant> = None;
-    let mut retrying = false;
-    loop {
-        watchdog.ping();
-        if recover_from.is_none() && retry_at.is_some_and(|t| Instant::now() >= t) {
-            retry_at = None;
-            retrying = true;
-            recover_from = Some("0".to_string());
+/// Which entries the next read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pass {
+    /// New entries (`>`), blocking up to the spec's `block`.
+    New,
+    /// Our own pending entries after `from`: a recovery after a restart or a failure, or a
+    /// retry of the entries the handler left pending on purpose.
+    Pending { from: String, retrying: bool },
+}
+
+impl Pass {
+    fn recovery() -> Self {
+        Self::Pending {
+            from: "0".into(),
+            retrying: false,
         }
-        if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_SAMPLE_EVERY) {
-            last_backlog = Some(Instant::now());
-            record_backlog(writer, spec).await;
+    }
+
+    fn start_id(&self) -> &str {
+        match self {
+            Self::New => ">",
+            Self::Pending { from, .. } => from,
         }
-        if shutdown.is_cancelled() {
-            tracing::info!("Shutdown requested: consumer {} stopped between batches", spec.consumer);
-            crate::systemd::notify_stopping();
-            crate::telemetry::flush_logs();
+    }
+}
+
+/// The loop's state between batches.
+struct Consumer<'a, H> {
+    reader: &'a Client,
+    writer: &'a Client,
+    spec: &'a ConsumerSpec,
+    handler: &'a mut H,
+    shutdown: &'a CancellationToken,
+    backoff: Backoff,
+    pass: Pass,
+    watchdog: crate::systemd::Watchdog,
+    last_claim: Option<Instant>,
+    last_backlog: Option<Instant>,
+    /// When to re-read the entries the handler left pending on purpose.
+    retry_at: Option<Instant>,
+}
+
+impl<H: BatchHandler> Consumer<'_, H> {
+    async fn run(&mut self) -> Result<(), StageError> {
+        loop {
+            self.watchdog.ping();
+            self.start_retry_if_due();
+            self.sample_backlog_if_due().await;
+            if self.shutdown.is_cancelled() {
+                tracing::info!(
+                    "Shutdown requested: consumer {} stopped between batches",
+                    self.spec.consumer
+                );
+                crate::systemd::notify_stopping();
+                crate::telemetry::flush_logs();
+                return Ok(());
+            }
+            let flow = match self.reclaim_if_due().await {
+                Ok(()) => self.read_and_dispatch().await?,
+                Err(e) => self.failed(e, "Reclaiming stale entries").await?,
+            };
+            if flow == Flow::Stop {
+                return Ok(());
+            }
+        }
+    }
+
+    fn start_retry_if_due(&mut self) {
+        if self.pass == Pass::New && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+            self.retry_at = None;
+            self.pass = Pass::Pending {
+                from: "0".into(),
+                retrying: true,
+            };
+        }
+    }
+
+    async fn sample_backlog_if_due(&mut self) {
+        if self.last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_SAMPLE_EVERY) {
+            self.last_backlog = Some(Instant::now());
+            record_backlog(self.writer, self.spec).await;
+        }
+    }
+
+    /// Between passes over our own pending list, claims what dead consumers left behind.
+    async fn reclaim_if_due(&mut self) -> Result<(), StageError> {
+        if self.pass != Pass::New || self.last_claim.is_some_and(|t| t.elapsed() < self.spec.claim_interval) {
             return Ok(());
         }
-        if recover_from.is_none() && last_claim.is_none_or(|t| t.elapsed() >= spec.claim_interval) {
-            match reclaim_stale(writer, spec, handler, shutdown).await {
-                Ok(()) => {
-                    last_claim = Some(Instant::now());
-                    // Reclaimed entries may be left waiting too.
-                    if let Some(delay) = handler.retry_pending_after() {
-                        retry_at = Some(Instant::now() + delay);
-                    }
-                }
-                Err(e @ StageError::Fatal(_)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!("Reclaiming stale entries of {} failed: {e}", spec.stream);
-                    spec.progress.failed(spec.stream);
-                    recover_from = Some("0".to_string());
-                    if backoff.wait(shutdown).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            }
-        }
+        reclaim_stale(self.writer, self.spec, self.handler, self.shutdown).await?;
+        self.last_claim = Some(Instant::now());
+        // Reclaimed entries may be left waiting too.
+        self.schedule_retry();
+        Ok(())
+    }
 
-        let start_id = recover_from.clone().unwrap_or_else(|| ">".to_string());
+    async fn read_and_dispatch(&mut self) -> Result<Flow, StageError> {
         crate::telemetry::flush_logs();
-        let read = read_batch(reader, spec, &start_id, shutdown).await;
-        let entries = match read {
-            ReadOutcome::Shutdown => continue,
+        let entries = match read_batch(self.reader, self.spec, self.pass.start_id(), self.shutdown).await {
+            ReadOutcome::Shutdown => return Ok(Flow::Continue),
+            ReadOutcome::Failed(e) => return self.read_failed(e).await,
             ReadOutcome::Entries(entries) => entries,
-            ReadOutcome::Failed(e) => {
-                if e.to_string().contains("NOGROUP") {
-                    tracing::warn!(
-                        "Group {} vanished from {} (Redis restarted or stream deleted): recreating",
-                        spec.group,
-                        spec.stream
-                    );
-                    if let Err(e) = ensure_group(writer, spec.stream, spec.group).await {
-                        tracing::warn!("Cannot recreate group {}: {e}", spec.group);
-                    }
-                } else {
-                    let e = StageError::from(e);
-                    if let StageError::Fatal(_) = e {
-                        return Err(e);
-                    }
-                    tracing::warn!("Reading {} failed: {e}; backing off", spec.stream);
-                }
-                spec.progress.failed(spec.stream);
-                recover_from = Some("0".to_string());
-                if backoff.wait(shutdown).await {
-                    return Ok(());
-                }
-                continue;
-            }
         };
-
-        if let Some(cursor) = recover_from.as_mut() {
-            match entries.last() {
-                None => {
-                    recover_from = None;
-                    retrying = false;
-                    continue;
-                }
-                Some((last_id, _)) => {
-                    if retrying {
-                        tracing::debug!("Retrying {} entries left pending on purpose", entries.len());
-                    } else {
-                        tracing::info!(
-                            "Recovering {} pending entries of {} from before a restart",
-                            entries.len(),
-                            spec.consumer
-                        );
-                    }
-                    *cursor = last_id.clone();
-                }
-            }
+        if !self.advance_pass(&entries) {
+            return Ok(Flow::Continue);
         }
         if entries.is_empty() {
-            spec.progress.succeeded(spec.stream);
-            continue;
+            self.spec.progress.succeeded(self.spec.stream);
+            return Ok(Flow::Continue);
         }
         let count = entries.len() as u64;
-        if recover_from.is_some() {
+        self.count_redeliveries(count);
+        match dispatch(self.writer, self.spec, self.handler, entries).await {
+            Ok(()) => {
+                self.committed(count);
+                Ok(Flow::Continue)
+            }
+            Err(e) => {
+                if !matches!(e, StageError::Fatal(_)) {
+                    metrics::counter!(quantum_model::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => self.spec.stream, "class" => e.class())
+                        .increment(1);
+                }
+                self.failed(e, "Batch").await
+            }
+        }
+    }
+
+    /// Moves a pass over our pending list past what it read; false once the list is drained
+    /// (the next read asks for new entries).
+    fn advance_pass(&mut self, entries: &[(String, Option<StreamEntry>)]) -> bool {
+        let Pass::Pending { from, retrying } = &mut self.pass else {
+            return true;
+        };
+        let Some((last_id, _)) = entries.last() else {
+            self.pass = Pass::New;
+            return false;
+        };
+        if *retrying {
+            tracing::debug!("Retrying {} entries left pending on purpose", entries.len());
+        } else {
+            tracing::info!(
+                "Recovering {} pending entries of {} from before a restart",
+                entries.len(),
+                self.spec.consumer
+            );
+        }
+        from.clone_from(last_id);
+        true
+    }
+
+    fn count_redeliveries(&self, count: u64) {
+        if let Pass::Pending { retrying, .. } = self.pass {
             let counter = if retrying {
                 quantum_model::metric_names::CONSUMER_RETRIES_TOTAL
             } else {
                 quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL
             };
-            metrics::counter!(counter, "stream" => spec.stream).increment(count);
+            metrics::counter!(counter, "stream" => self.spec.stream).increment(count);
         }
-        match dispatch(writer, spec, handler, entries).await {
-            Ok(()) => {
-                // The batch is committed: its log lines go out now, before anything else can
-                // stall or kill the process.
-                crate::telemetry::flush_logs();
-                backoff.reset();
-                spec.progress.succeeded(spec.stream);
-                metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => spec.stream)
-                    .increment(count);
-                if let Some(delay) = handler.retry_pending_after() {
-                    retry_at = Some(Instant::now() + delay);
-                }
-            }
-            Err(e @ StageError::Fatal(_)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(
-                    "Batch on {} failed ({}): {e}; its uncommitted entries stay pending and are redelivered",
-                    spec.stream,
-                    e.class()
-                );
-                spec.progress.failed(spec.stream);
-                metrics::counter!(quantum_model::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => spec.stream, "class" => e.class())
-                    .increment(1);
-                recover_from = Some("0".to_string());
-                if backoff.wait(shutdown).await {
-                    return Ok(());
-                }
-            }
+    }
+
+    fn committed(&mut self, count: u64) {
+        // The batch is committed: its log lines go out now, before anything else can stall or
+        // kill the process.
+        crate::telemetry::flush_logs();
+        self.backoff.reset();
+        self.spec.progress.succeeded(self.spec.stream);
+        metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => self.spec.stream)
+            .increment(count);
+        self.schedule_retry();
+    }
+
+    fn schedule_retry(&mut self) {
+        if let Some(delay) = self.handler.retry_pending_after() {
+            self.retry_at = Some(Instant::now() + delay);
+        }
+    }
+
+    async fn read_failed(&mut self, e: Error) -> Result<Flow, StageError> {
+        if crate::failure::redis_error_code(&e) != Some("NOGROUP") {
+            return self.failed(StageError::from(e), "Reading").await;
+        }
+        tracing::warn!(
+            "Group {} vanished from {} (Redis restarted or stream deleted): recreating",
+            self.spec.group,
+            self.spec.stream
+        );
+        if let Err(e) = ensure_group(self.writer, self.spec.stream, self.spec.group).await {
+            tracing::warn!("Cannot recreate group {}: {e}", self.spec.group);
+        }
+        Ok(self.back_off().await)
+    }
+
+    /// A fatal failure stops the service; any other is logged, and the loop backs off and
+    /// starts over from its own pending entries (the failed batch's uncommitted entries stay
+    /// pending and are redelivered).
+    async fn failed(&mut self, e: StageError, what: &str) -> Result<Flow, StageError> {
+        if let StageError::Fatal(_) = e {
+            return Err(e);
+        }
+        tracing::warn!(
+            "{what} on {} failed ({}): {e}; backing off, its uncommitted entries stay pending and are redelivered",
+            self.spec.stream,
+            e.class()
+        );
+        Ok(self.back_off().await)
+    }
+
+    async fn back_off(&mut self) -> Flow {
+        self.spec.progress.failed(self.spec.stream);
+        self.pass = Pass::recovery();
+        if self.backoff.wait(self.shutdown).await {
+            Flow::Stop
+        } else {
+            Flow::Continue
         }
     }
 }
@@ -551,7 +664,8 @@ async fn dead_letter_if_exhausted(
     Ok(true)
 }
 
-/// Claims entries other consumers left pending for longer than `claim_idle` and processes them.
+/// Claims entries other consumers left pending for longer than `claim_idle` and processes them,
+/// then prunes consumers long gone and trims the streams.
 async fn reclaim_stale<H: BatchHandler>(
     writer: &Client,
     spec: &ConsumerSpec,
@@ -603,8 +717,13 @@ async fn reclaim_stale<H: BatchHandler>(
         );
     }
     prune_consumers(writer, spec).await?;
-    // Trimming is housekeeping: a failure is reported and retried next pass, never allowed to
-    // hold up the entries (only a missing permission stops the service, as everywhere).
+    trim_streams(writer, spec).await
+}
+
+/// Trims the stage's streams to their retention. Trimming is housekeeping: a failure is
+/// reported and retried next pass, never allowed to hold up the entries (only a missing
+/// permission stops the service, as everywhere).
+async fn trim_streams(writer: &Client, spec: &ConsumerSpec) -> Result<(), StageError> {
     match crate::retention::trim(
         writer,
         &spec.trim_streams,
@@ -783,7 +902,10 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
     let reply: Result<Value, Error> = client.xinfo_groups(stream).await;
     let groups = match reply {
         Ok(v) => v.into_array(),
-        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        // XINFO on a missing stream is a plain `ERR`: whether the stream exists tells.
+        Err(e) if crate::failure::redis_error_code(&e) == Some("ERR") && !client.exists::<bool, _>(stream).await? => {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     };
     for g in groups {

@@ -57,6 +57,21 @@ fn redis_code(details: &str) -> &str {
     details.split_whitespace().next().unwrap_or_default()
 }
 
+/// The error code of a reply Redis refused (`BUSYGROUP`, `NOGROUP`, `NOPERM`, ...): the
+/// protocol's machine-readable part of an error, which callers compare instead of the message
+/// text. An error raised by the client itself (I/O, timeout) carries none.
+pub fn redis_error_code(e: &Error) -> Option<&str> {
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled => None,
+        _ => Some(redis_code(e.details())).filter(|code| !code.is_empty()),
+    }
+}
+
+/// Whether Redis refused our credentials or rights: retrying cannot help.
+pub fn is_auth_error(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Auth) || redis_error_code(e).is_some_and(|code| FATAL_CODES.contains(&code))
+}
+
 impl From<Error> for StageError {
     fn from(e: Error) -> Self {
         let text = e.to_string();
@@ -72,7 +87,7 @@ impl From<Error> for StageError {
             _ => {}
         }
         let code = redis_code(e.details());
-        if FATAL_CODES.contains(&code) {
+        if is_auth_error(&e) {
             Self::Fatal(text)
         } else if TRANSIENT_CODES.contains(&code) {
             Self::Retryable(text)
@@ -132,5 +147,22 @@ mod tests {
         for (kind, details, expected) in rows {
             assert_eq!(class(kind, details), expected, "{details}");
         }
+    }
+
+    #[test]
+    fn error_codes_come_from_redis_replies_only() {
+        let busy = Error::new(ErrorKind::Unknown, "BUSYGROUP Consumer Group name already exists");
+        assert_eq!(redis_error_code(&busy), Some("BUSYGROUP"));
+        let io = Error::new(ErrorKind::IO, "NOGROUP-looking text from a socket error");
+        assert_eq!(redis_error_code(&io), None);
+        assert!(is_auth_error(&Error::new(ErrorKind::Unknown, "NOPERM no permissions")));
+        assert!(is_auth_error(&Error::new(
+            ErrorKind::Auth,
+            "WRONGPASS invalid username-password pair"
+        )));
+        assert!(!is_auth_error(&Error::new(
+            ErrorKind::Unknown,
+            "ERR wrong number of arguments"
+        )));
     }
 }
