@@ -96,6 +96,13 @@ impl Status {
     /// The report as text; `color` only on a terminal.
     pub fn render(&self, color: bool) -> String {
         let mut out = String::new();
+        self.render_streams(&mut out);
+        self.render_outcomes(&mut out, color);
+        self.render_ledgers(&mut out);
+        out
+    }
+
+    fn render_streams(&self, out: &mut String) {
         let _ = writeln!(out, "STREAM                                   LENGTH");
         for (stream, len) in &self.streams {
             let _ = writeln!(out, "{stream:<40} {len:>6}");
@@ -119,6 +126,9 @@ impl Status {
                 }
             }
         }
+    }
+
+    fn render_outcomes(&self, out: &mut String, color: bool) {
         let _ = writeln!(
             out,
             "\nBRIDGE OUTCOMES (last {} min): {} intents",
@@ -143,6 +153,9 @@ impl Status {
                 let _ = writeln!(out, "{text}");
             }
         }
+    }
+
+    fn render_ledgers(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\nLEDGER       SIDE   POSITION_AMT     AVG_ENTRY   REALIZED_PNL  FILLS  SOURCE     EXCHANGE_AMT"
@@ -172,7 +185,6 @@ impl Status {
                 }
             }
         }
-        out
     }
 
     /// The same facts as JSON, for scripts.

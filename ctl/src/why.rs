@@ -391,21 +391,7 @@ async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, 
     let order_id = fields.get("order_id").cloned().unwrap_or_default();
     // The venue call comes before the result that reports it.
     if !order_id.is_empty() {
-        let order: Value = client.hgetall(order_key(&OrderId::new(order_id.clone()))).await?;
-        let order: BTreeMap<String, String> = hash_pairs(order).into_iter().collect();
-        report.order_state = order.get("state").cloned();
-        let o = |k: &str| order.get(k).map(String::as_str).unwrap_or("-");
-        report.stages.push(Stage {
-            name: "venue order",
-            at_ms: order.get("finished_ts").and_then(|t| t.parse().ok()),
-            detail: format!(
-                "{order_id} state={} filled_qty={} avg_price={} fee={}",
-                o("state"),
-                o("filled_qty"),
-                o("avg_price"),
-                o("fee")
-            ),
-        });
+        follow_order(client, report, &order_id).await?;
     }
     report.stages.push(Stage {
         name: "executor",
@@ -427,6 +413,26 @@ async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, 
         return Ok(());
     }
     follow_fills(client, report, plan_id, &plan_entry_id, entry_ms(&result.id)).await
+}
+
+/// The venue order's stage, from its record.
+async fn follow_order(client: &Client, report: &mut IntentReport, order_id: &str) -> Result<(), Error> {
+    let order: Value = client.hgetall(order_key(&OrderId::new(order_id))).await?;
+    let order: BTreeMap<String, String> = hash_pairs(order).into_iter().collect();
+    report.order_state = order.get("state").cloned();
+    let o = |k: &str| order.get(k).map(String::as_str).unwrap_or("-");
+    report.stages.push(Stage {
+        name: "venue order",
+        at_ms: order.get("finished_ts").and_then(|t| t.parse().ok()),
+        detail: format!(
+            "{order_id} state={} filled_qty={} avg_price={} fee={}",
+            o("state"),
+            o("filled_qty"),
+            o("avg_price"),
+            o("fee")
+        ),
+    });
+    Ok(())
 }
 
 async fn follow_fills(
@@ -817,7 +823,7 @@ pub async fn symbol(client: &Client, symbol: &Symbol, minutes: u64) -> Result<Sy
     let ledger = next_hash();
     report.ledger = (!ledger.is_empty()).then_some(ledger);
     let cfg = &report.bridge_config;
-    report.governor = GovernorConfig::from_fields(|k| cfg.get(k).cloned());
+    report.governor = GovernorConfig::from_fields(cfg);
     let mut fields = ProposalFields::default();
     for (slot, v) in fields
         .0

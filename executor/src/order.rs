@@ -23,6 +23,7 @@ use rust_decimal::Decimal;
 
 use quantum_model::contract::{order_key, reservation_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM};
 use quantum_model::execution_result::ExecutionResult;
+use quantum_model::fields::Fields;
 use quantum_model::fill::Fill;
 use quantum_model::plan::Plan;
 use quantum_model::reservation::Reservation;
@@ -327,7 +328,7 @@ pub async fn open_orders_before(client: &Client, claimed_before_ms: u64, limit: 
 /// stale), `Err` when it cannot be read.
 pub async fn read_open_order(client: &Client, coid: &str) -> Result<Option<Result<OrderRef, String>>, Error> {
     let pairs = hash_pairs(client.hgetall::<Value, _>(order_key(&OrderId::new(coid))).await?);
-    let state = pairs.iter().find(|(k, _)| k == "state").map(|(_, v)| v.as_str());
+    let state = pairs.field("state");
     if state != Some("NEW") {
         return Ok(None);
     }

@@ -13,12 +13,13 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use sha2::{Digest, Sha256};
 
 use quantum_model::contract::{snapshot_key, MARK_PRICE_KEY, PORTFOLIO_KEY};
+use quantum_model::fields::Fields;
 use quantum_model::fill::Fill;
 use quantum_model::position::Position;
 use quantum_model::snapshot::Snapshot;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::now_ms;
-use quantum_model::types::{parse_decimal, FillId, OrderId, OrderType, Side, Symbol};
+use quantum_model::types::{parse_decimal, FillId, OrderId, OrderType, ParseError, Side, Symbol};
 use quantum_runtime::cas::{owned, queue_eval, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::reply::hash_pairs;
 
@@ -166,25 +167,12 @@ pub struct PaperPosition {
 
 impl PaperPosition {
     fn from_hash(symbol: &Symbol, pairs: &[(String, String)]) -> Result<Self, VenueError> {
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let corrupt = |detail: String| VenueError::Corrupt {
+        let corrupt = |e: ParseError| VenueError::Corrupt {
             symbol: symbol.clone(),
-            detail,
+            detail: e.to_string(),
         };
-        let dec = |name: &'static str| -> Result<Option<Decimal>, VenueError> {
-            get(name)
-                .map(|v| parse_decimal(name, v).map_err(|e| corrupt(e.to_string())))
-                .transpose()
-        };
-        let int = |name: &'static str| -> Result<u64, VenueError> {
-            get(name)
-                .map(|v| {
-                    v.parse::<u64>()
-                        .map_err(|_| corrupt(format!("{name} {v:?} is not an integer")))
-                })
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
+        let dec = |name: &'static str| pairs.decimal(name).map_err(corrupt);
+        let int = |name: &'static str| pairs.integer(name).map(Option::unwrap_or_default).map_err(corrupt);
         Ok(Self {
             position: Position {
                 amt: dec("position_amt")?.unwrap_or_default(),

@@ -1,5 +1,6 @@
 //! Fills on `quantum:stream:ledger.commit`: one entry per execution at the venue.
 
+use crate::fields::Fields;
 use rust_decimal::Decimal;
 use thiserror::Error;
 
@@ -95,12 +96,7 @@ impl Fill {
     /// The first field that is missing, oversized or invalid.
     pub fn parse(entry: &StreamEntry) -> Result<Self, FillError> {
         entry.check_limits().map_err(FillError::Oversized)?;
-        let req = |name: &'static str| {
-            entry
-                .get(name)
-                .filter(|v| !v.is_empty())
-                .ok_or(FillError::Missing(name))
-        };
+        let req = |name: &'static str| entry.text(name).ok_or(FillError::Missing(name));
         let positive = |name: &'static str| -> Result<Decimal, FillError> {
             let value = parse_decimal(name, req(name)?)?;
             if value <= Decimal::ZERO {
@@ -116,11 +112,7 @@ impl Fill {
             side: Side::parse(req("side")?)?,
             qty: positive("qty")?,
             price: positive("price")?,
-            fee: entry
-                .get("fee")
-                .map(|v| parse_decimal("fee", v))
-                .transpose()?
-                .unwrap_or_default(),
+            fee: entry.decimal("fee")?.unwrap_or_default(),
             fee_asset: match entry.get("fee_asset") {
                 None | Some("") => None,
                 Some(asset) if asset.len() <= 16 && asset.bytes().all(|b| b.is_ascii_alphanumeric()) => {
@@ -128,12 +120,9 @@ impl Fill {
                 }
                 Some(other) => return Err(FillError::BadAsset(truncate_value(other))),
             },
-            leverage: entry
-                .get("leverage")
-                .map(|v| parse_decimal("leverage", v))
-                .transpose()?
-                .unwrap_or(Decimal::ONE),
-            ts: entry.get("ts").and_then(|t| t.parse().ok()).unwrap_or_default(),
+            leverage: entry.decimal("leverage")?.unwrap_or(Decimal::ONE),
+            // Informational: an unreadable time reads as 0, it decides nothing.
+            ts: entry.integer("ts").ok().flatten().unwrap_or_default(),
             venue_seq: entry
                 .get("venue_seq")
                 .map(|v| match v.parse::<u64>() {

@@ -18,6 +18,7 @@
 //! - for entries, blocking is monotone in K: if K blocks, every larger K blocks too;
 //! - under the default settings a regime flip alone never blocks an entry in `separated` mode.
 
+use crate::fields::Fields;
 use std::fmt;
 
 use thiserror::Error;
@@ -361,12 +362,12 @@ impl GovernorConfig {
     }
 
     /// Reads [`Self::to_fields`] back; a field missing or unreadable keeps its default.
-    pub fn from_fields(get: impl Fn(&str) -> Option<String>) -> Self {
+    pub fn from_fields(fields: &(impl Fields + ?Sized)) -> Self {
         let d = Self::default();
-        let num = |k: &str, default: f64| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(default);
-        let int = |k: &str, default: usize| get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(default);
+        let num = |k: &str, default: f64| fields.field(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(default);
+        let int = |k: &str, default: usize| fields.field(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(default);
         Self {
-            mode: match get("governor_mode").as_deref() {
+            mode: match fields.field("governor_mode") {
                 Some("legacy") => Mode::Legacy,
                 _ => Mode::Separated,
             },
@@ -378,10 +379,11 @@ impl GovernorConfig {
             history_window: int("z_window", d.history_window),
             min_samples: int("z_min_samples", d.min_samples),
             z_min_std: num("z_min_std", d.z_min_std),
-            max_age_secs: get("proposal_max_age_s")
+            max_age_secs: fields
+                .field("proposal_max_age_s")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(d.max_age_secs),
-            missing: match get("missing_proposal").as_deref() {
+            missing: match fields.field("missing_proposal") {
                 Some("block-entries") => MissingPolicy::BlockEntries,
                 _ => MissingPolicy::Allow,
             },
@@ -851,9 +853,10 @@ mod tests {
             ..GovernorConfig::default()
         };
         let fields = cfg.to_fields();
-        let back = GovernorConfig::from_fields(|k| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let back = GovernorConfig::from_fields(&pairs);
         assert_eq!(back, cfg);
-        assert_eq!(GovernorConfig::from_fields(|_| None), GovernorConfig::default());
+        assert_eq!(GovernorConfig::from_fields(&Vec::new()), GovernorConfig::default());
     }
 
     #[test]

@@ -277,6 +277,44 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
+/// BUY or SELL, from `side` or `action` (both present: they must agree).
+fn side_of(f: &IntentFields) -> Result<Side, IntentError> {
+    Ok(match (f.get("side"), f.get("action")) {
+        (None, None) => return Err(IntentError::MissingSide),
+        (Some(s), None) | (None, Some(s)) => parse_side(s)?,
+        (Some(side), Some(action)) => {
+            let (a, b) = (parse_side(side)?, parse_side(action)?);
+            if a != b {
+                return Err(IntentError::ConflictingSide {
+                    side: side.to_string(),
+                    action: action.to_string(),
+                });
+            }
+            a
+        }
+    })
+}
+
+/// How the intent is sized. Precedence follows the Python bridge: explicit quantity first,
+/// then the USD forms.
+fn sizing_of(f: &IntentFields, leverage: Decimal) -> Result<Sizing, IntentError> {
+    Ok(if let Some(qty) = f.positive("quantity")? {
+        Sizing::Quantity(qty)
+    } else if let Some(qty) = f.positive("qty")? {
+        Sizing::Quantity(qty)
+    } else if let (Some(usd), true) = (f.positive("position_usd")?, f.get("leverage").is_some()) {
+        Sizing::MarginAtMark { usd, leverage }
+    } else if let Some((usd, price)) = f.pair("size", "price")? {
+        Sizing::Notional { usd, price }
+    } else if let Some((usd, price)) = f.pair("position_size_usd", "entry_price")? {
+        Sizing::Notional { usd, price }
+    } else if let Some(usd) = f.positive("position_size_usd")? {
+        Sizing::NotionalAtMark { usd }
+    } else {
+        return Err(IntentError::MissingQuantity);
+    })
+}
+
 impl Intent {
     /// Parses a trade.intent entry in any of the accepted formats.
     ///
@@ -287,20 +325,7 @@ impl Intent {
         let f = IntentFields::from_entry(entry)?;
 
         let symbol = Symbol::parse(f.get("symbol").ok_or(IntentError::MissingSymbol)?)?;
-        let side = match (f.get("side"), f.get("action")) {
-            (None, None) => return Err(IntentError::MissingSide),
-            (Some(s), None) | (None, Some(s)) => parse_side(s)?,
-            (Some(side), Some(action)) => {
-                let (a, b) = (parse_side(side)?, parse_side(action)?);
-                if a != b {
-                    return Err(IntentError::ConflictingSide {
-                        side: side.to_string(),
-                        action: action.to_string(),
-                    });
-                }
-                a
-            }
-        };
+        let side = side_of(&f)?;
 
         let leverage = f.decimal("leverage")?.unwrap_or(Decimal::ONE);
         if leverage < Decimal::ONE || leverage > limits.leverage_cap() {
@@ -310,23 +335,7 @@ impl Intent {
             });
         }
 
-        // Precedence follows the Python bridge: explicit quantity first, then the USD forms.
-        let sizing = if let Some(qty) = f.positive("quantity")? {
-            Sizing::Quantity(qty)
-        } else if let Some(qty) = f.positive("qty")? {
-            Sizing::Quantity(qty)
-        } else if let (Some(usd), true) = (f.positive("position_usd")?, f.get("leverage").is_some()) {
-            Sizing::MarginAtMark { usd, leverage }
-        } else if let Some((usd, price)) = f.pair("size", "price")? {
-            Sizing::Notional { usd, price }
-        } else if let Some((usd, price)) = f.pair("position_size_usd", "entry_price")? {
-            Sizing::Notional { usd, price }
-        } else if let Some(usd) = f.positive("position_size_usd")? {
-            Sizing::NotionalAtMark { usd }
-        } else {
-            return Err(IntentError::MissingQuantity);
-        };
-
+        let sizing = sizing_of(&f, leverage)?;
         let order_type = f
             .get("type")
             .map(OrderType::parse)

@@ -11,6 +11,7 @@
 //! - [`types`]: newtypes and enums (`Symbol`, `Side`, `Decision`, `PlanId`, `OrderId`, `FillId`).
 //! - [`contract`]: stream, group and key names, the operator-facing contract (keep exact).
 //! - [`stream_entry`]: an entry as read off a stream (id and text fields) and its size limits.
+//! - [`fields`]: the one typed reader of flat text fields (stream entries and hashes alike).
 //! - [`intent`]: every intent format production publishes, parsed into one typed `Intent`.
 //! - [`plan`], [`execution_result`], [`fill`], [`snapshot`]: the records on `apply.plan`,
 //!   `apply.result`, `ledger.commit` and the exchange snapshot hashes, both directions.
@@ -24,6 +25,7 @@
 
 pub mod contract;
 pub mod execution_result;
+pub mod fields;
 pub mod fill;
 pub mod governor;
 pub mod intent;

@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use crate::fields::Fields;
+
 /// Longest value kept in a record (values are codes and numbers; this only bounds bad input).
 const MAX_VALUE_LEN: usize = 64;
 
@@ -63,7 +65,7 @@ impl OutcomeRecord {
 
     /// A field's value.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs.field(key)
     }
 
     /// The outcome: published, blocked, skipped, dlq (or processed, for an old marker).

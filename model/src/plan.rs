@@ -1,5 +1,6 @@
 //! Plans on `quantum:stream:apply.plan`: the bridge writes them, the executor reads them.
 
+use crate::fields::Fields;
 use rust_decimal::Decimal;
 use thiserror::Error;
 
@@ -125,16 +126,12 @@ impl Plan {
     /// The first field that is missing, oversized or invalid.
     pub fn parse(entry: &StreamEntry) -> Result<Self, PlanError> {
         entry.check_limits().map_err(PlanError::Oversized)?;
-        let req = |name: &'static str| {
-            entry
-                .get(name)
-                .filter(|v| !v.is_empty())
-                .ok_or(PlanError::Missing(name))
-        };
+        let req = |name: &'static str| entry.text(name).ok_or(PlanError::Missing(name));
+        // The Python services wrote an absent price as "None".
         let opt = |name: &'static str| -> Result<Option<Decimal>, PlanError> {
             entry
-                .get(name)
-                .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"))
+                .text(name)
+                .filter(|v| !v.eq_ignore_ascii_case("none"))
                 .map(|v| parse_decimal(name, v))
                 .transpose()
                 .map_err(Into::into)
@@ -182,7 +179,8 @@ impl Plan {
                 risk
             },
             carried: present(entry, &CARRIED_FIELDS),
-            timestamp: entry.get("timestamp").and_then(|t| t.parse().ok()).unwrap_or_default(),
+            // Informational: an unreadable time reads as 0, it decides nothing.
+            timestamp: entry.integer("timestamp").ok().flatten().unwrap_or_default(),
         })
     }
 }
@@ -193,8 +191,7 @@ fn present(entry: &StreamEntry, names: &[&'static str]) -> Vec<(&'static str, St
         .iter()
         .filter_map(|name| {
             entry
-                .get(name)
-                .filter(|v| !v.is_empty())
+                .text(name)
                 .map(|v| (*name, crate::stream_entry::truncate(v, MAX_CARRIED_LEN).to_string()))
         })
         .collect()

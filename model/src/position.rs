@@ -1,8 +1,9 @@
 //! Netting position maths shared by the ledger and the paper venue, and the ledger hash codec.
 
+use crate::fields::Fields;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::types::{parse_decimal, Side};
+use crate::types::Side;
 
 /// Decimal places kept for average entry prices (quantities and PnL stay exact).
 pub const AVG_PRICE_DP: u32 = 12;
@@ -198,18 +199,12 @@ impl LedgerEntry {
         if pairs.is_empty() {
             return None;
         }
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| pairs.field(name);
         let dec = |name: &'static str| -> Result<Decimal, String> {
-            get(name)
-                .map(|v| parse_decimal(name, v).map_err(|e| e.to_string()))
-                .transpose()
-                .map(Option::unwrap_or_default)
+            Ok(pairs.decimal(name).map_err(|e| e.to_string())?.unwrap_or_default())
         };
         let int = |name: &'static str| -> Result<u64, String> {
-            get(name)
-                .map(|v| v.parse::<u64>().map_err(|_| format!("{name} {v:?} is not an integer")))
-                .transpose()
-                .map(Option::unwrap_or_default)
+            Ok(pairs.integer(name).map_err(|e| e.to_string())?.unwrap_or_default())
         };
         Some((|| {
             Ok(Self {
@@ -218,9 +213,9 @@ impl LedgerEntry {
                     avg_entry: dec("avg_entry_price")?,
                     realized_pnl: dec("realized_pnl")?,
                 },
-                leverage: get("leverage")
-                    .map(|v| parse_decimal("leverage", v).map_err(|e| e.to_string()))
-                    .transpose()?
+                leverage: pairs
+                    .decimal("leverage")
+                    .map_err(|e| e.to_string())?
                     .unwrap_or(Decimal::ONE),
                 last_order_id: get("last_order_id").unwrap_or_default().to_string(),
                 last_fill_id: get("last_fill_id").unwrap_or_default().to_string(),

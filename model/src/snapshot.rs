@@ -1,9 +1,9 @@
 //! Exchange-truth position snapshots (`quantum:position:snapshot:<SYMBOL>`).
 
+use crate::fields::Fields;
 use rust_decimal::Decimal;
 
 use crate::position::PositionSide;
-use crate::types::parse_decimal;
 
 /// The venue's view of one symbol's position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +41,9 @@ impl Snapshot {
 
     /// Reads a snapshot hash; `None` when it lacks a readable position_amt or ts, or holds an
     /// unreadable venue_seq.
-    pub fn from_hash(pairs: &[(String, String)]) -> Option<Self> {
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let dec = |name: &'static str| get(name).and_then(|v| parse_decimal(name, v).ok());
+    pub fn from_hash(fields: &(impl Fields + ?Sized)) -> Option<Self> {
+        let get = |name: &str| fields.field(name);
+        let dec = |name: &'static str| fields.decimal(name).ok().flatten();
         Some(Self {
             position_amt: dec("position_amt")?,
             entry_price: dec("entry_price").unwrap_or_default(),

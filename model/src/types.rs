@@ -24,6 +24,8 @@ pub enum ParseError {
     Number { field: &'static str, value: String },
     #[error("{field} {value:?} is not a finite number")]
     NotFinite { field: &'static str, value: String },
+    #[error("{field} {value:?} is not an integer")]
+    Integer { field: &'static str, value: String },
     #[error("{field} {value:?} is not a boolean")]
     Bool { field: &'static str, value: String },
     #[error("{field} is empty")]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use crate::failure::StageError;
 use crate::reply::{decode_entries, decode_read_reply};
+use quantum_model::fields::Fields;
 use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{now_ms, now_secs};
 
@@ -771,7 +772,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
     let prune_after = spec.prune_idle.as_millis() as u64;
     for consumer in reply.into_array() {
         let pairs = crate::reply::hash_pairs(consumer);
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| pairs.field(k);
         let (Some(name), Some(pending), Some(idle)) = (get("name"), get("pending"), get("idle")) else {
             continue;
         };
@@ -910,7 +911,7 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
     };
     for g in groups {
         let pairs = crate::reply::hash_pairs(g);
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| pairs.field(k);
         if get("name") != Some(group) {
             continue;
         }

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use quantum_model::fields::Fields;
 use quantum_model::fill::Fill;
 use quantum_model::stream_entry::StreamEntry;
 
@@ -68,15 +69,8 @@ impl Record {
     /// # Errors
     /// A field that does not parse (the text says which).
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, String> {
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let int = |name: &str| -> Result<Option<u64>, String> {
-            get(name)
-                .map(|v| {
-                    v.parse::<u64>()
-                        .map_err(|_| format!("{name} {v:?} is not a whole number"))
-                })
-                .transpose()
-        };
+        let get = |name: &str| pairs.field(name);
+        let int = |name: &'static str| pairs.integer(name).map_err(|e| e.to_string());
         let sends = int("sends")?.unwrap_or_default();
         match get("state") {
             None if pairs.is_empty() => Ok(Self::Absent),
@@ -216,7 +210,7 @@ mod tests {
     #[test]
     fn corrupt_records_are_named() {
         let err = Record::parse(&pairs(&[("state", "SENDING"), ("timestamp", "x")])).unwrap_err();
-        assert_eq!(err, "timestamp \"x\" is not a whole number");
+        assert_eq!(err, "timestamp \"x\" is not an integer");
         assert_eq!(
             Record::parse(&pairs(&[("state", "WHAT")])).unwrap_err(),
             "unknown state Some(\"WHAT\")"
