@@ -1,91 +1,524 @@
-//! `quantumctl bench`: bridge throughput end to end on a real redis-server. Preloads intents,
-//! starts the real bridge binary and times until its group has consumed and acknowledged all.
+//! `quantumctl bench`: the pipeline's speed, measured in one run on its own redis-server (AOF
+//! on, `appendfsync everysec`, as in production), against the service binaries beside
+//! quantumctl (build them with `--release` first):
+//!
+//! 1. **Redis' own ceiling**: redis-benchmark's XADD rate from one client, pipelined (`-P 64`)
+//!    and one at a time, so every figure below reads as a share of what Redis itself takes.
+//! 2. **Bridge**: `count` intents preloaded (BUY/SELL mix, every format), the bridge alone
+//!    drains them (consume, gate, publish, mark, ack).
+//! 3. **End to end**: the same intents through bridge → paper executor → ledger, timed from the
+//!    bridge's start until every group is idle. The services' idle RSS is read just before.
+//! 4. **Latency**: BUY intents published one at a time at a steady `latency_rate` for
+//!    `latency_seconds`; each intent's latency runs from just before its XADD to the ledger's
+//!    commit of its fill, seen as the keyspace notification of its ledger hash (the bench reads
+//!    the ledger's fill count on each notification, so its resolution is one Redis round trip).
+//!    Percentiles from an HdrHistogram (µs, 3 significant digits).
+//!
+//! Redis is flushed between phases. These are measurements, not pass/fail tests: the targets
+//! live in docs/performance.md, and `--json` gives the figures to track over time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
+use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
+use serde::Serialize;
 
-use quantum_model::contract::{INTENT_GROUP, INTENT_STREAM, MARK_PRICE_KEY, PLAN_STREAM, PORTFOLIO_KEY};
+use quantum_model::contract::{
+    INTENT_GROUP, INTENT_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP, MARK_PRICE_KEY, PLAN_GROUP, PLAN_STREAM,
+    PORTFOLIO_KEY,
+};
 use quantum_model::types::{Side, Symbol};
 use quantum_runtime::consumer::group_backlog;
 
+use crate::pipeline_facts::wait_idle;
+use crate::redis_server::RedisServer;
 use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
-/// One measurement.
+/// What to measure.
 #[derive(Debug, Clone)]
-pub struct BenchResult {
-    pub intents: usize,
-    pub plans: u64,
-    pub seconds: f64,
+pub struct BenchPlan {
+    /// Intents preloaded for the throughput phases.
+    pub count: usize,
+    /// The services' STREAM_BATCH_SIZE.
+    pub batch_size: u64,
+    /// Intents per second in the latency phase.
+    pub latency_rate: u64,
+    /// How long the latency phase publishes.
+    pub latency_seconds: u64,
+    /// XADDs redis-benchmark sends pipelined (a tenth of them one at a time).
+    pub xadd_requests: u32,
 }
 
-impl BenchResult {
-    /// Intents consumed, gated, published and acknowledged per second.
-    pub fn rate(&self) -> f64 {
-        self.intents as f64 / self.seconds.max(1e-9)
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub redis_version: String,
+    pub xadd_ceiling: XaddCeiling,
+    pub bridge: Throughput,
+    pub end_to_end: Throughput,
+    pub latency: Latency,
+    /// Resident memory of each service, idle after start (KiB).
+    pub idle_rss_kib: Vec<(String, u64)>,
+}
+
+/// redis-benchmark's XADD rates on the bench's Redis, from one client.
+#[derive(Debug, Clone, Serialize)]
+pub struct XaddCeiling {
+    pub pipelined_per_s: f64,
+    pub pipeline_depth: u32,
+    pub one_at_a_time_per_s: f64,
+}
+
+/// A drain of preloaded intents.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub intents: usize,
+    pub plans: u64,
+    pub fills: u64,
+    pub seconds: f64,
+    pub intents_per_s: f64,
+    /// `intents_per_s` over the pipelined XADD ceiling.
+    pub share_of_xadd_ceiling: f64,
+}
+
+/// Intent → ledger-commit latency at a steady rate (milliseconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub rate_per_s: u64,
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs every phase; the services log into `log_dir`.
+///
+/// # Errors
+/// redis-server or redis-benchmark missing, a service not starting, or a phase not finishing
+/// within its time limit.
+pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchError> {
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"])?;
+    let url = server.url();
+    let client = quantum_runtime::config::RedisArgs::from_url(&url)
+        .connect(&tokio_util::sync::CancellationToken::new())
+        .await?;
+    let info: String = client.info(Some(fred::types::InfoKind::Server)).await?;
+    let redis_version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let xadd_ceiling = xadd_ceiling(server.port(), plan.xadd_requests)?;
+    flush(&client).await?;
+    let mut bridge = bridge_throughput(&client, &url, plan, &log_dir.join("bridge-throughput.log")).await?;
+    bridge.share_of_xadd_ceiling = bridge.intents_per_s / xadd_ceiling.pipelined_per_s;
+    flush(&client).await?;
+    let mut end_to_end = end_to_end(&client, &url, plan, log_dir).await?;
+    end_to_end.share_of_xadd_ceiling = end_to_end.intents_per_s / xadd_ceiling.pipelined_per_s;
+    flush(&client).await?;
+    let (latency, idle_rss_kib) = latency(&client, &url, plan, log_dir).await?;
+    let _ = client.quit().await;
+    Ok(BenchReport {
+        redis_version,
+        xadd_ceiling,
+        bridge,
+        end_to_end,
+        latency,
+        idle_rss_kib,
+    })
+}
+
+impl BenchReport {
+    /// The report as a table.
+    pub fn render(&self) -> String {
+        let c = &self.xadd_ceiling;
+        let throughput = |name: &str, t: &Throughput| {
+            format!(
+                "{name:<12} {:>8} intents {:>8} plans {:>8} fills {:>7.3} s {:>9.0} intents/s  {:>5.1}% of XADD ceiling\n",
+                t.intents,
+                t.plans,
+                t.fills,
+                t.seconds,
+                t.intents_per_s,
+                t.share_of_xadd_ceiling * 100.0
+            )
+        };
+        let l = &self.latency;
+        let rss: Vec<String> = self
+            .idle_rss_kib
+            .iter()
+            .map(|(service, kib)| format!("{service} {:.1} MB", *kib as f64 / 1024.0))
+            .collect();
+        format!(
+            "redis {}: XADD {:.0}/s pipelined (-P {}), {:.0}/s one at a time (redis-benchmark, one client)\n{}{}\
+             latency      {} intents at {}/s, intent → ledger commit: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n\
+             idle RSS     {}\n",
+            self.redis_version,
+            c.pipelined_per_s,
+            c.pipeline_depth,
+            c.one_at_a_time_per_s,
+            throughput("bridge", &self.bridge),
+            throughput("end to end", &self.end_to_end),
+            l.samples,
+            l.rate_per_s,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            rss.join(", ")
+        )
     }
 }
 
-/// Preloads `count` intents (BUY/SELL mix over the demo symbols, all formats), runs the bridge
-/// with `batch_size` and returns how long it took to drain them.
-///
-/// # Errors
-/// Redis unreachable, or the bridge not starting or not draining the intents.
-pub async fn bridge_throughput(
-    client: &Client,
-    redis_url: &str,
-    count: usize,
-    batch_size: u64,
-    log: &Path,
-) -> Result<BenchResult, Box<dyn std::error::Error>> {
-    let intents: Vec<_> = (0..count)
-        .map(|n| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
-            let side = if n % 3 == 2 { Side::Sell } else { Side::Buy };
-            intent_fields(&symbol, side, Decimal::from(100), Format::Mixed, n)
-        })
-        .collect();
-    publish(client, &intents, 0).await?;
-    // Marks as the venue publishes them, so intents sized at the mark are sized, not kept waiting.
+const PIPELINE_DEPTH: u32 = 64;
+
+/// redis-benchmark's XADD rate, pipelined and not, from one client.
+fn xadd_ceiling(port: u16, requests: u32) -> Result<XaddCeiling, BenchError> {
+    let rate = |pipeline: u32, requests: u32| -> Result<f64, BenchError> {
+        let output = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "1"])
+            .args(["-n", &requests.to_string(), "-P", &pipeline.to_string(), "--csv"])
+            .args(["XADD", "quantum:bench:xadd", "*", "field", "value"])
+            .output()
+            .map_err(|e| format!("cannot run redis-benchmark ({e}); install redis-tools"))?;
+        if !output.status.success() {
+            return Err(format!("redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+        }
+        parse_benchmark_csv(&String::from_utf8_lossy(&output.stdout))
+    };
+    Ok(XaddCeiling {
+        pipelined_per_s: rate(PIPELINE_DEPTH, requests)?,
+        pipeline_depth: PIPELINE_DEPTH,
+        one_at_a_time_per_s: rate(1, (requests / 10).max(1))?,
+    })
+}
+
+/// The requests per second of the one test in redis-benchmark's `--csv` output
+/// (`"test","rps",...` then `"XADD ...","612745.12",...`).
+fn parse_benchmark_csv(csv: &str) -> Result<f64, BenchError> {
+    csv.lines()
+        .filter(|l| !l.starts_with("\"test\""))
+        .find_map(|l| l.split(',').nth(1))
+        .and_then(|rps| rps.trim_matches('"').parse::<f64>().ok())
+        .ok_or_else(|| format!("unreadable redis-benchmark output: {csv:?}").into())
+}
+
+async fn flush(client: &Client) -> Result<(), Error> {
+    client.flushall::<()>(false).await
+}
+
+/// The environment of every bench service: the demo's symbols, no exposure limit, the batch
+/// size asked for.
+fn bench_env(redis_url: &str, plan: &BenchPlan) -> HashMap<String, String> {
+    let mut env = base_env(redis_url);
+    env.insert("MAX_EXPOSURE_PCT".into(), "1000000000".into());
+    env.insert("STREAM_BATCH_SIZE".into(), plan.batch_size.to_string());
+    env
+}
+
+/// Marks as the venue publishes them (so intents sized at the mark are sized, not kept
+/// waiting), and an account equity (without which every BUY would be refused).
+async fn seed_market(client: &Client) -> Result<(), Error> {
     let marks: Vec<(String, String)> = DEMO_SYMBOLS
         .iter()
         .filter_map(|s| Symbol::parse(s).ok())
         .map(|s| (s.to_string(), approx_price(&s).to_string()))
         .collect();
     client.hset::<(), _, _>(MARK_PRICE_KEY, marks).await?;
-    // And the account equity, without which every BUY would be refused (equity_unknown).
     client
         .hset::<(), _, _>(PORTFOLIO_KEY, ("equity_usd", "100000000"))
-        .await?;
-    let plans_before: u64 = client.xlen(PLAN_STREAM).await?;
+        .await
+}
 
-    let mut env: HashMap<String, String> = base_env(redis_url);
-    env.insert("SYMBOL_ALLOWLIST".into(), DEMO_SYMBOLS.join(","));
-    env.insert("MAX_EXPOSURE_PCT".into(), "1000000000".into());
-    env.insert("STREAM_BATCH_SIZE".into(), batch_size.to_string());
-    let started = Instant::now();
-    let bridge = ServiceProcess::start(Service::Bridge, &env, log)?;
-    loop {
-        if let Some(b) = group_backlog(client, INTENT_STREAM, INTENT_GROUP).await? {
-            if b.is_idle() {
-                break;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err("bridge did not drain within 600s".into());
+/// `count` intents over the demo symbols: one SELL in three, every format.
+fn preload_intents(count: usize) -> Vec<Vec<(String, String)>> {
+    (0..count)
+        .map(|n| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
+            let side = if n % 3 == 2 { Side::Sell } else { Side::Buy };
+            intent_fields(&symbol, side, Decimal::from(100), Format::Mixed, n)
+        })
+        .collect()
+}
+
+/// Waits until `done` holds, polling every 5 ms, at most `limit`.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F) -> Result<(), BenchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    let deadline = Instant::now() + limit;
+    while !done().await? {
+        if Instant::now() >= deadline {
+            return Err(format!("{what} did not finish within {} s", limit.as_secs()).into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
+}
+
+/// The bridge alone draining `plan.count` preloaded intents.
+async fn bridge_throughput(
+    client: &Client,
+    redis_url: &str,
+    plan: &BenchPlan,
+    log: &Path,
+) -> Result<Throughput, BenchError> {
+    publish(client, &preload_intents(plan.count), 0).await?;
+    seed_market(client).await?;
+    let started = Instant::now();
+    let bridge = ServiceProcess::start(Service::Bridge, &bench_env(redis_url, plan), log)?;
+    let drained = wait_until(Duration::from_secs(600), "the bridge", || async {
+        Ok(group_backlog(client, INTENT_STREAM, INTENT_GROUP)
+            .await?
+            .is_some_and(|b| b.is_idle()))
+    })
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     bridge.stop(Duration::from_secs(10));
-    let plans: u64 = client.xlen(PLAN_STREAM).await?;
-    Ok(BenchResult {
-        intents: count,
-        plans: plans - plans_before,
+    drained?;
+    Ok(Throughput {
+        intents: plan.count,
+        plans: client.xlen(PLAN_STREAM).await?,
+        fills: 0,
         seconds,
+        intents_per_s: plan.count as f64 / seconds.max(1e-9),
+        share_of_xadd_ceiling: 0.0,
     })
+}
+
+/// Bridge → executor → ledger draining `plan.count` intents preloaded while the executor and
+/// the ledger wait, timed from the bridge's start.
+async fn end_to_end(
+    client: &Client,
+    redis_url: &str,
+    plan: &BenchPlan,
+    log_dir: &Path,
+) -> Result<Throughput, BenchError> {
+    let env = bench_env(redis_url, plan);
+    let log = |service: Service| log_dir.join(format!("{}-end-to-end.log", service.binary()));
+    let mut services = Vec::new();
+    for service in [Service::Ledger, Service::Executor] {
+        services.push(ServiceProcess::start(service, &env, &log(service))?);
+    }
+    let mut drain = async || -> Result<f64, BenchError> {
+        wait_for_groups(
+            client,
+            &[(PLAN_STREAM, PLAN_GROUP), (LEDGER_COMMIT_STREAM, LEDGER_GROUP)],
+        )
+        .await?;
+        publish(client, &preload_intents(plan.count), 0).await?;
+        seed_market(client).await?;
+        let started = Instant::now();
+        services.push(ServiceProcess::start(Service::Bridge, &env, &log(Service::Bridge))?);
+        wait_until(Duration::from_secs(600), "the pipeline", || async {
+            wait_idle(client, Duration::ZERO).await
+        })
+        .await?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let seconds = drain().await;
+    for service in services {
+        service.stop(Duration::from_secs(10));
+    }
+    let seconds = seconds?;
+    Ok(Throughput {
+        intents: plan.count,
+        plans: client.xlen(PLAN_STREAM).await?,
+        fills: client.xlen(LEDGER_COMMIT_STREAM).await?,
+        seconds,
+        intents_per_s: plan.count as f64 / seconds.max(1e-9),
+        share_of_xadd_ceiling: 0.0,
+    })
+}
+
+/// Waits until every one of `groups` exists (the services create them at start).
+async fn wait_for_groups(client: &Client, groups: &[(&str, &str)]) -> Result<(), BenchError> {
+    wait_until(Duration::from_secs(30), "the services' start", || async {
+        for (stream, group) in groups {
+            if group_backlog(client, stream, group).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// A process's resident memory (VmRSS, KiB).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// When each symbol's intents were published, oldest first, until their fills are committed.
+type InFlight = Arc<Mutex<HashMap<String, VecDeque<Instant>>>>;
+
+/// Intent → ledger-commit latency at a steady rate; and the idle RSS of each service, read
+/// before the first intent.
+async fn latency(
+    client: &Client,
+    redis_url: &str,
+    plan: &BenchPlan,
+    log_dir: &Path,
+) -> Result<(Latency, Vec<(String, u64)>), BenchError> {
+    let env = bench_env(redis_url, plan);
+    seed_market(client).await?;
+    let mut services = Vec::new();
+    for service in [Service::Ledger, Service::Executor, Service::Bridge] {
+        let log = log_dir.join(format!("{}-latency.log", service.binary()));
+        services.push(ServiceProcess::start(service, &env, &log)?);
+    }
+    let measured = async {
+        wait_for_groups(
+            client,
+            &[
+                (INTENT_STREAM, INTENT_GROUP),
+                (PLAN_STREAM, PLAN_GROUP),
+                (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
+            ],
+        )
+        .await?;
+        // Idle: started, connected, nothing to do yet.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss: Vec<(String, u64)> = services
+            .iter()
+            .map(|s| (s.service.binary().to_string(), rss_kib(s.pid()).unwrap_or(0)))
+            .collect();
+        Ok::<_, BenchError>((measure_latency(client, redis_url, plan).await?, rss))
+    }
+    .await;
+    for service in services {
+        service.stop(Duration::from_secs(10));
+    }
+    measured
+}
+
+async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> Result<Latency, BenchError> {
+    notify_keyspace_events(client, "Kh").await?;
+    let subscriber = quantum_runtime::config::RedisArgs::from_url(redis_url)
+        .connect(&tokio_util::sync::CancellationToken::new())
+        .await?;
+    let mut events = subscriber.keyspace_event_rx();
+    subscriber
+        .psubscribe("__keyspace@0__:quantum:position:ledger:*")
+        .await?;
+    let in_flight: InFlight = Arc::default();
+    let total = (plan.latency_rate * plan.latency_seconds) as usize;
+    let publisher = tokio::spawn(publish_steadily(
+        client.clone(),
+        in_flight.clone(),
+        plan.latency_rate,
+        total,
+    ));
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut committed: HashMap<String, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(plan.latency_seconds + 60);
+    while (histogram.len() as usize) < total {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let event = match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Ok(event)) => event,
+            Ok(Err(e)) => return Err(format!("keyspace notifications lost: {e}").into()),
+            Err(_) => break,
+        };
+        let seen = Instant::now();
+        let Some(symbol) = event
+            .key
+            .as_str()
+            .and_then(|k| k.rsplit(':').next())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let fills: Option<u64> = client.hget(event.key.clone(), "fills").await?;
+        let fills = fills.unwrap_or(0);
+        let before = committed.insert(symbol.clone(), fills).unwrap_or(0);
+        let mut queue = in_flight.lock().map_err(|_| "latency bookkeeping poisoned")?;
+        let queue = queue.entry(symbol).or_default();
+        for _ in before..fills {
+            let Some(published) = queue.pop_front() else {
+                return Err("a ledger committed more fills than intents were published".into());
+            };
+            histogram.record(seen.duration_since(published).as_micros().max(1) as u64)?;
+        }
+    }
+    publisher.await??;
+    let _ = subscriber.quit().await;
+    notify_keyspace_events(client, "").await?;
+    if (histogram.len() as usize) < total {
+        return Err(format!(
+            "only {} of {total} intents reached the ledger within the time limit",
+            histogram.len()
+        )
+        .into());
+    }
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok(Latency {
+        rate_per_s: plan.latency_rate,
+        samples: histogram.len(),
+        p50_ms: ms(0.50),
+        p90_ms: ms(0.90),
+        p99_ms: ms(0.99),
+        max_ms: histogram.max() as f64 / 1000.0,
+    })
+}
+
+/// CONFIG SET notify-keyspace-events (only the latency phase pays for notifications).
+async fn notify_keyspace_events(client: &Client, classes: &str) -> Result<(), Error> {
+    let args: Vec<fred::types::Value> = vec!["SET".into(), "notify-keyspace-events".into(), classes.into()];
+    client
+        .custom::<(), _>(
+            fred::types::CustomCommand::new_static("CONFIG", fred::types::ClusterHash::Random, false),
+            args,
+        )
+        .await
+}
+
+/// Publishes `total` BUY intents (by quantity, so none waits for a mark), one XADD each at
+/// `rate` per second, noting each one's time just before it is sent.
+async fn publish_steadily(client: Client, in_flight: InFlight, rate: u64, total: usize) -> Result<(), BenchError> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = tokio::time::Instant::now();
+    for n in 0..total {
+        tokio::time::sleep_until(started + period * n as u32).await;
+        let symbol = Symbol::parse(DEMO_SYMBOLS[n % DEMO_SYMBOLS.len()]).unwrap_or_else(|_| unreachable!());
+        let fields = intent_fields(&symbol, Side::Buy, Decimal::from(100), Format::Flat, n);
+        in_flight
+            .lock()
+            .map_err(|_| "latency bookkeeping poisoned")?
+            .entry(symbol.to_string())
+            .or_default()
+            .push_back(Instant::now());
+        client
+            .xadd::<(), _, _, _, _>(INTENT_STREAM, false, None, "*", fields)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_rate_off_redis_benchmark_csv() {
+        let csv =
+            "\"test\",\"rps\",\"avg_latency_ms\"\n\"XADD quantum:bench:xadd * field value\",\"612745.12\",\"0.1\"\n";
+        assert!((parse_benchmark_csv(csv).unwrap() - 612_745.12).abs() < 1e-6);
+        assert!(parse_benchmark_csv("garbage").is_err());
+    }
 }

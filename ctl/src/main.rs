@@ -127,14 +127,24 @@ struct SimArgs {
 /// The arguments of `quantumctl bench`.
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    #[command(flatten)]
-    redis: RedisArgs,
-    /// How many intents.
+    /// Intents preloaded for the throughput phases (bridge alone, then end to end).
     #[arg(long, default_value_t = 200_000)]
     count: usize,
-    /// The bridge's STREAM_BATCH_SIZE.
+    /// The services' STREAM_BATCH_SIZE.
     #[arg(long, default_value_t = 512)]
     batch_size: u64,
+    /// Intents per second in the latency phase (published one at a time).
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: u64,
+    /// How long the latency phase publishes, in seconds.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// XADDs redis-benchmark sends for Redis' own ceiling (pipelined; a tenth one at a time).
+    #[arg(long, default_value_t = 1_000_000)]
+    xadd_requests: u32,
+    /// Print the figures as JSON, for tracking over time.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The arguments of `quantumctl status`.
@@ -390,26 +400,30 @@ impl SimArgs {
 
 impl BenchArgs {
     async fn run(self) -> Result<bool, String> {
-        let Self {
-            redis,
-            count,
-            batch_size,
-        } = self;
-        let (_server, url, client) = given_or_throwaway(&redis).await?;
-        let log = std::env::temp_dir().join(format!("quantumctl-bench-bridge-{}.log", std::process::id()));
-        let result = bench::bridge_throughput(&client, &url, count, batch_size, &log)
-            .await
-            .map_err(|e| e.to_string());
-        let _ = client.quit().await;
-        let result = result?;
-        println!(
-            "bridge: {} intents -> {} plans in {:.3}s = {:.0} intents/s (batch {batch_size}; log {})",
-            result.intents,
-            result.plans,
-            result.seconds,
-            result.rate(),
-            log.display()
-        );
+        let plan = bench::BenchPlan {
+            count: self.count,
+            batch_size: self.batch_size,
+            latency_rate: self.latency_rate,
+            latency_seconds: self.latency_seconds,
+            xadd_requests: self.xadd_requests,
+        };
+        let log_dir = kept_dir("quantumctl-bench-")?;
+        if !self.json {
+            println!(
+                "benchmarking on a throwaway redis-server: {} intents, batch {}, latency at {}/s for {} s (logs in {})",
+                plan.count,
+                plan.batch_size,
+                plan.latency_rate,
+                plan.latency_seconds,
+                log_dir.display()
+            );
+        }
+        let report = bench::run(&plan, &log_dir).await.map_err(|e| e.to_string())?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", report.render());
+        }
         Ok(true)
     }
 }

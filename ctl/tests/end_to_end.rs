@@ -312,3 +312,59 @@ async fn demo_runs_against_a_given_redis() {
         Some("LONG")
     );
 }
+
+/// `quantumctl bench --json` runs every phase and reports figures that hang together (a smoke
+/// run with debug binaries; the speed targets are read off release runs, docs/performance.md).
+#[test]
+fn bench_reports_every_phase_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quantumctl"))
+        .args([
+            "bench",
+            "--json",
+            "--count",
+            "2000",
+            "--latency-rate",
+            "200",
+            "--latency-seconds",
+            "2",
+        ])
+        .args(["--xadd-requests", "20000"])
+        .output()
+        .expect("run quantumctl bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("bench prints JSON");
+    let number = |path: &str| {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{path} missing in {report}"))
+    };
+    assert!(number("/xadd_ceiling/pipelined_per_s") > number("/xadd_ceiling/one_at_a_time_per_s"));
+    for phase in ["bridge", "end_to_end"] {
+        assert_eq!(number(&format!("/{phase}/intents")), 2000.0);
+        // One SELL in three, of symbols with no position yet at first: some are skipped.
+        let plans = number(&format!("/{phase}/plans"));
+        assert!((1000.0..=2000.0).contains(&plans), "{phase}: {plans} plans");
+        assert!(number(&format!("/{phase}/intents_per_s")) > 0.0);
+    }
+    assert!(number("/end_to_end/fills") >= number("/end_to_end/plans") * 0.5);
+    assert_eq!(number("/latency/samples"), 400.0);
+    let (p50, p90, p99, max) = (
+        number("/latency/p50_ms"),
+        number("/latency/p90_ms"),
+        number("/latency/p99_ms"),
+        number("/latency/max_ms"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{p50} {p90} {p99} {max}"
+    );
+    let rss = report["idle_rss_kib"].as_array().expect("idle_rss_kib");
+    assert_eq!(rss.len(), 3);
+    assert!(rss.iter().all(|pair| pair[1].as_u64().unwrap_or(0) > 1000), "{rss:?}");
+}

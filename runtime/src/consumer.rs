@@ -467,7 +467,13 @@ impl<H: BatchHandler> Consumer<'_, H> {
 
     async fn back_off(&mut self) -> Flow {
         self.spec.progress.failed(self.spec.stream);
-        self.pass = Pass::recovery();
+        // Start over from our own pending entries; a retry pass stays a retry (its entries were
+        // left pending on purpose, not lost to a restart).
+        let retrying = matches!(self.pass, Pass::Pending { retrying: true, .. });
+        self.pass = Pass::Pending {
+            from: "0".into(),
+            retrying,
+        };
         if self.backoff.wait(self.shutdown).await {
             Flow::Stop
         } else {
@@ -903,9 +909,13 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
     let reply: Result<Value, Error> = client.xinfo_groups(stream).await;
     let groups = match reply {
         Ok(v) => v.into_array(),
-        // XINFO on a missing stream is a plain `ERR`: whether the stream exists tells.
-        Err(e) if crate::failure::redis_error_code(&e) == Some("ERR") && !client.exists::<bool, _>(stream).await? => {
-            return Ok(None)
+        // XINFO on a missing stream is a plain `ERR`: the stream's type tells (TYPE, which every
+        // service's ACL user may run); when that cannot be read either, the XINFO error stands.
+        Err(e) if crate::failure::redis_error_code(&e) == Some("ERR") => {
+            return match client.custom::<String, _>(type_cmd(), vec![stream]).await {
+                Ok(kind) if kind == "none" => Ok(None),
+                _ => Err(e),
+            };
         }
         Err(e) => return Err(e),
     };
@@ -924,6 +934,10 @@ pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result
         }));
     }
     Ok(None)
+}
+
+fn type_cmd() -> CustomCommand {
+    CustomCommand::new_static("TYPE", fred::types::ClusterHash::FirstKey, false)
 }
 
 /// All keys matching `pattern`, via SCAN (never KEYS on a production server).
