@@ -412,7 +412,7 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
     let subscriber = quantum_runtime::config::RedisArgs::from_url(redis_url)
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
-    let mut events = subscriber.keyspace_event_rx();
+    let mut events = timestamped(subscriber.keyspace_event_rx());
     subscriber
         .psubscribe("__keyspace@0__:quantum:position:ledger:*")
         .await?;
@@ -430,12 +430,11 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
     let deadline = Instant::now() + Duration::from_secs(plan.latency_seconds + 60);
     while (histogram.len() as usize) < total {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let event = match tokio::time::timeout(remaining, events.recv()).await {
-            Ok(Ok(event)) => event,
-            Ok(Err(e)) => return Err(format!("keyspace notifications lost: {e}").into()),
-            Err(_) => break,
+        let (seen, event) = match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Some(Ok(event))) => event,
+            Ok(Some(Err(lost))) => return Err(format!("{lost} keyspace notifications lost").into()),
+            Ok(None) | Err(_) => break,
         };
-        let seen = Instant::now();
         let Some(symbol) = event
             .key
             .as_str()
@@ -475,6 +474,28 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
         p99_ms: ms(0.99),
         max_ms: histogram.max() as f64 / 1000.0,
     })
+}
+
+/// The keyspace events stamped with their arrival by a task that does nothing else, so the
+/// client's small broadcast buffer never overflows while the bench reads fill counts; `Err(n)`
+/// when `n` were lost all the same.
+fn timestamped(
+    mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Result<(Instant, fred::types::KeyspaceEvent), u64>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let item = match events.recv().await {
+                Ok(event) => Ok((Instant::now(), event)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(n),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// CONFIG SET notify-keyspace-events (only the latency phase pays for notifications).
