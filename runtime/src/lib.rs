@@ -9,26 +9,28 @@
 //! retryable, fatal or poison.
 //!
 //! # Layout
+//! Public modules are the API the services use; `durability`, `retention` and `systemd` are the
+//! loop's and the connection's own and stay private.
 //! - [`config`]: the shared flags (Redis URL, TLS, ACL user, consumer settings) and connecting.
 //! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
 //! - [`reply`]: Redis replies decoded into stream entries and text.
 //! - [`cas`]: versioned multi-key writes in one Lua script.
-//! - [`retention`]: bounded streams (trimming by age).
-//! - [`durability`]: the Redis persistence settings the exactly-once records depend on.
+//! - `retention`: bounded streams (trimming by age).
+//! - `durability`: the Redis persistence settings the exactly-once records depend on.
 //! - [`telemetry`], [`trace`]: log lines (text or JSON) and OTLP traces across the stages.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`window`]: live symbol-window gauges.
-//! - [`systemd`]: readiness, stopping and watchdog notifications.
+//! - `systemd`: readiness, stopping and watchdog notifications.
 
 pub mod cas;
 pub mod config;
 pub mod consumer;
-pub mod durability;
+mod durability;
 pub mod failure;
 pub mod http;
 pub mod reply;
-pub mod retention;
-pub mod systemd;
+mod retention;
+mod systemd;
 pub mod telemetry;
 pub mod trace;
 pub mod window;
