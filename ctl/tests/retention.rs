@@ -214,3 +214,54 @@ async fn applied_fill_records_go_with_their_entries_and_an_upgraded_set_still_de
         "no numbered fill"
     );
 }
+
+/// The ledger's one housekeeping SCAN finds every family of its keys on a real Redis (the
+/// `SCAN MATCH` glob applied by the server) and none of the replay markers and order records
+/// that make up most of the keyspace.
+#[tokio::test]
+async fn the_ledger_scans_its_own_keys_once_and_only_those() {
+    let redis = RedisServer::start().unwrap();
+    let client = quantum_runtime::config::RedisArgs::from_url(&redis.url())
+        .connect(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let ours = [
+        "quantum:position:ledger:BTCUSDT",
+        "quantum:position:snapshot:ETHUSDT",
+        "{quantum:position:ledger:SOLUSDT}:parked",
+        "quantum:ledger:applied:BTCUSDT",
+    ];
+    for key in ours {
+        let _: () = client.hset(key, ("f", "v")).await.unwrap();
+    }
+    for n in 0..3000 {
+        let _: () = client
+            .set(
+                format!("quantum:intent_bridge:seen:{n}-0"),
+                "outcome=published",
+                None,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        let _: () = client
+            .hset(format!("quantum:order:qib-{n:016x}"), ("state", "FILLED"))
+            .await
+            .unwrap();
+    }
+    // The server's glob keeps exactly our four keys: nothing else crosses the wire.
+    let mut matched = quantum_runtime::consumer::scan_keys(&client, quantum_ledger::keyspace::LEDGER_FAMILIES)
+        .await
+        .unwrap();
+    matched.sort();
+    let mut expected: Vec<String> = ours.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(matched, expected);
+    let found = quantum_ledger::keyspace::Keyspace::scan(&client).await.unwrap();
+    let symbol = |s: &str| quantum_model::types::Symbol::parse(s).unwrap();
+    assert_eq!(found.ledgers, vec![symbol("BTCUSDT")]);
+    assert_eq!(found.snapshots, vec![symbol("ETHUSDT")]);
+    assert_eq!(found.parked, vec![symbol("SOLUSDT")]);
+    assert_eq!(found.applied, vec!["quantum:ledger:applied:BTCUSDT".to_string()]);
+}

@@ -96,16 +96,15 @@ async fn deliverable_from_ms(client: &Client) -> Result<Option<u64>, Error> {
 ///
 /// # Errors
 /// A Redis failure; the records are pruned at the next pass.
-pub async fn prune(client: &Client) -> Result<u64, Error> {
-    let Some(from_ms) = deliverable_from_ms(client).await? else {
-        return Ok(0);
-    };
-    let keys = scan_keys(client, APPLIED_PATTERN).await?;
+pub async fn prune(client: &Client, keys: &[String]) -> Result<u64, Error> {
     if keys.is_empty() {
         return Ok(0);
     }
+    let Some(from_ms) = deliverable_from_ms(client).await? else {
+        return Ok(0);
+    };
     let pipeline = client.pipeline();
-    for key in &keys {
+    for key in keys {
         // Scores are whole milliseconds: records of the first entry's own millisecond stay.
         pipeline
             .zremrangebyscore::<(), _, _, _>(key, f64::NEG_INFINITY, from_ms.saturating_sub(1) as f64)

@@ -18,6 +18,7 @@
 
 pub mod decisions;
 mod dedup;
+pub mod keyspace;
 mod parked;
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use quantum_model::contract::{
     ledger_applied_key, ledger_key, ledger_parked_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM,
-    LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, LEDGER_PARKED_PATTERN, OPEN_ORDERS_KEY, SNAPSHOT_KEY_PREFIX,
+    LEDGER_COMMIT_STREAM, LEDGER_GROUP, OPEN_ORDERS_KEY,
 };
 use quantum_model::fill::Fill;
 use quantum_model::labels::symbol_label;
@@ -40,9 +41,11 @@ use quantum_model::snapshot::Snapshot;
 use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{now_ms, now_secs};
 use quantum_model::types::{FillId, Symbol};
+
+use crate::keyspace::Keyspace;
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
-use quantum_runtime::consumer::{self, scan_keys, BatchHandler, Connections, ConsumerSpec};
+use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_runtime::failure::StageError;
 use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::hash_pairs;
@@ -252,16 +255,7 @@ impl LedgerWriter {
     ///
     /// # Errors
     /// A Redis failure or a symbol whose ledger kept changing; the next pass retries.
-    pub async fn sweep_parked(&mut self) -> Result<u64, StageError> {
-        let keys = scan_keys(&self.writer, LEDGER_PARKED_PATTERN).await?;
-        let symbols: Vec<Symbol> = keys
-            .iter()
-            .filter_map(|k| {
-                k.strip_prefix(&format!("{{{LEDGER_KEY_PREFIX}"))
-                    .and_then(|k| k.strip_suffix("}:parked"))
-            })
-            .filter_map(|s| Symbol::parse(s).ok())
-            .collect();
+    pub async fn sweep_parked(&mut self, symbols: &[Symbol]) -> Result<u64, StageError> {
         let mut waiting = 0;
         if !symbols.is_empty() {
             let stuck = self
@@ -269,7 +263,7 @@ impl LedgerWriter {
                 .await?;
             debug_assert!(stuck.is_empty(), "no entries, none stuck");
             let pipeline = self.writer.pipeline();
-            for symbol in &symbols {
+            for symbol in symbols {
                 pipeline.hlen::<(), _>(ledger_parked_key(symbol)).await?;
             }
             let counts: Vec<u64> = pipeline.all().await?;
@@ -524,13 +518,17 @@ pub struct ReconcileConfig {
 ///
 /// # Errors
 /// Redis unreachable or refusing a read or a write.
-pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mut DriftTracker) -> Result<u64, Error> {
-    let symbols = snapshot_symbols(client).await?;
+pub async fn reconcile_once(
+    client: &Client,
+    symbols: &[Symbol],
+    cfg: &ReconcileConfig,
+    tracker: &mut DriftTracker,
+) -> Result<u64, Error> {
     if symbols.is_empty() {
         return Ok(0);
     }
     let pipeline = client.pipeline();
-    for symbol in &symbols {
+    for symbol in symbols {
         pipeline.hgetall::<(), _>(snapshot_key(symbol)).await?;
         pipeline.hgetall::<(), _>(ledger_key(symbol)).await?;
     }
@@ -551,12 +549,12 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
             continue;
         };
         let Some(drift) = detect_drift(ledger.as_ref(), &snapshot, cfg.eps) else {
-            tracker.clear(&symbol);
+            tracker.clear(symbol);
             continue;
         };
         let version = ledger.as_ref().map_or(0, |l| l.version);
         let ledger_amt = drift.ledger_amt.map_or_else(|| "none".to_string(), |a| a.to_string());
-        if tracker.is_new(&symbol) {
+        if tracker.is_new(symbol) {
             metrics::counter!(quantum_model::metric_names::LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL).increment(1);
             tracing::info!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=observed",
@@ -564,10 +562,10 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
                 drift.size()
             );
         }
-        if !tracker.observe(&symbol, version, Instant::now(), cfg.grace) {
+        if !tracker.observe(symbol, version, Instant::now(), cfg.grace) {
             continue;
         }
-        if !symbol_quiescent(client, &symbol).await? {
+        if !symbol_quiescent(client, symbol).await? {
             tracing::debug!("LEDGER_RECONCILE symbol={symbol} deferred: its fills or plans are in flight");
             continue;
         }
@@ -575,14 +573,14 @@ pub async fn reconcile_once(client: &Client, cfg: &ReconcileConfig, tracker: &mu
         let cas = CasWrite {
             expected_version: version,
             guard: None,
-            writes: vec![(ledger_key(&symbol), CasOp::Hash(owned(entry.to_fields())))],
+            writes: vec![(ledger_key(symbol), CasOp::Hash(owned(entry.to_fields())))],
         };
         if cas.apply(client).await? == CasOutcome::Applied {
             written += 1;
             metrics::counter!(quantum_model::metric_names::LEDGER_RECONCILE_APPLIED_TOTAL).increment(1);
             metrics::histogram!(quantum_model::metric_names::LEDGER_RECONCILE_DRIFT_SIZE)
                 .record(drift.size().abs().try_into().unwrap_or(f64::MAX));
-            tracker.clear(&symbol);
+            tracker.clear(symbol);
             tracing::warn!(
                 "LEDGER_RECONCILE symbol={symbol} ledger_amt={ledger_amt} exchange_amt={} drift={} action=applied version={}",
                 drift.exchange_amt,
@@ -607,30 +605,6 @@ async fn symbol_quiescent(client: &Client, symbol: &Symbol) -> Result<bool, Erro
     Ok(reserved == 0 && open == 0)
 }
 
-/// Counts the ledger hashes present and publishes the count as `quantum_ledger_entries`.
-///
-/// # Errors
-/// Redis unreachable.
-pub async fn ledger_census(client: &Client) -> Result<usize, Error> {
-    let keys = scan_keys(client, &format!("{LEDGER_KEY_PREFIX}*")).await?;
-    let count = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(LEDGER_KEY_PREFIX))
-        .filter(|s| Symbol::parse(s).is_ok())
-        .count();
-    metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(count as f64);
-    Ok(count)
-}
-
-async fn snapshot_symbols(client: &Client) -> Result<Vec<Symbol>, Error> {
-    let keys = scan_keys(client, &format!("{SNAPSHOT_KEY_PREFIX}*")).await?;
-    Ok(keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(SNAPSHOT_KEY_PREFIX))
-        .filter_map(|s| Symbol::parse(s).ok())
-        .collect())
-}
-
 /// The ledger's housekeeping every reconcile interval, until `stop` fires: the ledger census,
 /// pruning the applied-fill records, the parked fills' sweep, and (`reconcile_on`) a
 /// reconcile pass. A failed step is logged and retried on the next pass.
@@ -644,10 +618,13 @@ async fn periodic(
     let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms);
     let mut tracker = DriftTracker::default();
     loop {
-        if let Err(e) = ledger_census(&client).await {
-            tracing::warn!("Counting ledgers failed: {e}");
-        }
-        match dedup::prune(&client).await {
+        // One SCAN for every step of the pass (a step on a failed scan has nothing to do).
+        let keys = Keyspace::scan(&client).await.unwrap_or_else(|e| {
+            tracing::warn!("Scanning the ledger's keys failed: {e}; next pass retries");
+            Keyspace::default()
+        });
+        metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(keys.ledgers.len() as f64);
+        match dedup::prune(&client, &keys.applied).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics::counter!(quantum_model::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
@@ -655,7 +632,7 @@ async fn periodic(
             }
             Err(e) => tracing::warn!("Pruning the applied-fill records failed: {e}; next pass retries"),
         }
-        if let Err(e) = sweeper.sweep_parked().await {
+        if let Err(e) = sweeper.sweep_parked(&keys.parked).await {
             tracing::warn!("Applying parked fills failed: {e}; next pass retries");
         }
         tokio::select! {
@@ -663,7 +640,7 @@ async fn periodic(
             _ = tokio::time::sleep(reconcile.interval) => {}
         }
         if reconcile_on {
-            if let Err(e) = reconcile_once(&client, &reconcile, &mut tracker).await {
+            if let Err(e) = reconcile_once(&client, &keys.snapshots, &reconcile, &mut tracker).await {
                 tracing::warn!("Reconcile pass failed: {e}");
             }
         }

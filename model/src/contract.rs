@@ -51,9 +51,6 @@ pub fn ledger_parked_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:parked")
 }
 
-/// The pattern of every parked-fill hash.
-pub const LEDGER_PARKED_PATTERN: &str = "{quantum:position:ledger:*}:parked";
-
 /// The exchange-truth position snapshot of a symbol.
 pub fn snapshot_key(symbol: &Symbol) -> String {
     format!("{SNAPSHOT_KEY_PREFIX}{symbol}")
