@@ -618,12 +618,18 @@ async fn periodic(
     let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms);
     let mut tracker = DriftTracker::default();
     loop {
-        // One SCAN for every step of the pass (a step on a failed scan has nothing to do).
-        let keys = Keyspace::scan(&client).await.unwrap_or_else(|e| {
-            tracing::warn!("Scanning the ledger's keys failed: {e}; next pass retries");
-            Keyspace::default()
-        });
-        metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(keys.ledgers.len() as f64);
+        // One SCAN for every step of the pass; after a failed one the steps have nothing to do
+        // and the census gauge keeps its last count.
+        let keys = match Keyspace::scan(&client).await {
+            Ok(keys) => {
+                metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(keys.ledgers.len() as f64);
+                keys
+            }
+            Err(e) => {
+                tracing::warn!("Scanning the ledger's keys failed: {e}; next pass retries");
+                Keyspace::default()
+            }
+        };
         match dedup::prune(&client, &keys.applied).await {
             Ok(0) => {}
             Ok(n) => {
