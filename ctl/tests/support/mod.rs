@@ -212,6 +212,20 @@ where
 /// Every intent became exactly one plan, every plan exactly one result and at most one order,
 /// every fill was applied once, and each ledger equals the venue's position.
 pub async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
+    // A fill one ledger parked behind the fill another was applying at that moment is applied
+    // by the next pass of the ledgers' sweep (every LEDGER_RECONCILE_INTERVAL_MS): only once
+    // none is left does the pipeline hold its final state.
+    wait_for("the ledgers' parked fills to be applied", || async {
+        for symbol in DEMO_SYMBOLS {
+            let key = format!("{{quantum:position:ledger:{symbol}}}:parked");
+            let parked: u64 = stack.client.hlen(key).await.unwrap_or(1);
+            if parked > 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let plans = stack.entries(PLAN_STREAM).await;
     let by_intent: HashMap<String, usize> = plans.iter().fold(HashMap::new(), |mut m, p| {
         *m.entry(p.get("intent_id").unwrap_or_default().to_string()).or_default() += 1;
