@@ -1,5 +1,5 @@
-//! One intent's commit: its outcome (plan or DLQ entry), its reservation, its replay marker and
-//! its XACK, as one server-side step that refuses an entry already processed; and the
+//! One intent's commit: its outcome (plan or DLQ entry), its reservation (with the symbol's
+//! reservation totals), its replay marker and its XACK, as one server-side step that refuses an entry already processed; and the
 //! consistent read of a symbol's position its gates decide on.
 //!
 //! Invariants the scripts keep:
@@ -26,30 +26,43 @@ use fred::prelude::*;
 
 use quantum_runtime::cas::queue_eval;
 
-/// A symbol's ledger fields and reservations, read at one instant.
+/// A symbol's ledger fields, reservation totals and token, read at one instant; and its
+/// reservations themselves when asked (ARGV[1] = 'walk') or when the totals do not count every
+/// one (values written before the totals existed, an operator's HDEL, a corrupt count).
 const READ_POSITION_SCRIPT: &str = r#"#!lua flags=no-writes
-return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), redis.call('HGETALL', KEYS[2]),
-  redis.call('GET', KEYS[3]) or ''}
+local totals = redis.call('HMGET', KEYS[4], 'sell_qty_whole', 'sell_qty_frac', 'buy_notional_whole',
+  'buy_notional_frac', 'count')
+local walk = ARGV[1] == 'walk' or redis.call('HLEN', KEYS[2]) ~= tonumber(totals[5] or '0')
+return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), totals,
+  walk and redis.call('HGETALL', KEYS[2]) or false, redis.call('GET', KEYS[3]) or ''}
 "#;
 
-/// Queues the read of `symbol`'s ledger (`position_amt`, `notional_usd`), reservations and
-/// reservation token; the reply is `[[amt, notional], [field, value, ...], token]`.
+/// Queues the read of `symbol`'s ledger (`position_amt`, `notional_usd`), reservation totals,
+/// reservations (with `walk`, or when the totals miss some) and reservation token; the reply
+/// is `[[amt, notional], [totals...], [field, value, ...] or nil, token]`.
 pub async fn queue_position_read(
     pipeline: &fred::clients::Pipeline<Client>,
     symbol: &quantum_model::types::Symbol,
+    walk: bool,
 ) -> Result<(), Error> {
-    use quantum_model::contract::{ledger_key, reservation_key, reservation_version_key};
+    use quantum_model::contract::{ledger_key, reservation_key, reservation_totals_key, reservation_version_key};
     let keys = vec![
         ledger_key(symbol),
         reservation_key(symbol),
         reservation_version_key(symbol),
+        reservation_totals_key(symbol),
     ];
+    let args = vec![if walk { "walk" } else { "" }.to_string()];
     // EVAL_RO: the bridge may only read ledgers.
-    quantum_runtime::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, Vec::new()).await
+    quantum_runtime::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, args).await
 }
 
-const COMMIT_SCRIPT: &str = r#"#!lua
--- KEYS: marker, intent stream, outcome stream, reservations, reservation token, BUY token
+static COMMIT_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", COMMIT_BODY));
+
+const COMMIT_BODY: &str = r#"
+-- KEYS: marker, intent stream, outcome stream, reservations, reservation token, BUY token,
+--       reservation totals
 -- ARGV: group, entry id, marker ttl, record ('' for a replay), replay record ('' for none),
 --       reserve field ('' for none), reserve value, expected reservation token, new one,
 --       'BUY' or '', expected BUY token, new one, then the outcome's fields (none: a skip)
@@ -72,13 +85,17 @@ bad = (#ARGV > 12 and wrong(KEYS[3], 'stream')) or (reserve and wrong(KEYS[4], '
   or (reserve and wrong(KEYS[5], 'string')) or (buy and wrong(KEYS[6], 'string'))
 if bad then return redis.error_reply(bad) end
 if reserve and (redis.call('GET', KEYS[5]) or '') ~= ARGV[8] then return -1 end
+bad = reserve and inflight_totals_bad(KEYS[7])
+if bad then return redis.error_reply(bad) end
 if buy and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
-if #ARGV > 12 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 13)) end
+-- The reservation before the outcome: should a write fail halfway, what is left is a
+-- reservation without its plan (counted until it expires), never a plan without its marker.
 if reserve then
-  redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+  inflight_reserve(KEYS[4], KEYS[7], ARGV[6], ARGV[7])
   redis.call('SET', KEYS[5], ARGV[9])
 end
 if buy then redis.call('SET', KEYS[6], ARGV[12]) end
+if #ARGV > 12 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 13)) end
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -124,10 +141,11 @@ pub async fn queue_commit(
     let (outcome_stream, fields) = commit.outcome.unwrap_or((stream, Vec::new()));
     // Without a reservation the hash and counter slots are never touched; the marker fills them.
     let none = || (String::new(), String::new());
-    let (reservations, version, field, value, token, buy, buys_token) = match commit.reservation {
+    let (reservations, version, totals, field, value, token, buy, buys_token) = match commit.reservation {
         Some(r) => (
             quantum_model::contract::reservation_key(&r.symbol),
             quantum_model::contract::reservation_version_key(&r.symbol),
+            quantum_model::contract::reservation_totals_key(&r.symbol),
             r.field,
             r.value,
             r.token,
@@ -135,6 +153,7 @@ pub async fn queue_commit(
             r.buys_token.unwrap_or_else(none),
         ),
         None => (
+            commit.marker_key.clone(),
             commit.marker_key.clone(),
             commit.marker_key.clone(),
             String::new(),
@@ -170,6 +189,7 @@ pub async fn queue_commit(
         reservations,
         version,
         quantum_model::contract::BUYS_VERSION_KEY.to_string(),
+        totals,
     ];
-    queue_eval(pipeline, COMMIT_SCRIPT, keys, args).await
+    queue_eval(pipeline, &COMMIT_SCRIPT, keys, args).await
 }

@@ -35,7 +35,7 @@ use quantum_model::governor::{GovernorConfig, ProposalView};
 use quantum_model::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_model::outcome::OutcomeRecord;
 use quantum_model::plan::Plan;
-use quantum_model::reservation::{next_token, InFlight, Reservation};
+use quantum_model::reservation::{next_token, InFlight, Reservation, Totals};
 use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{entry_age_ms, now_ms, now_secs};
 use quantum_model::types::{parse_decimal, Decision, Side, Symbol};
@@ -208,6 +208,9 @@ pub struct IntentBridge {
     plan_symbols: Option<quantum_runtime::window::SymbolWindow>,
     /// Allowlisted symbols in a fixed order, for the per-batch ledger read.
     allowlist: Vec<Symbol>,
+    /// When each symbol's reservations were last walked one by one (for expired ones): between
+    /// walks the gates read the symbol's totals.
+    walks: HashMap<Symbol, std::time::Instant>,
     pub stats: BridgeStats,
 }
 
@@ -227,6 +230,10 @@ struct BatchView {
     buys_token: String,
     marks: HashMap<Symbol, Decimal>,
     risk: HashMap<Symbol, SymbolRisk>,
+    /// Symbols whose reservations were walked one by one (expired ones found), this batch.
+    walked: Vec<Symbol>,
+    /// Symbols whose totals disagree with their reservations: rebuilt after the commits.
+    rebuild: Vec<Symbol>,
 }
 
 /// The symbols one batch's view reads.
@@ -302,6 +309,7 @@ impl IntentBridge {
             last_summary: std::time::Instant::now(),
             plan_symbols: None,
             allowlist,
+            walks: HashMap::new(),
             stats: BridgeStats::default(),
         }
     }
@@ -389,7 +397,7 @@ impl IntentBridge {
         // this batch's BUYs cannot commit on positions read without it.
         pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
         for symbol in scope.ledger_symbols() {
-            queue_position_read(pipeline, symbol).await?;
+            queue_position_read(pipeline, symbol, self.walk_due(symbol)).await?;
         }
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
         if !scope.gated_symbols.is_empty() {
@@ -402,11 +410,25 @@ impl IntentBridge {
         Ok(())
     }
 
+    /// Whether `symbol`'s reservations are due to be walked one by one: expired ones are
+    /// found that way, ten times per reservation TTL.
+    fn walk_due(&self, symbol: &Symbol) -> bool {
+        let every = std::time::Duration::from_millis(self.reservation_ttl_ms / 10);
+        self.walks.get(symbol).is_none_or(|at| at.elapsed() >= every)
+    }
+
     /// Puts one symbol's ledger and reservations into the view (an unreadable one makes the
     /// symbol's gates fail closed); returns its ledger's notional.
     fn read_position(&self, view: &mut BatchView, symbol: &Symbol, reply: Value, now_ms: u64) -> Option<Decimal> {
         let mut position = reply.into_array().into_iter();
         let pair = position.next().unwrap_or(Value::Null).into_array();
+        let totals: Vec<Option<String>> = position
+            .next()
+            .unwrap_or(Value::Null)
+            .into_array()
+            .iter()
+            .map(opt_text)
+            .collect();
         let reservations = position.next().unwrap_or(Value::Null);
         let token = position.next().as_ref().and_then(opt_text).unwrap_or_default();
         let amt = pair.first().and_then(opt_text);
@@ -418,7 +440,7 @@ impl IntentBridge {
                 LedgerView::Unreadable
             }
         };
-        match InFlight::summarize(&hash_pairs(reservations), now_ms, self.reservation_ttl_ms) {
+        match self.in_flight(view, symbol, &totals, reservations, now_ms) {
             Ok(mut in_flight) => {
                 in_flight.token = token;
                 view.buys_in_flight = view.buys_in_flight.saturating_add(in_flight.buy_notional);
@@ -437,6 +459,38 @@ impl IntentBridge {
         pair.get(1)
             .and_then(opt_text)
             .and_then(|v| parse_decimal("notional_usd", &v).ok())
+    }
+
+    /// What `symbol` has in flight: its totals, or, when its reservations were read too, their
+    /// sum (expired ones left out and listed), noting the symbol for a rebuild when its totals
+    /// disagree with them.
+    fn in_flight(
+        &self,
+        view: &mut BatchView,
+        symbol: &Symbol,
+        totals: &[Option<String>],
+        reservations: Value,
+        now_ms: u64,
+    ) -> Result<InFlight, quantum_model::reservation::ReservationError> {
+        let kept = Totals::parse(totals);
+        if reservations.is_null() {
+            if kept.is_err() {
+                view.rebuild.push(symbol.clone());
+            }
+            return kept.map(|t| InFlight::from_totals(&t));
+        }
+        view.walked.push(symbol.clone());
+        let pairs = hash_pairs(reservations);
+        let in_flight = InFlight::summarize(&pairs, now_ms, self.reservation_ttl_ms)?;
+        let counted = Totals::of_values(&pairs)?;
+        if kept.as_ref() != Ok(&counted) {
+            tracing::warn!(
+                "RESERVATION_TOTALS_REBUILT symbol={symbol} kept={} counted={counted:?}; the gates counted every reservation this batch",
+                kept.map_or_else(|e| e.to_string(), |t| format!("{t:?}"))
+            );
+            view.rebuild.push(symbol.clone());
+        }
+        Ok(in_flight)
     }
 
     /// Whether an intent this old may still wait for its mark price.
@@ -763,6 +817,10 @@ impl BatchHandler for IntentBridge {
             .collect();
         let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
         let mut view = self.read_view(&fresh).await?;
+        let walked_at = std::time::Instant::now();
+        for symbol in &view.walked {
+            self.walks.insert(symbol.clone(), walked_at);
+        }
         let stats_before = self.stats.clone();
 
         let pipeline = self.writer.pipeline();
@@ -876,6 +934,9 @@ impl IntentBridge {
         view: &BatchView,
     ) -> Result<(), Error> {
         queue_expired_reservations(pipeline, view).await?;
+        for symbol in &view.rebuild {
+            quantum_runtime::inflight::queue_rebuild(pipeline, symbol).await?;
+        }
         for (symbol, risk) in &view.risk {
             if let Some(sample) = risk.unrecorded {
                 governor::queue_record(pipeline, &self.governor, symbol, sample).await?;
@@ -1021,9 +1082,7 @@ async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, 
         );
         metrics::counter!(quantum_model::metric_names::BRIDGE_RESERVATIONS_EXPIRED_TOTAL, "symbol" => symbol.to_string())
             .increment(in_flight.expired.len() as u64);
-        pipeline
-            .hdel::<(), _, _>(reservation_key(symbol), in_flight.expired.clone())
-            .await?;
+        quantum_runtime::inflight::queue_release(pipeline, symbol, in_flight.expired.clone()).await?;
     }
     Ok(())
 }

@@ -225,6 +225,13 @@ async fn memory_bounded(client: &Client, report: &mut Checked) -> Result<Vec<Str
             ));
         }
     }
+    // The totals go with the reservations: a drained symbol keeps neither.
+    for key in scan_keys(client, "{quantum:position:ledger:*}:inflight:total").await? {
+        let left: BTreeMap<String, String> = client.hgetall(&key).await?;
+        if !left.is_empty() {
+            problems.push(format!("{key} still holds reservation totals {left:?}"));
+        }
+    }
     let open: u64 = client.zcard(OPEN_ORDERS_KEY).await?;
     if open > 0 {
         problems.push(format!("{open} orders still open"));

@@ -10,6 +10,7 @@ use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_model::contract::*;
+use quantum_model::reservation::{Totals, TOTALS_FIELDS};
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
 
@@ -277,5 +278,109 @@ async fn executor_and_ledger_release_reservations_and_the_position_never_goes_sh
     for symbol in ["ZECUSDT", "ETHUSDT"] {
         let left = stack.hash(&reservations_key(symbol)).await;
         assert!(left.is_empty(), "{symbol} reservations left behind: {left:?}");
+        let totals = stack.hash(&totals_key(symbol)).await;
+        assert!(totals.is_empty(), "{symbol} totals left behind: {totals:?}");
     }
+}
+
+fn totals_key(symbol: &str) -> String {
+    format!("{{quantum:position:ledger:{symbol}}}:inflight:total")
+}
+
+/// The totals the scripts keep, and what the reservations themselves add up to.
+async fn totals_and_values(stack: &Stack, symbol: &str) -> (Totals, Totals) {
+    let kept = stack.hash(&totals_key(symbol)).await;
+    let kept: Vec<Option<String>> = TOTALS_FIELDS.iter().map(|f| kept.get(*f).cloned()).collect();
+    let pairs: Vec<(String, String)> = stack.hash(&reservations_key(symbol)).await.into_iter().collect();
+    (Totals::parse(&kept).unwrap(), Totals::of_values(&pairs).unwrap())
+}
+
+async fn sell(stack: &Stack, qty: &str) -> String {
+    stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", qty)])
+        .await
+}
+
+#[tokio::test]
+async fn the_gates_read_totals_kept_with_the_reservations_and_rebuilt_when_they_disagree() {
+    let mut stack = stack_with_marks().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "10"), ("notional_usd", "400")],
+        )
+        .await;
+    stack.hset(PORTFOLIO_KEY, &[("equity_usd", "1000000")]).await;
+    stack.start(Service::Bridge, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    for qty in ["1", "1", "1.25"] {
+        sell(&stack, qty).await;
+    }
+    stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "BUY"), ("qty", "0.5")])
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let (kept, counted) = totals_and_values(&stack, "ZECUSDT").await;
+    assert_eq!(kept, counted, "the commits keep the totals");
+    assert_eq!(kept.sell_qty, Decimal::new(325, 2));
+    assert_eq!(kept.buy_notional, Decimal::from(20), "BUY 0.5 at 40");
+    assert_eq!(kept.count, 4);
+
+    // Between walks the gates read the totals, not the reservations: totals inflated by hand
+    // (the count still agreeing) leave nothing to SELL.
+    stack.hset(&totals_key("ZECUSDT"), &[("sell_qty_whole", "10")]).await;
+    let held_back = sell(&stack, "1").await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(!plans(&stack).await.contains_key(&held_back));
+    assert!(stack
+        .log(Service::Bridge)
+        .contains("Skip publish: ZECUSDT SELL but nothing available (position_amt=10 in_flight=10.25)"));
+
+    // An operator removes a reservation by hand: the counts disagree, the gate sums the
+    // reservations (3.25 - 1.25 = 2 in flight, so a SELL of 10 is cut to 8) and the totals are
+    // rebuilt.
+    let field = stack
+        .hash(&reservations_key("ZECUSDT"))
+        .await
+        .into_iter()
+        .find(|(_, v)| v.starts_with("side=SELL qty=1.25 "))
+        .map(|(f, _)| f)
+        .unwrap();
+    let _: i64 = stack.client.hdel(reservations_key("ZECUSDT"), &field).await.unwrap();
+    let cut = sell(&stack, "10").await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert_eq!(plans(&stack).await[&cut]["qty"], "8");
+    let (kept, counted) = totals_and_values(&stack, "ZECUSDT").await;
+    assert_eq!(kept, counted, "rebuilt from the reservations");
+    assert_eq!(kept.sell_qty, Decimal::TEN);
+
+    // A corrupt total: the symbol is summed value by value (nothing is left to SELL) and the
+    // totals are rebuilt again.
+    stack.hset(&totals_key("ZECUSDT"), &[("count", "many")]).await;
+    let refused = sell(&stack, "1").await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(!plans(&stack).await.contains_key(&refused), "nothing available to SELL");
+    let (kept, counted) = totals_and_values(&stack, "ZECUSDT").await;
+    assert_eq!(kept, counted);
+    let log = stack.log(Service::Bridge);
+    assert_eq!(
+        log.matches("RESERVATION_TOTALS_REBUILT symbol=ZECUSDT").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("Skip publish: ZECUSDT SELL but nothing available"));
+
+    // The executor and the ledger take every reservation, and the totals, down to nothing.
+    for service in [Service::Ledger, Service::Executor] {
+        stack.start(service, &[("SYMBOL_ALLOWLIST", ALLOWLIST)]);
+    }
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    wait_for("every reservation and total released", || {
+        let stack = &stack;
+        async move {
+            stack.hash(&reservations_key("ZECUSDT")).await.is_empty()
+                && stack.hash(&totals_key("ZECUSDT")).await.is_empty()
+        }
+    })
+    .await;
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
 use quantum_model::contract::{
-    answered_key, reservation_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
+    answered_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::labels::symbol_label;
@@ -674,8 +674,7 @@ impl<V: Venue> Executor<V> {
         for step in steps {
             if let Step::Result(result, _) = step {
                 if let Ok(symbol) = Symbol::parse(&result.symbol) {
-                    trx.hdel::<(), _, _>(reservation_key(&symbol), result.plan_id.as_str())
-                        .await?;
+                    quantum_runtime::inflight::queue_release(&trx, &symbol, vec![result.plan_id.to_string()]).await?;
                     queued += 1;
                 }
             }

@@ -21,7 +21,9 @@ use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
-use quantum_model::contract::{order_key, reservation_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM};
+use quantum_model::contract::{
+    order_key, reservation_key, reservation_totals_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM,
+};
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::fields::Fields;
 use quantum_model::fill::Fill;
@@ -67,7 +69,11 @@ return 'CLAIMED'
 /// owner's lease ran out; returns 1, or 0 when it was not NEW or is another's under lease.
 /// ARGV: coid, plan id, record TTL, owner, then length-prefixed groups: the record's fields,
 /// the number of fills and each fill's fields, the fills' reservations; the rest is the result.
-const FINALIZE_SCRIPT: &str = r#"#!lua
+static FINALIZE_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", FINALIZE_BODY));
+
+/// KEYS: order record, open orders, reservations, ledger.commit, apply.result, reservation totals.
+const FINALIZE_BODY: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'NEW' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= ARGV[4] then
@@ -84,6 +90,8 @@ for k, want in pairs({[2] = 'zset', [3] = 'hash', [4] = 'stream', [5] = 'stream'
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written')
   end
 end
+local bad = inflight_totals_bad(KEYS[6])
+if bad then return redis.error_reply(bad) end
 local record = 5
 local i = record + 1 + tonumber(ARGV[record])
 local fills = tonumber(ARGV[i])
@@ -93,9 +101,9 @@ for _ = 1, fills do
   redis.call('XADD', KEYS[4], '*', unpack(ARGV, i + 1, i + n))
   i = i + 1 + n
 end
-redis.call('HDEL', KEYS[3], ARGV[2])
+inflight_release(KEYS[3], KEYS[6], ARGV[2])
 local n = tonumber(ARGV[i])
-if n > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, i + 1, i + n)) end
+for j = i + 1, i + n, 2 do inflight_reserve(KEYS[3], KEYS[6], ARGV[j], ARGV[j + 1]) end
 i = i + 1 + n
 redis.call('XADD', KEYS[5], '*', unpack(ARGV, i))
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -296,8 +304,9 @@ pub async fn queue_finalize<C: ClientLike>(
         reservation_key(&order.symbol),
         LEDGER_COMMIT_STREAM.to_string(),
         RESULT_STREAM.to_string(),
+        reservation_totals_key(&order.symbol),
     ];
-    queue_eval(pipeline, FINALIZE_SCRIPT, keys, args).await
+    queue_eval(pipeline, &FINALIZE_SCRIPT, keys, args).await
 }
 
 /// Appends field/value pairs as one length-prefixed group of script arguments.

@@ -31,8 +31,8 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use quantum_model::contract::{
-    ledger_applied_key, ledger_key, ledger_parked_key, reservation_key, snapshot_key, LEDGER_COMMIT_DLQ_STREAM,
-    LEDGER_COMMIT_STREAM, LEDGER_GROUP, OPEN_ORDERS_KEY,
+    ledger_applied_key, ledger_key, ledger_parked_key, reservation_key, reservation_totals_key, snapshot_key,
+    LEDGER_COMMIT_DLQ_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP, OPEN_ORDERS_KEY,
 };
 use quantum_model::fill::Fill;
 use quantum_model::labels::symbol_label;
@@ -414,7 +414,13 @@ fn commit_write(
             .chain(&app.duplicates)
             .map(|f| f.fill_id.to_string())
             .collect();
-        writes.push((reservation_key(symbol), CasOp::HashDelete(ids)));
+        writes.push((
+            reservation_key(symbol),
+            CasOp::ReleaseReservations {
+                totals: reservation_totals_key(symbol),
+                fields: ids,
+            },
+        ));
     }
     if !app.unparked.is_empty() {
         let seqs = app.unparked.iter().map(u64::to_string).collect();

@@ -113,6 +113,13 @@ pub fn reservation_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight")
 }
 
+/// A symbol's reservation totals (`reservation::Totals`), a hash kept by the same scripts that
+/// add and remove its reservations, in the same slot: what the gates read instead of walking
+/// every reservation.
+pub fn reservation_totals_key(symbol: &Symbol) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:total")
+}
+
 /// The token of the last BUY reservation, all symbols together (`<count>:<plan id>`): the
 /// exposure gate sums every symbol, so a BUY commits only while the token is the one its gate
 /// read (or the one the batch's previous BUY wrote).

@@ -16,7 +16,17 @@
 //! for long) is ignored after `INTENT_BRIDGE_RESERVATION_TTL_MS` and removed by the bridge.
 //!
 //! Each value is one greppable line, like the replay markers:
-//! `side=SELL qty=0.5 notional_usd=32500 ts=1764000000000`.
+//! `side=SELL qty=0.5 notional_usd=32500 ts=1764000000000 held=0:50000000`.
+//!
+//! The gates need only each symbol's sums, so the scripts that add or remove a reservation
+//! keep them beside the hash (`contract::reservation_totals_key`) in the same step: reading a
+//! symbol's in-flight state is then O(1), not a walk over every reservation (with the
+//! executor behind, a symbol holds thousands). `held` is what the reservation adds to its
+//! side's sum (a SELL's qty, a BUY's notional) as whole units and 10^-8 units, each an
+//! integer, so Redis adds and subtracts it exactly with HINCRBY (Lua's numbers are doubles).
+//! Invariants: a totals hash counts (`count`) exactly the values that carry `held` and sums
+//! their `held`; a hash whose length differs from `count` (values written before `held`
+//! existed, an operator's HDEL) is summed value by value, and its totals rebuilt.
 
 use rust_decimal::Decimal;
 use thiserror::Error;
@@ -42,16 +52,85 @@ pub struct ReservationError {
     pub detail: String,
 }
 
+/// What one reservation adds to its side's total, rounded up at [`HELD_DP`] decimal places (the
+/// gates may count a hair more than is in flight, never less): whole units and 10^-8 units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub whole: u64,
+    /// Below 10^8.
+    pub frac: u64,
+}
+
+/// The decimal places the totals keep exactly.
+pub const HELD_DP: u32 = 8;
+
+/// The largest whole part one reservation adds (10^15: far beyond any order the caps let
+/// through), so that thousands of them still sum inside Redis' 64-bit integers.
+pub const HELD_WHOLE_MAX: u64 = 1_000_000_000_000_000;
+
+impl Held {
+    /// `amount` (not negative) rounded up at [`HELD_DP`] places, the whole part capped at
+    /// [`HELD_WHOLE_MAX`].
+    pub fn of(amount: Decimal) -> Self {
+        let up = amount
+            .max(Decimal::ZERO)
+            .round_dp_with_strategy(HELD_DP, rust_decimal::RoundingStrategy::AwayFromZero);
+        let whole = up.trunc();
+        let frac = ((up - whole) * Decimal::from(100_000_000u64)).trunc();
+        match u64::try_from(whole) {
+            Ok(w) if w <= HELD_WHOLE_MAX => Self {
+                whole: w,
+                frac: u64::try_from(frac).unwrap_or(0),
+            },
+            _ => Self {
+                whole: HELD_WHOLE_MAX,
+                frac: 0,
+            },
+        }
+    }
+
+    /// The amount it stands for.
+    pub fn amount(&self) -> Decimal {
+        Decimal::from(self.whole) + Decimal::new(self.frac as i64, HELD_DP)
+    }
+}
+
+/// A symbol's reservation totals as the scripts keep them (`contract::reservation_totals_key`),
+/// in the order [`TOTALS_FIELDS`] names them.
+pub const TOTALS_FIELDS: [&str; 5] = [
+    "sell_qty_whole",
+    "sell_qty_frac",
+    "buy_notional_whole",
+    "buy_notional_frac",
+    "count",
+];
+
 impl Reservation {
     /// The hash value.
     pub fn to_value(&self) -> String {
+        let held = self.held();
         format!(
-            "side={} qty={} notional_usd={} ts={}",
+            "side={} qty={} notional_usd={} ts={} held={}:{}",
             self.side,
             self.qty.normalize(),
             self.notional_usd.normalize(),
-            self.ts_ms
+            self.ts_ms,
+            held.whole,
+            held.frac
         )
+    }
+
+    /// What it adds to its side's total: a SELL its quantity, a BUY its notional.
+    pub fn held(&self) -> Held {
+        Held::of(match self.side {
+            Side::Sell => self.qty,
+            Side::Buy => self.notional_usd,
+        })
+    }
+
+    /// Whether a stored value carries `held` (is counted in the totals).
+    pub fn is_counted(raw: &str) -> bool {
+        raw.split_whitespace().any(|p| p.starts_with("held="))
     }
 
     /// Reads a hash value written by [`Self::to_value`].
@@ -108,7 +187,81 @@ pub struct InFlight {
     pub token: String,
 }
 
+/// A symbol's totals, read from the totals hash: the sums, and how many values they count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub sell_qty: Decimal,
+    pub buy_notional: Decimal,
+    pub count: u64,
+}
+
+impl Totals {
+    /// Reads the [`TOTALS_FIELDS`] values (absent: 0).
+    ///
+    /// # Errors
+    /// A value that is not an integer, or a negative sum or count: the totals are corrupt.
+    pub fn parse(values: &[Option<String>]) -> Result<Self, ReservationError> {
+        let err = |detail: String| ReservationError {
+            field: "totals".to_string(),
+            detail,
+        };
+        let int = |i: usize| -> Result<i64, ReservationError> {
+            match values.get(i).and_then(Option::as_deref) {
+                None | Some("") => Ok(0),
+                Some(v) => v
+                    .parse::<i64>()
+                    .map_err(|_| err(format!("{} is not an integer: {v:?}", TOTALS_FIELDS[i]))),
+            }
+        };
+        let sum = |w: usize, f: usize| -> Result<Decimal, ReservationError> {
+            let total = (Decimal::from(int(w)?) + Decimal::new(int(f)?, HELD_DP)).normalize();
+            if total < Decimal::ZERO {
+                return Err(err(format!(
+                    "{} is negative: {total}",
+                    &TOTALS_FIELDS[w][..TOTALS_FIELDS[w].len() - 6]
+                )));
+            }
+            Ok(total)
+        };
+        let count = int(4)?;
+        Ok(Self {
+            sell_qty: sum(0, 1)?,
+            buy_notional: sum(2, 3)?,
+            count: u64::try_from(count).map_err(|_| err(format!("count is negative: {count}")))?,
+        })
+    }
+
+    /// The totals the counted values of a symbol's hash add up to.
+    ///
+    /// # Errors
+    /// The first unreadable value.
+    pub fn of_values(pairs: &[(String, String)]) -> Result<Self, ReservationError> {
+        let mut totals = Self::default();
+        for (field, value) in pairs.iter().filter(|(_, v)| Reservation::is_counted(v)) {
+            let r = Reservation::parse(field, value)?;
+            let held = r.held().amount();
+            match r.side {
+                Side::Sell => totals.sell_qty += held,
+                Side::Buy => totals.buy_notional += held,
+            }
+            totals.count += 1;
+        }
+        totals.sell_qty = totals.sell_qty.normalize();
+        totals.buy_notional = totals.buy_notional.normalize();
+        Ok(totals)
+    }
+}
+
 impl InFlight {
+    /// What the totals say is in flight (what the gates count between walks of the hash).
+    pub fn from_totals(totals: &Totals) -> Self {
+        Self {
+            sell_qty: totals.sell_qty,
+            buy_notional: totals.buy_notional,
+            ..Self::default()
+        }
+    }
+
     /// Sums a symbol's reservation hash at `now_ms`, ignoring those older than `ttl_ms`.
     ///
     /// # Errors
@@ -154,8 +307,82 @@ mod tests {
             ts_ms: 1_764_000_000_000,
         };
         let value = r.to_value();
-        assert_eq!(value, "side=SELL qty=0.5 notional_usd=32500 ts=1764000000000");
+        assert_eq!(
+            value,
+            "side=SELL qty=0.5 notional_usd=32500 ts=1764000000000 held=0:50000000"
+        );
         assert_eq!(Reservation::parse("p", &value), Ok(r));
+        assert!(Reservation::is_counted(&value));
+        assert!(!Reservation::is_counted(
+            "side=SELL qty=0.5 notional_usd=32500 ts=1764000000000"
+        ));
+    }
+
+    #[test]
+    fn held_rounds_up_at_eight_places_and_caps_the_absurd() {
+        let rows = [
+            ("0", 0, 0),
+            ("0.5", 0, 50_000_000),
+            ("12.34567891", 12, 34_567_891),
+            ("0.000000001", 0, 1),
+            ("1.000000000000001", 1, 1),
+            ("65000", 65_000, 0),
+            ("1000000000000", 1_000_000_000_000, 0),
+            ("-3", 0, 0),
+        ];
+        for (amount, whole, frac) in rows {
+            let amount: Decimal = amount.parse().unwrap();
+            assert_eq!(Held::of(amount), Held { whole, frac }, "{amount}");
+        }
+        let absurd = Decimal::from(HELD_WHOLE_MAX) * Decimal::TEN;
+        assert_eq!(
+            Held::of(absurd),
+            Held {
+                whole: HELD_WHOLE_MAX,
+                frac: 0
+            }
+        );
+        let buy = Reservation {
+            side: Side::Buy,
+            qty: Decimal::TWO,
+            notional_usd: Decimal::new(2001, 1),
+            ts_ms: 0,
+        };
+        assert_eq!(
+            buy.held(),
+            Held {
+                whole: 200,
+                frac: 10_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn totals_read_what_the_scripts_keep_and_refuse_corruption() {
+        let some = |v: &str| Some(v.to_string());
+        let values = [some("3"), some("25000000"), some("100"), None, some("4")];
+        let totals = Totals::parse(&values).unwrap();
+        assert_eq!(totals.sell_qty, Decimal::new(325, 2));
+        assert_eq!(totals.buy_notional, Decimal::from(100));
+        assert_eq!(totals.count, 4);
+        assert_eq!(Totals::parse(&[]).unwrap(), Totals::default());
+        for bad in [
+            [some("x"), None, None, None, None],
+            [some("-1"), None, None, None, some("1")],
+            [None, None, None, None, some("-2")],
+            [some("1.5"), None, None, None, some("1")],
+        ] {
+            assert!(Totals::parse(&bad).is_err(), "{bad:?}");
+        }
+        let pairs = [
+            pair("a", "side=SELL qty=1 notional_usd=10 ts=1 held=1:0"),
+            pair("b", "side=BUY qty=2 notional_usd=0.123456789 ts=1 held=0:12345679"),
+            pair("legacy", "side=SELL qty=7 notional_usd=70 ts=1"),
+        ];
+        let of = Totals::of_values(&pairs).unwrap();
+        assert_eq!(of.sell_qty, Decimal::ONE);
+        assert_eq!(of.buy_notional, Decimal::new(12_345_679, 8));
+        assert_eq!(of.count, 2);
     }
 
     #[test]
@@ -196,6 +423,19 @@ mod tests {
         #[test]
         fn arbitrary_values_never_panic(field in ".{0,80}", value in ".{0,200}") {
             let _ = Reservation::parse(&field, &value);
+        }
+
+        /// `held` is never less than the amount and over by less than 10^-8; its parts add up.
+        #[test]
+        fn held_bounds_the_amount_from_above(units in 0u64..u64::MAX, scale in 0u32..16) {
+            let amount = Decimal::from(units) / Decimal::from(10u64.pow(scale % 12));
+            let amount = amount.round_dp(scale);
+            let held = Held::of(amount);
+            prop_assert!(held.frac < 100_000_000);
+            if amount <= Decimal::from(HELD_WHOLE_MAX) {
+                prop_assert!(held.amount() >= amount);
+                prop_assert!(held.amount() - amount < Decimal::new(1, HELD_DP));
+            }
         }
     }
 }

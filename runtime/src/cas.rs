@@ -7,13 +7,17 @@ use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-const SCRIPT: &str = r#"#!lua
+static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| crate::inflight::with_totals("#!lua", BODY));
+
+/// After `inflight::TOTALS_LUA`: an `R` op releases reservations from its hash, with the totals
+/// under the next key (whose own op is `-`).
+const BODY: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return 0 end
 local guard = tonumber(ARGV[2])
 if guard > 0 and redis.call('EXISTS', KEYS[guard]) == 1 then return -1 end
 local commands = { H = 'HSET', D = 'HDEL', Z = 'ZADD' }
-local types = { H = 'hash', D = 'hash', Z = 'zset' }
+local types = { H = 'hash', D = 'hash', Z = 'zset', R = 'hash' }
 -- Every key's type before the first write: a step that fails writes nothing.
 local i = 3
 for k = 1, #KEYS do
@@ -22,14 +26,22 @@ for k = 1, #KEYS do
   if want and t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written')
   end
+  if ARGV[i] == 'R' then
+    local bad = inflight_totals_bad(KEYS[k + 1])
+    if bad then return redis.error_reply(bad) end
+  end
   i = i + 2 + tonumber(ARGV[i + 1])
 end
 i = 3
 for k = 1, #KEYS do
   local kind, n = ARGV[i], tonumber(ARGV[i + 1])
-  -- In chunks of 1000 (an even count keeps pairs together): unpack fails past ~8000 values.
-  for from = i + 2, i + 1 + n, 1000 do
-    redis.call(commands[kind], KEYS[k], unpack(ARGV, from, math.min(from + 999, i + 1 + n)))
+  if kind == 'R' then
+    for j = i + 2, i + 1 + n do inflight_release(KEYS[k], KEYS[k + 1], ARGV[j]) end
+  elseif commands[kind] then
+    -- In chunks of 1000 (an even count keeps pairs together): unpack fails past ~8000 values.
+    for from = i + 2, i + 1 + n, 1000 do
+      redis.call(commands[kind], KEYS[k], unpack(ARGV, from, math.min(from + 999, i + 1 + n)))
+    end
   end
   i = i + 2 + n
 end
@@ -45,6 +57,9 @@ pub enum CasOp {
     SortedSetAdd(Vec<(u64, String)>),
     /// HDEL these fields.
     HashDelete(Vec<String>),
+    /// Release these in-flight reservations from the hash, and from its totals under
+    /// `totals` (`inflight`).
+    ReleaseReservations { totals: String, fields: Vec<String> },
     /// Leave the key alone (it is only a guard).
     None,
 }
@@ -70,12 +85,13 @@ pub struct CasWrite {
 
 impl CasWrite {
     fn keys_and_args(&self) -> (Vec<String>, Vec<String>) {
-        let keys = self.writes.iter().map(|(k, _)| k.clone()).collect();
-        let mut args = vec![
-            self.expected_version.to_string(),
-            self.guard.map_or(0, |g| g + 1).to_string(),
-        ];
-        for (_, op) in &self.writes {
+        let mut keys = Vec::with_capacity(self.writes.len() + 1);
+        let mut args = vec![self.expected_version.to_string(), "0".to_string()];
+        for (index, (key, op)) in self.writes.iter().enumerate() {
+            keys.push(key.clone());
+            if self.guard == Some(index) {
+                args[1] = keys.len().to_string();
+            }
             match op {
                 CasOp::Hash(pairs) => {
                     args.push("H".into());
@@ -98,6 +114,14 @@ impl CasWrite {
                     args.push(fields.len().to_string());
                     args.extend(fields.iter().cloned());
                 }
+                CasOp::ReleaseReservations { totals, fields } => {
+                    args.push("R".into());
+                    args.push(fields.len().to_string());
+                    args.extend(fields.iter().cloned());
+                    keys.push(totals.clone());
+                    args.push("-".into());
+                    args.push("0".into());
+                }
                 CasOp::None => {
                     args.push("-".into());
                     args.push("0".into());
@@ -113,7 +137,7 @@ impl CasWrite {
     /// The command could not be queued.
     pub async fn queue(&self, pipeline: &Pipeline<Client>) -> Result<(), Error> {
         let (keys, args) = self.keys_and_args();
-        queue_eval(pipeline, SCRIPT, keys, args).await
+        queue_eval(pipeline, &SCRIPT, keys, args).await
     }
 
     /// Runs the write now.
@@ -122,7 +146,7 @@ impl CasWrite {
     /// Redis unreachable, or the script failed (a key of the wrong type).
     pub async fn apply(&self, client: &Client) -> Result<CasOutcome, Error> {
         let (keys, args) = self.keys_and_args();
-        let reply: Value = client.eval(SCRIPT, keys, args).await?;
+        let reply: Value = client.eval(SCRIPT.as_str(), keys, args).await?;
         CasOutcome::from_reply(&reply)
     }
 }

@@ -16,6 +16,7 @@
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
 //! - [`reply`]: Redis replies decoded into stream entries and text.
 //! - [`cas`]: versioned multi-key writes in one Lua script.
+//! - [`inflight`]: the Lua that keeps a symbol's reservation totals with its reservations.
 //! - `retention`: bounded streams (trimming by age).
 //! - `durability`: the Redis persistence settings the exactly-once records depend on.
 //! - [`telemetry`], [`trace`]: log lines (text or JSON) and OTLP traces across the stages.
@@ -28,6 +29,7 @@ pub mod consumer;
 mod durability;
 pub mod failure;
 pub mod http;
+pub mod inflight;
 pub mod reply;
 mod retention;
 mod systemd;

@@ -1,0 +1,143 @@
+//! The Lua every script that adds or removes an in-flight reservation shares, so that a symbol's
+//! totals (`quantum_model::reservation::Totals`, under `contract::reservation_totals_key`)
+//! change in the same step as its reservation hash, and the gates can read the totals instead
+//! of walking every reservation.
+//!
+//! Invariants the functions keep:
+//! - a value is counted only when it carries a well-formed `held=<whole>:<frac>` (canonical
+//!   integers, at most 16 digits): one written before `held` existed, or mangled by hand, is
+//!   left out of the totals, and the hash's length then differs from `count`, which makes the
+//!   bridge sum that symbol value by value (and rebuild its totals) until the values agree;
+//! - Redis does the arithmetic (HINCRBY on 64-bit integers): Lua's numbers are doubles, and
+//!   only [`TOTALS_LUA`]'s `inflight_rebuild` adds in Lua, exactly while each sum stays below 2^53;
+//! - [`TOTALS_LUA`]'s `inflight_totals_bad` runs before a script's first write: a totals key of another
+//!   type fails the step with nothing written; one holding a non-integer is dropped, so the
+//!   next read finds the counts disagree and rebuilds it;
+//! - a totals hash whose count reaches zero is removed: a drained symbol leaves no key.
+
+use fred::prelude::*;
+
+use quantum_model::contract::{reservation_key, reservation_totals_key};
+use quantum_model::types::Symbol;
+
+use crate::cas::queue_eval;
+
+/// The Lua functions, to be placed right after a script's flags line:
+/// - `inflight_totals_bad(totals)`: an error text (nothing may be written), or nil;
+/// - `inflight_reserve(hash, totals, field, value)`: adds (or replaces) a reservation;
+/// - `inflight_release(hash, totals, field)`: removes one, if it is there;
+/// - `inflight_rebuild(hash, totals)`: the totals summed again from the hash's values.
+pub const TOTALS_LUA: &str = r#"
+local TOTALS = {'sell_qty_whole', 'sell_qty_frac', 'buy_notional_whole', 'buy_notional_frac', 'count'}
+local function canonical(n)
+  return #n <= 16 and (n == '0' or string.sub(n, 1, 1) ~= '0')
+end
+-- The side and held parts of a value, or nil when it is not counted.
+local function held_of(value)
+  local side, whole, frac = string.match(value, '^side=(%u+) .* held=(%d+):(%d+)$')
+  if side and canonical(whole) and canonical(frac) and (side == 'SELL' or side == 'BUY') then
+    return (side == 'SELL') and 'sell_qty' or 'buy_notional', whole, frac
+  end
+end
+local function add_held(totals, value, sign)
+  local which, whole, frac = held_of(value)
+  if not which then return end
+  if whole ~= '0' then redis.call('HINCRBY', totals, which .. '_whole', sign .. whole) end
+  if frac ~= '0' then redis.call('HINCRBY', totals, which .. '_frac', sign .. frac) end
+  if redis.call('HINCRBY', totals, 'count', sign .. '1') <= 0 then redis.call('HDEL', totals, unpack(TOTALS)) end
+end
+local function inflight_totals_bad(totals)
+  local t = redis.call('TYPE', totals)['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return 'WRONGTYPE ' .. totals .. ' holds a ' .. t .. ', not a hash; nothing written'
+  end
+  local all = redis.call('HGETALL', totals)
+  for i = 2, #all, 2 do
+    if not (string.match(all[i], '^%-?%d+$') and #all[i] <= 18) then
+      redis.call('HDEL', totals, unpack(TOTALS))
+      return nil
+    end
+  end
+end
+local function inflight_reserve(hash, totals, field, value)
+  local old = redis.call('HGET', hash, field)
+  if old then add_held(totals, old, '-') end
+  redis.call('HSET', hash, field, value)
+  add_held(totals, value, '')
+end
+local function inflight_release(hash, totals, field)
+  local old = redis.call('HGET', hash, field)
+  if old then
+    add_held(totals, old, '-')
+    redis.call('HDEL', hash, field)
+  end
+end
+local function inflight_rebuild(hash, totals)
+  local sums = {sell_qty_whole = 0, sell_qty_frac = 0, buy_notional_whole = 0, buy_notional_frac = 0, count = 0}
+  local all = redis.call('HGETALL', hash)
+  for i = 2, #all, 2 do
+    local which, whole, frac = held_of(all[i])
+    if which then
+      sums[which .. '_whole'] = sums[which .. '_whole'] + tonumber(whole)
+      sums[which .. '_frac'] = sums[which .. '_frac'] + tonumber(frac)
+      sums.count = sums.count + 1
+    end
+  end
+  redis.call('HDEL', totals, unpack(TOTALS))
+  if sums.count > 0 then
+    local args = {}
+    for _, name in ipairs(TOTALS) do
+      args[#args + 1] = name
+      args[#args + 1] = string.format('%.0f', sums[name])
+    end
+    redis.call('HSET', totals, unpack(args))
+  end
+  return sums.count
+end
+"#;
+
+/// A script made of `flags` (its `#!lua` line, or empty), [`TOTALS_LUA`] and `body`.
+pub fn with_totals(flags: &str, body: &str) -> String {
+    format!("{flags}\n{TOTALS_LUA}\n{body}")
+}
+
+static RELEASE_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    with_totals(
+        "#!lua",
+        r#"local bad = inflight_totals_bad(KEYS[2])
+if bad then return redis.error_reply(bad) end
+for _, field in ipairs(ARGV) do inflight_release(KEYS[1], KEYS[2], field) end
+return #ARGV
+"#,
+    )
+});
+
+static REBUILD_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    with_totals(
+        "#!lua",
+        r#"local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'hash' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a hash; nothing written')
+end
+return inflight_rebuild(KEYS[1], KEYS[2])
+"#,
+    )
+});
+
+/// Queues the release of `fields` from `symbol`'s reservations, totals with them.
+///
+/// # Errors
+/// Only a failure to queue the command.
+pub async fn queue_release<C: ClientLike>(pipeline: &C, symbol: &Symbol, fields: Vec<String>) -> Result<(), Error> {
+    let keys = vec![reservation_key(symbol), reservation_totals_key(symbol)];
+    queue_eval(pipeline, &RELEASE_SCRIPT, keys, fields).await
+}
+
+/// Queues the rebuild of `symbol`'s totals from its reservation hash; the reply is the count.
+///
+/// # Errors
+/// Only a failure to queue the command.
+pub async fn queue_rebuild<C: ClientLike>(pipeline: &C, symbol: &Symbol) -> Result<(), Error> {
+    let keys = vec![reservation_key(symbol), reservation_totals_key(symbol)];
+    queue_eval(pipeline, &REBUILD_SCRIPT, keys, Vec::new()).await
+}
