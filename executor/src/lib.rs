@@ -395,8 +395,8 @@ impl<V: Venue> Executor<V> {
         )
     }
 
-    /// Claims the order records of the batch's orders in one round trip (a peek for stale
-    /// plans: they claim nothing new) and resolves each [`Step::Claim`] by what it found.
+    /// Claims the order records of the batch's orders in one step (a peek for stale plans:
+    /// they claim nothing new) and resolves each [`Step::Claim`] by what it found.
     async fn claim(&mut self, steps: Vec<Step>, spans: &[Span]) -> Result<Vec<Step>, Error> {
         let pipeline = self.writer.pipeline();
         {
@@ -412,7 +412,7 @@ impl<V: Venue> Executor<V> {
             }
             order::queue_claims(&pipeline, &claims, &self.claimant).await?;
         }
-        let mut states = pipeline.all::<Vec<String>>().await?.into_iter();
+        let mut states = pipeline.last::<Vec<String>>().await?.into_iter();
         Ok(steps
             .into_iter()
             .zip(spans)
@@ -492,42 +492,9 @@ impl<V: Venue> Executor<V> {
             }
         }
         let venue = &self.venue;
-        let per_symbol = by_symbol.into_values().map(|orders| async move {
-            let mut done = Executed::default();
-            let mut orders = orders.into_iter();
-            while let Some((i, step)) = orders.next() {
-                let call = trace::step_span(&spans[i], "venue.order");
-                let outcome = match step {
-                    Step::Recover(plan, reason) => {
-                        venue
-                            .settle(&plan.plan_id.client_order_id(), &plan.symbol, &never_placed(reason))
-                            .instrument(call)
-                            .await
-                    }
-                    _ => {
-                        let plan = step.order().map(OrderRequest::from);
-                        match plan {
-                            Some(order) => venue.execute(&order).instrument(call).await,
-                            None => continue,
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(outcome) => done.finished.push((i, outcome)),
-                    Err(e @ VenueError::Unresolved { .. }) => {
-                        count_venue_error(venue.name(), &e);
-                        done.waiting.push(i);
-                        done.waiting.extend(orders.by_ref().map(|(later, _)| later));
-                        break;
-                    }
-                    Err(e) => {
-                        count_venue_error(venue.name(), &e);
-                        return Err(StageError::from(e));
-                    }
-                }
-            }
-            Ok::<_, StageError>(done)
-        });
+        let per_symbol = by_symbol
+            .into_values()
+            .map(|orders| async move { execute_symbol(venue, &orders, spans).await });
         let mut all = Executed::default();
         for result in futures_util::future::join_all(per_symbol).await {
             let done = result?;
@@ -537,6 +504,66 @@ impl<V: Venue> Executor<V> {
         all.finished.sort_by_key(|(i, _)| *i);
         Ok(all)
     }
+}
+
+/// One symbol's orders, in batch order: a stale order claimed before a crash is settled alone,
+/// each run of orders to place goes to the venue in one call. An order whose outcome stays
+/// unknown leaves it and every later order of the symbol waiting.
+async fn execute_symbol<V: Venue>(
+    venue: &V,
+    orders: &[(usize, &Step)],
+    spans: &[Span],
+) -> Result<Executed, StageError> {
+    let mut done = Executed::default();
+    let mut rest = orders;
+    while let Some(&(_, step)) = rest.first() {
+        let run = match step {
+            Step::Recover(..) => 1,
+            _ => rest.iter().take_while(|(_, s)| matches!(s, Step::Place(_))).count(),
+        };
+        let (now, after) = rest.split_at(run);
+        // Each order's trace gets its venue step, all of them spanning the one call.
+        let calls: Vec<Span> = now
+            .iter()
+            .map(|(i, _)| trace::step_span(&spans[*i], "venue.order"))
+            .collect();
+        let (outcomes, error) = match step {
+            Step::Recover(plan, reason) => {
+                let settled = venue
+                    .settle(&plan.plan_id.client_order_id(), &plan.symbol, &never_placed(reason))
+                    .instrument(calls[0].clone())
+                    .await;
+                match settled {
+                    Ok(outcome) => (vec![outcome], None),
+                    Err(e) => (Vec::new(), Some(e)),
+                }
+            }
+            _ => {
+                let requests: Vec<OrderRequest> = now
+                    .iter()
+                    .filter_map(|(_, s)| s.order().map(OrderRequest::from))
+                    .collect();
+                venue.execute_in_order(&requests).instrument(calls[0].clone()).await
+            }
+        };
+        drop(calls);
+        let finished = outcomes.len();
+        done.finished.extend(now.iter().map(|(i, _)| *i).zip(outcomes));
+        match error {
+            None => {}
+            Some(e @ VenueError::Unresolved { .. }) => {
+                count_venue_error(venue.name(), &e);
+                done.waiting.extend(rest[finished..].iter().map(|(later, _)| *later));
+                break;
+            }
+            Some(e) => {
+                count_venue_error(venue.name(), &e);
+                return Err(StageError::from(e));
+            }
+        }
+        rest = after;
+    }
+    Ok(done)
 }
 
 /// What the venue did with a batch's orders.

@@ -40,29 +40,44 @@ use crate::venue::OrderOutcome;
 /// How long a finished order record is kept (seconds): a week, beyond any replay horizon.
 pub const ORDER_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Claims the order record unless it exists (returns the state found, or `CLAIMED`); with
-/// `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
+/// Claims each plan's order record unless it exists (answers the state found, or `CLAIMED`);
+/// a `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
 /// when it is ours or its owner's lease ran out, and otherwise left to its owner (`LEASED`):
-/// two executors never call the venue for one order at once. Leases run on Redis' clock.
-/// ARGV: mode, now (ms), coid, owner, lease (ms), then the plan's fields.
+/// two executors never call the venue for one order at once. Leases run on Redis' clock. One
+/// step for the whole batch: a script's fixed cost is paid once, not per plan.
+/// KEYS: the open-order index, then each plan's order record. ARGV: now (ms), owner, lease
+/// (ms), then per plan: mode, coid, plan id, symbol, side, qty.
 const CLAIM_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = string.format('%.0f', now + tonumber(ARGV[5]))
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'NEW' then
-  local owner = redis.call('HGET', KEYS[1], 'owner')
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if owner and owner ~= ARGV[4] and lease > now then return 'LEASED' end
-  redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'lease_until', until_ms)
-  return 'NEW'
+local until_ms = string.format('%.0f', now + tonumber(ARGV[3]))
+local owner = ARGV[2]
+local states = {}
+for k = 2, #KEYS do
+  local a = 4 + (k - 2) * 6
+  local key = KEYS[k]
+  local state = redis.call('HGET', key, 'state')
+  if state == 'NEW' then
+    local holder = redis.call('HGET', key, 'owner')
+    local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
+    if holder and holder ~= owner and lease > now then
+      state = 'LEASED'
+    else
+      redis.call('HSET', key, 'owner', owner, 'lease_until', until_ms)
+    end
+  elseif not state then
+    if ARGV[a] == 'peek' then
+      state = 'NONE'
+    else
+      redis.call('HSET', key, 'state', 'NEW', 'claimed_ts', ARGV[1], 'owner', owner, 'lease_until', until_ms,
+        'plan_id', ARGV[a + 2], 'symbol', ARGV[a + 3], 'side', ARGV[a + 4], 'qty', ARGV[a + 5])
+      redis.call('ZADD', KEYS[1], ARGV[1], ARGV[a + 1])
+      state = 'CLAIMED'
+    end
+  end
+  states[#states + 1] = state
 end
-if state then return state end
-if ARGV[1] == 'peek' then return 'NONE' end
-redis.call('HSET', KEYS[1], 'state', 'NEW', 'claimed_ts', ARGV[2], 'owner', ARGV[4], 'lease_until', until_ms,
-  unpack(ARGV, 6))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 'CLAIMED'
+return states
 "#;
 
 /// Finalizes a NEW order record (see the module doc) for its owner, or for anyone once the
@@ -200,35 +215,26 @@ pub struct Claimant {
     pub lease_ms: u64,
 }
 
-/// Queues the claims of `plans` (a peek for those whose flag is set) on `pipeline`.
+/// Queues the claims of `plans` (a peek for those whose flag is set) on `pipeline`, as one
+/// script whose reply is the state found for each plan, in order.
 pub async fn queue_claims<C: ClientLike>(pipeline: &C, plans: &[(&Plan, bool)], who: &Claimant) -> Result<(), Error> {
-    let now = now_ms().to_string();
+    let mut keys = Vec::with_capacity(1 + plans.len());
+    keys.push(OPEN_ORDERS_KEY.to_string());
+    let mut args = Vec::with_capacity(3 + 6 * plans.len());
+    args.extend([now_ms().to_string(), who.owner.clone(), who.lease_ms.to_string()]);
     for (plan, peek) in plans {
         let coid = plan.plan_id.client_order_id();
-        let args = vec![
+        keys.push(order_key(&coid));
+        args.extend([
             if *peek { "peek" } else { "claim" }.to_string(),
-            now.clone(),
             coid.to_string(),
-            who.owner.clone(),
-            who.lease_ms.to_string(),
-            "plan_id".to_string(),
             plan.plan_id.to_string(),
-            "symbol".into(),
             plan.symbol.to_string(),
-            "side".into(),
             plan.side.to_string(),
-            "qty".into(),
             plan.qty.to_string(),
-        ];
-        queue_eval(
-            pipeline,
-            CLAIM_SCRIPT,
-            vec![order_key(&coid), OPEN_ORDERS_KEY.to_string()],
-            args,
-        )
-        .await?;
+        ]);
     }
-    Ok(())
+    queue_eval(pipeline, CLAIM_SCRIPT, keys, args).await
 }
 
 /// Reads a claim script's reply.

@@ -131,7 +131,7 @@ pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry
     };
     let write = CasWrite {
         expected_version: 0,
-        guard: None,
+        guards: Vec::new(),
         writes: vec![
             (position_key(symbol), CasOp::Hash(state.to_fields())),
             (snapshot_key(symbol), CasOp::Hash(owned(snapshot.to_fields()))),
@@ -369,64 +369,133 @@ impl Venue for PaperVenue {
     }
 
     async fn execute(&self, order: &OrderRequest) -> Result<OrderOutcome, VenueError> {
-        let order_key = paper_order_key(order.client_order_id.as_str());
-        let pos_key = position_key(&order.symbol);
-        for _ in 0..32 {
-            let pipeline = self.client.pipeline();
-            pipeline.hgetall::<(), _>(&order_key).await?;
-            pipeline.hgetall::<(), _>(&pos_key).await?;
-            let (stored, state): (Value, Value) = pipeline.all().await?;
-            let stored = hash_pairs(stored);
-            if !stored.is_empty() {
-                return Self::stored_outcome(stored, &order.symbol);
-            }
-            let state = PaperPosition::from_hash(&order.symbol, &hash_pairs(state))?;
-            let (outcome, next) = simulate(&self.config, order, &state, now_ms());
+        let (mut outcomes, error) = self.execute_in_order(std::slice::from_ref(order)).await;
+        match (outcomes.pop(), error) {
+            (Some(outcome), None) => Ok(outcome),
+            (_, Some(e)) => Err(e),
+            (None, None) => Err(VenueError::Contended(order.symbol.clone())),
+        }
+    }
 
-            let mut record = vec![("status".to_string(), String::new())];
-            let mut writes = vec![(pos_key.clone(), CasOp::Hash(next.to_fields()))];
-            match &outcome {
-                OrderOutcome::Filled { fills } => {
-                    record[0].1 = "FILLED".into();
-                    record.extend(owned(fills[0].to_fields()));
-                    let mark = next.mark.unwrap_or_default();
-                    let snapshot = Snapshot {
-                        position_amt: next.position.amt,
-                        entry_price: next.position.avg_entry,
-                        mark_price: mark,
-                        unrealized_pnl: next.position.unrealized(mark).round_dp(8).normalize(),
-                        leverage: next.leverage,
-                        ts: now_ms(),
-                        venue_seq: Some(next.fill_seq),
-                    };
-                    writes.push((snapshot_key(&order.symbol), CasOp::Hash(owned(snapshot.to_fields()))));
-                }
-                OrderOutcome::Rejected { reason } => {
-                    record[0].1 = "REJECTED".into();
-                    record.push(("reason".into(), reason.clone()));
-                }
-            }
-            writes.push((
-                MARK_PRICE_KEY.to_string(),
-                CasOp::Hash(vec![(
-                    order.symbol.to_string(),
-                    next.mark.unwrap_or_default().to_string(),
-                )]),
-            ));
-            writes.push((order_key.clone(), CasOp::Hash(record)));
-            let guard = writes.len() - 1;
-            let write = CasWrite {
-                expected_version: state.version,
-                guard: Some(guard),
-                writes,
-            };
-            match write.apply(&self.client).await? {
-                CasOutcome::Applied => return Ok(outcome),
-                // Another executor moved this symbol or placed this very order: read again.
-                CasOutcome::VersionConflict | CasOutcome::GuardExists => continue,
+    /// The symbol's orders simulated in sequence from one read of its state, and committed in
+    /// one compare-and-set: on its version, and on none of the new order records existing yet
+    /// (another executor that moved the symbol or placed one of these orders meanwhile makes
+    /// it read again). An order placed before returns its stored outcome and moves nothing.
+    async fn execute_in_order(&self, orders: &[OrderRequest]) -> (Vec<OrderOutcome>, Option<VenueError>) {
+        let Some(first) = orders.first() else {
+            return (Vec::new(), None);
+        };
+        for _ in 0..32 {
+            match self.try_in_order(&first.symbol, orders).await {
+                Ok(Some(done)) => return done,
+                Ok(None) => continue,
+                Err(e) => return (Vec::new(), Some(e)),
             }
         }
-        Err(VenueError::Contended(order.symbol.clone()))
+        (Vec::new(), Some(VenueError::Contended(first.symbol.clone())))
+    }
+}
+
+/// What [`PaperVenue::try_in_order`] ends with: the outcomes, in order, up to the first order
+/// whose stored record is unreadable (that error), or all of them.
+type InOrder = (Vec<OrderOutcome>, Option<VenueError>);
+
+impl PaperVenue {
+    /// One attempt at [`Venue::execute_in_order`]; `None` when the compare-and-set lost.
+    async fn try_in_order(&self, symbol: &Symbol, orders: &[OrderRequest]) -> Result<Option<InOrder>, VenueError> {
+        let pipeline = self.client.pipeline();
+        for order in orders {
+            pipeline
+                .hgetall::<(), _>(paper_order_key(order.client_order_id.as_str()))
+                .await?;
+        }
+        pipeline.hgetall::<(), _>(position_key(symbol)).await?;
+        let mut replies: Vec<Value> = pipeline.all().await?;
+        let initial = PaperPosition::from_hash(symbol, &hash_pairs(replies.pop().unwrap_or(Value::Null)))?;
+
+        let mut state = initial.clone();
+        let (mut outcomes, mut records, mut stopped) = (Vec::with_capacity(orders.len()), Vec::new(), None);
+        for (order, stored) in orders.iter().zip(replies) {
+            let stored = hash_pairs(stored);
+            if !stored.is_empty() {
+                match Self::stored_outcome(stored, symbol) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => {
+                        stopped = Some(e);
+                        break;
+                    }
+                }
+                continue;
+            }
+            let (outcome, next) = simulate(&self.config, order, &state, now_ms());
+            records.push((paper_order_key(order.client_order_id.as_str()), order_record(&outcome)));
+            state = next;
+            outcomes.push(outcome);
+        }
+        if records.is_empty() {
+            return Ok(Some((outcomes, stopped)));
+        }
+        let filled = outcomes.iter().any(|o| matches!(o, OrderOutcome::Filled { .. }));
+        match self
+            .commit_write(symbol, &initial, &state, filled, records)
+            .apply(&self.client)
+            .await?
+        {
+            CasOutcome::Applied => Ok(Some((outcomes, stopped))),
+            CasOutcome::VersionConflict | CasOutcome::GuardExists => Ok(None),
+        }
+    }
+
+    /// The venue's state after a run of orders: the position, its snapshot (when something
+    /// filled), the mark, and each new order's record, which must not exist yet.
+    fn commit_write(
+        &self,
+        symbol: &Symbol,
+        initial: &PaperPosition,
+        next: &PaperPosition,
+        filled: bool,
+        records: Vec<(String, Vec<(String, String)>)>,
+    ) -> CasWrite {
+        let mut writes = vec![(position_key(symbol), CasOp::Hash(next.to_fields()))];
+        let mark = next.mark.unwrap_or_default();
+        if filled {
+            let snapshot = Snapshot {
+                position_amt: next.position.amt,
+                entry_price: next.position.avg_entry,
+                mark_price: mark,
+                unrealized_pnl: next.position.unrealized(mark).round_dp(8).normalize(),
+                leverage: next.leverage,
+                ts: now_ms(),
+                venue_seq: Some(next.fill_seq),
+            };
+            writes.push((snapshot_key(symbol), CasOp::Hash(owned(snapshot.to_fields()))));
+        }
+        writes.push((
+            MARK_PRICE_KEY.to_string(),
+            CasOp::Hash(vec![(symbol.to_string(), mark.to_string())]),
+        ));
+        let first_record = writes.len();
+        writes.extend(records.into_iter().map(|(key, record)| (key, CasOp::Hash(record))));
+        CasWrite {
+            expected_version: initial.version,
+            guards: (first_record..writes.len()).collect(),
+            writes,
+        }
+    }
+}
+
+/// An order's stored record: its status and its fill, or its refusal.
+fn order_record(outcome: &OrderOutcome) -> Vec<(String, String)> {
+    match outcome {
+        OrderOutcome::Filled { fills } => {
+            let mut record = vec![("status".to_string(), "FILLED".to_string())];
+            record.extend(fills.first().map(|f| owned(f.to_fields())).unwrap_or_default());
+            record
+        }
+        OrderOutcome::Rejected { reason } => vec![
+            ("status".to_string(), "REJECTED".to_string()),
+            ("reason".to_string(), reason.clone()),
+        ],
     }
 }
 

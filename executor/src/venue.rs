@@ -127,6 +127,24 @@ pub trait Venue: Send + Sync {
     fn name(&self) -> &'static str;
     /// Places the order, or returns the outcome of the order already placed under its id.
     fn execute(&self, order: &OrderRequest) -> impl Future<Output = Result<OrderOutcome, VenueError>> + Send;
+    /// Places one symbol's orders in sequence, each on the position the one before left; stops
+    /// at the first error and returns the outcomes before it, with it. One at a time unless the
+    /// venue can commit them together (the paper venue: one step per run of orders).
+    fn execute_in_order(
+        &self,
+        orders: &[OrderRequest],
+    ) -> impl Future<Output = (Vec<OrderOutcome>, Option<VenueError>)> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(orders.len());
+            for order in orders {
+                match self.execute(order).await {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => return (outcomes, Some(e)),
+                }
+            }
+            (outcomes, None)
+        }
+    }
     /// The outcome of the order placed under `client_order_id`, placing nothing; or, when the
     /// venue never received it, `Rejected` with `reason` after making sure it never will: a
     /// late `execute` of the same id (an executor that stalled past its lease) then gets that

@@ -434,7 +434,7 @@ fn commit_write(
     }
     CasWrite {
         expected_version: state.entry.as_ref().map_or(0, |e| e.version),
-        guard: None,
+        guards: Vec::new(),
         writes,
     }
 }
@@ -578,7 +578,7 @@ pub async fn reconcile_once(
         let entry = reconciled(ledger.as_ref(), &snapshot, now_ms());
         let cas = CasWrite {
             expected_version: version,
-            guard: None,
+            guards: Vec::new(),
             writes: vec![(ledger_key(symbol), CasOp::Hash(owned(entry.to_fields())))],
         };
         if cas.apply(client).await? == CasOutcome::Applied {

@@ -14,12 +14,15 @@ static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| crate::
 const BODY: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return 0 end
-local guard = tonumber(ARGV[2])
-if guard > 0 and redis.call('EXISTS', KEYS[guard]) == 1 then return -1 end
+local guards = tonumber(ARGV[2])
+for j = 3, 2 + guards do
+  if redis.call('EXISTS', KEYS[tonumber(ARGV[j])]) == 1 then return -1 end
+end
+local start = 3 + guards
 local commands = { H = 'HSET', D = 'HDEL', Z = 'ZADD' }
 local types = { H = 'hash', D = 'hash', Z = 'zset', R = 'hash' }
 -- Every key's type before the first write: a step that fails writes nothing.
-local i = 3
+local i = start
 for k = 1, #KEYS do
   local want = types[ARGV[i]]
   local t = redis.call('TYPE', KEYS[k])['ok']
@@ -32,7 +35,7 @@ for k = 1, #KEYS do
   end
   i = i + 2 + tonumber(ARGV[i + 1])
 end
-i = 3
+i = start
 for k = 1, #KEYS do
   local kind, n = ARGV[i], tonumber(ARGV[i + 1])
   if kind == 'R' then
@@ -70,7 +73,7 @@ pub enum CasOutcome {
     Applied,
     /// The versioned hash changed since it was read.
     VersionConflict,
-    /// The guard key exists already.
+    /// A guard key exists already.
     GuardExists,
 }
 
@@ -78,19 +81,20 @@ pub enum CasOutcome {
 #[derive(Debug, Clone)]
 pub struct CasWrite {
     pub expected_version: u64,
-    /// Index into `writes` of a key that must not exist yet.
-    pub guard: Option<usize>,
+    /// Indexes into `writes` of keys that must not exist yet.
+    pub guards: Vec<usize>,
     pub writes: Vec<(String, CasOp)>,
 }
 
 impl CasWrite {
     fn keys_and_args(&self) -> (Vec<String>, Vec<String>) {
         let mut keys = Vec::with_capacity(self.writes.len() + 1);
-        let mut args = vec![self.expected_version.to_string(), "0".to_string()];
+        let mut guards = Vec::with_capacity(self.guards.len());
+        let mut args = Vec::new();
         for (index, (key, op)) in self.writes.iter().enumerate() {
             keys.push(key.clone());
-            if self.guard == Some(index) {
-                args[1] = keys.len().to_string();
+            if self.guards.contains(&index) {
+                guards.push(keys.len().to_string());
             }
             match op {
                 CasOp::Hash(pairs) => {
@@ -128,7 +132,11 @@ impl CasWrite {
                 }
             }
         }
-        (keys, args)
+        let mut all = Vec::with_capacity(2 + guards.len() + args.len());
+        all.extend([self.expected_version.to_string(), guards.len().to_string()]);
+        all.extend(guards);
+        all.extend(args);
+        (keys, all)
     }
 
     /// Queues the write on a pipeline; read its reply with [`CasOutcome::from_reply`].

@@ -1,0 +1,117 @@
+//! The paper venue takes a symbol's run of orders in one step: the same fills as placing them
+//! one at a time, each order on the position the one before left, an order placed before
+//! answered from its record, and a run replayed moving nothing.
+
+mod support;
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+
+use quantum_intent_executor::paper::{PaperConfig, PaperVenue};
+use quantum_intent_executor::venue::{OrderOutcome, OrderRequest, Venue};
+use quantum_model::types::{OrderType, PlanId, Side, Symbol};
+use support::Stack;
+
+fn config() -> PaperConfig {
+    PaperConfig {
+        seed: 7,
+        reference_prices: HashMap::new(),
+        default_price: Decimal::from(100),
+        slippage_bps: Decimal::from(2),
+        fee_bps: Decimal::from(5),
+        qty_step: Decimal::new(1, 3),
+        price_tick: Decimal::new(1, 4),
+        equity_usd: Decimal::from(100_000),
+    }
+}
+
+fn order(n: u64, side: Side, qty: &str, limit: Option<&str>) -> OrderRequest {
+    let plan_id = PlanId::parse(&format!("{n:016x}")).unwrap();
+    OrderRequest {
+        client_order_id: plan_id.client_order_id(),
+        plan_id,
+        symbol: Symbol::parse("BTCUSDT").unwrap(),
+        side,
+        order_type: if limit.is_some() {
+            OrderType::Limit
+        } else {
+            OrderType::Market
+        },
+        qty: qty.parse().unwrap(),
+        limit_price: limit.map(|p| p.parse().unwrap()),
+        reduce_only: side == Side::Sell,
+        leverage: Decimal::ONE,
+    }
+}
+
+/// BUY 1, BUY 0.5, a limit BUY far below the market (rejected), SELL 1.5 (reduce-only: it
+/// closes what the two BUYs opened).
+fn run() -> Vec<OrderRequest> {
+    vec![
+        order(1, Side::Buy, "1", None),
+        order(2, Side::Buy, "0.5", None),
+        order(3, Side::Buy, "1", Some("1")),
+        order(4, Side::Sell, "1.5", None),
+    ]
+}
+
+/// Fills without their timestamps (the only field that depends on when they were made).
+fn timeless(outcomes: &[OrderOutcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            OrderOutcome::Filled { fills } => fills
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} {} @ {} fee {} seq {:?}",
+                        f.fill_id, f.side, f.qty, f.price, f.fee, f.venue_seq
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            OrderOutcome::Rejected { reason } => format!("rejected: {reason}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_of_orders_fills_as_one_at_a_time_would_and_a_replay_moves_nothing() {
+    let one_by_one = Stack::new().await;
+    let venue = PaperVenue::new(one_by_one.client.clone(), config());
+    let mut single = Vec::new();
+    for o in run() {
+        single.push(venue.execute(&o).await.unwrap());
+    }
+
+    let together = Stack::new().await;
+    let venue = PaperVenue::new(together.client.clone(), config());
+    let (outcomes, error) = venue.execute_in_order(&run()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(timeless(&outcomes), timeless(&single));
+    let sold = &timeless(&outcomes)[3];
+    assert!(
+        sold.contains("SELL 1.5 @"),
+        "the reduce-only SELL sees both BUYs: {sold}"
+    );
+    assert!(timeless(&outcomes)[2].starts_with("rejected"), "{:?}", outcomes[2]);
+
+    let position = together.hash("quantum:paper:position:BTCUSDT").await;
+    assert_eq!(position, one_by_one.hash("quantum:paper:position:BTCUSDT").await);
+    assert_eq!(position["position_amt"], "0");
+    assert_eq!(position["fill_seq"], "3");
+    let snapshot = together.hash("quantum:position:snapshot:BTCUSDT").await;
+    assert_eq!(snapshot["venue_seq"], "3", "the snapshot after the run's last fill");
+
+    // The run again (a redelivery), with a new order at its end: the first four are answered
+    // from their records, only the new one moves the position.
+    let mut again = run();
+    again.push(order(5, Side::Buy, "0.25", None));
+    let (replayed, error) = venue.execute_in_order(&again).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(timeless(&replayed[..4]), timeless(&outcomes));
+    let position = together.hash("quantum:paper:position:BTCUSDT").await;
+    assert_eq!(position["position_amt"], "0.25");
+    assert_eq!(position["fill_seq"], "4");
+}
