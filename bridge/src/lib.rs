@@ -1,9 +1,9 @@
 //! The intent bridge: `quantum:stream:trade.intent` → gates → `quantum:stream:apply.plan`.
 //!
-//! Each batch costs three round trips: one MGET of the replay markers, one pipelined read of
-//! the ledgers, portfolio, mark prices and governor inputs it needs, and one pipeline of
-//! per-intent commit scripts (`commit`), each publishing its plan or DLQ entry with its
-//! reservation, marker and XACK in one step that refuses an intent already processed, so
+//! Each batch costs two round trips: one pipelined read of the replay markers and of the
+//! ledgers, reservation totals, portfolio, mark prices and governor inputs it needs, and one
+//! pipeline of per-intent commit scripts (`commit`), each publishing its plan or DLQ entry with
+//! its reservation, marker and XACK in one step that refuses an intent already processed, so
 //! neither a crash nor a second bridge can lose or duplicate a plan.
 //!
 //! Per intent: parse → size (an intent waiting for its mark price stays pending and is retried
@@ -236,6 +236,15 @@ struct BatchView {
     rebuild: Vec<Symbol>,
 }
 
+/// A batch as [`IntentBridge::read_batch`] read it.
+struct BatchRead {
+    /// Each entry's recorded outcome, when it was processed before.
+    seen: Vec<Option<OutcomeRecord>>,
+    /// Each entry's intent, parsed; `None` for a replay.
+    intents: Vec<Option<Result<Intent, IntentError>>>,
+    view: BatchView,
+}
+
 /// The symbols one batch's view reads.
 struct ViewScope<'a> {
     /// The batch has an allowlisted BUY: exposure is read across every allowlisted ledger.
@@ -314,29 +323,52 @@ impl IntentBridge {
         }
     }
 
-    /// The recorded outcome of each entry of the batch processed before (one MGET).
-    async fn already_processed(&self, batch: &[StreamEntry]) -> Result<Vec<Option<OutcomeRecord>>, Error> {
-        let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
-        let values: Vec<Value> = self.writer.mget(keys).await?;
-        Ok(values
-            .iter()
-            .map(|v| opt_text(v).map(|text| OutcomeRecord::parse(&text)))
-            .collect())
-    }
-
-    /// Reads what the batch's gates decide on, in one pipeline: the BUY token, the ledgers and
-    /// reservations, the equity, the marks and the governor's inputs.
-    async fn read_view(&self, intents: &[Result<Intent, IntentError>]) -> Result<BatchView, Error> {
-        let scope = self.view_scope(intents);
-        if scope.ledger_symbols().is_empty() && scope.gated_symbols.is_empty() {
-            return Ok(BatchView::default());
-        }
+    /// Reads the batch in one round trip: each entry's replay marker (its recorded outcome when
+    /// it was processed before) and what the gates decide on, the BUY token, the ledgers and
+    /// reservations, the equity, the marks and the governor's inputs. The view covers every
+    /// parsed intent, replays too: they are rare, and reading their symbols as well saves the
+    /// round trip a view read after the markers would cost. A replay's intent is `None`.
+    async fn read_batch(&self, batch: &[StreamEntry]) -> Result<BatchRead, Error> {
+        let parsed: Vec<Result<Intent, IntentError>> = batch.iter().map(|e| Intent::parse(e, &self.limits)).collect();
+        let scope = self.view_scope(&parsed);
+        let has_view = !(scope.ledger_symbols().is_empty() && scope.gated_symbols.is_empty());
         let pipeline = self.writer.pipeline();
-        self.queue_view_reads(&pipeline, &scope).await?;
+        let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
+        pipeline.mget::<(), _>(keys).await?;
+        if has_view {
+            self.queue_view_reads(&pipeline, &scope).await?;
+        }
         // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let mut next = || replies.next().unwrap_or(Ok(Value::Null));
+        let markers = replies.next().unwrap_or(Ok(Value::Null))?.into_array();
+        let seen: Vec<Option<OutcomeRecord>> = (0..batch.len())
+            .map(|i| {
+                markers
+                    .get(i)
+                    .and_then(opt_text)
+                    .map(|text| OutcomeRecord::parse(&text))
+            })
+            .collect();
+        let view = if has_view {
+            self.view_from(&scope, replies)?
+        } else {
+            BatchView::default()
+        };
+        let intents = parsed
+            .into_iter()
+            .zip(&seen)
+            .map(|(i, s)| s.is_none().then_some(i))
+            .collect();
+        Ok(BatchRead { seen, intents, view })
+    }
 
+    /// The view, from the replies [`Self::queue_view_reads`] queued.
+    fn view_from(
+        &self,
+        scope: &ViewScope<'_>,
+        mut replies: impl Iterator<Item = Result<Value, Error>>,
+    ) -> Result<BatchView, Error> {
+        let mut next = || replies.next().unwrap_or(Ok(Value::Null));
         let mut view = BatchView {
             buys_token: opt_text(&next()?).unwrap_or_default(),
             ..BatchView::default()
@@ -803,20 +835,17 @@ fn display_opt(value: Option<Decimal>) -> String {
 }
 
 impl BatchHandler for IntentBridge {
-    /// read (markers, then the batch's view) → decide and queue each entry's commit step →
-    /// commit (one pipeline) → report.
+    /// read (markers and the batch's view, one pipeline) → decide and queue each entry's
+    /// commit step → commit (one pipeline) → report.
     async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let started = std::time::Instant::now();
         self.deferred = false;
         self.prune_waiting();
-        let seen = self.already_processed(batch).await?;
-        let intents: Vec<Option<Result<Intent, IntentError>>> = batch
-            .iter()
-            .zip(&seen)
-            .map(|(e, seen)| seen.is_none().then(|| Intent::parse(e, &self.limits)))
-            .collect();
-        let fresh: Vec<Result<Intent, IntentError>> = intents.iter().flatten().cloned().collect();
-        let mut view = self.read_view(&fresh).await?;
+        let BatchRead {
+            seen,
+            intents,
+            mut view,
+        } = self.read_batch(batch).await?;
         let walked_at = std::time::Instant::now();
         for symbol in &view.walked {
             self.walks.insert(symbol.clone(), walked_at);

@@ -10,8 +10,9 @@
 //!    bridge's start until every group is idle. The services' idle RSS is read just before.
 //! 4. **Latency**: BUY intents published one at a time at a steady `latency_rate` for
 //!    `latency_seconds`; each intent's latency runs from just before its XADD to the ledger's
-//!    commit of its fill, seen as the keyspace notification of its ledger hash (the bench reads
-//!    the ledger's fill count on each notification, so its resolution is one Redis round trip).
+//!    commit of its fill: on the keyspace notifications of the ledger hashes, the bench reads
+//!    the notified ledgers' fill counts (one round trip for all waiting notifications) and
+//!    dates each new fill when they come back, an upper bound by one Redis round trip.
 //!    Percentiles from an HdrHistogram (µs, 3 significant digits).
 //!
 //! Redis is flushed between phases. These are measurements, not pass/fail tests: the targets
@@ -29,8 +30,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use quantum_model::contract::{
-    INTENT_GROUP, INTENT_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP, MARK_PRICE_KEY, PLAN_GROUP, PLAN_STREAM,
-    PORTFOLIO_KEY,
+    INTENT_GROUP, INTENT_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, MARK_PRICE_KEY, PLAN_GROUP,
+    PLAN_STREAM, PORTFOLIO_KEY,
 };
 use quantum_model::types::{Side, Symbol};
 use quantum_runtime::consumer::group_backlog;
@@ -412,7 +413,7 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
     let subscriber = quantum_runtime::config::RedisArgs::from_url(redis_url)
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
-    let mut events = timestamped(subscriber.keyspace_event_rx());
+    let mut events = buffered(subscriber.keyspace_event_rx());
     subscriber
         .psubscribe("__keyspace@0__:quantum:position:ledger:*")
         .await?;
@@ -430,29 +431,25 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
     let deadline = Instant::now() + Duration::from_secs(plan.latency_seconds + 60);
     while (histogram.len() as usize) < total {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (seen, event) = match tokio::time::timeout(remaining, events.recv()).await {
-            Ok(Some(Ok(event))) => event,
-            Ok(Some(Err(lost))) => return Err(format!("{lost} keyspace notifications lost").into()),
+        let symbols = match tokio::time::timeout(remaining, notified_symbols(&mut events)).await {
+            Ok(Some(symbols)) => symbols?,
             Ok(None) | Err(_) => break,
         };
-        let Some(symbol) = event
-            .key
-            .as_str()
-            .and_then(|k| k.rsplit(':').next())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        let fills: Option<u64> = client.hget(event.key.clone(), "fills").await?;
-        let fills = fills.unwrap_or(0);
-        let before = committed.insert(symbol.clone(), fills).unwrap_or(0);
-        let mut queue = in_flight.lock().map_err(|_| "latency bookkeeping poisoned")?;
-        let queue = queue.entry(symbol).or_default();
-        for _ in before..fills {
-            let Some(published) = queue.pop_front() else {
-                return Err("a ledger committed more fills than intents were published".into());
-            };
-            histogram.record(seen.duration_since(published).as_micros().max(1) as u64)?;
+        let counts = fill_counts(client, &symbols).await?;
+        // Stamped when the counts are read, not when the first notification came: every fill
+        // counted was committed by then (an upper bound by one round trip), and a reader that
+        // falls behind cannot date a later commit by an earlier notification.
+        let seen = Instant::now();
+        let mut queues = in_flight.lock().map_err(|_| "latency bookkeeping poisoned")?;
+        for (symbol, fills) in symbols.into_iter().zip(counts) {
+            let before = committed.insert(symbol.clone(), fills).unwrap_or(0);
+            let queue = queues.entry(symbol).or_default();
+            for _ in before..fills {
+                let Some(published) = queue.pop_front() else {
+                    return Err("a ledger committed more fills than intents were published".into());
+                };
+                histogram.record(seen.duration_since(published).as_micros().max(1) as u64)?;
+            }
         }
     }
     publisher.await??;
@@ -476,17 +473,54 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
     })
 }
 
-/// The keyspace events stamped with their arrival by a task that does nothing else, so the
-/// client's small broadcast buffer never overflows while the bench reads fill counts; `Err(n)`
-/// when `n` were lost all the same.
-fn timestamped(
-    mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
-) -> tokio::sync::mpsc::UnboundedReceiver<Result<(Instant, fred::types::KeyspaceEvent), u64>> {
+/// The symbols of every ledger-hash notification waiting (at least one), each once; `None`
+/// when the notifications ended.
+async fn notified_symbols(events: &mut Notifications) -> Option<Result<Vec<String>, BenchError>> {
+    let mut symbols = Vec::new();
+    let mut next = Some(events.recv().await?);
+    while let Some(event) = next {
+        match event {
+            Err(lost) => return Some(Err(format!("{lost} keyspace notifications lost").into())),
+            Ok(event) => {
+                let symbol = event
+                    .key
+                    .as_str()
+                    .and_then(|k| k.rsplit(':').next())
+                    .map(str::to_string);
+                if let Some(symbol) = symbol.filter(|s| !symbols.contains(s)) {
+                    symbols.push(symbol);
+                }
+            }
+        }
+        next = events.try_recv().ok();
+    }
+    Some(Ok(symbols))
+}
+
+/// Each symbol's ledger `fills`, in one round trip.
+async fn fill_counts(client: &Client, symbols: &[String]) -> Result<Vec<u64>, Error> {
+    let pipeline = client.pipeline();
+    for symbol in symbols {
+        pipeline
+            .hget::<(), _, _>(format!("{LEDGER_KEY_PREFIX}{symbol}"), "fills")
+            .await?;
+    }
+    let counts: Vec<Option<u64>> = pipeline.all().await?;
+    Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// Keyspace notifications as [`buffered`] hands them on.
+type Notifications = tokio::sync::mpsc::UnboundedReceiver<Result<fred::types::KeyspaceEvent, u64>>;
+
+/// The keyspace events, taken off the client's small broadcast buffer by a task that does
+/// nothing else, so it never overflows while the bench reads fill counts; `Err(n)` when `n`
+/// were lost all the same.
+fn buffered(mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>) -> Notifications {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let item = match events.recv().await {
-                Ok(event) => Ok((Instant::now(), event)),
+                Ok(event) => Ok(event),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(n),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
