@@ -9,7 +9,7 @@
 //!   left out of the totals, and the hash's length then differs from `count`, which makes the
 //!   bridge sum that symbol value by value (and rebuild its totals) until the values agree;
 //! - Redis does the arithmetic (HINCRBY on 64-bit integers): Lua's numbers are doubles, and
-//!   only [`TOTALS_LUA`]'s `inflight_rebuild` adds in Lua, exactly while each sum stays below 2^53;
+//!   only the rebuild (`inflight_rebuild`) adds in Lua, exactly while each sum stays below 2^53;
 //! - [`TOTALS_LUA`]'s `inflight_totals_bad` runs before a script's first write: a totals key of another
 //!   type fails the step with nothing written; one holding a non-integer is dropped, so the
 //!   next read finds the counts disagree and rebuilds it;
@@ -26,7 +26,8 @@ use crate::cas::queue_eval;
 /// - `inflight_totals_bad(totals)`: an error text (nothing may be written), or nil;
 /// - `inflight_reserve(hash, totals, field, value)`: adds (or replaces) a reservation;
 /// - `inflight_release(hash, totals, field)`: removes one, if it is there;
-/// - `inflight_rebuild(hash, totals)`: the totals summed again from the hash's values.
+/// ([`queue_rebuild`]'s script alone also has `inflight_rebuild(hash, totals)`: the totals summed
+/// again from the hash's values.)
 pub const TOTALS_LUA: &str = r#"
 local TOTALS = {'sell_qty_whole', 'sell_qty_frac', 'buy_notional_whole', 'buy_notional_frac', 'count'}
 local function canonical(n)
@@ -72,6 +73,11 @@ local function inflight_release(hash, totals, field)
     redis.call('HDEL', hash, field)
   end
 end
+"#;
+
+/// The rebuild, apart: only the rebuild script carries it (every byte of a script's body costs
+/// Redis a SHA1 on every call).
+const REBUILD_LUA: &str = r#"
 local function inflight_rebuild(hash, totals)
   local sums = {sell_qty_whole = 0, sell_qty_frac = 0, buy_notional_whole = 0, buy_notional_frac = 0, count = 0}
   local all = redis.call('HGETALL', hash)
@@ -96,9 +102,15 @@ local function inflight_rebuild(hash, totals)
 end
 "#;
 
-/// A script made of `flags` (its `#!lua` line, or empty), [`TOTALS_LUA`] and `body`.
+/// A script made of `flags` (its `#!lua` line, or empty), [`TOTALS_LUA`] and `body`, without
+/// its comment lines and indentation: Redis hashes a script's whole body on every `EVAL`.
 pub fn with_totals(flags: &str, body: &str) -> String {
-    format!("{flags}\n{TOTALS_LUA}\n{body}")
+    let code = format!("{TOTALS_LUA}\n{body}");
+    let lines = code
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("--"));
+    std::iter::once(flags).chain(lines).collect::<Vec<_>>().join("\n")
 }
 
 static RELEASE_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -115,12 +127,15 @@ return #ARGV
 static REBUILD_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     with_totals(
         "#!lua",
-        r#"local t = redis.call('TYPE', KEYS[2])['ok']
+        &format!(
+            "{REBUILD_LUA}\n{}",
+            r#"local t = redis.call('TYPE', KEYS[2])['ok']
 if t ~= 'none' and t ~= 'hash' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a hash; nothing written')
 end
 return inflight_rebuild(KEYS[1], KEYS[2])
-"#,
+"#
+        ),
     )
 });
 
