@@ -415,6 +415,8 @@ impl PaperVenue {
 
         let mut state = initial.clone();
         let (mut outcomes, mut records, mut stopped) = (Vec::with_capacity(orders.len()), Vec::new(), None);
+        // Whether an order of this attempt filled: only then is there a new snapshot to write.
+        let mut filled = false;
         for (order, stored) in orders.iter().zip(replies) {
             let stored = hash_pairs(stored);
             if !stored.is_empty() {
@@ -429,13 +431,13 @@ impl PaperVenue {
             }
             let (outcome, next) = simulate(&self.config, order, &state, now_ms());
             records.push((paper_order_key(order.client_order_id.as_str()), order_record(&outcome)));
+            filled |= matches!(outcome, OrderOutcome::Filled { .. });
             state = next;
             outcomes.push(outcome);
         }
         if records.is_empty() {
             return Ok(Some((outcomes, stopped)));
         }
-        let filled = outcomes.iter().any(|o| matches!(o, OrderOutcome::Filled { .. }));
         match self
             .commit_write(symbol, &initial, &state, filled, records)
             .apply(&self.client)

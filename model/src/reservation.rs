@@ -64,9 +64,11 @@ pub struct Held {
 /// The decimal places the totals keep exactly.
 pub const HELD_DP: u32 = 8;
 
-/// The largest whole part one reservation adds (10^15: far beyond any order the caps let
-/// through), so that thousands of them still sum inside Redis' 64-bit integers.
-pub const HELD_WHOLE_MAX: u64 = 1_000_000_000_000_000;
+/// The largest whole part one reservation adds (10^13: beyond any quantity the pipeline reads,
+/// 10^12, and any order the caps let through), so that 900 of them still sum exactly in a Lua
+/// double (2^53, the rebuild) and 900,000 inside Redis' 64-bit integers. An amount above it
+/// is held at it.
+pub const HELD_WHOLE_MAX: u64 = 10_000_000_000_000;
 
 impl Held {
     /// `amount` (not negative) rounded up at [`HELD_DP`] places, the whole part capped at
@@ -75,17 +77,17 @@ impl Held {
         let up = amount
             .max(Decimal::ZERO)
             .round_dp_with_strategy(HELD_DP, rust_decimal::RoundingStrategy::AwayFromZero);
-        let whole = up.trunc();
-        let frac = ((up - whole) * Decimal::from(100_000_000u64)).trunc();
-        match u64::try_from(whole) {
-            Ok(w) if w <= HELD_WHOLE_MAX => Self {
-                whole: w,
-                frac: u64::try_from(frac).unwrap_or(0),
-            },
-            _ => Self {
+        if up > Decimal::from(HELD_WHOLE_MAX) {
+            return Self {
                 whole: HELD_WHOLE_MAX,
                 frac: 0,
-            },
+            };
+        }
+        let whole = up.trunc();
+        let frac = ((up - whole) * Decimal::from(100_000_000u64)).trunc();
+        Self {
+            whole: u64::try_from(whole).unwrap_or(HELD_WHOLE_MAX),
+            frac: u64::try_from(frac).unwrap_or(0),
         }
     }
 
@@ -128,9 +130,19 @@ impl Reservation {
         })
     }
 
-    /// Whether a stored value carries `held` (is counted in the totals).
+    /// Whether a stored value is counted in the totals, by the scripts' own test (`inflight`'s
+    /// `held_of`): it starts with `side=BUY ` or `side=SELL ` and ends in `held=<whole>:<frac>`,
+    /// both canonical integers of at most 16 digits.
     pub fn is_counted(raw: &str) -> bool {
-        raw.split_whitespace().any(|p| p.starts_with("held="))
+        let canonical = |n: &str| {
+            !n.is_empty() && n.len() <= 16 && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'))
+        };
+        let sided = raw.starts_with("side=BUY ") || raw.starts_with("side=SELL ");
+        let held = raw
+            .rsplit_once(" held=")
+            .and_then(|(_, held)| held.split_once(':'))
+            .is_some_and(|(whole, frac)| canonical(whole) && canonical(frac));
+        sided && held
     }
 
     /// Reads a hash value written by [`Self::to_value`].
@@ -313,9 +325,15 @@ mod tests {
         );
         assert_eq!(Reservation::parse("p", &value), Ok(r));
         assert!(Reservation::is_counted(&value));
-        assert!(!Reservation::is_counted(
-            "side=SELL qty=0.5 notional_usd=32500 ts=1764000000000"
-        ));
+        for uncounted in [
+            "side=SELL qty=0.5 notional_usd=32500 ts=1764000000000",
+            "side=SELL qty=0.5 notional_usd=32500 ts=1 held=01:0",
+            "side=SELL qty=0.5 notional_usd=32500 ts=1 held=1:2 extra=3",
+            "side=HOLD qty=0.5 notional_usd=32500 ts=1 held=1:2",
+            "side=BUY qty=1 held=1:",
+        ] {
+            assert!(!Reservation::is_counted(uncounted), "{uncounted}");
+        }
     }
 
     #[test]
@@ -328,6 +346,7 @@ mod tests {
             ("1.000000000000001", 1, 1),
             ("65000", 65_000, 0),
             ("1000000000000", 1_000_000_000_000, 0),
+            ("10000000000000.5", HELD_WHOLE_MAX, 0),
             ("-3", 0, 0),
         ];
         for (amount, whole, frac) in rows {
@@ -335,6 +354,7 @@ mod tests {
             assert_eq!(Held::of(amount), Held { whole, frac }, "{amount}");
         }
         let absurd = Decimal::from(HELD_WHOLE_MAX) * Decimal::TEN;
+        assert_eq!(Held::of(Decimal::from(HELD_WHOLE_MAX)).whole, HELD_WHOLE_MAX);
         assert_eq!(
             Held::of(absurd),
             Held {

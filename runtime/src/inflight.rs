@@ -4,8 +4,9 @@
 //! of walking every reservation.
 //!
 //! Invariants the functions keep:
-//! - a value is counted only when it carries a well-formed `held=<whole>:<frac>` (canonical
-//!   integers, at most 16 digits): one written before `held` existed, or mangled by hand, is
+//! - a value is counted only when it ends in a well-formed `held=<whole>:<frac>` (canonical
+//!   integers, at most 16 digits; `Reservation::is_counted` is the same test): one written
+//!   before `held` existed, or mangled by hand, is
 //!   left out of the totals, and the hash's length then differs from `count`, which makes the
 //!   bridge sum that symbol value by value (and rebuild its totals) until the values agree;
 //! - Redis does the arithmetic (HINCRBY on 64-bit integers): Lua's numbers are doubles, and
@@ -26,8 +27,9 @@ use crate::cas::queue_eval;
 /// - `inflight_totals_bad(totals)`: an error text (nothing may be written), or nil;
 /// - `inflight_reserve(hash, totals, field, value)`: adds (or replaces) a reservation;
 /// - `inflight_release(hash, totals, field)`: removes one, if it is there;
-/// ([`queue_rebuild`]'s script alone also has `inflight_rebuild(hash, totals)`: the totals summed
-/// again from the hash's values.)
+///
+/// [`queue_rebuild`]'s script alone also has `inflight_rebuild(hash, totals)`: the totals summed
+/// again from the hash's values.
 pub const TOTALS_LUA: &str = r#"
 local TOTALS = {'sell_qty_whole', 'sell_qty_frac', 'buy_notional_whole', 'buy_notional_frac', 'count'}
 local function canonical(n)
@@ -54,7 +56,9 @@ local function inflight_totals_bad(totals)
   end
   local all = redis.call('HGETALL', totals)
   for i = 2, #all, 2 do
-    if not (string.match(all[i], '^%-?%d+$') and #all[i] <= 18) then
+    -- What HINCRBY takes: a canonical integer ("0", no leading zero, no "-0").
+    local v = all[i]
+    if not ((v == '0' or string.match(v, '^%-?[1-9]%d*$')) and #v <= 18) then
       redis.call('HDEL', totals, unpack(TOTALS))
       return nil
     end
