@@ -906,18 +906,23 @@ impl GroupBacklog {
 /// # Errors
 /// Redis unreachable, or an unreadable XINFO reply.
 pub async fn group_backlog(client: &Client, stream: &str, group: &str) -> Result<Option<GroupBacklog>, Error> {
-    let reply: Result<Value, Error> = client.xinfo_groups(stream).await;
-    let groups = match reply {
-        Ok(v) => v.into_array(),
-        // XINFO on a missing stream is a plain `ERR`: the stream's type tells (TYPE, which every
-        // service's ACL user may run); when that cannot be read either, the XINFO error stands.
-        Err(e) if crate::failure::redis_error_code(&e) == Some("ERR") => {
-            return match client.custom::<String, _>(type_cmd(), vec![stream]).await {
-                Ok(kind) if kind == "none" => Ok(None),
-                _ => Err(e),
-            };
+    let mut created_meanwhile = false;
+    let groups = loop {
+        let reply: Result<Value, Error> = client.xinfo_groups(stream).await;
+        match reply {
+            Ok(v) => break v.into_array(),
+            // XINFO on a missing stream is a plain `ERR`: the stream's type tells (TYPE, which
+            // every service's ACL user may run). A stream created between the two (a service
+            // starting) is read again, once; otherwise the XINFO error stands.
+            Err(e) if crate::failure::redis_error_code(&e) == Some("ERR") => {
+                match client.custom::<String, _>(type_cmd(), vec![stream]).await {
+                    Ok(kind) if kind == "none" => return Ok(None),
+                    Ok(kind) if kind == "stream" && !created_meanwhile => created_meanwhile = true,
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     for g in groups {
         let pairs = crate::reply::hash_pairs(g);
