@@ -277,8 +277,7 @@ async fn default_mode_gates_formats_and_log_lines() {
     }
     assert_eq!(plans.len(), 7);
 
-    let log = stack.log(Service::Bridge);
-    for line in [
+    let lines = [
         "Intent Bridge - trade.intent → apply.plan [intent-bridge-ledger-open-v1]",
         "Require ledger for OPEN: false",
         "Skip flat SELL: true",
@@ -292,9 +291,8 @@ async fn default_mode_gates_formats_and_log_lines() {
         "Publishing plan for ETHUSDT BUY: leverage=3, sl=2800, tp=3300",
         "Publishing plan for ZECUSDT SELL: leverage=1, sl=None, tp=None",
         "DLQ intent",
-    ] {
-        assert!(log.contains(line), "bridge log lacks {line:?}:\n{log}");
-    }
+    ];
+    let log = stack.wait_logs(Service::Bridge, &lines).await;
     assert!(
         !log.contains("LEDGER_MISSING_OPEN allowed: symbol=ZECUSDT"),
         "ZEC has a ledger"
@@ -329,13 +327,16 @@ async fn a_corrupt_ledger_fails_closed() {
     for id in [&buy, &sell] {
         assert!(!plans.contains_key(id) && !dlq.contains_key(id), "{id} must be skipped");
     }
-    let log = stack.log(Service::Bridge);
-    assert!(log.contains("Ledger of BTCUSDT unreadable"), "{log}");
-    assert!(log.contains("Skip publish: BTCUSDT BUY but ledger unreadable"), "{log}");
-    assert!(
-        log.contains("Skip publish: BTCUSDT SELL but ledger unreadable"),
-        "{log}"
-    );
+    let log = stack
+        .wait_logs(
+            Service::Bridge,
+            &[
+                "Ledger of BTCUSDT unreadable",
+                "Skip publish: BTCUSDT BUY but ledger unreadable",
+                "Skip publish: BTCUSDT SELL but ledger unreadable",
+            ],
+        )
+        .await;
     assert!(
         !log.contains("LEDGER_MISSING_OPEN allowed: symbol=BTCUSDT"),
         "a corrupt ledger is not a missing one"
@@ -368,9 +369,15 @@ async fn strict_mode_restores_the_old_gate() {
         plans.contains_key(&zec) && plans.contains_key(&sol),
         "ledgers exist (a flat one counts)"
     );
-    let log = stack.log(Service::Bridge);
-    assert!(log.contains("Require ledger for OPEN: true"));
-    assert!(log.contains("Skip publish: BTCUSDT BUY but ledger unknown (strict mode)"));
+    let log = stack
+        .wait_logs(
+            Service::Bridge,
+            &[
+                "Require ledger for OPEN: true",
+                "Skip publish: BTCUSDT BUY but ledger unknown (strict mode)",
+            ],
+        )
+        .await;
     assert!(!log.contains("LEDGER_MISSING_OPEN"));
 }
 
@@ -391,9 +398,12 @@ async fn exposure_gate_refuses_buys_but_not_sells() {
     let (plans, _) = outputs(&stack).await;
     assert!(!plans.contains_key(&buy));
     assert!(plans.contains_key(&sell));
-    assert!(stack
-        .log(Service::Bridge)
-        .contains("Skip publish: BTCUSDT BUY rejected (exposure=85.0% >= MAX=80.0%)"));
+    stack
+        .wait_log(
+            Service::Bridge,
+            "Skip publish: BTCUSDT BUY rejected (exposure=85.0% >= MAX=80.0%)",
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -415,9 +425,12 @@ async fn exposure_counts_the_order_itself_and_the_batch_before_it() {
     let (plans, _) = outputs(&stack).await;
     assert!(plans.contains_key(&ids[0]));
     assert_eq!(plans.len(), 1, "one BUY fits under the limit");
-    assert!(stack
-        .log(Service::Bridge)
-        .contains("Skip publish: BTCUSDT BUY rejected (exposure=130.2% >= MAX=80.0%)"));
+    stack
+        .wait_log(
+            Service::Bridge,
+            "Skip publish: BTCUSDT BUY rejected (exposure=130.2% >= MAX=80.0%)",
+        )
+        .await;
 }
 
 #[tokio::test]

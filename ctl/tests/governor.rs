@@ -160,17 +160,15 @@ async fn legacy_governor_blocks_entries_and_lets_closes_through_and_the_executor
     assert_eq!(answers, 1, "one result per BLOCKED plan, replays included");
     assert_eq!(stack.xlen(RESULT_STREAM).await, 2);
 
-    let log = stack.log(Service::Bridge);
-    for line in [
+    let lines = [
         "Governor: mode=legacy k_block_critical=0.8 k_block_warning=0.6",
         "GOVERNOR decision=BLOCKED symbol=BTCUSDT side=BUY mode=legacy kill_score=0.7563 z=none threshold=0.6 reason=kill_score_warning_risk_increase plan_id=",
         "Publishing plan for ZECUSDT SELL: leverage=1, sl=None, tp=None",
         "decision=EXECUTE governor=kill_score_warning_close_ok kill_score=0.7563",
         "Publishing plan for BTCUSDT BUY: leverage=1, sl=None, tp=None",
         "decision=BLOCKED governor=kill_score_warning_risk_increase kill_score=0.7563",
-    ] {
-        assert!(log.contains(line), "bridge log lacks {line:?}:\n{log}");
-    }
+    ];
+    stack.wait_logs(Service::Bridge, &lines).await;
     assert!(stack.stop(Service::Bridge));
     assert!(stack.log(Service::Bridge).contains("published=2 blocked=1"));
 }
@@ -233,11 +231,15 @@ async fn separated_governor_judges_entries_on_their_z_score_and_never_blocks_exi
         .unwrap();
     assert_eq!(again, 1);
 
-    let log = stack.log(Service::Bridge);
-    assert!(log.contains("Governor: mode=separated"), "{log}");
-    assert!(log.contains(
-        "GOVERNOR decision=BLOCKED symbol=ETHUSDT side=BUY mode=separated kill_score=0.9000 z=4.0000 threshold=3 reason=kill_score_entry_outlier"
-    ));
+    stack
+        .wait_logs(
+            Service::Bridge,
+            &[
+                "Governor: mode=separated",
+                "GOVERNOR decision=BLOCKED symbol=ETHUSDT side=BUY mode=separated kill_score=0.9000 z=4.0000 threshold=3 reason=kill_score_entry_outlier",
+            ],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -263,8 +265,12 @@ async fn missing_stale_and_unreadable_proposals_have_their_outcomes() {
     assert_eq!(decided(&missing), ("EXECUTE", "proposal_missing"));
     assert_eq!(decided(&unreadable), ("BLOCKED", "proposal_unreadable"));
     assert_eq!(decided(&unreadable_exit), ("EXECUTE", "proposal_unreadable"));
-    let log = stack.log(Service::Bridge);
-    assert!(log.contains("Proposal of ETHUSDT unreadable (kill_score \"lots\" is not a finite number)"));
+    stack
+        .wait_log(
+            Service::Bridge,
+            "Proposal of ETHUSDT unreadable (kill_score \"lots\" is not a finite number)",
+        )
+        .await;
     assert!(stack.stop(Service::Bridge));
 
     // An operator who wants no entries without a fresh risk judgement says so.
@@ -411,9 +417,12 @@ async fn a_mark_that_never_comes_dead_letters_after_the_max_age_and_stale_intent
         .unwrap()
         .contains("INTENT_BRIDGE_MAX_INTENT_AGE_MS=1500"));
     assert!(plans(&stack).await.is_empty());
-    let log = stack.log(Service::Bridge);
-    assert!(log.contains("Skip publish: BTCUSDT BUY stale intent (age="), "{log}");
-    assert!(log.contains("> max=1500ms)"));
+    stack
+        .wait_logs(
+            Service::Bridge,
+            &["Skip publish: BTCUSDT BUY stale intent (age=", "> max=1500ms)"],
+        )
+        .await;
     assert!(stack.stop(Service::Bridge));
     assert!(stack.log(Service::Bridge).contains("skipped=[stale=1]"), "{old}");
 }

@@ -128,9 +128,12 @@ async fn exposure_counts_buys_in_flight_across_batches() {
     let published = plans(&stack).await;
     assert!(published.contains_key(&first));
     assert!(!published.contains_key(&second), "65% in flight + 15% is the limit");
-    assert!(stack
-        .log(Service::Bridge)
-        .contains("Skip publish: ETHUSDT BUY rejected (exposure=80.0% >= MAX=80.0%)"));
+    stack
+        .wait_log(
+            Service::Bridge,
+            "Skip publish: ETHUSDT BUY rejected (exposure=80.0% >= MAX=80.0%)",
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -147,9 +150,9 @@ async fn unknown_equity_refuses_buys_unless_the_operator_restores_fail_open() {
         .await;
     stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
     assert!(plans(&stack).await.is_empty());
-    assert!(stack
-        .log(Service::Bridge)
-        .contains("Skip publish: BTCUSDT BUY rejected (equity unknown"));
+    stack
+        .wait_log(Service::Bridge, "Skip publish: BTCUSDT BUY rejected (equity unknown")
+        .await;
     let (_, why) = support::quantumctl(&["why", "--intent", &refused], Some(&stack.redis.url()));
     assert!(why.contains("equity_unknown"), "{why}");
     assert!(stack.stop(Service::Bridge));

@@ -127,9 +127,9 @@ async fn idle_consumers_with_nothing_pending_are_pruned() {
         "a consumer holding entries is kept: {left:?}"
     );
     assert_eq!(left.len(), 2, "the ledger itself stays: {left:?}");
-    assert!(stack
-        .log(Service::Ledger)
-        .contains("Pruned consumer ledger-gone-1-0000"));
+    stack
+        .wait_log(Service::Ledger, "Pruned consumer ledger-gone-1-0000")
+        .await;
 }
 
 #[tokio::test]
@@ -218,9 +218,12 @@ async fn two_bridges_cannot_both_sell_one_position() {
     let plans = stack.entries(PLAN_STREAM).await;
     assert_eq!(plans.len(), 1, "one SELL of the one position: {plans:?}");
     assert_eq!(plans[0].get("intent_id"), Some(second.as_str()));
-    assert!(stack.log(Service::Bridge).contains(&format!(
-        "Reservations changed under this bridge (another bridge reserved meanwhile): intent {first}"
-    )));
+    stack
+        .wait_log(
+            Service::Bridge,
+            &format!("Reservations changed under this bridge (another bridge reserved meanwhile): intent {first}"),
+        )
+        .await;
     let marker: String = stack
         .client
         .get(format!("quantum:intent_bridge:seen:{first}"))

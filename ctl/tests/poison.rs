@@ -54,9 +54,9 @@ async fn a_poison_plan_is_dead_lettered_and_the_other_symbols_trade() {
     let deliveries: u64 = dead.get("deliveries").unwrap_or_default().parse().unwrap();
     assert!(deliveries >= 3, "{deliveries}");
     assert!(dead.get("raw").unwrap_or_default().contains("ZECUSDT"));
-    let log = stack.log(Service::Executor);
-    assert!(log.contains("retrying them one by one"), "{log}");
-    assert!(log.contains("DLQ poison entry"), "{log}");
+    stack
+        .wait_logs(Service::Executor, &["retrying them one by one", "DLQ poison entry"])
+        .await;
     assert!(stack
         .entries(RESULT_STREAM)
         .await
@@ -114,7 +114,7 @@ async fn a_stage_whose_batches_all_fail_is_stalled_until_they_pass_again() {
             .contains("quantum_consumer_stalled{stream=\"quantum:stream:trade.intent\"} 1")
     })
     .await;
-    assert!(stack.log(Service::Bridge).contains("(retryable)"));
+    stack.wait_log(Service::Bridge, "(retryable)").await;
 
     let (cmd, args) = config_set("0");
     let _: Value = stack.client.custom(cmd, args).await.unwrap();

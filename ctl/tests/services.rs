@@ -139,12 +139,14 @@ async fn executor_reports_every_plan_once_whatever_its_fate() {
     assert_eq!(snapshot.get("position_amt").map(String::as_str), Some("0.01"));
     assert_eq!(snapshot.get("side").map(String::as_str), Some("LONG"));
 
-    let log = stack.log(Service::Executor);
-    assert!(log.contains("ORDER FILLED symbol=BTCUSDT side=BUY qty=0.01 price="));
-    assert!(log.contains("order_id=qib-00112233445566aa plan_id=00112233445566aa"));
-    assert!(log.contains("ORDER REJECTED symbol=BTCUSDT side=SELL"));
-    assert!(log.contains("Duplicate plan 00112233445566aa"));
-    assert!(log.contains("Malformed plan"));
+    let lines = [
+        "ORDER FILLED symbol=BTCUSDT side=BUY qty=0.01 price=",
+        "order_id=qib-00112233445566aa plan_id=00112233445566aa",
+        "ORDER REJECTED symbol=BTCUSDT side=SELL",
+        "Duplicate plan 00112233445566aa",
+        "Malformed plan",
+    ];
+    stack.wait_logs(Service::Executor, &lines).await;
 }
 
 #[tokio::test]
@@ -207,10 +209,12 @@ async fn ledger_applies_fills_once_and_dead_letters_malformed_ones() {
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].get("source_id"), Some(bad.as_str()));
     assert!(dlq[0].get("error").unwrap().contains("order_id"));
-    let log = stack.log(Service::Ledger);
-    assert!(log.contains("LEDGER_COMMIT symbol=ETHUSDT fill_id=f1"));
-    assert!(log.contains("LEDGER_DUPLICATE symbol=ETHUSDT fill_id=f1"));
-    assert!(log.contains("DLQ ledger.commit"));
+    let lines = [
+        "LEDGER_COMMIT symbol=ETHUSDT fill_id=f1",
+        "LEDGER_DUPLICATE symbol=ETHUSDT fill_id=f1",
+        "DLQ ledger.commit",
+    ];
+    stack.wait_logs(Service::Ledger, &lines).await;
 }
 
 #[tokio::test]

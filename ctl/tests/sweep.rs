@@ -89,7 +89,7 @@ async fn an_order_placed_before_a_crash_reaches_the_ledger_after_its_plan_was_de
     assert_eq!(paper_orders(&stack).await, 1, "nothing placed again");
     let open: i64 = stack.client.zcard(OPEN_ORDERS_KEY).await.unwrap();
     assert_eq!(open, 0);
-    assert!(stack.log(Service::Executor).contains("Swept order qib-"));
+    stack.wait_log(Service::Executor, "Swept order qib-").await;
     stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
     let inflight = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
     assert!(inflight.is_empty(), "reservations released: {inflight:?}");
@@ -114,9 +114,12 @@ async fn a_plan_redelivered_stale_after_its_order_was_placed_is_finalized_not_re
     assert_eq!(results[0].get("executed"), Some("true"), "{results:?}");
     assert_eq!(stack.entries(LEDGER_COMMIT_STREAM).await.len(), 1);
     assert_eq!(paper_orders(&stack).await, 1);
-    assert!(stack
-        .log(Service::Executor)
-        .contains(&format!("Recovering order qib-{plan_id} of stale plan")));
+    stack
+        .wait_log(
+            Service::Executor,
+            &format!("Recovering order qib-{plan_id} of stale plan"),
+        )
+        .await;
 }
 
 #[tokio::test]

@@ -118,6 +118,15 @@ async fn fills_are_applied_in_venue_order_and_a_gap_is_waited_for_then_skipped()
         ),
         ("3", "", "5")
     );
+    // The lines follow the commits that the fill count shows.
+    wait_for("five LEDGER_COMMIT lines", || async {
+        stack
+            .log(Service::Ledger)
+            .matches("LEDGER_COMMIT symbol=BTCUSDT")
+            .count()
+            >= 5
+    })
+    .await;
     let log = stack.log(Service::Ledger);
     assert_eq!(log.matches("LEDGER_COMMIT symbol=BTCUSDT").count(), 5, "{log}");
     let applied: i64 = stack.client.exists("quantum:ledger:applied:BTCUSDT").await.unwrap();

@@ -182,14 +182,29 @@ impl Stack {
         .await;
     }
 
-    /// Waits until the log of `service` contains `needle`.
-    pub async fn wait_log(&self, service: Service, needle: &str) {
+    /// Waits until the log of `service` contains `needle`; returns the log.
+    pub async fn wait_log(&self, service: Service, needle: &str) -> String {
+        self.wait_logs(service, &[needle]).await
+    }
+
+    /// Waits until the log of `service` contains every one of `needles`; returns the log.
+    ///
+    /// A service writes a batch's log lines after its commit (read, decide, commit, report),
+    /// so a group seen idle does not yet mean its lines are written: tests wait for them.
+    pub async fn wait_logs(&self, service: Service, needles: &[&str]) -> String {
         let path = self.log_path(service);
-        wait_for(&format!("{needle:?} in the {} log", service.binary()), || {
-            let path = path.clone();
-            async move { std::fs::read_to_string(path).unwrap_or_default().contains(needle) }
-        })
-        .await;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            match needles.iter().find(|n| !log.contains(**n)) {
+                None => return log,
+                Some(missing) if Instant::now() >= deadline => panic!(
+                    "timed out after {TIMEOUT:?} waiting for {missing:?} in the {} log:\n{log}",
+                    service.binary()
+                ),
+                Some(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
     }
 }
 
