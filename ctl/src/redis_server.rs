@@ -123,6 +123,26 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process in place (SIGSTOP): connected, answering nothing, as a server stuck
+    /// or cut off by the network; [`RedisServer::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // The process is our child and alive until `kill`; a failure would only mean it
+            // died already, which the caller's next command shows.
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
     /// Starts it again on the same port and directory.
     ///
     /// # Errors

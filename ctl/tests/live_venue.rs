@@ -428,3 +428,47 @@ async fn bad_credentials_stop_the_executor_with_a_clear_error() {
         .log(Service::Executor)
         .contains("BINANCE_API_KEY_FILE is not set"));
 }
+
+#[tokio::test]
+async fn an_order_whose_sending_record_is_on_no_replica_is_not_sent() {
+    let mut live = Live::new(|_| {}).await;
+    let replica = live.stack.start_redis_replica().await;
+    for (k, v) in [("REDIS_WAIT_REPLICAS", "1"), ("REDIS_WAIT_TIMEOUT_MS", "200")] {
+        live.stack.env.insert(k.into(), v.into());
+    }
+    live.start_pipeline().await;
+    // A failover that lost the SENDING record would forget the send: with the replica silent
+    // nothing leaves, and the record says so (IDLE).
+    replica.pause();
+    live.stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    let log = live
+        .stack
+        .wait_log(Service::Executor, "is on 0 of 1 replicas after 200 ms")
+        .await;
+    assert!(log.contains("not sent"), "{log}");
+    assert_eq!(live.fake.counters().new_order_requests, 0, "nothing reached the venue");
+    assert_eq!(live.stack.xlen(RESULT_STREAM).await, 0);
+    let records = quantum_runtime::consumer::scan_keys(&live.stack.client, "quantum:binance:order:qib-*")
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        live.stack.hash(&records[0]).await.get("state").map(String::as_str),
+        Some("IDLE")
+    );
+
+    // The replica answers again: the order goes out once.
+    replica.resume();
+    wait_for("the plan's result", || async {
+        live.stack.xlen(RESULT_STREAM).await == 1
+    })
+    .await;
+    assert_eq!(live.stack.entries(RESULT_STREAM).await[0].get("executed"), Some("true"));
+    assert_eq!(live.fake.counters().new_order_requests, 1, "sent once");
+    live.assert_venue_and_ledger_agree().await;
+}

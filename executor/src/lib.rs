@@ -937,7 +937,12 @@ async fn start_live(
     .map_err(ExecutorError::Config)?;
     let fapi = std::sync::Arc::new(fapi);
     let venue = until_available("connect", shutdown, || {
-        binance::BinanceVenue::connect(fapi.clone(), service.conns.writer.clone(), config.clone())
+        binance::BinanceVenue::connect(
+            fapi.clone(),
+            service.conns.writer.clone(),
+            service.spec.replica_wait.clone(),
+            config.clone(),
+        )
     })
     .await?;
     let symbols: Vec<Symbol> = service.allowlist.symbols.iter().cloned().collect();

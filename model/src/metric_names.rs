@@ -104,6 +104,8 @@ pub const LEDGER_RECONCILE_APPLIED_TOTAL: &str = "quantum_ledger_reconcile_appli
 pub const LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL: &str = "quantum_ledger_reconcile_drift_events_total";
 /// Drift seen, written, and its size.
 pub const LEDGER_RECONCILE_DRIFT_SIZE: &str = "quantum_ledger_reconcile_drift_size";
+/// Counter: `WAIT`s after a commit that fewer than `REDIS_WAIT_REPLICAS` replicas answered in time.
+pub const REDIS_WAIT_SHORT_TOTAL: &str = "quantum_redis_wait_short_total";
 /// Entries trimmed past `STREAM_RETENTION_MS` (none a group still needed)
 pub const STREAM_TRIMMED_ENTRIES_TOTAL: &str = "quantum_stream_trimmed_entries_total";
 
@@ -160,5 +162,6 @@ pub const ALL: &[&str] = &[
     LEDGER_RECONCILE_APPLIED_TOTAL,
     LEDGER_RECONCILE_DRIFT_EVENTS_TOTAL,
     LEDGER_RECONCILE_DRIFT_SIZE,
+    REDIS_WAIT_SHORT_TOTAL,
     STREAM_TRIMMED_ENTRIES_TOTAL,
 ];

@@ -439,6 +439,15 @@ pub struct ConsumerArgs {
     /// quantum_consumer_stalled is 1.
     #[arg(long, env = "STREAM_STALL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_ms: u64,
+    /// Replicas that must hold each committed batch (Redis WAIT) before the next is read, and
+    /// an order's SENDING record before the live venue sends it; 0: no waiting. A replica that
+    /// does not answer in REDIS_WAIT_TIMEOUT_MS is logged (REDIS_WAIT_SHORT) and counted; the
+    /// live venue then sends nothing.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u64,
+    /// How long one WAIT for replicas may block (ms).
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_wait_timeout_ms: u64,
 }
 
 impl ConsumerArgs {

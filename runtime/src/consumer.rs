@@ -49,6 +49,8 @@ pub struct ConsumerSpec {
     pub stall_after: Duration,
     /// Shared with `/readyz`.
     pub progress: Arc<Progress>,
+    /// The replicas each committed batch waits for (shared with the live venue).
+    pub replica_wait: Arc<crate::replication::ReplicaWait>,
 }
 
 /// Whether a stage is making progress: set by the consumer loop, read by `/readyz`.
@@ -117,6 +119,10 @@ impl ConsumerSpec {
             max_deliveries: args.max_deliveries,
             stall_after: Duration::from_millis(args.stall_ms),
             progress,
+            replica_wait: Arc::new(crate::replication::ReplicaWait::new(
+                args.redis_wait_replicas,
+                args.redis_wait_timeout_ms,
+            )),
         }
     }
 }
@@ -193,6 +199,7 @@ pub async fn run<H: BatchHandler>(
     if join_group(writer, spec, &mut backoff, shutdown).await? == Flow::Stop {
         return Ok(());
     }
+    crate::replication::check_replicas(writer, &spec.replica_wait).await;
     announce_ready(spec);
     let mut consumer = Consumer {
         reader,
@@ -372,6 +379,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
         match dispatch(self.writer, self.spec, self.handler, entries).await {
             Ok(()) => {
                 self.committed(count);
+                self.wait_for_replicas().await;
                 Ok(Flow::Continue)
             }
             Err(e) => {
@@ -427,6 +435,15 @@ impl<H: BatchHandler> Consumer<'_, H> {
         metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => self.spec.stream)
             .increment(count);
         self.schedule_retry();
+    }
+
+    /// `REDIS_WAIT_REPLICAS`: the batch is on enough replicas before the next one is read. A
+    /// short or failed wait does not undo the commit; it is reported and the loop goes on.
+    async fn wait_for_replicas(&self) {
+        let what = format!("a batch of {}", self.spec.stream);
+        if let Err(e) = self.spec.replica_wait.after_write(self.writer, &what).await {
+            tracing::warn!("WAIT for replicas after {what} failed: {e}");
+        }
     }
 
     fn schedule_retry(&mut self) {

@@ -15,6 +15,7 @@
 //! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
 //! - [`reply`]: Redis replies decoded into stream entries and text.
+//! - [`replication`]: `WAIT` for replicas after money-path commits (`REDIS_WAIT_REPLICAS`).
 //! - [`cas`]: versioned multi-key writes in one Lua script.
 //! - [`inflight`]: the Lua that keeps a symbol's reservation totals with its reservations.
 //! - `retention`: bounded streams (trimming by age).
@@ -30,6 +31,7 @@ mod durability;
 pub mod failure;
 pub mod http;
 pub mod inflight;
+pub mod replication;
 pub mod reply;
 mod retention;
 mod systemd;

@@ -182,6 +182,29 @@ impl Stack {
         .await;
     }
 
+    /// Starts a replica of the stack's Redis and waits until the master counts it in sync.
+    pub async fn start_redis_replica(&self) -> RedisServer {
+        let port = self.redis.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("start the replica");
+        let field = |info: &str, name: &str| {
+            info.lines()
+                .filter_map(|l| l.trim().split_once(':'))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+        };
+        wait_for("the replica to be in sync", || async {
+            let info: String = self
+                .client
+                .info(Some(fred::types::InfoKind::Replication))
+                .await
+                .unwrap_or_default();
+            field(&info, "connected_slaves") == "1" && field(&info, "slave0").contains("state=online")
+        })
+        .await;
+        replica
+    }
+
     /// Waits until the log of `service` contains `needle`; returns the log.
     pub async fn wait_log(&self, service: Service, needle: &str) -> String {
         self.wait_logs(service, &[needle]).await

@@ -46,6 +46,7 @@ use rust_decimal::Decimal;
 use quantum_model::contract::binance_order_key;
 use quantum_model::types::{OrderId, Symbol};
 use quantum_runtime::cas::queue_eval;
+use quantum_runtime::replication::{ReplicaWait, Replicated};
 use quantum_runtime::reply::hash_pairs;
 
 pub use account::{reconcile_on_start, AccountSync, Mismatch};
@@ -164,6 +165,8 @@ pub struct BinanceVenue {
 struct Inner {
     fapi: Arc<Fapi>,
     redis: Client,
+    /// `REDIS_WAIT_REPLICAS`: an order's SENDING record is on the replicas before it is sent.
+    replica_wait: Arc<ReplicaWait>,
     config: BinanceConfig,
     rules: Mutex<(HashMap<Symbol, SymbolRules>, Option<Instant>)>,
     mode: Mutex<PositionMode>,
@@ -194,11 +197,17 @@ impl BinanceVenue {
     ///
     /// # Errors
     /// The venue is unreachable or refuses the credentials.
-    pub async fn connect(fapi: Arc<Fapi>, redis: Client, config: BinanceConfig) -> Result<Self, VenueError> {
+    pub async fn connect(
+        fapi: Arc<Fapi>,
+        redis: Client,
+        replica_wait: Arc<ReplicaWait>,
+        config: BinanceConfig,
+    ) -> Result<Self, VenueError> {
         let venue = Self {
             inner: Arc::new(Inner {
                 fapi,
                 redis,
+                replica_wait,
                 config,
                 rules: Mutex::new((HashMap::new(), None)),
                 mode: Mutex::new(PositionMode::OneWay),
@@ -492,6 +501,7 @@ impl BinanceVenue {
             Written::Ok => {}
             Written::Final | Written::Moved => return Ok(Step::Again),
         }
+        self.replicate_sending(ctx, sends + 1).await?;
         fail::fail_point!("executor::binance_before_send", |_| std::process::abort());
         let sending = record::Sending {
             sends: sends + 1,
@@ -517,6 +527,26 @@ impl BinanceVenue {
                 }
             }
             Err(e) => self.after_failed_send(ctx, &sending, e).await,
+        }
+    }
+
+    /// `REDIS_WAIT_REPLICAS`: the SENDING record just written is on the replicas, or nothing is
+    /// sent. A failover that lost the record would forget a send that happened, and the order
+    /// could go out twice; so when the replicas fall short the record is set back to IDLE (true:
+    /// nothing left) and the plan waits like any unavailable venue.
+    async fn replicate_sending(&self, ctx: &OrderContext, sends: u64) -> Result<(), VenueError> {
+        let what = format!("the SENDING record of {}", ctx.client_order_id);
+        match self.inner.replica_wait.after_write(&self.inner.redis, &what).await? {
+            Replicated::Yes => Ok(()),
+            Replicated::Short { acked } => {
+                self.update(ctx, sends, idle_fields()).await?;
+                Err(VenueError::Unavailable(format!(
+                    "{what} is on {acked} of {} replicas after {} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS); \
+                     not sent",
+                    self.inner.replica_wait.replicas(),
+                    self.inner.replica_wait.timeout_ms()
+                )))
+            }
         }
     }
 
