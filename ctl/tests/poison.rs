@@ -182,3 +182,48 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
     assert_eq!(dlq[0].get("source_id"), Some(bad.as_str()));
     assert_eq!(stack.entries(PLAN_STREAM).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_entry_dead_lettered_again_after_a_crash_before_its_ack_is_in_the_dlq_once() {
+    use quantum_runtime::dead_letter::{dead_letter_then_ack, marker_key, DeadLetter};
+    let stack = Stack::new().await;
+    quantum_runtime::consumer::ensure_group(&stack.client, LEDGER_COMMIT_STREAM, LEDGER_GROUP)
+        .await
+        .unwrap();
+    let id = stack.xadd(LEDGER_COMMIT_STREAM, &[("symbol", "BTCUSDT")]).await;
+    let letter = DeadLetter {
+        source_id: id.clone(),
+        fields: vec![("source_id", id.clone()), ("reason", "malformed_fill".into())],
+    };
+    // The first attempt's XACK is lost (nothing acknowledged: an empty list), the retry's is not.
+    let first = dead_letter_then_ack(
+        &stack.client,
+        LEDGER_COMMIT_DLQ_STREAM,
+        &[letter.clone()],
+        LEDGER_COMMIT_STREAM,
+        LEDGER_GROUP,
+        &[],
+    )
+    .await
+    .unwrap();
+    let again = dead_letter_then_ack(
+        &stack.client,
+        LEDGER_COMMIT_DLQ_STREAM,
+        &[letter],
+        LEDGER_COMMIT_STREAM,
+        LEDGER_GROUP,
+        std::slice::from_ref(&id),
+    )
+    .await
+    .unwrap();
+    assert_eq!((first, again), (1, 0));
+    let dlq = stack.entries(LEDGER_COMMIT_DLQ_STREAM).await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].get("source_id"), Some(id.as_str()));
+    let ttl: i64 = stack
+        .client
+        .ttl(marker_key(LEDGER_COMMIT_DLQ_STREAM, &id))
+        .await
+        .unwrap();
+    assert!(ttl > 6 * 24 * 3600, "the marker expires: {ttl}");
+}

@@ -46,6 +46,7 @@ use crate::keyspace::Keyspace;
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
+use quantum_runtime::dead_letter::{dead_letter_then_ack, DeadLetter};
 use quantum_runtime::failure::StageError;
 use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::hash_pairs;
@@ -486,25 +487,33 @@ impl LedgerWriter {
             }
         }
         let stuck = self.apply(by_symbol).await?;
-        let trx = self.writer.multi();
-        for (entry, error) in &dlq {
-            let fields = vec![
-                ("source_id", entry.id.clone()),
-                ("reason", "malformed_fill".to_string()),
-                ("error", truncate(error, 1024).to_string()),
-                ("raw", truncate(&entry.raw_text(), 8192).to_string()),
-                ("timestamp", now_secs().to_string()),
-            ];
-            trx.xadd::<(), _, _, _, _>(LEDGER_COMMIT_DLQ_STREAM, false, None, "*", fields)
-                .await?;
-        }
+        let letters: Vec<DeadLetter> = dlq
+            .iter()
+            .map(|(entry, error)| DeadLetter {
+                source_id: entry.id.clone(),
+                fields: vec![
+                    ("source_id", entry.id.clone()),
+                    ("reason", "malformed_fill".to_string()),
+                    ("error", truncate(error, 1024).to_string()),
+                    ("raw", truncate(&entry.raw_text(), 8192).to_string()),
+                    ("timestamp", now_secs().to_string()),
+                ],
+            })
+            .collect();
         let ids: Vec<String> = batch
             .iter()
             .map(|e| e.id.clone())
             .filter(|id| !stuck.contains(id))
             .collect();
-        consumer::queue_ack(&trx, LEDGER_COMMIT_STREAM, LEDGER_GROUP, &ids).await?;
-        trx.exec::<Value>(true).await?;
+        dead_letter_then_ack(
+            &self.writer,
+            LEDGER_COMMIT_DLQ_STREAM,
+            &letters,
+            LEDGER_COMMIT_STREAM,
+            LEDGER_GROUP,
+            &ids,
+        )
+        .await?;
         self.stats.malformed += dlq.len() as u64;
         metrics::counter!(quantum_model::metric_names::DLQ_ENTRIES_TOTAL, "stream" => LEDGER_COMMIT_DLQ_STREAM, "reason" => "malformed_fill")
             .increment(dlq.len() as u64);

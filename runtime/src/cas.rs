@@ -213,7 +213,14 @@ async fn queue_script<C: ClientLike>(
     all.push((keys.len() as i64).into());
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args.into_iter().map(Value::from));
-    let eval = CustomCommand::new_static(command, ClusterHash::FirstKey, false);
+    // Routed by the first key (after the script and the key count), not by the script text,
+    // which FirstKey would hash; a script with no key goes anywhere.
+    let hasher = if all.len() > 2 && !matches!(all[1], Value::Integer(0)) {
+        ClusterHash::Offset(2)
+    } else {
+        ClusterHash::Random
+    };
+    let eval = CustomCommand::new_static(command, hasher, false);
     pipeline.custom::<(), _>(eval, all).await
 }
 

@@ -21,6 +21,8 @@ pub enum ConnectError {
     Credentials { target: String, message: String },
     #[error("TLS settings for {target}: {message}")]
     Tls { target: String, message: String },
+    #[error("Redis connection settings ({target}): {message}")]
+    Settings { target: String, message: String },
     #[error("shut down while waiting for Redis at {0}")]
     Cancelled(String),
 }
@@ -29,8 +31,13 @@ pub enum ConnectError {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RedisArgs {
     /// Full connection URL, redis://[user:pass@]host:port/db (or rediss:// for TLS); wins over the parts below.
+    /// A Redis Cluster: redis-cluster://[user:pass@]host:port[?node=host:port&node=...] (rediss-cluster:// for TLS).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// A Redis Cluster's seed nodes, host:port,host:port,... (any one is enough; the others are
+    /// found with CLUSTER SLOTS); used when REDIS_URL is unset. A cluster has database 0 only.
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
     /// Redis host, used when REDIS_URL is unset.
     #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
     pub redis_host: String,
@@ -62,6 +69,7 @@ impl RedisArgs {
     pub fn from_url(url: &str) -> Self {
         Self {
             redis_url: Some(url.to_string()),
+            redis_cluster_nodes: None,
             redis_host: String::new(),
             redis_port: 0,
             redis_db: 0,
@@ -100,6 +108,18 @@ impl RedisArgs {
     /// file with a URL that is not `rediss://`.
     pub fn client_config(&self) -> Result<Config, ConnectError> {
         let target = self.display();
+        if self.redis_url.as_deref().is_some_and(|u| !u.is_empty()) && self.cluster_nodes().is_some() {
+            return Err(ConnectError::Settings {
+                target,
+                message: "REDIS_URL and REDIS_CLUSTER_NODES are both set: set one".into(),
+            });
+        }
+        if self.is_cluster() && self.redis_db != 0 && self.redis_url.is_none() {
+            return Err(ConnectError::Settings {
+                target,
+                message: format!("REDIS_DB={}: a Redis Cluster has database 0 only", self.redis_db),
+            });
+        }
         let mut config = Config::from_url(&self.url()).map_err(|source| ConnectError::Config {
             target: target.clone(),
             source,
@@ -114,10 +134,11 @@ impl RedisArgs {
             config.password = Some(password);
         }
         if let Some(ca) = &self.redis_tls_ca_file {
-            if !self.url().starts_with("rediss://") {
+            let url = self.url();
+            if !url.starts_with("rediss://") && !url.starts_with("rediss-cluster://") {
                 return Err(ConnectError::Tls {
                     target,
-                    message: "REDIS_TLS_CA_FILE is set but the URL is not rediss://".into(),
+                    message: "REDIS_TLS_CA_FILE is set but the URL is not rediss:// (or rediss-cluster://)".into(),
                 });
             }
             let connector = tls_with_ca(ca).map_err(|message| ConnectError::Tls { target, message })?;
@@ -126,12 +147,40 @@ impl RedisArgs {
         Ok(config)
     }
 
-    /// The URL to connect to.
+    /// The URL to connect to: `REDIS_URL`, else a `redis-cluster://` URL of
+    /// `REDIS_CLUSTER_NODES`, else one made of the host, port and database.
     pub fn url(&self) -> String {
-        match &self.redis_url {
-            Some(url) if !url.is_empty() => url.clone(),
+        match (&self.redis_url, self.cluster_nodes()) {
+            (Some(url), _) if !url.is_empty() => url.clone(),
+            (_, Some(nodes)) => {
+                let mut url = format!("redis-cluster://{}", nodes[0]);
+                for (i, node) in nodes[1..].iter().enumerate() {
+                    url.push(if i == 0 { '?' } else { '&' });
+                    url.push_str("node=");
+                    url.push_str(node);
+                }
+                url
+            }
             _ => format!("redis://{}:{}/{}", self.redis_host, self.redis_port, self.redis_db),
         }
+    }
+
+    /// `REDIS_CLUSTER_NODES` split, without empty items; `None` when unset or empty.
+    fn cluster_nodes(&self) -> Option<Vec<&str>> {
+        let nodes: Vec<&str> = self
+            .redis_cluster_nodes
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!nodes.is_empty()).then_some(nodes)
+    }
+
+    /// Whether the services talk to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        let url = self.url();
+        url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
     }
 
     /// The target with any password masked, and the ACL user when one is set apart from the
@@ -580,5 +629,43 @@ mod tests {
         args.redis_port = 6380;
         args.redis_db = 2;
         assert_eq!(args.url(), "redis://10.0.0.1:6380/2");
+    }
+
+    #[test]
+    fn cluster_nodes_make_a_cluster_url_and_refuse_what_a_cluster_cannot_do() {
+        use fred::types::config::ServerConfig;
+        let mut args = RedisArgs::from_url("");
+        args.redis_url = None;
+        args.redis_cluster_nodes = Some(" 10.0.0.1:7000, ,10.0.0.2:7001,10.0.0.3:7002".into());
+        assert_eq!(
+            args.url(),
+            "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001&node=10.0.0.3:7002"
+        );
+        assert!(args.is_cluster());
+        let config = args.client_config().unwrap();
+        match config.server {
+            ServerConfig::Clustered { hosts, .. } => assert_eq!(hosts.len(), 3),
+            other => panic!("not clustered: {other:?}"),
+        }
+
+        args.redis_db = 1;
+        let refused = args.client_config().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_DB=1: a Redis Cluster has database 0 only"),
+            "{refused}"
+        );
+        args.redis_db = 0;
+
+        args.redis_url = Some("redis://127.0.0.1:6379/0".into());
+        let refused = args.client_config().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_URL and REDIS_CLUSTER_NODES are both set"),
+            "{refused}"
+        );
+
+        let url = RedisArgs::from_url("redis-cluster://u:pw@10.0.0.1:7000?node=10.0.0.2:7001");
+        assert!(url.is_cluster());
+        assert_eq!(url.display(), "redis-cluster://u:***@10.0.0.1:7000?node=10.0.0.2:7001");
+        assert!(!RedisArgs::from_url("redis://127.0.0.1:6379/0").is_cluster());
     }
 }

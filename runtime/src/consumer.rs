@@ -176,8 +176,11 @@ pub async fn queue_ack<C: StreamsInterface + Sync>(
     c.xack::<Value, _, _, _>(stream, group, ids.to_vec()).await.map(|_| ())
 }
 
-fn xreadgroup_cmd(blocking: bool) -> CustomCommand {
-    CustomCommand::new("XREADGROUP", fred::types::ClusterHash::Custom(0), blocking)
+/// XREADGROUP, routed (on a cluster) to the node holding `stream`: its key comes after
+/// GROUP, COUNT, BLOCK and STREAMS, where no fixed offset finds it.
+fn xreadgroup_cmd(stream: &str, blocking: bool) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(stream.as_bytes());
+    CustomCommand::new("XREADGROUP", fred::types::ClusterHash::Custom(slot), blocking)
 }
 
 /// Runs the loop until `shutdown` fires: join the group, then, batch after batch, keep the
@@ -537,7 +540,7 @@ async fn read_batch(reader: &Client, spec: &ConsumerSpec, start_id: &str, shutdo
     // list and are recovered at the next start, so nothing is lost.
     let reply = tokio::select! {
         _ = shutdown.cancelled() => return ReadOutcome::Shutdown,
-        r = reader.custom::<Value, Value>(xreadgroup_cmd(blocking), args) => r,
+        r = reader.custom::<Value, Value>(xreadgroup_cmd(spec.stream, blocking), args) => r,
     };
     match reply {
         Ok(value) => match decode_read_reply(value) {
@@ -626,7 +629,7 @@ async fn deliveries(writer: &Client, spec: &ConsumerSpec, id: &str) -> Result<u6
     let args: Vec<Value> = vec![spec.stream.into(), spec.group.into(), id.into(), id.into(), 1.into()];
     let reply: Value = writer
         .custom(
-            CustomCommand::new("XPENDING", fred::types::ClusterHash::Custom(0), false),
+            CustomCommand::new("XPENDING", fred::types::ClusterHash::FirstKey, false),
             args,
         )
         .await?;
@@ -666,17 +669,19 @@ async fn dead_letter_if_exhausted(
         ("raw", truncate(&entry.raw_text(), 8192).to_string()),
         ("timestamp", now_secs().to_string()),
     ];
-    let trx = writer.multi();
-    trx.xadd::<(), _, _, _, _>(spec.dlq_stream, false, None, "*", fields)
-        .await?;
-    queue_ack(&trx, spec.stream, spec.group, std::slice::from_ref(&entry.id)).await?;
-    let replies: Vec<Value> = trx.exec(true).await?;
-    if replies.len() != 2 {
-        return Err(StageError::Retryable(format!(
-            "dead-lettering {} on {}: unexpected EXEC reply {replies:?}",
-            entry.id, spec.stream
-        )));
-    }
+    let letter = crate::dead_letter::DeadLetter {
+        source_id: entry.id.clone(),
+        fields,
+    };
+    crate::dead_letter::dead_letter_then_ack(
+        writer,
+        spec.dlq_stream,
+        std::slice::from_ref(&letter),
+        spec.stream,
+        spec.group,
+        std::slice::from_ref(&entry.id),
+    )
+    .await?;
     metrics::counter!(quantum_model::metric_names::DLQ_ENTRIES_TOTAL, "stream" => spec.dlq_stream, "reason" => "poison")
         .increment(1);
     tracing::error!(
@@ -714,7 +719,7 @@ async fn reclaim_stale<H: BatchHandler>(
         ];
         let reply: Value = writer
             .custom(
-                CustomCommand::new("XAUTOCLAIM", fred::types::ClusterHash::Custom(0), false),
+                CustomCommand::new("XAUTOCLAIM", fred::types::ClusterHash::FirstKey, false),
                 args,
             )
             .await?;
@@ -788,7 +793,8 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) >= 0 and 1
 async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), StageError> {
     let reply: Value = writer
         .custom(
-            CustomCommand::new_static("XINFO", fred::types::ClusterHash::Custom(0), false),
+            // The key follows the subcommand.
+            CustomCommand::new_static("XINFO", fred::types::ClusterHash::Offset(1), false),
             vec![Value::from("CONSUMERS"), spec.stream.into(), spec.group.into()],
         )
         .await?;

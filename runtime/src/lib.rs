@@ -13,6 +13,7 @@
 //! loop's and the connection's own and stay private.
 //! - [`config`]: the shared flags (Redis URL, TLS, ACL user, consumer settings) and connecting.
 //! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
+//! - [`dead_letter`]: DLQ entries added once, then acknowledged (two steps a cluster can take).
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
 //! - [`reply`]: Redis replies decoded into stream entries and text.
 //! - [`replication`]: `WAIT` for replicas after money-path commits (`REDIS_WAIT_REPLICAS`).
@@ -27,6 +28,7 @@
 pub mod cas;
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 mod durability;
 pub mod failure;
 pub mod http;
