@@ -199,7 +199,7 @@ async fn an_entry_dead_lettered_again_after_a_crash_before_its_ack_is_in_the_dlq
     let first = dead_letter_then_ack(
         &stack.client,
         LEDGER_COMMIT_DLQ_STREAM,
-        &[letter.clone()],
+        std::slice::from_ref(&letter),
         LEDGER_COMMIT_STREAM,
         LEDGER_GROUP,
         &[],
