@@ -968,12 +968,22 @@ fn type_cmd() -> CustomCommand {
     CustomCommand::new_static("TYPE", fred::types::ClusterHash::FirstKey, false)
 }
 
-/// All keys matching `pattern`, via SCAN (never KEYS on a production server).
+/// All keys matching `pattern`, via SCAN (never KEYS on a production server), on every
+/// primary of a cluster.
 ///
 /// # Errors
 /// Redis unreachable or refusing SCAN.
 pub async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>, Error> {
     let mut keys = Vec::new();
+    for node in crate::nodes::primaries(client) {
+        scan_node(client, &node, pattern, &mut keys).await?;
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+async fn scan_node(client: &Client, node: &crate::nodes::Node, pattern: &str, keys: &mut Vec<String>) -> Result<(), Error> {
     let mut cursor = "0".to_string();
     loop {
         let args: Vec<Value> = vec![
@@ -984,10 +994,7 @@ pub async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>, Er
             1000.into(),
         ];
         let reply: Value = client
-            .custom(
-                CustomCommand::new("SCAN", fred::types::ClusterHash::Random, false),
-                args,
-            )
+            .custom(CustomCommand::new("SCAN", node.route.clone(), false), args)
             .await?;
         let mut parts = reply.into_array().into_iter();
         cursor = parts.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0".into());
@@ -1000,10 +1007,7 @@ pub async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>, Er
                 .filter_map(|v| v.as_string()),
         );
         if cursor == "0" {
-            break;
+            return Ok(());
         }
     }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
 }

@@ -37,22 +37,39 @@ pub fn durability_warnings(info: &str) -> Vec<String> {
     warnings
 }
 
-/// Logs [`durability_warnings`] for the server `client` talks to; a server that refuses
-/// `INFO` is noted, not fatal.
+/// Logs [`durability_warnings`] for the server `client` talks to (each primary of a cluster);
+/// a server that refuses `INFO` is noted, not fatal.
 pub async fn check(client: &Client) {
-    let info = async {
-        let memory: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
-        let persistence: String = client.info(Some(fred::types::InfoKind::Persistence)).await?;
-        Ok::<_, Error>(format!("{memory}\n{persistence}"))
-    };
-    match info.await {
-        Ok(info) => {
-            for warning in durability_warnings(&info) {
-                tracing::warn!("REDIS_SETTINGS {warning}");
-            }
+    for node in crate::nodes::primaries(client) {
+        match info(client, &node, "memory").await {
+            Ok(memory) => match info(client, &node, "persistence").await {
+                Ok(persistence) => {
+                    for warning in durability_warnings(&format!("{memory}\n{persistence}")) {
+                        tracing::warn!("REDIS_SETTINGS {warning}{}", node.suffix());
+                    }
+                }
+                Err(e) => not_checked(&node, &e),
+            },
+            Err(e) => not_checked(&node, &e),
         }
-        Err(e) => tracing::info!("Cannot read Redis' memory and persistence settings ({e}); not checked"),
     }
+}
+
+fn not_checked(node: &crate::nodes::Node, e: &Error) {
+    tracing::info!(
+        "Cannot read Redis' memory and persistence settings{} ({e}); not checked",
+        node.suffix()
+    );
+}
+
+/// `INFO <section>` of one node.
+///
+/// # Errors
+/// Redis refused or did not answer.
+pub async fn info(client: &Client, node: &crate::nodes::Node, section: &str) -> Result<String, Error> {
+    let command = fred::types::CustomCommand::new("INFO", node.route.clone(), false);
+    let reply: fred::types::Value = client.custom(command, vec![section.to_string()]).await?;
+    Ok(reply.as_string().unwrap_or_default())
 }
 
 #[cfg(test)]

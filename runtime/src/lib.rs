@@ -19,6 +19,7 @@
 //! - [`replication`]: `WAIT` for replicas after money-path commits (`REDIS_WAIT_REPLICAS`).
 //! - [`cas`]: versioned multi-key writes in one Lua script.
 //! - [`inflight`]: the Lua that keeps a symbol's reservation totals with its reservations.
+//! - [`nodes`]: the primaries of a Redis Cluster, for commands about one node (SCAN, INFO, WAIT).
 //! - `retention`: bounded streams (trimming by age).
 //! - `durability`: the Redis persistence settings the exactly-once records depend on.
 //! - [`telemetry`], [`trace`]: log lines (text or JSON) and OTLP traces across the stages.
@@ -33,6 +34,7 @@ mod durability;
 pub mod failure;
 pub mod http;
 pub mod inflight;
+pub mod nodes;
 pub mod replication;
 pub mod reply;
 mod retention;

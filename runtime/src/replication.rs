@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::{CustomCommand, Value};
 
 /// What one `WAIT` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,8 @@ impl ReplicaWait {
         self.timeout_ms
     }
 
-    /// Waits until the writes `client` made, `what` in the log lines, are on enough replicas.
+    /// Waits until the writes `client` made, `what` in the log lines, are on enough replicas
+    /// (of each primary of a cluster, all waited for at once; the fewest acknowledged counts).
     /// A short answer increments `quantum_redis_wait_short_total` and, when the previous one
     /// was not short, logs `REDIS_WAIT_SHORT` (WARN); the first full answer after it logs
     /// `REDIS_WAIT restored`.
@@ -74,15 +75,16 @@ impl ReplicaWait {
         if !self.enabled() {
             return Ok(Replicated::Yes);
         }
-        // Blocking: the client must not time it out as a stuck command, and it goes to the
-        // node that took the writes (one node today; see docs/exactly-once.md).
-        let wait = CustomCommand::new_static("WAIT", ClusterHash::Random, true);
-        let args = vec![self.replicas.to_string(), self.timeout_ms.to_string()];
-        let acked: u64 = client
-            .custom::<Value, _>(wait, args)
-            .await?
-            .as_u64()
-            .unwrap_or_default();
+        // On each node's connection of this client: WAIT counts the replicas holding the
+        // writes this connection made there.
+        let pipeline = client.pipeline();
+        for node in crate::nodes::primaries(client) {
+            let wait = CustomCommand::new_static("WAIT", node.route, false);
+            let args = vec![self.replicas.to_string(), self.timeout_ms.to_string()];
+            pipeline.custom::<(), _>(wait, args).await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        let acked = replies.iter().map(|r| r.as_u64().unwrap_or_default()).min().unwrap_or_default();
         Ok(self.record(acked, what))
     }
 
@@ -116,19 +118,22 @@ pub async fn check_replicas(client: &Client, wait: &ReplicaWait) {
     if !wait.enabled() {
         return;
     }
-    match client.info::<String>(Some(fred::types::InfoKind::Replication)).await {
-        Ok(info) => {
-            let connected = connected_replicas(&info);
-            if connected < wait.replicas() {
-                tracing::warn!(
-                    "REDIS_SETTINGS REDIS_WAIT_REPLICAS={} but Redis has {connected} connected replicas: every \
-                     commit will wait REDIS_WAIT_TIMEOUT_MS={} and fall short until they connect",
-                    wait.replicas(),
-                    wait.timeout_ms()
-                );
+    for node in crate::nodes::primaries(client) {
+        match crate::durability::info(client, &node, "replication").await {
+            Ok(info) => {
+                let connected = connected_replicas(&info);
+                if connected < wait.replicas() {
+                    tracing::warn!(
+                        "REDIS_SETTINGS REDIS_WAIT_REPLICAS={} but Redis{} has {connected} connected replicas: \
+                         every commit will wait REDIS_WAIT_TIMEOUT_MS={} and fall short until they connect",
+                        wait.replicas(),
+                        node.suffix(),
+                        wait.timeout_ms()
+                    );
+                }
             }
+            Err(e) => tracing::info!("Cannot read Redis' replication settings{} ({e}); not checked", node.suffix()),
         }
-        Err(e) => tracing::info!("Cannot read Redis' replication settings ({e}); not checked"),
     }
 }
 

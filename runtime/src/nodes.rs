@@ -1,0 +1,54 @@
+//! Commands about one node's own state (SCAN, INFO, WAIT) on a Redis Cluster: such a command
+//! answers for the node it reaches, so it is sent to every primary.
+//!
+//! Each primary is reached through the slot of its first range (`ClusterHash::Custom`), on the
+//! same client and so the same connection as the keyed commands sent to it, which `WAIT` needs
+//! (it counts the replicas holding this connection's writes). On one server there is one
+//! target, reached as any command is.
+
+use fred::prelude::*;
+use fred::types::ClusterHash;
+
+/// Where a per-node command goes: a name for log lines and how to route to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `host:port` of a cluster primary; empty on one server.
+    pub name: String,
+    pub route: ClusterHash,
+}
+
+impl Node {
+    /// `" on <host:port>"` for a cluster's node, nothing on one server.
+    pub fn suffix(&self) -> String {
+        if self.name.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", self.name)
+        }
+    }
+}
+
+/// Every primary of the cluster `client` is connected to (from its routing table), or the one
+/// server.
+pub fn primaries(client: &Client) -> Vec<Node> {
+    if !client.is_clustered() {
+        return vec![Node {
+            name: String::new(),
+            route: ClusterHash::Random,
+        }];
+    }
+    let Some(routing) = client.cached_cluster_state() else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<Node> = Vec::new();
+    for range in routing.slots() {
+        let name = range.primary.to_string();
+        if !nodes.iter().any(|n| n.name == name) {
+            nodes.push(Node {
+                name,
+                route: ClusterHash::Custom(range.start),
+            });
+        }
+    }
+    nodes
+}
