@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::{CustomCommand, Value};
 
 use quantum_model::contract::*;
 use quantum_model::stream_entry::StreamEntry;
@@ -247,9 +247,10 @@ async fn memory_bounded(client: &Client, report: &mut Checked) -> Result<Vec<Str
             ledger_parked_key(&symbol),
             ledger_applied_key(&symbol),
         ] {
+            let route = quantum_runtime::consumer::slot_of(&key);
             let usage: Value = client
                 .custom(
-                    CustomCommand::new_static("MEMORY", ClusterHash::Custom(0), false),
+                    CustomCommand::new_static("MEMORY", route, false),
                     vec!["USAGE".to_string(), key],
                 )
                 .await?;

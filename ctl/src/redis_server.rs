@@ -42,10 +42,17 @@ impl RedisServer {
     /// # Errors
     /// No `redis-server` binary, no free port or temp dir, or the server not answering in time.
     pub fn start_with(extra_args: &[&str]) -> Result<Self, RedisServerError> {
+        Self::start_on_free_port(extra_args, free_port)
+    }
+
+    fn start_on_free_port(
+        extra_args: &[&str],
+        pick_port: fn() -> std::io::Result<u16>,
+    ) -> Result<Self, RedisServerError> {
         let dir = tempfile::Builder::new().prefix("quantum-redis-").tempdir()?;
         let mut last_error = None;
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = pick_port()?;
             let mut server = Self {
                 child: None,
                 port,
@@ -115,6 +122,11 @@ impl RedisServer {
         self.dir.path().join("redis.log")
     }
 
+    /// Whether the process is running (not killed, not exited).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL), simulating an outage.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -161,6 +173,190 @@ impl Drop for RedisServer {
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free port with a free cluster bus port"))
+}
+
+/// Why a cluster could not be formed.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Server(#[from] RedisServerError),
+    #[error("redis-cli --cluster create failed: {0}")]
+    Create(String),
+    #[error("the cluster did not settle within {secs}s: {state}")]
+    NotReady { secs: u64, state: String },
+}
+
+/// A throwaway Redis Cluster on loopback: `masters` primaries with one replica each, every
+/// node with its own directory (AOF on, so a restarted node keeps its data), formed with
+/// `redis-cli --cluster create`. Killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` primaries and as many replicas and waits until every node reports
+    /// `cluster_state:ok` and every primary has its replica in sync.
+    ///
+    /// # Errors
+    /// No redis-server, no free ports, or a cluster that does not form in time.
+    pub fn start(masters: usize) -> Result<Self, ClusterError> {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--appendonly",
+            "yes",
+        ];
+        let mut nodes = Vec::with_capacity(masters * 2);
+        for _ in 0..masters * 2 {
+            nodes.push(RedisServer::start_on_free_port(&args, free_cluster_port)?);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .map_err(|e| ClusterError::Create(e.to_string()))?;
+        if !out.status.success() {
+            return Err(ClusterError::Create(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let cluster = Self { nodes };
+        cluster.wait_until_settled(masters, Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, `masters` primaries serve all slots
+    /// and each has a replica online.
+    ///
+    /// # Errors
+    /// Not settled within `timeout`; the error holds the last state seen.
+    pub fn wait_until_settled(&self, masters: usize, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = String::new();
+        while Instant::now() < deadline {
+            match self.settled_state(masters) {
+                Ok(()) => return Ok(()),
+                Err(s) => state = s,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(ClusterError::NotReady {
+            secs: timeout.as_secs(),
+            state,
+        })
+    }
+
+    fn settled_state(&self, masters: usize) -> Result<(), String> {
+        let mut online_primaries = 0;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let info = redis_cli(node.port(), &["cluster", "info"]);
+            if !info.contains("cluster_state:ok") {
+                return Err(format!("127.0.0.1:{}: {info}", node.port()));
+            }
+            let replication = redis_cli(node.port(), &["info", "replication"]);
+            if replication.contains("role:master") {
+                if !replication.contains("state=online") {
+                    return Err(format!("127.0.0.1:{} has no replica online", node.port()));
+                }
+                online_primaries += 1;
+            }
+        }
+        if online_primaries == masters {
+            Ok(())
+        } else {
+            Err(format!(
+                "{online_primaries} primaries with a replica, {masters} expected"
+            ))
+        }
+    }
+
+    /// `host:port,host:port,...` of every node (`REDIS_CLUSTER_NODES`).
+    pub fn seeds(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        nodes.join(",")
+    }
+
+    /// `redis-cluster://127.0.0.1:<port>?node=...` of every node.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, node) in self.nodes[1..].iter().enumerate() {
+            url.push_str(if i == 0 { "?" } else { "&" });
+            url.push_str(&format!("node=127.0.0.1:{}", node.port()));
+        }
+        url
+    }
+
+    /// Index (into the nodes) of the primary serving `key` now.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let slot = redis_cli(
+            self.nodes.iter().find(|n| n.is_running())?.port(),
+            &["cluster", "keyslot", key],
+        );
+        let slot: u16 = slot.trim().parse().ok()?;
+        self.nodes
+            .iter()
+            .position(|n| n.is_running() && serves_slot(n.port(), slot))
+    }
+
+    /// Kills node `index` (SIGKILL): its replica takes over after the node timeout.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Starts killed node `index` again on its port and directory: it rejoins the cluster,
+    /// as a replica of the primary that took its place.
+    ///
+    /// # Errors
+    /// As [`RedisServer::restart`].
+    pub fn restart(&mut self, index: usize) -> Result<(), RedisServerError> {
+        self.nodes[index].restart()
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+/// Whether the node on `port` serves `slot` as a primary (its own line of CLUSTER NODES).
+fn serves_slot(port: u16, slot: u16) -> bool {
+    let nodes = redis_cli(port, &["cluster", "nodes"]);
+    let Some(myself) = nodes.lines().find(|l| l.contains("myself")) else {
+        return false;
+    };
+    myself.split_whitespace().skip(8).any(|range| {
+        let (start, end) = range.split_once('-').unwrap_or((range, range));
+        matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(s), Ok(e)) if s <= slot && slot <= e)
+    })
+}
+
+/// What `redis-cli -p <port> <args>` prints (empty when it cannot run).
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn ping(port: u16) -> bool {

@@ -22,7 +22,7 @@ fn run_proof(stack: &Stack) -> (i32, String) {
         .arg(proof_script())
         .arg("--log-file")
         .arg(stack.log_path(Service::Bridge))
-        .env("REDIS_URL", stack.redis.url())
+        .env("REDIS_URL", stack.url())
         .env("QUANTUMCTL", env!("CARGO_BIN_EXE_quantumctl"))
         .output()
         .expect("run proof script");
@@ -215,7 +215,7 @@ async fn sim_publishes_every_format_and_status_shows_the_pipeline() {
     for s in [Service::Ledger, Service::Executor, Service::Bridge] {
         stack.wait_log(s, "Consumer ready").await;
     }
-    let url = stack.redis.url();
+    let url = stack.url();
     let (code, out) = quantumctl(
         &[
             "sim",
@@ -298,7 +298,7 @@ fn help_never_prints_the_redis_password() {
 #[tokio::test]
 async fn demo_runs_against_a_given_redis() {
     let stack = Stack::new().await;
-    let (code, out) = quantumctl(&["demo"], Some(&stack.redis.url()));
+    let (code, out) = quantumctl(&["demo"], Some(&stack.url()));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("using the Redis at redis://127.0.0.1"), "{out}");
     assert!(!out.contains("started a throwaway"), "{out}");

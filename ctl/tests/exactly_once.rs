@@ -163,9 +163,9 @@ async fn a_redis_outage_is_retried_and_nothing_is_lost() {
     let first = publish(&stack.client, &buys(100), 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
 
-    stack.redis.kill();
+    stack.redis_mut().kill();
     stack.wait_log(Service::Bridge, "backing off").await;
-    stack.redis.restart().unwrap();
+    stack.redis_mut().restart().unwrap();
 
     let c = stack.client.clone();
     wait_for("test client reconnect", || {

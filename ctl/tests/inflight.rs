@@ -106,7 +106,7 @@ async fn sells_are_cut_to_the_position_minus_what_is_in_flight() {
     let later = stack.xadd(INTENT_STREAM, &sell("ZECUSDT", "0.5")).await;
     stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
     assert!(!plans(&stack).await.contains_key(&later));
-    let (code, why) = support::quantumctl(&["why", "--intent", &later], Some(&stack.redis.url()));
+    let (code, why) = support::quantumctl(&["why", "--intent", &later], Some(&stack.url()));
     assert_eq!(code, 0, "{why}");
     assert!(why.contains("sell_nothing_available"), "{why}");
 }
@@ -153,7 +153,7 @@ async fn unknown_equity_refuses_buys_unless_the_operator_restores_fail_open() {
     stack
         .wait_log(Service::Bridge, "Skip publish: BTCUSDT BUY rejected (equity unknown")
         .await;
-    let (_, why) = support::quantumctl(&["why", "--intent", &refused], Some(&stack.redis.url()));
+    let (_, why) = support::quantumctl(&["why", "--intent", &refused], Some(&stack.url()));
     assert!(why.contains("equity_unknown"), "{why}");
     assert!(stack.stop(Service::Bridge));
 

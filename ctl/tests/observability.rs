@@ -162,7 +162,7 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
     );
 
     // Redis gone: not ready, still alive.
-    stack.redis.kill();
+    stack.redis_mut().kill();
     for port in &ports {
         let (status, body) = get(*port, "/readyz");
         assert_eq!(status, 503, "{body}");

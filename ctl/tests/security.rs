@@ -42,7 +42,7 @@ async fn acl_stack() -> Stack {
 }
 
 async fn client_as(stack: &Stack, user: &str, password: &str) -> Client {
-    RedisArgs::from_url(&url_as(&stack.redis, user, password))
+    RedisArgs::from_url(&url_as(stack.redis(), user, password))
         .connect(&tokio_util::sync::CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
@@ -68,7 +68,7 @@ fn start_services(stack: &mut Stack) {
             ("REDIS_PASSWORD_FILE", pw_file.to_str().unwrap()),
         ],
     );
-    let ledger_url = url_as(&stack.redis, "quantum-ledger", LEDGER_PW);
+    let ledger_url = url_as(stack.redis(), "quantum-ledger", LEDGER_PW);
     stack.start(
         Service::Ledger,
         &[
@@ -135,7 +135,7 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
         .unwrap();
     assert_eq!(recorded, 1, "the bridge recorded the proposal's sample");
     // Operators explain the pipeline with the read-only quantum-ops user.
-    let ops = url_as(&stack.redis, "quantum-ops", OPS_PW);
+    let ops = url_as(stack.redis(), "quantum-ops", OPS_PW);
     let (code, why) = support::quantumctl(&["why", "BTCUSDT"], Some(&ops));
     assert_eq!(code, 0, "{why}");
     assert!(why.contains("\nBTCUSDT: trading ("), "{why}");
@@ -226,7 +226,7 @@ async fn acls_deny_writes_outside_each_service_s_role() {
     assert!(denied(&stack.client, "FLUSHALL", vec![]).await.contains("NOPERM"));
 
     // The default user is off.
-    let mut raw = std::net::TcpStream::connect(("127.0.0.1", stack.redis.port())).unwrap();
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", stack.redis().port())).unwrap();
     use std::io::{Read, Write};
     raw.write_all(b"GET x\r\n").unwrap();
     let mut buf = [0u8; 64];
@@ -397,7 +397,7 @@ async fn the_pipeline_runs_over_tls_when_configured() {
     })
     .await;
     // A CA file with a plain redis:// URL is a configuration error.
-    let plain = stack.redis.url();
+    let plain = stack.url();
     stack.start(
         Service::Ledger,
         &[("REDIS_URL", plain.as_str()), ("REDIS_TLS_CA_FILE", ca.as_str())],

@@ -46,7 +46,7 @@ async fn an_intents_spans_in_the_three_stages_share_one_trace_id() {
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
 
     let stack = Stack::new().await;
-    let url = stack.redis.url();
+    let url = stack.url();
     let common = |name: &str| {
         vec![
             name.to_string(),

@@ -16,7 +16,7 @@ const EXECUTOR_ALLOWLIST: &str = "BTCUSDT,ETHUSDT,SOLUSDT,ZECUSDT";
 fn why(stack: &Stack, args: &[&str]) -> String {
     let mut all = vec!["why"];
     all.extend_from_slice(args);
-    let (code, out) = quantumctl(&all, Some(&stack.redis.url()));
+    let (code, out) = quantumctl(&all, Some(&stack.url()));
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains('\u{1b}'), "no colours off a terminal:\n{out}");
     out
@@ -231,11 +231,11 @@ async fn why_names_the_stage_and_reason_of_every_fate() {
     assert!(xrp.contains("XRPUSDT: not allowlisted (SYMBOL_ALLOWLIST="), "{xrp}");
 
     // Status: 300 intents in and 81 plans out is explained on the same screen.
-    let (code, status) = quantumctl(&["status"], Some(&stack.redis.url()));
+    let (code, status) = quantumctl(&["status"], Some(&stack.url()));
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("BRIDGE OUTCOMES (last 5 min): 10 intents"), "{status}");
     assert!(status.contains("blocked:kill_score_warning_risk_increase"), "{status}");
-    let (code, json) = quantumctl(&["status", "--json"], Some(&stack.redis.url()));
+    let (code, json) = quantumctl(&["status", "--json"], Some(&stack.url()));
     assert_eq!(code, 0, "{json}");
     let json: serde_json::Value = serde_json::from_str(&json).expect("status --json is JSON");
     let by = &json["bridge_outcomes"]["by_outcome"];
@@ -273,7 +273,7 @@ async fn why_sees_a_waiting_intent_and_a_replay() {
         .await;
     let out = why_intent(&stack, &waits);
     assert!(out.contains("waiting at the bridge: delivered"), "{out}");
-    let (code, json) = quantumctl(&["status", "--json"], Some(&stack.redis.url()));
+    let (code, json) = quantumctl(&["status", "--json"], Some(&stack.url()));
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["bridge_outcomes"]["by_outcome"]["pending"], 1);

@@ -49,6 +49,7 @@ use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_runtime::dead_letter::{dead_letter_then_ack, DeadLetter};
 use quantum_runtime::failure::StageError;
 use quantum_runtime::http::{self, HttpArgs};
+use quantum_runtime::replication::ReplicaWait;
 use quantum_runtime::reply::hash_pairs;
 use quantum_runtime::trace;
 use tracing::Span;
@@ -123,6 +124,10 @@ pub struct LedgerStats {
 pub struct LedgerWriter {
     writer: Client,
     gap_timeout_ms: u64,
+    /// `REDIS_WAIT_REPLICAS`: the applied fills are on the replicas before their entries are
+    /// acknowledged (on a cluster the ledgers and `ledger.commit` live on different nodes, and
+    /// an acknowledged fill whose apply a failover took back would be lost).
+    replica_wait: std::sync::Arc<ReplicaWait>,
     pub stats: LedgerStats,
     /// The current batch's fill spans by fill id (only while tracing is on).
     spans: HashMap<String, Span>,
@@ -133,10 +138,11 @@ const MAX_CAS_ATTEMPTS: usize = 16;
 
 impl LedgerWriter {
     /// A writer using `writer`, waiting `gap_timeout_ms` for a fill missing from the sequence.
-    pub fn new(writer: Client, gap_timeout_ms: u64) -> Self {
+    pub fn new(writer: Client, gap_timeout_ms: u64, replica_wait: std::sync::Arc<ReplicaWait>) -> Self {
         Self {
             writer,
             gap_timeout_ms,
+            replica_wait,
             stats: LedgerStats::default(),
             spans: HashMap::new(),
         }
@@ -487,6 +493,7 @@ impl LedgerWriter {
             }
         }
         let stuck = self.apply(by_symbol).await?;
+        self.replica_wait.after_write(&self.writer, "the fills applied").await?;
         let letters: Vec<DeadLetter> = dlq
             .iter()
             .map(|(entry, error)| DeadLetter {
@@ -630,7 +637,8 @@ async fn periodic(
     gap_timeout_ms: u64,
     stop: CancellationToken,
 ) {
-    let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms);
+    // The sweep acknowledges no entry, so it has nothing to wait for replicas before.
+    let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms, Default::default());
     let mut tracker = DriftTracker::default();
     loop {
         // One SCAN for every step of the pass; after a failed one the steps have nothing to do
@@ -708,7 +716,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
         args.gap_timeout_ms,
         shutdown.clone(),
     ));
-    let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms);
+    let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms, spec.replica_wait.clone());
     let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
     shutdown.cancel();
     let _ = periodic.await;

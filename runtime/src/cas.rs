@@ -208,18 +208,16 @@ async fn queue_script<C: ClientLike>(
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<(), Error> {
+    // Routed (on a cluster) by the first key: fred honours only an explicit slot for a custom
+    // command, and would otherwise hash its first string, the script text.
+    let hasher = keys.first().map_or(ClusterHash::FirstKey, |key| {
+        ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
+    });
     let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
     all.push(script.into());
     all.push((keys.len() as i64).into());
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args.into_iter().map(Value::from));
-    // Routed by the first key (after the script and the key count), not by the script text,
-    // which FirstKey would hash; a script with no key goes anywhere.
-    let hasher = if all.len() > 2 && !matches!(all[1], Value::Integer(0)) {
-        ClusterHash::Offset(2)
-    } else {
-        ClusterHash::Random
-    };
     let eval = CustomCommand::new_static(command, hasher, false);
     pipeline.custom::<(), _>(eval, all).await
 }

@@ -179,8 +179,13 @@ pub async fn queue_ack<C: StreamsInterface + Sync>(
 /// XREADGROUP, routed (on a cluster) to the node holding `stream`: its key comes after
 /// GROUP, COUNT, BLOCK and STREAMS, where no fixed offset finds it.
 fn xreadgroup_cmd(stream: &str, blocking: bool) -> CustomCommand {
-    let slot = fred::util::redis_keyslot(stream.as_bytes());
-    CustomCommand::new("XREADGROUP", fred::types::ClusterHash::Custom(slot), blocking)
+    CustomCommand::new("XREADGROUP", slot_of(stream), blocking)
+}
+
+/// Routes a custom command to the node of `key` on a cluster (fred honours only an explicit
+/// slot for custom commands; otherwise it hashes their first string argument).
+pub fn slot_of(key: &str) -> fred::types::ClusterHash {
+    fred::types::ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
 }
 
 /// Runs the loop until `shutdown` fires: join the group, then, batch after batch, keep the
@@ -793,8 +798,8 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) >= 0 and 1
 async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), StageError> {
     let reply: Value = writer
         .custom(
-            // The key follows the subcommand.
-            CustomCommand::new_static("XINFO", fred::types::ClusterHash::Offset(1), false),
+            // The key follows the subcommand, where FirstKey would not find it.
+            CustomCommand::new_static("XINFO", slot_of(spec.stream), false),
             vec![Value::from("CONSUMERS"), spec.stream.into(), spec.group.into()],
         )
         .await?;
@@ -983,7 +988,12 @@ pub async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>, Er
     Ok(keys)
 }
 
-async fn scan_node(client: &Client, node: &crate::nodes::Node, pattern: &str, keys: &mut Vec<String>) -> Result<(), Error> {
+async fn scan_node(
+    client: &Client,
+    node: &crate::nodes::Node,
+    pattern: &str,
+    keys: &mut Vec<String>,
+) -> Result<(), Error> {
     let mut cursor = "0".to_string();
     loop {
         let args: Vec<Value> = vec![

@@ -57,6 +57,11 @@ fn redis_code(details: &str) -> &str {
     details.split_whitespace().next().unwrap_or_default()
 }
 
+/// Whether `word` has the form of a Redis error code (`ERR`, `WRONGTYPE`, `NOSCRIPT`, ...).
+fn is_reply_code(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
 /// The error code of a reply Redis refused (`BUSYGROUP`, `NOGROUP`, `NOPERM`, ...): the
 /// protocol's machine-readable part of an error, which callers compare instead of the message
 /// text. An error raised by the client itself (I/O, timeout) carries none.
@@ -89,6 +94,11 @@ impl From<Error> for StageError {
         let code = redis_code(e.details());
         if is_auth_error(&e) {
             Self::Fatal(text)
+        } else if e.kind() == &ErrorKind::Unknown && !is_reply_code(code) {
+            // Not a Redis error reply (those open with an upper-case code such as ERR or
+            // WRONGTYPE) but the client's own failure, such as its attempts at a command used
+            // up by a connection lost or a redirection while a cluster fails over.
+            Self::Retryable(text)
         } else if TRANSIENT_CODES.contains(&code) {
             Self::Retryable(text)
         } else {
@@ -143,6 +153,13 @@ mod tests {
                 "poison",
             ),
             (ErrorKind::Parse, "unexpected reply", "poison"),
+            // fred's own failure, not a reply: a command's attempts used up in a failover.
+            (ErrorKind::Unknown, "Too many failed write attempts.", "retryable"),
+            (
+                ErrorKind::Unknown,
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                "poison",
+            ),
         ];
         for (kind, details, expected) in rows {
             assert_eq!(class(kind, details), expected, "{details}");

@@ -34,7 +34,7 @@ pub fn primaries(client: &Client) -> Vec<Node> {
     if !client.is_clustered() {
         return vec![Node {
             name: String::new(),
-            route: ClusterHash::Random,
+            route: ClusterHash::FirstKey,
         }];
     }
     let Some(routing) = client.cached_cluster_state() else {

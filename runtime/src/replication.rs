@@ -84,7 +84,11 @@ impl ReplicaWait {
             pipeline.custom::<(), _>(wait, args).await?;
         }
         let replies: Vec<Value> = pipeline.all().await?;
-        let acked = replies.iter().map(|r| r.as_u64().unwrap_or_default()).min().unwrap_or_default();
+        let acked = replies
+            .iter()
+            .map(|r| r.as_u64().unwrap_or_default())
+            .min()
+            .unwrap_or_default();
         Ok(self.record(acked, what))
     }
 
@@ -132,7 +136,10 @@ pub async fn check_replicas(client: &Client, wait: &ReplicaWait) {
                     );
                 }
             }
-            Err(e) => tracing::info!("Cannot read Redis' replication settings{} ({e}); not checked", node.suffix()),
+            Err(e) => tracing::info!(
+                "Cannot read Redis' replication settings{} ({e}); not checked",
+                node.suffix()
+            ),
         }
     }
 }

@@ -14,7 +14,7 @@ use fred::types::Value;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_runtime::config::RedisArgs;
 use quantum_runtime::consumer::group_backlog;
-use quantumctl::redis_server::RedisServer;
+use quantumctl::redis_server::{RedisCluster, RedisServer};
 use std::collections::HashSet;
 
 use quantum_model::contract::*;
@@ -24,8 +24,14 @@ use quantumctl::stack::{base_env, Service, ServiceProcess};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// What a stack's services talk to.
+pub enum Backend {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
 pub struct Stack {
-    pub redis: RedisServer,
+    backend: Backend,
     pub client: Client,
     pub dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
@@ -52,18 +58,63 @@ impl Stack {
     /// A stack whose test client connects with `client_url` (e.g. with ACL credentials); the
     /// services get the plain URL and their own credentials through `env`.
     pub async fn with_redis_as(redis: RedisServer, client_url: &str) -> Self {
+        let url = redis.url();
+        Self::on(Backend::Server(redis), &url, client_url).await
+    }
+
+    /// A stack on a Redis Cluster (every service and the test client given its URL), with the
+    /// account equity published.
+    pub async fn on_cluster(cluster: RedisCluster) -> Self {
+        let url = cluster.url();
+        let stack = Self::on(Backend::Cluster(cluster), &url, &url).await;
+        stack.hset(PORTFOLIO_KEY, &[("equity_usd", "100000")]).await;
+        stack
+    }
+
+    async fn on(backend: Backend, service_url: &str, client_url: &str) -> Self {
         let client = RedisArgs::from_url(client_url)
             .connect(&tokio_util::sync::CancellationToken::new())
             .await
             .expect("connect to test redis");
-        let env = base_env(&redis.url());
+        let env = base_env(service_url);
         Self {
-            redis,
+            backend,
             client,
             dir: tempfile::tempdir().expect("temp dir"),
             env,
             procs: HashMap::new(),
             replicas: Vec::new(),
+        }
+    }
+
+    /// The one Redis server of a stack that is not on a cluster.
+    pub fn redis(&self) -> &RedisServer {
+        match &self.backend {
+            Backend::Server(redis) => redis,
+            Backend::Cluster(_) => panic!("this stack runs on a cluster, not one server"),
+        }
+    }
+
+    pub fn redis_mut(&mut self) -> &mut RedisServer {
+        match &mut self.backend {
+            Backend::Server(redis) => redis,
+            Backend::Cluster(_) => panic!("this stack runs on a cluster, not one server"),
+        }
+    }
+
+    /// The cluster of a stack started with [`Stack::on_cluster`].
+    pub fn cluster_mut(&mut self) -> &mut RedisCluster {
+        match &mut self.backend {
+            Backend::Cluster(cluster) => cluster,
+            Backend::Server(_) => panic!("this stack runs on one server"),
+        }
+    }
+
+    /// The URL the services are given.
+    pub fn url(&self) -> String {
+        match &self.backend {
+            Backend::Server(redis) => redis.url(),
+            Backend::Cluster(cluster) => cluster.url(),
         }
     }
 
@@ -184,7 +235,7 @@ impl Stack {
 
     /// Starts a replica of the stack's Redis and waits until the master counts it in sync.
     pub async fn start_redis_replica(&self) -> RedisServer {
-        let port = self.redis.port().to_string();
+        let port = self.redis().port().to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("start the replica");
         let field = |info: &str, name: &str| {
             info.lines()
