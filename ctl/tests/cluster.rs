@@ -151,11 +151,12 @@ async fn two_ledgers_apply_every_fill_once_on_a_cluster_through_a_primary_s_deat
         );
     }
     wait_for("the malformed fill in the DLQ", || async {
-        let dlq: Result<Vec<(String, HashMap<String, String>)>, Error> =
-            stack.client.xrange(LEDGER_COMMIT_DLQ_STREAM, "-", "+", None).await;
-        dlq.is_ok_and(|d| d.len() == 1 && d[0].1.get("reason").map(String::as_str) == Some("malformed_fill"))
+        !stack.entries(LEDGER_COMMIT_DLQ_STREAM).await.is_empty()
     })
     .await;
+    let dlq = stack.entries(LEDGER_COMMIT_DLQ_STREAM).await;
+    assert_eq!(dlq.len(), 1, "the malformed fill dead-lettered once: {dlq:?}");
+    assert_eq!(dlq[0].get("reason"), Some("malformed_fill"));
     assert_eq!(
         stack.process(Service::Ledger).exited(),
         None,
