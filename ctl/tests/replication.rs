@@ -79,10 +79,7 @@ async fn committed_batches_wait_for_the_replica_and_a_silent_one_is_reported_not
     buy_and_wait_for_fill(&stack, 3).await;
     for s in SERVICES {
         let log = stack
-            .wait_log(
-                s,
-                "REDIS_WAIT_SHORT replicas=0/1 timeout_ms=200 after a batch of quantum:stream:",
-            )
+            .wait_log(s, "REDIS_WAIT_SHORT replicas=0/1 timeout_ms=200 after ")
             .await;
         assert_eq!(
             log.matches("REDIS_WAIT_SHORT").count(),
@@ -100,9 +97,7 @@ async fn committed_batches_wait_for_the_replica_and_a_silent_one_is_reported_not
     replica.resume();
     buy_and_wait_for_fill(&stack, 4).await;
     for s in SERVICES {
-        stack
-            .wait_log(s, "REDIS_WAIT restored: 1 replicas hold a batch of")
-            .await;
+        stack.wait_log(s, "REDIS_WAIT restored: 1 replicas hold ").await;
     }
     // The replica holds what the master holds (it is in sync: WAIT answered in full).
     let replica_client = quantum_runtime::config::RedisArgs::from_url(&replica.url())
