@@ -185,15 +185,18 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
 
 #[tokio::test]
 async fn an_entry_dead_lettered_again_after_a_crash_before_its_ack_is_in_the_dlq_once() {
-    use quantum_runtime::dead_letter::{dead_letter_then_ack, marker_key, DeadLetter};
+    use quantum_runtime::append_once::{dead_letter_then_ack, marker_key, Once};
     let stack = Stack::new().await;
     quantum_runtime::consumer::ensure_group(&stack.client, LEDGER_COMMIT_STREAM, LEDGER_GROUP)
         .await
         .unwrap();
     let id = stack.xadd(LEDGER_COMMIT_STREAM, &[("symbol", "BTCUSDT")]).await;
-    let letter = DeadLetter {
-        source_id: id.clone(),
-        fields: vec![("source_id", id.clone()), ("reason", "malformed_fill".into())],
+    let letter = Once {
+        id: id.clone(),
+        fields: vec![
+            ("source_id".to_string(), id.clone()),
+            ("reason".to_string(), "malformed_fill".to_string()),
+        ],
     };
     // The first attempt's XACK is lost (nothing acknowledged: an empty list), the retry's is not.
     let first = dead_letter_then_ack(

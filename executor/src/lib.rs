@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
 use quantum_model::contract::{
-    answered_key, EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
+    EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::labels::symbol_label;
@@ -38,7 +38,8 @@ use quantum_model::plan::Plan;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::{entry_age_ms, now_ms};
 use quantum_model::types::{Decision, PlanId, Symbol};
-use quantum_runtime::cas::queue_eval;
+use quantum_runtime::append_once::{appended, queue_append_once, Once};
+use quantum_runtime::cas::owned;
 use quantum_runtime::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
 use quantum_runtime::failure::StageError;
@@ -205,23 +206,6 @@ pub struct ExecutorStats {
     pub malformed: u64,
 }
 
-/// Writes a not-executed plan's result once: the marker and the XADD in one step, so a replayed
-/// plan (a group reset, a redelivery) is answered exactly once.
-const ANSWER_ONCE_SCRIPT: &str = r#"#!lua
-local t = redis.call('TYPE', KEYS[2])['ok']
-if t ~= 'none' and t ~= 'stream' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', not a stream; nothing written')
-end
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-  return 1
-end
-return 0
-"#;
-
-/// How long the answered markers are kept (seconds): a week, beyond any replay horizon.
-const ANSWERED_TTL_SECS: u64 = 7 * 24 * 3600;
-
 /// Why a plan is answered without an order (which counter it went to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -344,13 +328,13 @@ impl<V: Venue> Executor<V> {
         Step::Claim(Box::new(plan), None)
     }
 
-    /// A not-executed plan whose answer-once step found it answered before was a replay: it is
-    /// counted as a duplicate, not a second answer. The answers are the transaction's first
-    /// replies, in step order.
-    fn count_replayed_answers(&mut self, steps: &[Step], replies: &[Value]) {
+    /// A not-executed plan whose answer the append-once step found there before was a replay:
+    /// it is counted as a duplicate, not a second answer. `appended` has one flag per answer,
+    /// in step order.
+    fn count_replayed_answers(&mut self, steps: &[Step], appended: &[bool]) {
         let answers = steps.iter().filter(|s| matches!(s, Step::Result(..)));
-        for (step, reply) in answers.zip(replies) {
-            if let (Step::Result(result, answer), Some(0)) = (step, reply.as_i64()) {
+        for (step, appended) in answers.zip(appended) {
+            if let (Step::Result(result, answer), false) = (step, appended) {
                 let counter = match answer {
                     Answer::Malformed => &mut self.stats.malformed,
                     Answer::NotExecuted => &mut self.stats.not_executed,
@@ -675,29 +659,25 @@ impl<V: Venue> Executor<V> {
     ) -> Result<Vec<bool>, StageError> {
         let trx = self.writer.multi();
         let mut queued = 0;
-        for (step, entry) in steps.iter().zip(batch) {
-            if let Step::Result(result, _) = step {
-                let answered = match PlanId::parse(&result.plan_id) {
-                    Ok(plan_id) => answered_key(plan_id.as_str()),
-                    Err(_) => answered_key(&entry.id),
-                };
-                let mut args = vec![ANSWERED_TTL_SECS.to_string()];
-                for (k, v) in result.to_fields() {
-                    args.push(k.to_string());
-                    args.push(v);
-                }
-                queue_eval(
-                    &trx,
-                    ANSWER_ONCE_SCRIPT,
-                    vec![answered, RESULT_STREAM.to_string()],
-                    args,
-                )
-                .await?;
-                queued += 1;
-            }
+        // Each answer once, whoever repeats it: keyed by its plan id (the entry id when the plan
+        // has no valid one).
+        let answers: Vec<Once> = steps
+            .iter()
+            .zip(batch)
+            .filter_map(|(step, entry)| match step {
+                Step::Result(result, _) => Some(Once {
+                    id: PlanId::parse(&result.plan_id).map_or_else(|_| entry.id.clone(), |p| p.to_string()),
+                    fields: owned(result.to_fields()),
+                }),
+                _ => None,
+            })
+            .collect();
+        if !answers.is_empty() {
+            queue_append_once(&trx, RESULT_STREAM, &answers).await?;
+            queued += 1;
         }
         // Reservations are released after the answers: `count_replayed_answers` reads the
-        // transaction's first replies as theirs.
+        // transaction's first reply as theirs.
         for step in steps {
             if let Step::Result(result, _) = step {
                 if let Ok(symbol) = Symbol::parse(&result.symbol) {
@@ -724,7 +704,9 @@ impl<V: Venue> Executor<V> {
             .collect();
         consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
         let replies: Vec<Value> = trx.exec(true).await?;
-        self.count_replayed_answers(steps, &replies);
+        if !answers.is_empty() {
+            self.count_replayed_answers(steps, &appended(&replies[0]));
+        }
         Ok(replies
             .iter()
             .skip(queued)

@@ -46,7 +46,7 @@ use crate::keyspace::Keyspace;
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
-use quantum_runtime::dead_letter::{dead_letter_then_ack, DeadLetter};
+use quantum_runtime::append_once::{dead_letter_then_ack, Once};
 use quantum_runtime::failure::StageError;
 use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::replication::ReplicaWait;
@@ -494,17 +494,17 @@ impl LedgerWriter {
         }
         let stuck = self.apply(by_symbol).await?;
         self.replica_wait.after_write(&self.writer, "the fills applied").await?;
-        let letters: Vec<DeadLetter> = dlq
+        let letters: Vec<Once> = dlq
             .iter()
-            .map(|(entry, error)| DeadLetter {
-                source_id: entry.id.clone(),
-                fields: vec![
+            .map(|(entry, error)| Once {
+                id: entry.id.clone(),
+                fields: owned(vec![
                     ("source_id", entry.id.clone()),
                     ("reason", "malformed_fill".to_string()),
                     ("error", truncate(error, 1024).to_string()),
                     ("raw", truncate(&entry.raw_text(), 8192).to_string()),
                     ("timestamp", now_secs().to_string()),
-                ],
+                ]),
             })
             .collect();
         let ids: Vec<String> = batch

@@ -62,12 +62,6 @@ pub fn seen_key(entry_id: &str) -> String {
     format!("quantum:intent_bridge:seen:{entry_id}")
 }
 
-/// The executor's record that a plan it did not execute (BLOCKED, refused, malformed) was
-/// answered, so a replayed plan gets no second result. Keyed by plan id (entry id without one).
-pub fn answered_key(plan_or_entry_id: &str) -> String {
-    format!("quantum:executor:answered:{plan_or_entry_id}")
-}
-
 /// The executor's record of one order (state before and after the venue call).
 /// The executor's index of order records still NEW (sorted set: client order id, scored by claim
 /// time in ms): the claim adds, the finalize removes, the sweep reads the old ones.

@@ -674,11 +674,11 @@ async fn dead_letter_if_exhausted(
         ("raw", truncate(&entry.raw_text(), 8192).to_string()),
         ("timestamp", now_secs().to_string()),
     ];
-    let letter = crate::dead_letter::DeadLetter {
-        source_id: entry.id.clone(),
-        fields,
+    let letter = crate::append_once::Once {
+        id: entry.id.clone(),
+        fields: crate::cas::owned(fields),
     };
-    crate::dead_letter::dead_letter_then_ack(
+    crate::append_once::dead_letter_then_ack(
         writer,
         spec.dlq_stream,
         std::slice::from_ref(&letter),

@@ -13,7 +13,8 @@
 //! loop's and the connection's own and stay private.
 //! - [`config`]: the shared flags (Redis URL, TLS, ACL user, consumer settings) and connecting.
 //! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
-//! - [`dead_letter`]: DLQ entries added once, then acknowledged (two steps a cluster can take).
+//! - [`append_once`]: stream entries appended once each (a marker in the stream's slot), and
+//!   dead-lettering as two steps a cluster can take.
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
 //! - [`reply`]: Redis replies decoded into stream entries and text.
 //! - [`replication`]: `WAIT` for replicas after money-path commits (`REDIS_WAIT_REPLICAS`).
@@ -26,10 +27,10 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`window`]: live symbol-window gauges.
 //! - `systemd`: readiness, stopping and watchdog notifications.
 
+pub mod append_once;
 pub mod cas;
 pub mod config;
 pub mod consumer;
-pub mod dead_letter;
 mod durability;
 pub mod failure;
 pub mod http;
