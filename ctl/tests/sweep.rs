@@ -204,3 +204,81 @@ async fn an_executor_waking_after_the_sweep_settled_its_order_places_nothing() {
     assert_eq!(results[0].get("executed"), Some("false"));
     assert!(stack.entries(LEDGER_COMMIT_STREAM).await.is_empty());
 }
+
+/// After a crash during an order's publication, everything about the order is there once:
+/// one fill in the ledger, one result, no reservation, no index entry, no note left behind.
+async fn assert_published_once(stack: &Stack, plan_id: &str) {
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    assert_eq!(stack.entries(LEDGER_COMMIT_STREAM).await.len(), 1, "one fill appended");
+    let results = stack.entries(RESULT_STREAM).await;
+    assert_eq!(results.len(), 1, "one result: {results:?}");
+    assert_eq!(results[0].get("executed"), Some("true"));
+    let ledger = stack.hash("quantum:position:ledger:BTCUSDT").await;
+    assert_eq!(
+        (ledger["position_amt"].as_str(), ledger["fills"].as_str()),
+        ("0.01", "1")
+    );
+    let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
+    assert_eq!(record.get("published").map(String::as_str), Some("1"));
+    assert!(!record.contains_key("outbox"), "the outbox is dropped once out");
+    let open: i64 = stack.client.zcard(OPEN_ORDERS_KEY).await.unwrap();
+    assert_eq!(open, 0);
+    for key in [
+        "{quantum:position:ledger:BTCUSDT}:inflight".to_string(),
+        "{quantum:position:ledger:BTCUSDT}:inflight:total".to_string(),
+        format!("{{quantum:position:ledger:BTCUSDT}}:inflight:swapped:{plan_id}"),
+    ] {
+        let exists: i64 = stack.client.exists(&key).await.unwrap();
+        assert_eq!(exists, 0, "{key} is gone");
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_any_step_of_an_order_s_publication_is_finished_by_the_redelivered_plan() {
+    for point in [
+        "executor::before_publish",
+        "executor::after_swap",
+        "executor::after_append",
+    ] {
+        let mut stack = Stack::new().await;
+        let (_, plan_id) = one_plan(&mut stack).await;
+        stack.start(Service::Ledger, &[]);
+        let fast_reclaim = [
+            ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ];
+        start_executor(&mut stack, Some(&format!("{point}=return")), &fast_reclaim);
+        wait_exited(&mut stack).await;
+        let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
+        assert_eq!(record.get("published").map(String::as_str), Some("0"), "{point}");
+
+        start_executor(&mut stack, None, &fast_reclaim);
+        stack
+            .wait_log(
+                Service::Executor,
+                &format!("Publishing order qib-{plan_id} of plan {plan_id}"),
+            )
+            .await;
+        stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+        assert_published_once(&stack, &plan_id).await;
+    }
+}
+
+#[tokio::test]
+async fn an_order_left_unpublished_by_a_crash_is_published_by_the_sweep_when_its_plan_is_gone() {
+    let mut stack = Stack::new().await;
+    let (entry, plan_id) = one_plan(&mut stack).await;
+    stack.start(Service::Ledger, &[]);
+    start_executor(&mut stack, Some("executor::after_swap=return"), &[]);
+    wait_exited(&mut stack).await;
+    let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
+
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
+    stack
+        .wait_log(
+            Service::Executor,
+            &format!("Swept order qib-{plan_id} of plan {plan_id} for BTCUSDT: finished but not published"),
+        )
+        .await;
+    assert_published_once(&stack, &plan_id).await;
+}

@@ -29,16 +29,14 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
-use quantum_model::contract::{
-    EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
-};
+use quantum_model::contract::{EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, PLAN_STREAM, RESULT_STREAM};
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::labels::symbol_label;
 use quantum_model::plan::Plan;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::{entry_age_ms, now_ms};
 use quantum_model::types::{Decision, PlanId, Symbol};
-use quantum_runtime::append_once::{appended, queue_append_once, Once};
+use quantum_runtime::append_once::Once;
 use quantum_runtime::cas::owned;
 use quantum_runtime::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
@@ -242,6 +240,9 @@ enum Step {
     Recover(Box<Plan>, String),
     /// Already handled earlier: acknowledge only.
     Ack,
+    /// Finished earlier, its outbox not yet published (a crash after the finalize): publish
+    /// it, then acknowledge.
+    Publish(Box<order::Outbox>),
     /// Another executor holds its order under a lease: leave the plan pending, look again later.
     Leased,
 }
@@ -381,7 +382,7 @@ impl<V: Venue> Executor<V> {
 
     /// Claims the order records of the batch's orders in one step (a peek for stale plans:
     /// they claim nothing new) and resolves each [`Step::Claim`] by what it found.
-    async fn claim(&mut self, steps: Vec<Step>, spans: &[Span]) -> Result<Vec<Step>, Error> {
+    async fn claim(&mut self, steps: Vec<Step>, spans: &[Span]) -> Result<Vec<Step>, StageError> {
         let pipeline = self.writer.pipeline();
         {
             let claims: Vec<(&Plan, bool)> = steps
@@ -397,17 +398,41 @@ impl<V: Venue> Executor<V> {
             order::queue_claims(&pipeline, &claims, &self.claimant).await?;
         }
         let mut states = pipeline.last::<Vec<String>>().await?.into_iter();
-        Ok(steps
-            .into_iter()
-            .zip(spans)
-            .map(|(step, span)| match step {
+        let mut resolved = Vec::with_capacity(steps.len());
+        for (step, span) in steps.into_iter().zip(spans) {
+            resolved.push(match step {
+                Step::Claim(plan, _) if states.as_slice().first().map(String::as_str) == Some("UNPUBLISHED") => {
+                    states.next();
+                    self.unpublished(plan, span).await?
+                }
                 Step::Claim(plan, stale) => {
                     let state = order::claim_state(&states.next().unwrap_or_default());
                     self.resolve_claim(plan, stale, state, span)
                 }
                 other => other,
-            })
-            .collect())
+            });
+        }
+        Ok(resolved)
+    }
+
+    /// A plan whose order finished before a crash but whose fills and result may not be out:
+    /// its outbox is published with the batch (a rare path: one read each).
+    async fn unpublished(&mut self, plan: Box<Plan>, span: &Span) -> Result<Step, StageError> {
+        let coid = plan.plan_id.client_order_id();
+        match order::read_outbox(&self.writer, &coid).await? {
+            Ok(outbox) => {
+                trace::record_outcome(span, "duplicate", false);
+                self.stats.duplicates += 1;
+                tracing::info!(
+                    "Publishing order {coid} of plan {}: finished before a restart, its fills and result maybe not out",
+                    plan.plan_id
+                );
+                Ok(Step::Publish(Box::new(outbox)))
+            }
+            Err(e) => Err(StageError::Poison(format!(
+                "order record quantum:order:{coid} is finished but its outbox is unreadable ({e}); repair it"
+            ))),
+        }
     }
 
     fn resolve_claim(&mut self, plan: Box<Plan>, stale: Option<String>, state: ClaimState, span: &Span) -> Step {
@@ -437,6 +462,8 @@ impl<V: Venue> Executor<V> {
                 "unclaimed",
                 "internal: the claim created no order record".to_string(),
             ),
+            // Taken care of before resolving (`unpublished`).
+            (ClaimState::Unpublished, _) => Step::Ack,
             (ClaimState::Leased, _) => {
                 self.deferred = true;
                 tracing::info!(
@@ -646,9 +673,11 @@ impl<V: Venue> Executor<V> {
         Ok(())
     }
 
-    /// One MULTI/EXEC: the answers of not-executed plans (answer-once scripts) with their
-    /// reservations released, the finalize script of each order, and the XACK of the whole
-    /// batch. Returns, per finished order, whether this batch finalized it.
+    /// Finalizes the finished orders (each record, with its outbox), publishes every outbox
+    /// (the finalized ones and those the claim found unpublished) with the answers of the plans
+    /// not executed, then acknowledges the batch: ordered steps of one slot each, every one
+    /// idempotent (order.rs), so a crash between two redelivers the batch and repeats nothing.
+    /// Returns, per finished order, whether this batch finalized it.
     async fn commit(
         &mut self,
         batch: &[StreamEntry],
@@ -657,42 +686,46 @@ impl<V: Venue> Executor<V> {
         finished: &[(usize, OrderOutcome)],
         waiting: &[usize],
     ) -> Result<Vec<bool>, StageError> {
-        let trx = self.writer.multi();
-        let mut queued = 0;
-        // Each answer once, whoever repeats it: keyed by its plan id (the entry id when the plan
-        // has no valid one).
-        let answers: Vec<Once> = steps
+        let outboxes: Vec<(usize, order::Outbox)> = finished
             .iter()
-            .zip(batch)
-            .filter_map(|(step, entry)| match step {
-                Step::Result(result, _) => Some(Once {
-                    id: PlanId::parse(&result.plan_id).map_or_else(|_| entry.id.clone(), |p| p.to_string()),
-                    fields: owned(result.to_fields()),
-                }),
-                _ => None,
+            .filter_map(|(i, outcome)| {
+                let plan = steps[*i].order()?;
+                let outbox = order::Outbox::new(&OrderRef::from(plan), outcome, |fields| {
+                    trace::propagate(&spans[*i], Some(&batch[*i]), fields)
+                });
+                Some((*i, outbox))
             })
             .collect();
-        if !answers.is_empty() {
-            queue_append_once(&trx, RESULT_STREAM, &answers).await?;
-            queued += 1;
-        }
-        // Reservations are released after the answers: `count_replayed_answers` reads the
-        // transaction's first reply as theirs.
-        for step in steps {
+        let finalized = self.finalize_records(finished, &outboxes).await?;
+        fail::fail_point!("executor::before_publish", |_| std::process::abort());
+        // Orders another finalized meanwhile are theirs to publish.
+        let mut to_publish: Vec<order::Outbox> = outboxes
+            .into_iter()
+            .zip(&finalized)
+            .filter(|(_, here)| **here)
+            .map(|((_, outbox), _)| outbox)
+            .collect();
+        to_publish.extend(steps.iter().filter_map(|s| match s {
+            Step::Publish(outbox) => Some(outbox.as_ref().clone()),
+            _ => None,
+        }));
+        // Each answer once, whoever repeats it: keyed by its plan id (the entry id when the plan
+        // has no valid one).
+        let mut answers = Vec::new();
+        let mut released = Vec::new();
+        for (step, entry) in steps.iter().zip(batch) {
             if let Step::Result(result, _) = step {
+                answers.push(Once {
+                    id: PlanId::parse(&result.plan_id).map_or_else(|_| entry.id.clone(), |p| p.to_string()),
+                    fields: owned(result.to_fields()),
+                });
                 if let Ok(symbol) = Symbol::parse(&result.symbol) {
-                    quantum_runtime::inflight::queue_release(&trx, &symbol, vec![result.plan_id.to_string()]).await?;
-                    queued += 1;
+                    released.push((symbol, result.plan_id.to_string()));
                 }
             }
         }
-        for (i, outcome) in finished {
-            let Some(plan) = steps[*i].order() else { continue };
-            order::queue_finalize(&trx, &self.claimant.owner, &OrderRef::from(plan), outcome, |fields| {
-                trace::propagate(&spans[*i], Some(&batch[*i]), fields)
-            })
-            .await?;
-        }
+        let appended = order::publish(&self.writer, &to_publish, &answers, &released).await?;
+        self.count_replayed_answers(steps, &appended);
         // Every entry but those left to the executor that holds their order, and those
         // waiting on an unknown outcome.
         let ids: Vec<String> = batch
@@ -702,17 +735,26 @@ impl<V: Venue> Executor<V> {
             .filter(|(i, (_, step))| !matches!(step, Step::Leased) && !waiting.contains(i))
             .map(|(_, (e, _))| e.id.clone())
             .collect();
-        consumer::queue_ack(&trx, PLAN_STREAM, PLAN_GROUP, &ids).await?;
-        let replies: Vec<Value> = trx.exec(true).await?;
-        if !answers.is_empty() {
-            self.count_replayed_answers(steps, &appended(&replies[0]));
+        consumer::queue_ack(&self.writer, PLAN_STREAM, PLAN_GROUP, &ids).await?;
+        Ok(finalized)
+    }
+
+    /// The finalize step of each finished order's record, in one round trip; per order,
+    /// whether this batch finalized it.
+    async fn finalize_records(
+        &self,
+        finished: &[(usize, OrderOutcome)],
+        outboxes: &[(usize, order::Outbox)],
+    ) -> Result<Vec<bool>, StageError> {
+        if outboxes.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(replies
-            .iter()
-            .skip(queued)
-            .take(finished.len())
-            .map(|r| r.as_i64() == Some(1))
-            .collect())
+        let pipeline = self.writer.pipeline();
+        for ((_, outcome), (_, outbox)) in finished.iter().zip(outboxes) {
+            order::queue_finalize(&pipeline, &self.claimant.owner, outbox, outcome).await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        Ok(replies.iter().map(|r| r.as_i64() == Some(1)).collect())
     }
 }
 

@@ -7,22 +7,30 @@
 //!   names its owner with a lease (`INTENT_EXECUTOR_ORDER_LEASE_MS`): until the lease runs out
 //!   no other executor calls the venue for it or finalizes it;
 //! - a NEW record is finalized exactly once: the finalize script acts only while the record is
-//!   NEW, and in that one step writes the final state, appends the fills to `ledger.commit` and
-//!   the result to `apply.result`, swaps the plan's in-flight reservation for its fills', and
-//!   removes the record from the index. Whoever finalizes (the batch, a second instance, the
-//!   sweep), the others find it finished and add nothing;
+//!   NEW, and writes the final state together with its outbox (the fills, their reservations
+//!   and the result) and `published=0`: the record is the order's write-ahead record. Whoever
+//!   finalizes (the batch, a second instance, the sweep), the others find it finished;
+//! - a finished record's outbox is published in ordered steps of one slot each, every one
+//!   idempotent, so whoever finds the record unpublished (the batch, the plan redelivered after
+//!   a crash, the sweep) publishes it again without doubling anything: the plan's reservation is
+//!   swapped for the fills' once (a note in the reservations' slot says it was done, removed
+//!   with the rest at the end), the fills and the result are appended once each (`append_once`, keyed by fill id
+//!   and plan id), then the record is marked `published=1` and leaves the index. A record leaves
+//!   the open-order index only once its fills and result are out;
 //! - a finished record expires after [`ORDER_RECORD_TTL_SECS`], beyond the replay horizon: a plan
 //!   replayed later is older than `INTENT_EXECUTOR_MAX_PLAN_AGE_MS` and refused before any claim;
 //! - so every order the venue accepted reaches the ledger, even when its plan was trimmed or
 //!   deleted after the venue call: the sweep asks the venue about every record left NEW past
-//!   its grace period and finalizes it with what the venue says.
+//!   its grace period and finalizes it with what the venue says, and publishes every record
+//!   left unpublished.
 
 use fred::prelude::*;
 use fred::types::Value;
 use rust_decimal::Decimal;
 
 use quantum_model::contract::{
-    order_key, reservation_key, reservation_totals_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY, RESULT_STREAM,
+    order_key, reservation_key, reservation_swapped_key, reservation_totals_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY,
+    RESULT_STREAM,
 };
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::fields::Fields;
@@ -32,6 +40,7 @@ use quantum_model::reservation::Reservation;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::now_ms;
 use quantum_model::types::{OrderId, PlanId, Side, Symbol};
+use quantum_runtime::append_once::{queue_append_once, Once};
 use quantum_runtime::cas::{owned, queue_eval};
 use quantum_runtime::reply::hash_pairs;
 
@@ -39,6 +48,10 @@ use crate::venue::OrderOutcome;
 
 /// How long a finished order record is kept (seconds): a week, beyond any replay horizon.
 pub const ORDER_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// How long a swapped note outlives a publication that never finished (a crash): it is
+/// removed when the publication ends; the record's outbox is published again well within this.
+const SWAPPED_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Claims each plan's order record unless it exists (answers the state found, or `CLAIMED`);
 /// a `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
@@ -65,6 +78,8 @@ for k = 2, #KEYS do
     else
       redis.call('HSET', key, 'owner', owner, 'lease_until', until_ms)
     end
+  elseif state ~= false and redis.call('HGET', key, 'published') == '0' then
+    state = 'UNPUBLISHED'
   elseif not state then
     if ARGV[a] == 'peek' then
       state = 'NONE'
@@ -80,50 +95,49 @@ end
 return states
 "#;
 
-/// Finalizes a NEW order record (see the module doc) for its owner, or for anyone once the
-/// owner's lease ran out; returns 1, or 0 when it was not NEW or is another's under lease.
-/// ARGV: coid, plan id, record TTL, owner, then length-prefixed groups: the record's fields,
-/// the number of fills and each fill's fields, the fills' reservations; the rest is the result.
-static FINALIZE_SCRIPT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", FINALIZE_BODY));
-
-/// KEYS: order record, open orders, reservations, ledger.commit, apply.result, reservation totals.
-const FINALIZE_BODY: &str = r#"
+/// Finalizes a NEW order record for its owner, or for anyone once the owner's lease ran out:
+/// writes the final fields, the outbox and `published=0`; returns 1, or 0 when it was not NEW
+/// or is another's under lease. KEYS: the record. ARGV: owner, record TTL, then the fields.
+const FINALIZE_SCRIPT: &str = r#"#!lua
 if redis.call('HGET', KEYS[1], 'state') ~= 'NEW' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[4] then
+if owner and owner ~= ARGV[1] then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return 0 end
 end
--- Every key's type before the first write, and the record's state last: a step that fails
--- writes nothing, so the record stays NEW and the sweep finishes it (#!lua: under maxmemory
--- Redis refuses the step before it starts).
-for k, want in pairs({[2] = 'zset', [3] = 'hash', [4] = 'stream', [5] = 'stream'}) do
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written')
-  end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Swaps a finished order's plan reservation for its fills' once (see the module doc); 0 when
+/// the swapped note shows it done. KEYS: reservations, reservation totals, the swapped note.
+/// ARGV: the note's TTL, plan id, then per fill: fill id, reservation value.
+static SWAP_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", SWAP_BODY));
+
+const SWAP_BODY: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+-- Every key's type before the first write: a step that fails writes nothing.
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'hash' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', not a hash; nothing written')
 end
-local bad = inflight_totals_bad(KEYS[6])
+local bad = inflight_totals_bad(KEYS[2])
 if bad then return redis.error_reply(bad) end
-local record = 5
-local i = record + 1 + tonumber(ARGV[record])
-local fills = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, fills do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[4], '*', unpack(ARGV, i + 1, i + n))
-  i = i + 1 + n
+inflight_release(KEYS[1], KEYS[2], ARGV[2])
+for i = 3, #ARGV, 2 do inflight_reserve(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+return 1
+"#;
+
+/// Marks a record published and drops its outbox (a record gone meanwhile is not re-created).
+const PUBLISHED_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'published', '1')
+  redis.call('HDEL', KEYS[1], 'outbox')
 end
-inflight_release(KEYS[3], KEYS[6], ARGV[2])
-local n = tonumber(ARGV[i])
-for j = i + 1, i + n, 2 do inflight_reserve(KEYS[3], KEYS[6], ARGV[j], ARGV[j + 1]) end
-i = i + 1 + n
-redis.call('XADD', KEYS[5], '*', unpack(ARGV, i))
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, record + 1, record + tonumber(ARGV[record])))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
@@ -140,6 +154,9 @@ pub enum ClaimState {
     None,
     /// Another executor holds it under a lease: leave the plan pending for now.
     Leased,
+    /// Finished, but its fills and result may not be out (a crash after the finalize):
+    /// publish its outbox, then acknowledge.
+    Unpublished,
 }
 
 /// The order of a plan, as the order record keeps it: enough to finalize it without the plan.
@@ -244,6 +261,7 @@ pub fn claim_state(reply: &str) -> ClaimState {
         "NEW" => ClaimState::New,
         "NONE" => ClaimState::None,
         "LEASED" => ClaimState::Leased,
+        "UNPUBLISHED" => ClaimState::Unpublished,
         finished => ClaimState::Finished(finished.to_string()),
     }
 }
@@ -258,72 +276,207 @@ fn fill_reservation(fill: &Fill) -> Reservation {
     }
 }
 
-/// Queues the finalize script for `order` with `outcome`; `fill_fields` adds fields (the trace
-/// context) to each ledger.commit entry. Its reply is 1 when it finalized, 0 when the record
-/// was no longer NEW.
+/// What a finished order has to publish, kept in its record (`outbox`) until it is out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbox {
+    pub order: OrderRef,
+    pub payload: OutboxPayload,
+}
+
+/// The outbox as the record stores it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxPayload {
+    /// Each fill's `ledger.commit` fields, keyed by fill id.
+    pub fills: Vec<(String, Vec<(String, String)>)>,
+    /// Per fill: its id and its reservation value.
+    pub reserve: Vec<(String, String)>,
+    /// The `apply.result` fields.
+    pub result: Vec<(String, String)>,
+}
+
+impl Outbox {
+    /// The outbox of `order` with `outcome`; `fill_fields` adds fields (the trace context) to
+    /// each ledger.commit entry.
+    pub fn new(
+        order: &OrderRef,
+        outcome: &OrderOutcome,
+        fill_fields: impl Fn(&mut Vec<(&'static str, String)>),
+    ) -> Self {
+        let fills: &[Fill] = match outcome {
+            OrderOutcome::Filled { fills } => fills,
+            OrderOutcome::Rejected { .. } => &[],
+        };
+        let payload = OutboxPayload {
+            fills: fills
+                .iter()
+                .map(|fill| {
+                    let mut fields = fill.to_fields();
+                    fill_fields(&mut fields);
+                    (fill.fill_id.to_string(), owned(fields))
+                })
+                .collect(),
+            reserve: fills
+                .iter()
+                .map(|f| (f.fill_id.to_string(), fill_reservation(f).to_value()))
+                .collect(),
+            result: owned(order.result(outcome).to_fields()),
+        };
+        Self {
+            order: order.clone(),
+            payload,
+        }
+    }
+
+    /// The outbox kept in a record (`None` when the record has none, or an unreadable one).
+    ///
+    /// # Errors
+    /// A record without a readable order, or an outbox that is not valid JSON.
+    pub fn from_record(pairs: Vec<(String, String)>) -> Result<Self, String> {
+        let outbox = pairs
+            .iter()
+            .find(|(k, _)| k == "outbox")
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| "no outbox".to_string())?;
+        let payload = serde_json::from_str(&outbox).map_err(|e| format!("outbox: {e}"))?;
+        Ok(Self {
+            order: OrderRef::from_record(pairs)?,
+            payload,
+        })
+    }
+}
+
+/// Queues the finalize script for `outbox`'s order with `outcome`. Its reply is 1 when it
+/// finalized, 0 when the record was no longer NEW (or is another's under lease).
 pub async fn queue_finalize<C: ClientLike>(
     pipeline: &C,
     owner: &str,
-    order: &OrderRef,
+    outbox: &Outbox,
     outcome: &OrderOutcome,
-    fill_fields: impl Fn(&mut Vec<(&'static str, String)>),
 ) -> Result<(), Error> {
     let (qty, avg, fee) = outcome.totals();
-    let (state, error, fills): (&str, &str, &[Fill]) = match outcome {
-        OrderOutcome::Filled { fills } => ("FILLED", "", fills),
-        OrderOutcome::Rejected { reason } => ("REJECTED", reason, &[]),
+    let (state, error) = match outcome {
+        OrderOutcome::Filled { .. } => ("FILLED", ""),
+        OrderOutcome::Rejected { reason } => ("REJECTED", reason.as_str()),
     };
-    let record = [
-        ("state", state.to_string()),
-        ("filled_qty", qty.to_string()),
-        ("avg_price", avg.to_string()),
-        ("fee", fee.to_string()),
-        ("error", error.to_string()),
-        ("finished_ts", now_ms().to_string()),
-    ];
-    let mut args = vec![
-        order.client_order_id.to_string(),
-        order.plan_id.to_string(),
-        ORDER_RECORD_TTL_SECS.to_string(),
+    let payload = serde_json::to_string(&outbox.payload).unwrap_or_default();
+    let args = vec![
         owner.to_string(),
+        ORDER_RECORD_TTL_SECS.to_string(),
+        "state".to_string(),
+        state.to_string(),
+        "filled_qty".to_string(),
+        qty.to_string(),
+        "avg_price".to_string(),
+        avg.to_string(),
+        "fee".to_string(),
+        fee.to_string(),
+        "error".to_string(),
+        error.to_string(),
+        "finished_ts".to_string(),
+        now_ms().to_string(),
+        "outbox".to_string(),
+        payload,
+        "published".to_string(),
+        "0".to_string(),
     ];
-    push_group(&mut args, record.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    args.push(fills.len().to_string());
-    for fill in fills {
-        let mut fields = fill.to_fields();
-        fill_fields(&mut fields);
-        push_group(&mut args, owned(fields).into_iter());
-    }
-    push_group(
-        &mut args,
-        fills
-            .iter()
-            .map(|f| (f.fill_id.to_string(), fill_reservation(f).to_value())),
-    );
-    for (k, v) in order.result(outcome).to_fields() {
-        args.push(k.to_string());
-        args.push(v);
-    }
-    let keys = vec![
-        order_key(&order.client_order_id),
-        OPEN_ORDERS_KEY.to_string(),
-        reservation_key(&order.symbol),
-        LEDGER_COMMIT_STREAM.to_string(),
-        RESULT_STREAM.to_string(),
-        reservation_totals_key(&order.symbol),
-    ];
-    queue_eval(pipeline, &FINALIZE_SCRIPT, keys, args).await
+    queue_eval(
+        pipeline,
+        FINALIZE_SCRIPT,
+        vec![order_key(&outbox.order.client_order_id)],
+        args,
+    )
+    .await
 }
 
-/// Appends field/value pairs as one length-prefixed group of script arguments.
-fn push_group(args: &mut Vec<String>, pairs: impl Iterator<Item = (String, String)>) {
-    let at = args.len();
-    args.push(String::new());
-    for (k, v) in pairs {
-        args.push(k);
-        args.push(v);
+/// Publishes finished orders' outboxes, in ordered steps of one slot each (see the module doc);
+/// `answers` (results of plans answered without an order) are appended once with the orders'
+/// results, `released` (plan ids by symbol) have their reservations released with the swaps.
+/// Returns, per answer, whether it was appended now (false: a replay answered before).
+///
+/// # Errors
+/// Redis failing at a step: the steps before it stay done, and a retry repeats none of them.
+pub async fn publish(
+    client: &Client,
+    outboxes: &[Outbox],
+    answers: &[Once],
+    released: &[(Symbol, String)],
+) -> Result<Vec<bool>, Error> {
+    // 1. Reservations: the plans' swapped for the fills', the not-executed plans' released.
+    let swaps = client.pipeline();
+    let mut queued = 0;
+    for outbox in outboxes {
+        let symbol = &outbox.order.symbol;
+        let mut args = vec![SWAPPED_TTL_SECS.to_string(), outbox.order.plan_id.to_string()];
+        for (fill_id, value) in &outbox.payload.reserve {
+            args.extend([fill_id.clone(), value.clone()]);
+        }
+        let keys = vec![
+            reservation_key(symbol),
+            reservation_totals_key(symbol),
+            reservation_swapped_key(symbol, &outbox.order.plan_id),
+        ];
+        queue_eval(&swaps, &SWAP_SCRIPT, keys, args).await?;
+        queued += 1;
     }
-    args[at] = (args.len() - at - 1).to_string();
+    for (symbol, plan_id) in released {
+        quantum_runtime::inflight::queue_release(&swaps, symbol, vec![plan_id.clone()]).await?;
+        queued += 1;
+    }
+    if queued > 0 {
+        let _: Vec<Value> = swaps.all().await?;
+    }
+    fail::fail_point!("executor::after_swap", |_| std::process::abort());
+    // 2. The fills and the results, once each.
+    let fills: Vec<Once> = outboxes
+        .iter()
+        .flat_map(|o| o.payload.fills.iter())
+        .map(|(id, fields)| Once {
+            id: id.clone(),
+            fields: fields.clone(),
+        })
+        .collect();
+    let mut results: Vec<Once> = answers.to_vec();
+    results.extend(outboxes.iter().map(|o| Once {
+        id: o.order.plan_id.to_string(),
+        fields: o.payload.result.clone(),
+    }));
+    let appends = client.pipeline();
+    if !fills.is_empty() {
+        queue_append_once(&appends, LEDGER_COMMIT_STREAM, &fills).await?;
+    }
+    if !results.is_empty() {
+        queue_append_once(&appends, RESULT_STREAM, &results).await?;
+    }
+    let mut answered = Vec::new();
+    if !fills.is_empty() || !results.is_empty() {
+        let replies: Vec<Value> = appends.all().await?;
+        if let Some(reply) = replies.last().filter(|_| !results.is_empty()) {
+            answered = quantum_runtime::append_once::appended(reply);
+            answered.truncate(answers.len());
+        }
+    }
+    fail::fail_point!("executor::after_append", |_| std::process::abort());
+    // 3. Done: the records say so and leave the index.
+    if !outboxes.is_empty() {
+        let done = client.pipeline();
+        for outbox in outboxes {
+            queue_eval(
+                &done,
+                PUBLISHED_SCRIPT,
+                vec![order_key(&outbox.order.client_order_id)],
+                Vec::new(),
+            )
+            .await?;
+        }
+        let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
+        done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
+        for outbox in outboxes {
+            let swapped = reservation_swapped_key(&outbox.order.symbol, &outbox.order.plan_id);
+            done.del::<(), _>(swapped).await?;
+        }
+        let _: Vec<Value> = done.all().await?;
+    }
+    Ok(answered)
 }
 
 /// The open orders claimed before `claimed_before_ms`, oldest first, at most `limit`.
@@ -339,15 +492,32 @@ pub async fn open_orders_before(client: &Client, claimed_before_ms: u64, limit: 
         .await
 }
 
-/// An open order's record: `Ok(None)` when it is gone or no longer NEW (its index entry is
-/// stale), `Err` when it cannot be read.
-pub async fn read_open_order(client: &Client, coid: &str) -> Result<Option<Result<OrderRef, String>>, Error> {
+/// What an open-order index entry points at.
+#[derive(Debug)]
+pub enum OpenOrder {
+    /// NEW: ask the venue and finalize it.
+    New(OrderRef),
+    /// Finished with its outbox not yet published.
+    Unpublished(Outbox),
+    /// Gone or done: only its index entry was left.
+    Stale,
+}
+
+/// An open order's record, or `Err` (with why) when it cannot be read; `Err` from Redis when
+/// Redis fails.
+pub async fn read_open_order(client: &Client, coid: &str) -> Result<Result<OpenOrder, String>, Error> {
     let pairs = hash_pairs(client.hgetall::<Value, _>(order_key(&OrderId::new(coid))).await?);
-    let state = pairs.field("state");
-    if state != Some("NEW") {
-        return Ok(None);
-    }
-    Ok(Some(OrderRef::from_record(pairs)))
+    Ok(match (pairs.field("state"), pairs.field("published")) {
+        (Some("NEW"), _) => OrderRef::from_record(pairs).map(OpenOrder::New),
+        (Some(_), Some("0")) => Outbox::from_record(pairs).map(OpenOrder::Unpublished),
+        _ => Ok(OpenOrder::Stale),
+    })
+}
+
+/// The outbox of a record the claim found unpublished (`Err` with why when unreadable).
+pub async fn read_outbox(client: &Client, coid: &OrderId) -> Result<Result<Outbox, String>, Error> {
+    let pairs = hash_pairs(client.hgetall::<Value, _>(order_key(coid)).await?);
+    Ok(Outbox::from_record(pairs))
 }
 
 /// Removes a stale index entry.
@@ -358,14 +528,6 @@ pub async fn unindex(client: &Client, coid: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_are_length_prefixed() {
-        let mut args = vec!["x".to_string()];
-        push_group(&mut args, [("a".to_string(), "1".to_string())].into_iter());
-        push_group(&mut args, std::iter::empty());
-        assert_eq!(args, ["x", "2", "a", "1", "0"]);
-    }
 
     #[test]
     fn records_read_back_or_say_what_is_missing() {
@@ -382,5 +544,35 @@ mod tests {
         assert_eq!(order.qty, Decimal::new(5, 1));
         let missing = OrderRef::from_record(pairs(&[("state", "NEW"), ("plan_id", "00000000000000ab")]));
         assert_eq!(missing, Err("no symbol".to_string()));
+    }
+
+    #[test]
+    fn an_outbox_reads_back_from_its_record() {
+        let payload = OutboxPayload {
+            fills: vec![("qib-00000000000000ab-1".into(), vec![("qty".into(), "0.5".into())])],
+            reserve: vec![("qib-00000000000000ab-1".into(), "side=BUY qty=0.5".into())],
+            result: vec![("executed".into(), "true".into())],
+        };
+        let json = serde_json::to_string(&payload).unwrap();
+        let record = |outbox: &str| {
+            [
+                ("state", "FILLED"),
+                ("plan_id", "00000000000000ab"),
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("qty", "0.5"),
+                ("published", "0"),
+                ("outbox", outbox),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+        };
+        let outbox = Outbox::from_record(record(&json)).unwrap();
+        assert_eq!(outbox.payload, payload);
+        assert_eq!(outbox.order.symbol.as_str(), "BTCUSDT");
+        assert!(Outbox::from_record(record("{not json"))
+            .unwrap_err()
+            .starts_with("outbox: "));
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use quantum_model::time::now_ms;
 use quantum_runtime::failure::StageError;
 
-use crate::order::{self, OrderRef};
+use crate::order::{self, OpenOrder, OrderRef, Outbox};
 use crate::venue::{OrderOutcome, Venue};
 use crate::{never_placed, report_order, ExecutorStats};
 
@@ -51,19 +51,30 @@ impl<V: Venue> Sweeper<V> {
         let mut finalized = 0;
         for coid in coids {
             let order = match order::read_open_order(&self.writer, &coid).await? {
-                None => {
-                    // Finished, or gone: only its index entry was left.
+                Ok(OpenOrder::Stale) => {
                     order::unindex(&self.writer, &coid).await?;
                     continue;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::error!(
-                        "Open order {coid} unreadable ({e}); left NEW for an operator: repair or finish quantum:order:{coid}"
+                        "Open order {coid} unreadable ({e}); left for an operator: repair or finish quantum:order:{coid}"
                     );
                     metrics::counter!(quantum_model::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => "unreadable").increment(1);
                     continue;
                 }
-                Some(Ok(order)) => order,
+                Ok(OpenOrder::Unpublished(outbox)) => {
+                    // Finished by an executor that died before its fills and result were out.
+                    order::publish(&self.writer, std::slice::from_ref(&outbox), &[], &[]).await?;
+                    tracing::warn!(
+                        "Swept order {coid} of plan {} for {}: finished but not published, its fills and result published",
+                        outbox.order.plan_id,
+                        outbox.order.symbol
+                    );
+                    metrics::counter!(quantum_model::metric_names::EXECUTOR_SWEPT_ORDERS_TOTAL, "outcome" => "published").increment(1);
+                    finalized += 1;
+                    continue;
+                }
+                Ok(OpenOrder::New(order)) => order,
             };
             // One order the venue cannot answer for does not hold up the others.
             match self.finish(&order).await {
@@ -88,13 +99,15 @@ impl<V: Venue> Sweeper<V> {
             self.grace_ms
         ));
         let outcome = self.venue.settle(&order.client_order_id, &order.symbol, &why).await?;
+        let outbox = Outbox::new(order, &outcome, |_| {});
         let pipeline = self.writer.pipeline();
-        order::queue_finalize(&pipeline, &self.owner, order, &outcome, |_| {}).await?;
+        order::queue_finalize(&pipeline, &self.owner, &outbox, &outcome).await?;
         let replies: Vec<Value> = pipeline.all().await?;
         if replies.first().and_then(Value::as_i64) != Some(1) {
-            // Finalized meanwhile by its plan.
+            // Finalized meanwhile by its plan, which publishes it.
             return Ok(false);
         }
+        order::publish(&self.writer, std::slice::from_ref(&outbox), &[], &[]).await?;
         let found = match &outcome {
             OrderOutcome::Filled { .. } => "filled",
             OrderOutcome::Rejected { .. } => "rejected",

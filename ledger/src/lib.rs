@@ -43,10 +43,10 @@ use quantum_model::time::{now_ms, now_secs};
 use quantum_model::types::{FillId, Symbol};
 
 use crate::keyspace::Keyspace;
+use quantum_runtime::append_once::{dead_letter_then_ack, Once};
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
-use quantum_runtime::append_once::{dead_letter_then_ack, Once};
 use quantum_runtime::failure::StageError;
 use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::replication::ReplicaWait;

@@ -1,6 +1,6 @@
 //! Stream, group and key names: the operator-facing contract. Keep these exact.
 
-use crate::types::{OrderId, Symbol};
+use crate::types::{OrderId, PlanId, Symbol};
 
 /// Intents published by the trading bot / AI engine.
 pub const INTENT_STREAM: &str = "quantum:stream:trade.intent";
@@ -112,6 +112,13 @@ pub fn reservation_key(symbol: &Symbol) -> String {
 /// every reservation.
 pub fn reservation_totals_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:total")
+}
+
+/// The executor's note that a finished order's plan reservation was swapped for its fills',
+/// in the reservations' slot: a repeated publication (after a crash) swaps nothing again.
+/// Removed once the order is published.
+pub fn reservation_swapped_key(symbol: &Symbol, plan_id: &PlanId) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:swapped:{plan_id}")
 }
 
 /// The token of the last BUY reservation, all symbols together (`<count>:<plan id>`): the
