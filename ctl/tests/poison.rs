@@ -197,6 +197,7 @@ async fn an_entry_dead_lettered_again_after_a_crash_before_its_ack_is_in_the_dlq
             ("source_id".to_string(), id.clone()),
             ("reason".to_string(), "malformed_fill".to_string()),
         ],
+        ttl_secs: quantum_runtime::append_once::MARKER_TTL_SECS,
     };
     // The first attempt's XACK is lost (nothing acknowledged: an empty list), the retry's is not.
     let first = dead_letter_then_ack(

@@ -224,12 +224,20 @@ async fn assert_published_once(stack: &Stack, plan_id: &str) {
     let open: i64 = stack.client.zcard(OPEN_ORDERS_KEY).await.unwrap();
     assert_eq!(open, 0);
     for key in [
-        "{quantum:position:ledger:BTCUSDT}:inflight".to_string(),
-        "{quantum:position:ledger:BTCUSDT}:inflight:total".to_string(),
-        format!("{{quantum:position:ledger:BTCUSDT}}:inflight:swapped:{plan_id}"),
+        "{quantum:position:ledger:BTCUSDT}:inflight",
+        "{quantum:position:ledger:BTCUSDT}:inflight:total",
     ] {
-        let exists: i64 = stack.client.exists(&key).await.unwrap();
+        let exists: i64 = stack.client.exists(key).await.unwrap();
         assert_eq!(exists, 0, "{key} is gone");
+    }
+    // The publication's notes outlive any repeat of it, for an hour, not a week.
+    for key in [
+        format!("{{quantum:position:ledger:BTCUSDT}}:inflight:swapped:{plan_id}"),
+        format!("{{quantum:stream:apply.result}}:once:{plan_id}"),
+        format!("{{quantum:stream:ledger.commit}}:once:qib-{plan_id}-1"),
+    ] {
+        let ttl: i64 = stack.client.ttl(&key).await.unwrap();
+        assert!((1..=3600).contains(&ttl), "{key}: ttl {ttl}");
     }
 }
 

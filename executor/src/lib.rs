@@ -36,7 +36,7 @@ use quantum_model::plan::Plan;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::{entry_age_ms, now_ms};
 use quantum_model::types::{Decision, PlanId, Symbol};
-use quantum_runtime::append_once::Once;
+use quantum_runtime::append_once::{Once, MARKER_TTL_SECS};
 use quantum_runtime::cas::owned;
 use quantum_runtime::config::{parse_non_negative, parse_positive, Allowlist, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
@@ -718,6 +718,7 @@ impl<V: Venue> Executor<V> {
                 answers.push(Once {
                     id: PlanId::parse(&result.plan_id).map_or_else(|_| entry.id.clone(), |p| p.to_string()),
                     fields: owned(result.to_fields()),
+                    ttl_secs: MARKER_TTL_SECS,
                 });
                 if let Ok(symbol) = Symbol::parse(&result.symbol) {
                     released.push((symbol, result.plan_id.to_string()));

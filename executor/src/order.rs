@@ -13,8 +13,7 @@
 //! - a finished record's outbox is published in ordered steps of one slot each, every one
 //!   idempotent, so whoever finds the record unpublished (the batch, the plan redelivered after
 //!   a crash, the sweep) publishes it again without doubling anything: the plan's reservation is
-//!   swapped for the fills' once (a note in the reservations' slot says it was done, removed
-//!   with the rest at the end), the fills and the result are appended once each (`append_once`, keyed by fill id
+//!   swapped for the fills' once (a note in the reservations' slot says it was done), the fills and the result are appended once each (`append_once`, keyed by fill id
 //!   and plan id), then the record is marked `published=1` and leaves the index. A record leaves
 //!   the open-order index only once its fills and result are out;
 //! - a finished record expires after [`ORDER_RECORD_TTL_SECS`], beyond the replay horizon: a plan
@@ -49,9 +48,13 @@ use crate::venue::OrderOutcome;
 /// How long a finished order record is kept (seconds): a week, beyond any replay horizon.
 pub const ORDER_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// How long a swapped note outlives a publication that never finished (a crash): it is
-/// removed when the publication ends; the record's outbox is published again well within this.
-const SWAPPED_TTL_SECS: u64 = 7 * 24 * 3600;
+/// How long the notes of an order's publication (its reservation swap, its fills' and result's
+/// append-once markers) live: a publication is repeated only by whoever read the record
+/// unpublished, within seconds (the batch after a crash, a sweep pass), and they must outlive
+/// every such repeat, including one that read the record just before the first publisher
+/// finished. One hour; past it a repeat would at worst append a fill the ledger skips by
+/// `venue_seq`, a second result line, and a reservation already expired by its time stamp.
+const PUBLICATION_TTL_SECS: u64 = 3600;
 
 /// Claims each plan's order record unless it exists (answers the state found, or `CLAIMED`);
 /// a `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
@@ -406,7 +409,7 @@ pub async fn publish(
     let mut queued = 0;
     for outbox in outboxes {
         let symbol = &outbox.order.symbol;
-        let mut args = vec![SWAPPED_TTL_SECS.to_string(), outbox.order.plan_id.to_string()];
+        let mut args = vec![PUBLICATION_TTL_SECS.to_string(), outbox.order.plan_id.to_string()];
         for (fill_id, value) in &outbox.payload.reserve {
             args.extend([fill_id.clone(), value.clone()]);
         }
@@ -433,12 +436,14 @@ pub async fn publish(
         .map(|(id, fields)| Once {
             id: id.clone(),
             fields: fields.clone(),
+            ttl_secs: PUBLICATION_TTL_SECS,
         })
         .collect();
     let mut results: Vec<Once> = answers.to_vec();
     results.extend(outboxes.iter().map(|o| Once {
         id: o.order.plan_id.to_string(),
         fields: o.payload.result.clone(),
+        ttl_secs: PUBLICATION_TTL_SECS,
     }));
     let appends = client.pipeline();
     if !fills.is_empty() {
@@ -470,10 +475,6 @@ pub async fn publish(
         }
         let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
         done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
-        for outbox in outboxes {
-            let swapped = reservation_swapped_key(&outbox.order.symbol, &outbox.order.plan_id);
-            done.del::<(), _>(swapped).await?;
-        }
         let _: Vec<Value> = done.all().await?;
     }
     Ok(answered)

@@ -43,7 +43,7 @@ use quantum_model::time::{now_ms, now_secs};
 use quantum_model::types::{FillId, Symbol};
 
 use crate::keyspace::Keyspace;
-use quantum_runtime::append_once::{dead_letter_then_ack, Once};
+use quantum_runtime::append_once::{dead_letter_then_ack, Once, MARKER_TTL_SECS};
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
@@ -505,6 +505,7 @@ impl LedgerWriter {
                     ("raw", truncate(&entry.raw_text(), 8192).to_string()),
                     ("timestamp", now_secs().to_string()),
                 ]),
+                ttl_secs: MARKER_TTL_SECS,
             })
             .collect();
         let ids: Vec<String> = batch

@@ -2,8 +2,9 @@
 //! steps Redis Cluster can take.
 //!
 //! A stream and the keys that say what was appended to it must share a slot to be written in
-//! one step, so the marker of entry `<id>` appended to `<stream>` is `{<stream>}:once:<id>`
-//! (expiring after [`MARKER_TTL_SECS`]). One script per stream sets each marker with NX and
+//! one step, so the marker of entry `<id>` appended to `<stream>` is `{<stream>}:once:<id>`,
+//! expiring after the entry's `ttl_secs`: as long as a repeat of the step can come (a replay of
+//! a source entry: [`MARKER_TTL_SECS`]; a publication repeated after a crash: much less). One script per stream sets each marker with NX and
 //! appends only the entries whose marker is new ([`queue_append_once`]): whoever repeats the
 //! step (a redelivery, a second instance, the sweep) adds nothing.
 //!
@@ -20,36 +21,39 @@ use fred::types::Value;
 
 use crate::cas::queue_eval;
 
-/// How long a marker keeps a second entry out (7 days): far beyond any redelivery.
+/// How long a marker keeps out a second entry for a replayed source entry (7 days): far beyond
+/// any redelivery or replay horizon.
 pub const MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// KEYS: the stream, then one marker per entry. ARGV: the TTL, then per entry the number of
+/// KEYS: the stream, then one marker per entry. ARGV: per entry its marker's TTL, the number of
 /// field/value items and the items. Replies one 1 (appended) or 0 (there already) per entry.
 const APPEND_ONCE_SCRIPT: &str = r#"
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'stream' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', not a stream; nothing written')
 end
-local i = 2
+local i = 1
 local added = {}
 for k = 2, #KEYS do
-  local n = tonumber(ARGV[i])
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  local n = tonumber(ARGV[i + 1])
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[i]) then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + n))
     added[#added + 1] = 1
   else
     added[#added + 1] = 0
   end
-  i = i + 1 + n
+  i = i + 2 + n
 end
 return added
 "#;
 
-/// One entry to append once: `id` names it (its marker), `fields` are the entry's.
+/// One entry to append once: `id` names it (its marker), `fields` are the entry's, and its
+/// marker lives `ttl_secs`.
 #[derive(Debug, Clone)]
 pub struct Once {
     pub id: String,
     pub fields: Vec<(String, String)>,
+    pub ttl_secs: u64,
 }
 
 /// The marker saying entry `id` was appended to `stream`.
@@ -65,9 +69,10 @@ pub fn marker_key(stream: &str, id: &str) -> String {
 pub async fn queue_append_once<C: ClientLike>(pipeline: &C, stream: &str, entries: &[Once]) -> Result<(), Error> {
     let mut keys = Vec::with_capacity(1 + entries.len());
     keys.push(stream.to_string());
-    let mut args = vec![MARKER_TTL_SECS.to_string()];
+    let mut args = Vec::new();
     for entry in entries {
         keys.push(marker_key(stream, &entry.id));
+        args.push(entry.ttl_secs.to_string());
         args.push((entry.fields.len() * 2).to_string());
         for (field, value) in &entry.fields {
             args.push(field.clone());

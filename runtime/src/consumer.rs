@@ -677,6 +677,7 @@ async fn dead_letter_if_exhausted(
     let letter = crate::append_once::Once {
         id: entry.id.clone(),
         fields: crate::cas::owned(fields),
+        ttl_secs: crate::append_once::MARKER_TTL_SECS,
     };
     crate::append_once::dead_letter_then_ack(
         writer,
