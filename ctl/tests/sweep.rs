@@ -206,7 +206,7 @@ async fn an_executor_waking_after_the_sweep_settled_its_order_places_nothing() {
 }
 
 /// After a crash during an order's publication, everything about the order is there once:
-/// one fill in the ledger, one result, no reservation, no index entry, no note left behind.
+/// one fill in the ledger, one result, no reservation, no index entry, and the notes expiring.
 async fn assert_published_once(stack: &Stack, plan_id: &str) {
     stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
     assert_eq!(stack.entries(LEDGER_COMMIT_STREAM).await.len(), 1, "one fill appended");
