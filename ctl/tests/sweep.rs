@@ -290,3 +290,32 @@ async fn an_order_left_unpublished_by_a_crash_is_published_by_the_sweep_when_its
         .await;
     assert_published_once(&stack, &plan_id).await;
 }
+
+#[tokio::test]
+async fn an_index_entry_whose_claim_never_came_serves_the_redelivered_plan_which_fills_once() {
+    let mut stack = Stack::new().await;
+    let (_, plan_id) = one_plan(&mut stack).await;
+    stack.start(Service::Ledger, &[]);
+    // Killed between indexing the order and claiming its record: an index entry, no record.
+    start_executor(&mut stack, Some("executor::after_index=return"), &[]);
+    wait_exited(&mut stack).await;
+    let indexed: Option<f64> = stack
+        .client
+        .zscore(OPEN_ORDERS_KEY, format!("qib-{plan_id}"))
+        .await
+        .unwrap();
+    assert!(indexed.is_some(), "indexed before the claim");
+    assert!(stack.hash(&format!("quantum:order:qib-{plan_id}")).await.is_empty());
+
+    start_executor(
+        &mut stack,
+        None,
+        &[
+            ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ],
+    );
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    assert_published_once(&stack, &plan_id).await;
+    assert_eq!(paper_orders(&stack).await, 1, "placed once");
+}

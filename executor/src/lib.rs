@@ -383,32 +383,24 @@ impl<V: Venue> Executor<V> {
     /// Claims the order records of the batch's orders in one step (a peek for stale plans:
     /// they claim nothing new) and resolves each [`Step::Claim`] by what it found.
     async fn claim(&mut self, steps: Vec<Step>, spans: &[Span]) -> Result<Vec<Step>, StageError> {
-        let pipeline = self.writer.pipeline();
-        {
-            let claims: Vec<(&Plan, bool)> = steps
-                .iter()
-                .filter_map(|s| match s {
-                    Step::Claim(plan, stale) => Some((plan.as_ref(), stale.is_some())),
-                    _ => None,
-                })
-                .collect();
-            if claims.is_empty() {
-                return Ok(steps);
-            }
-            order::queue_claims(&pipeline, &claims, &self.claimant).await?;
+        let claims: Vec<(&Plan, bool)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Claim(plan, stale) => Some((plan.as_ref(), stale.is_some())),
+                _ => None,
+            })
+            .collect();
+        if claims.is_empty() {
+            return Ok(steps);
         }
-        let mut states = pipeline.last::<Vec<String>>().await?.into_iter();
+        let mut states = order::claim(&self.writer, &claims, &self.claimant).await?.into_iter();
         let mut resolved = Vec::with_capacity(steps.len());
         for (step, span) in steps.into_iter().zip(spans) {
             resolved.push(match step {
-                Step::Claim(plan, _) if states.as_slice().first().map(String::as_str) == Some("UNPUBLISHED") => {
-                    states.next();
-                    self.unpublished(plan, span).await?
-                }
-                Step::Claim(plan, stale) => {
-                    let state = order::claim_state(&states.next().unwrap_or_default());
-                    self.resolve_claim(plan, stale, state, span)
-                }
+                Step::Claim(plan, stale) => match states.next().unwrap_or(ClaimState::None) {
+                    ClaimState::Unpublished => self.unpublished(plan, span).await?,
+                    state => self.resolve_claim(plan, stale, state, span),
+                },
                 other => other,
             });
         }

@@ -2,10 +2,12 @@
 //! plan can no longer do it.
 //!
 //! Invariants (each kept by one server-side step):
-//! - an order record `quantum:order:<coid>` is created `state=NEW` only by the claim, which
-//!   indexes it in `quantum:executor:open_orders` (score: claim time) in the same script, and
-//!   names its owner with a lease (`INTENT_EXECUTOR_ORDER_LEASE_MS`): until the lease runs out
-//!   no other executor calls the venue for it or finalizes it;
+//! - an order record `quantum:order:<coid>` is created `state=NEW` only by the claim, and only
+//!   once it is indexed in `quantum:executor:open_orders` (score: claim time; the index is
+//!   written first, in its own step, so the sweep can find every record that may exist, and an
+//!   entry whose record never came is removed as stale); the claim names the record's owner with
+//!   a lease (`INTENT_EXECUTOR_ORDER_LEASE_MS`): until the lease runs out no other executor calls
+//!   the venue for it or finalizes it;
 //! - a NEW record is finalized exactly once: the finalize script acts only while the record is
 //!   NEW, and writes the final state together with its outbox (the fills, their reservations
 //!   and the result) and `published=0`: the record is the order's write-ahead record. Whoever
@@ -60,17 +62,18 @@ const PUBLICATION_TTL_SECS: u64 = 3600;
 /// a `peek` creates nothing (`NONE` when there is no record). A NEW record is taken over (`NEW`)
 /// when it is ours or its owner's lease ran out, and otherwise left to its owner (`LEASED`):
 /// two executors never call the venue for one order at once. Leases run on Redis' clock. One
-/// step for the whole batch: a script's fixed cost is paid once, not per plan.
-/// KEYS: the open-order index, then each plan's order record. ARGV: now (ms), owner, lease
-/// (ms), then per plan: mode, coid, plan id, symbol, side, qty.
+/// step for all the batch's records of one slot (on one server: the whole batch), so a
+/// script's fixed cost is paid once, not per plan.
+/// KEYS: the plans' order records. ARGV: now (ms), owner, lease (ms), then per plan: mode,
+/// plan id, symbol, side, qty.
 const CLAIM_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = string.format('%.0f', now + tonumber(ARGV[3]))
 local owner = ARGV[2]
 local states = {}
-for k = 2, #KEYS do
-  local a = 4 + (k - 2) * 6
+for k = 1, #KEYS do
+  local a = 4 + (k - 1) * 5
   local key = KEYS[k]
   local state = redis.call('HGET', key, 'state')
   if state == 'NEW' then
@@ -88,8 +91,7 @@ for k = 2, #KEYS do
       state = 'NONE'
     else
       redis.call('HSET', key, 'state', 'NEW', 'claimed_ts', ARGV[1], 'owner', owner, 'lease_until', until_ms,
-        'plan_id', ARGV[a + 2], 'symbol', ARGV[a + 3], 'side', ARGV[a + 4], 'qty', ARGV[a + 5])
-      redis.call('ZADD', KEYS[1], ARGV[1], ARGV[a + 1])
+        'plan_id', ARGV[a + 1], 'symbol', ARGV[a + 2], 'side', ARGV[a + 3], 'qty', ARGV[a + 4])
       state = 'CLAIMED'
     end
   end
@@ -235,26 +237,65 @@ pub struct Claimant {
     pub lease_ms: u64,
 }
 
-/// Queues the claims of `plans` (a peek for those whose flag is set) on `pipeline`, as one
-/// script whose reply is the state found for each plan, in order.
-pub async fn queue_claims<C: ClientLike>(pipeline: &C, plans: &[(&Plan, bool)], who: &Claimant) -> Result<(), Error> {
-    let mut keys = Vec::with_capacity(1 + plans.len());
-    keys.push(OPEN_ORDERS_KEY.to_string());
-    let mut args = Vec::with_capacity(3 + 6 * plans.len());
-    args.extend([now_ms().to_string(), who.owner.clone(), who.lease_ms.to_string()]);
-    for (plan, peek) in plans {
-        let coid = plan.plan_id.client_order_id();
-        keys.push(order_key(&coid));
-        args.extend([
-            if *peek { "peek" } else { "claim" }.to_string(),
-            coid.to_string(),
-            plan.plan_id.to_string(),
-            plan.symbol.to_string(),
-            plan.side.to_string(),
-            plan.qty.to_string(),
-        ]);
+/// Claims the order records of `plans` (a peek for those whose flag is set) and returns the
+/// state found for each, in order: the plans to claim indexed first (`ZADD NX`, its own step),
+/// then one claim script per slot of their records. A plan whose record turned out finished
+/// and published loses the index entry it just got.
+///
+/// # Errors
+/// Redis failing; an index entry written before a failure is stale and removed by the sweep.
+pub async fn claim(client: &Client, plans: &[(&Plan, bool)], who: &Claimant) -> Result<Vec<ClaimState>, Error> {
+    let now = now_ms();
+    let indexed: Vec<(f64, String)> = plans
+        .iter()
+        .filter(|(_, peek)| !peek)
+        .map(|(plan, _)| (now as f64, plan.plan_id.client_order_id().to_string()))
+        .collect();
+    if !indexed.is_empty() {
+        client
+            .zadd::<(), _, _>(OPEN_ORDERS_KEY, Some(SetOptions::NX), None, false, false, indexed)
+            .await?;
     }
-    queue_eval(pipeline, CLAIM_SCRIPT, keys, args).await
+    fail::fail_point!("executor::after_index", |_| std::process::abort());
+    let keys: Vec<String> = plans
+        .iter()
+        .map(|(plan, _)| order_key(&plan.plan_id.client_order_id()))
+        .collect();
+    let groups = quantum_runtime::nodes::slot_groups(client, &keys);
+    let pipeline = client.pipeline();
+    for group in &groups {
+        let mut args = Vec::with_capacity(3 + 5 * group.len());
+        args.extend([now.to_string(), who.owner.clone(), who.lease_ms.to_string()]);
+        for &i in group {
+            let (plan, peek) = plans[i];
+            args.extend([
+                if peek { "peek" } else { "claim" }.to_string(),
+                plan.plan_id.to_string(),
+                plan.symbol.to_string(),
+                plan.side.to_string(),
+                plan.qty.to_string(),
+            ]);
+        }
+        let group_keys = group.iter().map(|&i| keys[i].clone()).collect();
+        queue_eval(&pipeline, CLAIM_SCRIPT, group_keys, args).await?;
+    }
+    let replies: Vec<Vec<String>> = pipeline.all().await?;
+    let mut states = vec![ClaimState::None; plans.len()];
+    for (group, reply) in groups.iter().zip(replies) {
+        for (&i, state) in group.iter().zip(reply) {
+            states[i] = claim_state(&state);
+        }
+    }
+    let done: Vec<String> = plans
+        .iter()
+        .zip(&states)
+        .filter(|((_, peek), state)| !peek && matches!(state, ClaimState::Finished(_)))
+        .map(|((plan, _), _)| plan.plan_id.client_order_id().to_string())
+        .collect();
+    if !done.is_empty() {
+        client.zrem::<(), _, _>(OPEN_ORDERS_KEY, done).await?;
+    }
+    Ok(states)
 }
 
 /// Reads a claim script's reply.

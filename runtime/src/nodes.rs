@@ -52,3 +52,23 @@ pub fn primaries(client: &Client) -> Vec<Node> {
     }
     nodes
 }
+
+/// `keys`' positions grouped so each group can go in one script: by hash slot on a cluster,
+/// all together on one server (where a script may take any keys). Groups keep the keys' order.
+pub fn slot_groups(client: &Client, keys: &[String]) -> Vec<Vec<usize>> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    if !client.is_clustered() {
+        return vec![(0..keys.len()).collect()];
+    }
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
