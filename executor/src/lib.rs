@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use fred::prelude::*;
-use fred::types::Value;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
@@ -739,15 +738,12 @@ impl<V: Venue> Executor<V> {
         finished: &[(usize, OrderOutcome)],
         outboxes: &[(usize, order::Outbox)],
     ) -> Result<Vec<bool>, StageError> {
-        if outboxes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pipeline = self.writer.pipeline();
-        for ((_, outcome), (_, outbox)) in finished.iter().zip(outboxes) {
-            order::queue_finalize(&pipeline, &self.claimant.owner, outbox, outcome).await?;
-        }
-        let replies: Vec<Value> = pipeline.all().await?;
-        Ok(replies.iter().map(|r| r.as_i64() == Some(1)).collect())
+        let orders: Vec<(&order::Outbox, &OrderOutcome)> = finished
+            .iter()
+            .zip(outboxes)
+            .map(|((_, outcome), (_, outbox))| (outbox, outcome))
+            .collect();
+        Ok(order::finalize(&self.writer, &self.claimant.owner, &orders).await?)
     }
 }
 

@@ -100,50 +100,76 @@ end
 return states
 "#;
 
-/// Finalizes a NEW order record for its owner, or for anyone once the owner's lease ran out:
-/// writes the final fields, the outbox and `published=0`; returns 1, or 0 when it was not NEW
-/// or is another's under lease. KEYS: the record. ARGV: owner, record TTL, then the fields.
+/// Finalizes each NEW order record for its owner, or for anyone once the owner's lease ran
+/// out: writes the final fields, the outbox and `published=0`. Replies 1 per record finalized,
+/// 0 per record no longer NEW (or another's under lease). KEYS: the records (of one slot, or
+/// any on one server). ARGV: owner, record TTL, then per record the number of field/value
+/// items and the items.
 const FINALIZE_SCRIPT: &str = r#"#!lua
-if redis.call('HGET', KEYS[1], 'state') ~= 'NEW' then return 0 end
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[1] then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local done = {}
+local i = 3
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  local ok = 0
+  if redis.call('HGET', KEYS[k], 'state') == 'NEW' then
+    local owner = redis.call('HGET', KEYS[k], 'owner')
+    if not owner or owner == ARGV[1] or tonumber(redis.call('HGET', KEYS[k], 'lease_until') or '0') <= now then
+      redis.call('HSET', KEYS[k], unpack(ARGV, i + 1, i + n))
+      redis.call('EXPIRE', KEYS[k], ARGV[2])
+      ok = 1
+    end
+  end
+  done[#done + 1] = ok
+  i = i + 1 + n
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
+return done
 "#;
 
-/// Swaps a finished order's plan reservation for its fills' once (see the module doc); 0 when
-/// the swapped note shows it done. KEYS: reservations, reservation totals, the swapped note.
-/// ARGV: the note's TTL, plan id, then per fill: fill id, reservation value.
+/// Swaps each finished order's plan reservation for its fills' once (see the module doc),
+/// skipping those whose swapped note shows it done; replies how many it swapped. KEYS: per
+/// order its reservations, their totals and its swapped note (the orders of one symbol's slot,
+/// or any on one server). ARGV: the notes' TTL, then per order: plan id, the number of fills,
+/// and per fill its id and reservation value.
 static SWAP_SCRIPT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", SWAP_BODY));
 
 const SWAP_BODY: &str = r#"
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 -- Every key's type before the first write: a step that fails writes nothing.
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'none' and t ~= 'hash' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', not a hash; nothing written')
+for j = 1, #KEYS, 3 do
+  local t = redis.call('TYPE', KEYS[j])['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[j] .. ' holds a ' .. t .. ', not a hash; nothing written')
+  end
+  local bad = inflight_totals_bad(KEYS[j + 1])
+  if bad then return redis.error_reply(bad) end
 end
-local bad = inflight_totals_bad(KEYS[2])
-if bad then return redis.error_reply(bad) end
-inflight_release(KEYS[1], KEYS[2], ARGV[2])
-for i = 3, #ARGV, 2 do inflight_reserve(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
-return 1
+local i = 2
+local swapped = 0
+for j = 1, #KEYS, 3 do
+  local m = tonumber(ARGV[i + 1])
+  if redis.call('EXISTS', KEYS[j + 2]) == 0 then
+    inflight_release(KEYS[j], KEYS[j + 1], ARGV[i])
+    for f = i + 2, i + 1 + 2 * m, 2 do inflight_reserve(KEYS[j], KEYS[j + 1], ARGV[f], ARGV[f + 1]) end
+    redis.call('SET', KEYS[j + 2], '1', 'EX', ARGV[1])
+    swapped = swapped + 1
+  end
+  i = i + 2 + 2 * m
+end
+return swapped
 "#;
 
-/// Marks a record published and drops its outbox (a record gone meanwhile is not re-created).
+/// Marks records published and drops their outboxes (a record gone meanwhile is not
+/// re-created). KEYS: the records.
 const PUBLISHED_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'published', '1')
-  redis.call('HDEL', KEYS[1], 'outbox')
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    redis.call('HSET', KEYS[k], 'published', '1')
+    redis.call('HDEL', KEYS[k], 'outbox')
+  end
 end
-return 1
+return #KEYS
 "#;
 
 /// What the claim found.
@@ -389,47 +415,68 @@ impl Outbox {
     }
 }
 
-/// Queues the finalize script for `outbox`'s order with `outcome`. Its reply is 1 when it
-/// finalized, 0 when the record was no longer NEW (or is another's under lease).
-pub async fn queue_finalize<C: ClientLike>(
-    pipeline: &C,
-    owner: &str,
-    outbox: &Outbox,
-    outcome: &OrderOutcome,
-) -> Result<(), Error> {
+/// Finalizes the records of `orders` (each outbox with its outcome), one script per slot group
+/// of the records (one on a single server); returns, per order, whether this call finalized it
+/// (false: no longer NEW, or another's under lease).
+///
+/// # Errors
+/// Redis failing; records finalized before the failure stay finalized (and unpublished).
+pub async fn finalize(client: &Client, owner: &str, orders: &[(&Outbox, &OrderOutcome)]) -> Result<Vec<bool>, Error> {
+    let keys: Vec<String> = orders
+        .iter()
+        .map(|(o, _)| order_key(&o.order.client_order_id))
+        .collect();
+    let groups = quantum_runtime::nodes::slot_groups(client, &keys);
+    let pipeline = client.pipeline();
+    for group in &groups {
+        let mut args = vec![owner.to_string(), ORDER_RECORD_TTL_SECS.to_string()];
+        for &i in group {
+            let fields = final_fields(orders[i].0, orders[i].1);
+            args.push((fields.len() * 2).to_string());
+            for (k, v) in fields {
+                args.push(k.to_string());
+                args.push(v);
+            }
+        }
+        queue_eval(
+            &pipeline,
+            FINALIZE_SCRIPT,
+            group.iter().map(|&i| keys[i].clone()).collect(),
+            args,
+        )
+        .await?;
+    }
+    let replies: Vec<Vec<i64>> = if groups.is_empty() {
+        Vec::new()
+    } else {
+        pipeline.all().await?
+    };
+    let mut finalized = vec![false; orders.len()];
+    for (group, reply) in groups.iter().zip(replies) {
+        for (&i, done) in group.iter().zip(reply) {
+            finalized[i] = done == 1;
+        }
+    }
+    Ok(finalized)
+}
+
+/// The record's fields once `outbox`'s order finished with `outcome`.
+fn final_fields(outbox: &Outbox, outcome: &OrderOutcome) -> Vec<(&'static str, String)> {
     let (qty, avg, fee) = outcome.totals();
     let (state, error) = match outcome {
         OrderOutcome::Filled { .. } => ("FILLED", ""),
         OrderOutcome::Rejected { reason } => ("REJECTED", reason.as_str()),
     };
-    let payload = serde_json::to_string(&outbox.payload).unwrap_or_default();
-    let args = vec![
-        owner.to_string(),
-        ORDER_RECORD_TTL_SECS.to_string(),
-        "state".to_string(),
-        state.to_string(),
-        "filled_qty".to_string(),
-        qty.to_string(),
-        "avg_price".to_string(),
-        avg.to_string(),
-        "fee".to_string(),
-        fee.to_string(),
-        "error".to_string(),
-        error.to_string(),
-        "finished_ts".to_string(),
-        now_ms().to_string(),
-        "outbox".to_string(),
-        payload,
-        "published".to_string(),
-        "0".to_string(),
-    ];
-    queue_eval(
-        pipeline,
-        FINALIZE_SCRIPT,
-        vec![order_key(&outbox.order.client_order_id)],
-        args,
-    )
-    .await
+    vec![
+        ("state", state.to_string()),
+        ("filled_qty", qty.to_string()),
+        ("avg_price", avg.to_string()),
+        ("fee", fee.to_string()),
+        ("error", error.to_string()),
+        ("finished_ts", now_ms().to_string()),
+        ("outbox", serde_json::to_string(&outbox.payload).unwrap_or_default()),
+        ("published", "0".to_string()),
+    ]
 }
 
 /// Publishes finished orders' outboxes, in ordered steps of one slot each (see the module doc);
@@ -445,28 +492,35 @@ pub async fn publish(
     answers: &[Once],
     released: &[(Symbol, String)],
 ) -> Result<Vec<bool>, Error> {
-    // 1. Reservations: the plans' swapped for the fills', the not-executed plans' released.
+    // 1. Reservations: the plans' swapped for the fills' (one script per symbol slot group),
+    //    the not-executed plans' released.
     let swaps = client.pipeline();
-    let mut queued = 0;
-    for outbox in outboxes {
-        let symbol = &outbox.order.symbol;
-        let mut args = vec![PUBLICATION_TTL_SECS.to_string(), outbox.order.plan_id.to_string()];
-        for (fill_id, value) in &outbox.payload.reserve {
-            args.extend([fill_id.clone(), value.clone()]);
+    let mut queued = false;
+    let slots: Vec<String> = outboxes.iter().map(|o| reservation_key(&o.order.symbol)).collect();
+    for group in quantum_runtime::nodes::slot_groups(client, &slots) {
+        let mut keys = Vec::with_capacity(3 * group.len());
+        let mut args = vec![PUBLICATION_TTL_SECS.to_string()];
+        for &i in &group {
+            let order = &outboxes[i].order;
+            keys.extend([
+                reservation_key(&order.symbol),
+                reservation_totals_key(&order.symbol),
+                reservation_swapped_key(&order.symbol, &order.plan_id),
+            ]);
+            args.push(order.plan_id.to_string());
+            args.push(outboxes[i].payload.reserve.len().to_string());
+            for (fill_id, value) in &outboxes[i].payload.reserve {
+                args.extend([fill_id.clone(), value.clone()]);
+            }
         }
-        let keys = vec![
-            reservation_key(symbol),
-            reservation_totals_key(symbol),
-            reservation_swapped_key(symbol, &outbox.order.plan_id),
-        ];
         queue_eval(&swaps, &SWAP_SCRIPT, keys, args).await?;
-        queued += 1;
+        queued = true;
     }
     for (symbol, plan_id) in released {
         quantum_runtime::inflight::queue_release(&swaps, symbol, vec![plan_id.clone()]).await?;
-        queued += 1;
+        queued = true;
     }
-    if queued > 0 {
+    if queued {
         let _: Vec<Value> = swaps.all().await?;
     }
     fail::fail_point!("executor::after_swap", |_| std::process::abort());
@@ -505,14 +559,10 @@ pub async fn publish(
     // 3. Done: the records say so and leave the index.
     if !outboxes.is_empty() {
         let done = client.pipeline();
-        for outbox in outboxes {
-            queue_eval(
-                &done,
-                PUBLISHED_SCRIPT,
-                vec![order_key(&outbox.order.client_order_id)],
-                Vec::new(),
-            )
-            .await?;
+        let records: Vec<String> = outboxes.iter().map(|o| order_key(&o.order.client_order_id)).collect();
+        for group in quantum_runtime::nodes::slot_groups(client, &records) {
+            let keys = group.iter().map(|&i| records[i].clone()).collect();
+            queue_eval(&done, PUBLISHED_SCRIPT, keys, Vec::new()).await?;
         }
         let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
         done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::Value;
 use tokio_util::sync::CancellationToken;
 
 use quantum_model::time::now_ms;
@@ -100,10 +99,8 @@ impl<V: Venue> Sweeper<V> {
         ));
         let outcome = self.venue.settle(&order.client_order_id, &order.symbol, &why).await?;
         let outbox = Outbox::new(order, &outcome, |_| {});
-        let pipeline = self.writer.pipeline();
-        order::queue_finalize(&pipeline, &self.owner, &outbox, &outcome).await?;
-        let replies: Vec<Value> = pipeline.all().await?;
-        if replies.first().and_then(Value::as_i64) != Some(1) {
+        let finalized = order::finalize(&self.writer, &self.owner, &[(&outbox, &outcome)]).await?;
+        if finalized.first() != Some(&true) {
             // Finalized meanwhile by its plan, which publishes it.
             return Ok(false);
         }
