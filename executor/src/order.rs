@@ -516,8 +516,16 @@ pub async fn publish(
         queue_eval(&swaps, &SWAP_SCRIPT, keys, args).await?;
         queued = true;
     }
+    // One release per symbol, however many of its plans were not executed.
+    let mut by_symbol: Vec<(&Symbol, Vec<String>)> = Vec::new();
     for (symbol, plan_id) in released {
-        quantum_runtime::inflight::queue_release(&swaps, symbol, vec![plan_id.clone()]).await?;
+        match by_symbol.iter_mut().find(|(s, _)| *s == symbol) {
+            Some((_, plans)) => plans.push(plan_id.clone()),
+            None => by_symbol.push((symbol, vec![plan_id.clone()])),
+        }
+    }
+    for (symbol, plans) in by_symbol {
+        quantum_runtime::inflight::queue_release(&swaps, symbol, plans).await?;
         queued = true;
     }
     if queued {
