@@ -166,7 +166,7 @@ async fn one_order_per_plan(
     report: &mut Checked,
 ) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
-    let mut orders = scan_keys(client, "quantum:paper:order:qib-*").await?;
+    let mut orders = scan_keys(client, "{quantum:paper:position:*}:order:qib-*").await?;
     orders.extend(scan_keys(client, "quantum:binance:order:qib-*").await?);
     report.venue_orders = orders.len();
     let plan_ids: HashSet<&str> = plans.iter().filter_map(|p| p.get("plan_id")).collect();

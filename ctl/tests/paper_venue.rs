@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 
+use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_intent_executor::paper::{PaperConfig, PaperVenue};
@@ -114,4 +115,82 @@ async fn a_run_of_orders_fills_as_one_at_a_time_would_and_a_replay_moves_nothing
     let position = together.hash("quantum:paper:position:BTCUSDT").await;
     assert_eq!(position["position_amt"], "0.25");
     assert_eq!(position["fill_seq"], "4");
+}
+
+#[tokio::test]
+async fn the_truth_a_crash_kept_from_being_published_is_published_when_the_order_is_asked_again() {
+    let stack = Stack::new().await;
+    let venue = PaperVenue::new(stack.client.clone(), config());
+    let first = order(1, Side::Buy, "1", None);
+    venue.execute(&first).await.unwrap();
+    let snapshot_key = "quantum:position:snapshot:BTCUSDT";
+    let published = stack.hash(snapshot_key).await;
+    assert_eq!(
+        (published["position_amt"].as_str(), published["venue_seq"].as_str()),
+        ("1", "1")
+    );
+
+    // As if the executor died between the fill and its truth: the snapshot and mark are gone.
+    for (how, ask) in [("retried", true), ("settled", false)] {
+        let _: i64 = stack
+            .client
+            .del(vec![snapshot_key, "quantum:market:mark_price"])
+            .await
+            .unwrap();
+        let outcome = if ask {
+            venue.execute(&first).await.unwrap()
+        } else {
+            venue
+                .settle(&first.client_order_id, &first.symbol, "stale")
+                .await
+                .unwrap()
+        };
+        assert!(matches!(outcome, OrderOutcome::Filled { .. }), "{how}: {outcome:?}");
+        let again = stack.hash(snapshot_key).await;
+        assert_eq!(
+            (again["position_amt"].as_str(), again["venue_seq"].as_str()),
+            ("1", "1"),
+            "{how}"
+        );
+        let mark = stack.hash("quantum:market:mark_price").await;
+        assert_eq!(mark.get("BTCUSDT"), Some(&published["mark_price"]), "{how}");
+    }
+    let position = stack.hash("quantum:paper:position:BTCUSDT").await;
+    assert_eq!(
+        (position["position_amt"].as_str(), position["fill_seq"].as_str()),
+        ("1", "1"),
+        "one fill"
+    );
+
+    // A newer snapshot already there (another executor's, published first) is kept.
+    stack
+        .hset(snapshot_key, &[("venue_seq", "9"), ("position_amt", "7")])
+        .await;
+    venue.execute(&first).await.unwrap();
+    let kept = stack.hash(snapshot_key).await;
+    assert_eq!((kept["position_amt"].as_str(), kept["venue_seq"].as_str()), ("7", "9"));
+}
+
+#[tokio::test]
+async fn a_run_of_orders_fills_on_a_redis_cluster_as_on_one_server() {
+    let one_server = Stack::new().await;
+    let venue = PaperVenue::new(one_server.client.clone(), config());
+    let (expected, _) = venue.execute_in_order(&run()).await;
+
+    let cluster = quantumctl::redis_server::RedisCluster::start(3).expect("start a redis cluster");
+    let stack = Stack::on_cluster(cluster).await;
+    let venue = PaperVenue::new(stack.client.clone(), config());
+    let (outcomes, error) = venue.execute_in_order(&run()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(timeless(&outcomes), timeless(&expected));
+    let records = quantum_runtime::consumer::scan_keys(&stack.client, "{quantum:paper:position:BTCUSDT}:order:*")
+        .await
+        .unwrap();
+    assert_eq!(
+        records.len(),
+        4,
+        "one record per order, in the position's slot: {records:?}"
+    );
+    let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
+    assert_eq!(snapshot["venue_seq"], "3");
 }

@@ -149,7 +149,9 @@ async fn a_claim_that_never_reached_the_venue_is_swept_rejected_and_never_placed
     let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
     assert_eq!(record.get("state").map(String::as_str), Some("REJECTED"));
     // Never placed, and never will be: the venue holds the id refused, and no position.
-    let at_venue = stack.hash(&format!("quantum:paper:order:qib-{plan_id}")).await;
+    let at_venue = stack
+        .hash(&format!("{{quantum:paper:position:BTCUSDT}}:order:qib-{plan_id}"))
+        .await;
     assert_eq!(
         at_venue.get("status").map(String::as_str),
         Some("REJECTED"),
@@ -317,5 +319,39 @@ async fn an_index_entry_whose_claim_never_came_serves_the_redelivered_plan_which
     );
     stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
     assert_published_once(&stack, &plan_id).await;
+    assert_eq!(paper_orders(&stack).await, 1, "placed once");
+}
+
+#[tokio::test]
+async fn an_executor_dying_between_a_paper_fill_and_its_snapshot_publishes_it_when_the_plan_returns() {
+    let mut stack = Stack::new().await;
+    let (_, plan_id) = one_plan(&mut stack).await;
+    stack.start(Service::Ledger, &[]);
+    let fast_reclaim = [
+        ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+    ];
+    start_executor(&mut stack, Some("executor::paper_before_truth=return"), &fast_reclaim);
+    wait_exited(&mut stack).await;
+    let position = stack.hash("quantum:paper:position:BTCUSDT").await;
+    assert_eq!(
+        position.get("fill_seq").map(String::as_str),
+        Some("1"),
+        "filled at the venue"
+    );
+    assert!(
+        stack.hash("quantum:position:snapshot:BTCUSDT").await.is_empty(),
+        "no truth yet"
+    );
+
+    start_executor(&mut stack, None, &fast_reclaim);
+    stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+    assert_published_once(&stack, &plan_id).await;
+    let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
+    assert_eq!(
+        (snapshot["position_amt"].as_str(), snapshot["venue_seq"].as_str()),
+        ("0.01", "1"),
+        "{snapshot:?}"
+    );
     assert_eq!(paper_orders(&stack).await, 1, "placed once");
 }

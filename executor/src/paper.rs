@@ -4,6 +4,15 @@
 //! Prices follow a seeded walk per symbol that advances one step per order; fills happen at
 //! mark ± slippage with a taker fee. After every fill the venue publishes exchange truth to
 //! `quantum:position:snapshot:<SYMBOL>` and the mark to `quantum:market:mark_price`.
+//!
+//! Invariants, on one node and on a cluster alike:
+//! - a symbol's venue state and its order records share one slot (the records are tagged with
+//!   the position key, `{quantum:paper:position:<SYM>}:order:<id>`), so one compare-and-set
+//!   commits a run of orders, and an order's record exists exactly when the position moved by it;
+//! - the truth (snapshot and mark) is published after that commit, in its own step: a snapshot
+//!   only replaces an older one (lower `venue_seq`), so two executors publishing out of order
+//!   leave the newer, and an order retried after a crash between the two steps publishes it
+//!   again from the stored state.
 
 use std::collections::HashMap;
 
@@ -78,9 +87,19 @@ fn position_key(symbol: &Symbol) -> String {
     format!("quantum:paper:position:{symbol}")
 }
 
-fn paper_order_key(client_order_id: &str) -> String {
-    format!("quantum:paper:order:{client_order_id}")
+/// An order's record, in its symbol's slot.
+fn paper_order_key(symbol: &Symbol, client_order_id: &OrderId) -> String {
+    format!("{{{}}}:order:{client_order_id}", position_key(symbol))
 }
+
+/// Writes the snapshot under KEYS[1] (ARGV: its venue_seq, then field/value pairs) unless the
+/// stored one is newer: a higher `venue_seq` already there wins.
+const SNAPSHOT_IF_NEWER_SCRIPT: &str = r#"
+local stored = tonumber(redis.call('HGET', KEYS[1], 'venue_seq') or '')
+if stored and stored > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"#;
 
 /// Rounds `value` down to a multiple of `step` (exact decimal arithmetic).
 pub fn floor_to_step(value: Decimal, step: Decimal) -> Decimal {
@@ -120,34 +139,51 @@ pub async fn seed_position(client: &Client, symbol: &Symbol, amt: Decimal, entry
         version: 1,
         fill_seq: 0,
     };
-    let snapshot = Snapshot {
-        position_amt: amt,
-        entry_price,
-        mark_price: entry_price,
-        unrealized_pnl: Decimal::ZERO,
-        leverage: Decimal::ONE,
-        ts: now_ms(),
-        venue_seq: Some(0),
-    };
     let write = CasWrite {
         expected_version: 0,
         guards: Vec::new(),
-        writes: vec![
-            (position_key(symbol), CasOp::Hash(state.to_fields())),
-            (snapshot_key(symbol), CasOp::Hash(owned(snapshot.to_fields()))),
-            (
-                MARK_PRICE_KEY.to_string(),
-                CasOp::Hash(vec![(symbol.to_string(), entry_price.to_string())]),
-            ),
-        ],
+        writes: vec![(position_key(symbol), CasOp::Hash(state.to_fields()))],
     };
     match write.apply(client).await? {
-        CasOutcome::Applied => Ok(()),
+        CasOutcome::Applied => publish_truth(client, symbol, &state, true).await,
         _ => Err(Error::new(
             ErrorKind::InvalidArgument,
             format!("paper position of {symbol} exists already"),
         )),
     }
+}
+
+/// Publishes the venue's truth about `symbol` from its committed state: the mark and, with
+/// `with_snapshot`, the position snapshot (kept when a newer one is there already).
+async fn publish_truth(
+    client: &Client,
+    symbol: &Symbol,
+    state: &PaperPosition,
+    with_snapshot: bool,
+) -> Result<(), Error> {
+    let mark = state.mark.unwrap_or_default();
+    let pipeline = client.pipeline();
+    if with_snapshot {
+        let snapshot = Snapshot {
+            position_amt: state.position.amt,
+            entry_price: state.position.avg_entry,
+            mark_price: mark,
+            unrealized_pnl: state.position.unrealized(mark).round_dp(8).normalize(),
+            leverage: state.leverage,
+            ts: now_ms(),
+            venue_seq: Some(state.fill_seq),
+        };
+        let mut args = vec![state.fill_seq.to_string()];
+        for (field, value) in snapshot.to_fields() {
+            args.extend([field.to_string(), value]);
+        }
+        queue_eval(&pipeline, SNAPSHOT_IF_NEWER_SCRIPT, vec![snapshot_key(symbol)], args).await?;
+    }
+    pipeline
+        .hset::<(), _, _>(MARK_PRICE_KEY, (symbol.as_str(), mark.to_string()))
+        .await?;
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
 }
 
 /// The venue's state for one symbol.
@@ -360,12 +396,19 @@ impl Venue for PaperVenue {
         queue_eval(
             &pipeline,
             SETTLE_SCRIPT,
-            vec![paper_order_key(client_order_id.as_str())],
+            vec![paper_order_key(symbol, client_order_id)],
             vec![reason.to_string()],
         )
         .await?;
-        let stored: Vec<Value> = pipeline.all().await?;
-        Self::stored_outcome(hash_pairs(stored.into_iter().next().unwrap_or(Value::Null)), symbol)
+        pipeline.hgetall::<(), _>(position_key(symbol)).await?;
+        let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
+        let stored = Self::stored_outcome(hash_pairs(replies.next().unwrap_or(Value::Null)), symbol)?;
+        if matches!(stored, OrderOutcome::Filled { .. }) {
+            // Placed before a crash that may have come before its truth was published.
+            let state = PaperPosition::from_hash(symbol, &hash_pairs(replies.next().unwrap_or(Value::Null)))?;
+            publish_truth(&self.client, symbol, &state, true).await?;
+        }
+        Ok(stored)
     }
 
     async fn execute(&self, order: &OrderRequest) -> Result<OrderOutcome, VenueError> {
@@ -406,7 +449,7 @@ impl PaperVenue {
         let pipeline = self.client.pipeline();
         for order in orders {
             pipeline
-                .hgetall::<(), _>(paper_order_key(order.client_order_id.as_str()))
+                .hgetall::<(), _>(paper_order_key(symbol, &order.client_order_id))
                 .await?;
         }
         pipeline.hgetall::<(), _>(position_key(symbol)).await?;
@@ -430,59 +473,47 @@ impl PaperVenue {
                 continue;
             }
             let (outcome, next) = simulate(&self.config, order, &state, now_ms());
-            records.push((paper_order_key(order.client_order_id.as_str()), order_record(&outcome)));
+            records.push((paper_order_key(symbol, &order.client_order_id), order_record(&outcome)));
             filled |= matches!(outcome, OrderOutcome::Filled { .. });
             state = next;
             outcomes.push(outcome);
         }
         if records.is_empty() {
+            // Every order was placed before: a crash may have come between that commit and its
+            // truth, which is published again from the stored state.
+            if initial.version > 0 {
+                publish_truth(&self.client, symbol, &initial, initial.fill_seq > 0).await?;
+            }
             return Ok(Some((outcomes, stopped)));
         }
-        match self
-            .commit_write(symbol, &initial, &state, filled, records)
+        match commit_write(symbol, &initial, &state, records)
             .apply(&self.client)
             .await?
         {
-            CasOutcome::Applied => Ok(Some((outcomes, stopped))),
+            CasOutcome::Applied => {
+                fail::fail_point!("executor::paper_before_truth", |_| std::process::abort());
+                publish_truth(&self.client, symbol, &state, filled).await?;
+                Ok(Some((outcomes, stopped)))
+            }
             CasOutcome::VersionConflict | CasOutcome::GuardExists => Ok(None),
         }
     }
+}
 
-    /// The venue's state after a run of orders: the position, its snapshot (when something
-    /// filled), the mark, and each new order's record, which must not exist yet.
-    fn commit_write(
-        &self,
-        symbol: &Symbol,
-        initial: &PaperPosition,
-        next: &PaperPosition,
-        filled: bool,
-        records: Vec<(String, Vec<(String, String)>)>,
-    ) -> CasWrite {
-        let mut writes = vec![(position_key(symbol), CasOp::Hash(next.to_fields()))];
-        let mark = next.mark.unwrap_or_default();
-        if filled {
-            let snapshot = Snapshot {
-                position_amt: next.position.amt,
-                entry_price: next.position.avg_entry,
-                mark_price: mark,
-                unrealized_pnl: next.position.unrealized(mark).round_dp(8).normalize(),
-                leverage: next.leverage,
-                ts: now_ms(),
-                venue_seq: Some(next.fill_seq),
-            };
-            writes.push((snapshot_key(symbol), CasOp::Hash(owned(snapshot.to_fields()))));
-        }
-        writes.push((
-            MARK_PRICE_KEY.to_string(),
-            CasOp::Hash(vec![(symbol.to_string(), mark.to_string())]),
-        ));
-        let first_record = writes.len();
-        writes.extend(records.into_iter().map(|(key, record)| (key, CasOp::Hash(record))));
-        CasWrite {
-            expected_version: initial.version,
-            guards: (first_record..writes.len()).collect(),
-            writes,
-        }
+/// The venue's state after a run of orders, in one slot: the position and each new order's
+/// record, which must not exist yet.
+fn commit_write(
+    symbol: &Symbol,
+    initial: &PaperPosition,
+    next: &PaperPosition,
+    records: Vec<(String, Vec<(String, String)>)>,
+) -> CasWrite {
+    let mut writes = vec![(position_key(symbol), CasOp::Hash(next.to_fields()))];
+    writes.extend(records.into_iter().map(|(key, record)| (key, CasOp::Hash(record))));
+    CasWrite {
+        expected_version: initial.version,
+        guards: (1..writes.len()).collect(),
+        writes,
     }
 }
 

@@ -398,7 +398,7 @@ pub async fn consumers(stack: &Stack, stream: &str, group: &str) -> Vec<(String,
 
 /// How many orders the paper venue holds (one record per order it accepted).
 pub async fn paper_orders(stack: &Stack) -> usize {
-    quantum_runtime::consumer::scan_keys(&stack.client, "quantum:paper:order:*")
+    quantum_runtime::consumer::scan_keys(&stack.client, "{quantum:paper:position:*}:order:*")
         .await
         .unwrap()
         .len()
