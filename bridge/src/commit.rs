@@ -1,30 +1,58 @@
-//! One intent's commit: its outcome (plan or DLQ entry), its reservation (with the symbol's
-//! reservation totals), its replay marker and its XACK, as one server-side step that refuses an entry already processed; and the
-//! consistent read of a symbol's position its gates decide on.
+//! A batch's commit, in ordered steps of one slot each, so that it runs on a Redis Cluster as
+//! on one server; every step is idempotent and the XACK comes last, so a crash anywhere
+//! redelivers the entry and the steps already done are found done. Each step is one round
+//! trip for the whole batch:
 //!
-//! Invariants the scripts keep:
-//! - the gates see a symbol's ledger and reservations at one instant (one read script): the
-//!   ledger applies a fill and releases its reservation in one step, so a read of the one before
-//!   and the other after would count the fill twice or not at all;
-//! - a reservation commits only while the symbol's reservation token (`<count>:<plan id>` of
-//!   its last reservation) is the one its gate decided on: a second bridge that reserved
-//!   meanwhile makes the step refuse (-1), and the intent is decided again on fresh state, so two
-//!   bridges cannot both sell one position; and since the token names the plan that wrote it, a
-//!   batch's next reservation, which expects its predecessor's token, is refused too when that
-//!   predecessor was. A BUY also needs the all-symbol BUY token it read, so two bridges cannot
-//!   together pass the exposure limit either;
-//! - an entry whose marker exists is only acknowledged (a replay's record counts it), whoever
-//!   processed it first: a second bridge that decided the same entry (reclaimed from a paused
-//!   one) publishes nothing, so one intent is one plan even when two bridges sized it;
-//! - the key types are checked before any write, so a key of the wrong type fails the step with
-//!   nothing written (a MULTI/EXEC would still have committed the rest, the marker and the ack
-//!   with it, losing the intent); and the script is flagged `#!lua` without `allow-oom`, so under
-//!   `maxmemory` Redis refuses it before it starts rather than halfway;
-//! - each entry commits alone: one failing step leaves that entry pending and commits the rest.
+//! 1. **reserve**: per symbol, one script in the symbol's slot `L(<SYM>)` takes each EXECUTE
+//!    plan's reservation, in batch order, while the symbol's reservation token
+//!    (`<count>:<plan id>` of its last reservation) is the one its gate decided on;
+//! 2. **bump**: the BUYs reserved move the all-symbol BUY token, in order, from the one their
+//!    exposure gate read;
+//! 3. **claim**: each entry's replay marker is set (`SET NX GET`) to its outcome record and,
+//!    when there is an outcome to publish, the outcome itself (`quantum_model::outcome::Marker`);
+//! 4. **publish**: the claimed outcomes are appended once each (marker
+//!    `{<stream>}:once:<entry id>`) to `apply.plan` or the intent DLQ;
+//! 5. **done**: each published marker is rewritten to its record alone (`XX KEEPTTL`), and the
+//!    entries are acknowledged.
+//!
+//! Invariants the steps keep:
+//! - a reservation is taken only on the symbol state its gate decided on: a second bridge that
+//!   reserved meanwhile makes the step refuse that reservation and the batch's later ones for
+//!   the symbol (each expects its predecessor's token), and they are decided again, so two
+//!   bridges cannot both sell one position;
+//! - reserve, then bump: a bridge that reads the BUY token a BUY wrote reads that BUY's
+//!   reservation too, and a BUY whose bump is refused (another bridge's BUY came between) has
+//!   its reservation released and is decided again, so two bridges cannot together pass the
+//!   exposure limit;
+//! - one decision per entry: the first claim wins. A bridge that finds a marker finishes that
+//!   decision (publishes its outcome, once) rather than its own, and releases a reservation of
+//!   its own that differs, so one intent is one plan even when two bridges sized it;
+//! - a crash after the reservation and before the claim leaves a reservation without a plan,
+//!   counted until it expires (conservative: never an overshoot); after the claim, the
+//!   redelivered entry publishes the marker's outcome; after the publication, it finds it
+//!   appended already;
+//! - the scripts check key types before writing (a key of the wrong type fails its step with
+//!   nothing written) and are flagged `#!lua` without `allow-oom`, so under `maxmemory` Redis
+//!   refuses one before it starts rather than halfway;
+//! - a step fails for its own entries only: a symbol's reservation script for that symbol's
+//!   entries, a marker for its entry, a stream for the entries going to it. They stay pending;
+//!   the others commit.
+
+use std::collections::HashMap;
 
 use fred::prelude::*;
+use fred::types::{Expiration, SetOptions, Value};
 
+use quantum_model::contract::{
+    ledger_key, reservation_key, reservation_totals_key, reservation_version_key, seen_key, BUYS_VERSION_KEY,
+    INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, PLAN_STREAM,
+};
+use quantum_model::outcome::{Marker, OutcomeRecord, PendingOutcome};
+use quantum_model::types::Symbol;
+use quantum_runtime::append_once::{queue_append_once, Once};
 use quantum_runtime::cas::queue_eval;
+use quantum_runtime::failure::StageError;
+use quantum_runtime::replication::ReplicaWait;
 
 /// A symbol's ledger fields, reservation totals and token, read at one instant; and its
 /// reservations themselves when asked (ARGV[1] = 'walk') or when the totals do not count every
@@ -42,10 +70,9 @@ return {redis.call('HMGET', KEYS[1], 'position_amt', 'notional_usd'), totals,
 /// is `[[amt, notional], [totals...], [field, value, ...] or nil, token]`.
 pub async fn queue_position_read(
     pipeline: &fred::clients::Pipeline<Client>,
-    symbol: &quantum_model::types::Symbol,
+    symbol: &Symbol,
     walk: bool,
 ) -> Result<(), Error> {
-    use quantum_model::contract::{ledger_key, reservation_key, reservation_totals_key, reservation_version_key};
     let keys = vec![
         ledger_key(symbol),
         reservation_key(symbol),
@@ -57,67 +84,45 @@ pub async fn queue_position_read(
     quantum_runtime::cas::queue_eval_ro(pipeline, READ_POSITION_SCRIPT, keys, args).await
 }
 
-static COMMIT_SCRIPT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", COMMIT_BODY));
+static RESERVE_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", RESERVE_BODY));
 
-const COMMIT_BODY: &str = r#"
--- KEYS: marker, intent stream, outcome stream, reservations, reservation token, BUY token,
---       reservation totals
--- ARGV: group, entry id, marker ttl, record ('' for a replay), replay record ('' for none),
---       reserve field ('' for none), reserve value, expected reservation token, new one,
---       'BUY' or '', expected BUY token, new one, then the outcome's fields (none: a skip)
+const RESERVE_BODY: &str = r#"
+-- KEYS: the symbol's reservations, its reservation token, its totals.
+-- ARGV: per reservation: field, value, expected token, new token. Returns how many it took.
 local function wrong(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     return 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want .. '; nothing written'
   end
 end
--- A marker of another type is corrupt, not a record that the intent was processed.
-local bad = wrong(KEYS[1], 'string')
+local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'string') or inflight_totals_bad(KEYS[3])
 if bad then return redis.error_reply(bad) end
-if ARGV[4] == '' or redis.call('EXISTS', KEYS[1]) == 1 then
-  if ARGV[5] ~= '' then redis.call('SET', KEYS[1], ARGV[5], 'KEEPTTL', 'XX') end
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-  return 0
+for i = 1, #ARGV, 4 do
+  if (redis.call('GET', KEYS[2]) or '') ~= ARGV[i + 2] then return (i - 1) / 4 end
+  inflight_reserve(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('SET', KEYS[2], ARGV[i + 3])
 end
-local reserve, buy = ARGV[6] ~= '', ARGV[10] == 'BUY'
-bad = (#ARGV > 12 and wrong(KEYS[3], 'stream')) or (reserve and wrong(KEYS[4], 'hash'))
-  or (reserve and wrong(KEYS[5], 'string')) or (buy and wrong(KEYS[6], 'string'))
-if bad then return redis.error_reply(bad) end
-if reserve and (redis.call('GET', KEYS[5]) or '') ~= ARGV[8] then return -1 end
-bad = reserve and inflight_totals_bad(KEYS[7])
-if bad then return redis.error_reply(bad) end
-if buy and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
--- The reservation before the outcome: should a write fail halfway, what is left is a
--- reservation without its plan (counted until it expires), never a plan without its marker.
-if reserve then
-  inflight_reserve(KEYS[4], KEYS[7], ARGV[6], ARGV[7])
-  redis.call('SET', KEYS[5], ARGV[9])
-end
-if buy then redis.call('SET', KEYS[6], ARGV[12]) end
-if #ARGV > 12 then redis.call('XADD', KEYS[3], '*', unpack(ARGV, 13)) end
-redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-return 1
+return #ARGV / 4
 "#;
 
-/// What to commit for one entry.
-pub struct EntryCommit<'a> {
-    pub marker_key: String,
-    pub entry_id: &'a str,
-    /// The stream the outcome goes to, and its fields (empty: nothing is published).
-    pub outcome: Option<(&'static str, Vec<(&'static str, String)>)>,
-    /// The reservation, for this symbol.
-    pub reservation: Option<ReservationCommit>,
-    /// The new outcome record; `None` for a replay found at read time.
-    pub record: Option<String>,
-    /// The replay's record (the first outcome plus its count), written only over a marker.
-    pub replay_record: Option<String>,
-}
+/// KEYS: the BUY token. ARGV: per BUY, the token its exposure gate read and the one it writes.
+/// Returns how many it moved, in order.
+const BUMP_SCRIPT: &str = r#"#!lua
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', not a string; nothing written')
+end
+for i = 1, #ARGV, 2 do
+  if (redis.call('GET', KEYS[1]) or '') ~= ARGV[i] then return (i - 1) / 2 end
+  redis.call('SET', KEYS[1], ARGV[i + 1])
+end
+return #ARGV / 2
+"#;
 
-/// A reservation to add with a plan.
+/// A plan's reservation.
 pub struct ReservationCommit {
-    pub symbol: quantum_model::types::Symbol,
+    pub symbol: Symbol,
     /// The plan id.
     pub field: String,
     pub value: String,
@@ -127,69 +132,450 @@ pub struct ReservationCommit {
     pub buys_token: Option<(String, String)>,
 }
 
-/// Queues one entry's commit on `pipeline`. Its reply is 1 when it committed, 0 when the entry
-/// was already processed (only acknowledged), -1 when another bridge reserved for the symbol
-/// meanwhile (nothing written: decide again), an error when nothing was written.
-pub async fn queue_commit(
-    pipeline: &fred::clients::Pipeline<Client>,
-    stream: &str,
-    group: &str,
-    marker_ttl_secs: u64,
-    commit: EntryCommit<'_>,
-) -> Result<(), Error> {
-    // Without an outcome the stream slot is never written; any stream name fills it.
-    let (outcome_stream, fields) = commit.outcome.unwrap_or((stream, Vec::new()));
-    // Without a reservation the hash and counter slots are never touched; the marker fills them.
-    let none = || (String::new(), String::new());
-    let (reservations, version, totals, field, value, token, buy, buys_token) = match commit.reservation {
-        Some(r) => (
-            quantum_model::contract::reservation_key(&r.symbol),
-            quantum_model::contract::reservation_version_key(&r.symbol),
-            quantum_model::contract::reservation_totals_key(&r.symbol),
-            r.field,
-            r.value,
-            r.token,
-            if r.buys_token.is_some() { "BUY" } else { "" },
-            r.buys_token.unwrap_or_else(none),
-        ),
-        None => (
-            commit.marker_key.clone(),
-            commit.marker_key.clone(),
-            commit.marker_key.clone(),
-            String::new(),
-            String::new(),
-            none(),
-            "",
-            none(),
-        ),
-    };
-    let mut args = Vec::with_capacity(12 + 2 * fields.len());
-    args.extend([
-        group.to_string(),
-        commit.entry_id.to_string(),
-        marker_ttl_secs.to_string(),
-        commit.record.unwrap_or_default(),
-        commit.replay_record.unwrap_or_default(),
-        field,
-        value,
-        token.0,
-        token.1,
-        buy.to_string(),
-        buys_token.0,
-        buys_token.1,
-    ]);
-    for (k, v) in fields {
-        args.push(k.to_string());
-        args.push(v);
+/// What to commit for one entry.
+pub enum EntryCommit {
+    /// Processed before: acknowledged, its record counting the replay (`None`: left as it is).
+    Replay { replay_record: Option<String> },
+    /// Decided on this batch's view: its record, the outcome it publishes (none for a skip)
+    /// and the reservation it takes.
+    Decided {
+        record: OutcomeRecord,
+        outcome: Option<PendingOutcome>,
+        reservation: Option<ReservationCommit>,
+    },
+    /// Decided before (a crash, a paused bridge) and not known to be published: its marker's
+    /// outcome is published now.
+    Finish {
+        record: OutcomeRecord,
+        outcome: PendingOutcome,
+    },
+    /// Its marker cannot be read back: the entry fails every time (poison).
+    Unreadable(String),
+}
+
+/// What became of one entry's commit.
+#[derive(Debug)]
+pub enum Committed {
+    /// Committed: its outcome published (its marker's, for a `Finish`) and acknowledged.
+    Done,
+    /// Acknowledged as a replay.
+    Replayed,
+    /// Another bridge decided it first: that decision was published (or found published) and
+    /// the entry acknowledged; nothing of this bridge's decision was.
+    DecidedElsewhere,
+    /// Another bridge reserved for the symbol (or any BUY) meanwhile: nothing of this entry
+    /// stayed written; it is decided again on fresh state.
+    Again,
+    /// A step failed: the entry stays pending.
+    Failed(StageError),
+}
+
+/// One entry's way through the steps.
+struct Progress<'a> {
+    id: &'a str,
+    commit: EntryCommit,
+    /// Set once the entry's fate is known.
+    fate: Option<Committed>,
+    /// The reservation this bridge took for it and does not need after all.
+    release: bool,
+    /// The outcome to publish: its record (without `state`), the outcome, and whether it is
+    /// this bridge's own decision.
+    publish: Option<(OutcomeRecord, PendingOutcome, bool)>,
+    /// Acknowledged at the end, with this fate.
+    ack: Option<Committed>,
+}
+
+impl Progress<'_> {
+    fn reservation(&self) -> Option<&ReservationCommit> {
+        match &self.commit {
+            EntryCommit::Decided { reservation, .. } => reservation.as_ref(),
+            _ => None,
+        }
     }
-    let keys = vec![
-        commit.marker_key,
-        stream.to_string(),
-        outcome_stream.to_string(),
-        reservations,
-        version,
-        quantum_model::contract::BUYS_VERSION_KEY.to_string(),
-        totals,
-    ];
-    queue_eval(pipeline, &COMMIT_SCRIPT, keys, args).await
+
+    fn fail(&mut self, error: StageError) {
+        self.release |= self.reserved();
+        self.fate = Some(Committed::Failed(error));
+    }
+
+    /// Whether this bridge's reservation was taken (it holds one and its steps got past bump).
+    fn reserved(&self) -> bool {
+        self.reservation().is_some() && !matches!(self.fate, Some(Committed::Again))
+    }
+}
+
+/// Commits `entries` (each with its entry id) in the steps above; returns each one's fate, in
+/// order. `marker_ttl_secs` is how long a marker (and an append-once marker) lives. With
+/// `replica_wait` on, the claims wait for replicas before anything is published: a failover
+/// that lost a claim whose outcome was already out would let the intent be decided twice.
+pub async fn commit_batch(
+    client: &Client,
+    marker_ttl_secs: u64,
+    replica_wait: &ReplicaWait,
+    entries: Vec<(&str, EntryCommit)>,
+) -> Vec<Committed> {
+    let mut progress: Vec<Progress<'_>> = entries
+        .into_iter()
+        .map(|(id, commit)| Progress {
+            id,
+            commit,
+            fate: None,
+            release: false,
+            publish: None,
+            ack: None,
+        })
+        .collect();
+    for p in &mut progress {
+        match &p.commit {
+            EntryCommit::Unreadable(e) => p.fate = Some(Committed::Failed(StageError::Poison(e.clone()))),
+            EntryCommit::Finish { record, outcome } => p.publish = Some((record.clone(), outcome.clone(), false)),
+            _ => {}
+        }
+    }
+    let steps = async {
+        reserve(client, &mut progress).await?;
+        bump(client, &mut progress).await?;
+        fail::fail_point!("bridge::after_reserve", |_| std::process::abort());
+        claim(client, marker_ttl_secs, &mut progress).await?;
+        if progress.iter().any(|p| p.publish.is_some()) {
+            replica_wait.after_write(client, "the intents' replay markers").await?;
+        }
+        fail::fail_point!("bridge::after_claim", |_| std::process::abort());
+        publish(client, marker_ttl_secs, &mut progress).await?;
+        fail::fail_point!("bridge::after_publish", |_| std::process::abort());
+        done(client, &mut progress).await
+    };
+    if let Err(e) = steps.await {
+        // The connection failed under a step: what the unsettled entries committed is unknown;
+        // their markers tell on the retry.
+        let error = StageError::from(e);
+        for p in progress.iter_mut().filter(|p| p.fate.is_none()) {
+            p.fate = Some(Committed::Failed(error.clone()));
+        }
+    }
+    progress
+        .into_iter()
+        .map(|p| {
+            p.fate
+                .unwrap_or(Committed::Failed(StageError::Retryable("commit step lost".into())))
+        })
+        .collect()
+}
+
+/// Entries still on their way.
+fn open<'p, 'a>(progress: &'p mut [Progress<'a>]) -> impl Iterator<Item = (usize, &'p mut Progress<'a>)> {
+    progress.iter_mut().enumerate().filter(|(_, p)| p.fate.is_none())
+}
+
+/// Step 1: each symbol's reservations, one script per symbol.
+async fn reserve(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let mut by_symbol: Vec<(Symbol, Vec<usize>)> = Vec::new();
+    for (i, p) in open(progress) {
+        if let Some(r) = p.reservation() {
+            match by_symbol.iter_mut().find(|(s, _)| *s == r.symbol) {
+                Some((_, group)) => group.push(i),
+                None => by_symbol.push((r.symbol.clone(), vec![i])),
+            }
+        }
+    }
+    if by_symbol.is_empty() {
+        return Ok(());
+    }
+    let pipeline = client.pipeline();
+    for (symbol, group) in &by_symbol {
+        let mut args = Vec::with_capacity(4 * group.len());
+        for r in group.iter().filter_map(|&i| progress[i].reservation()) {
+            args.extend([r.field.clone(), r.value.clone(), r.token.0.clone(), r.token.1.clone()]);
+        }
+        let keys = vec![
+            reservation_key(symbol),
+            reservation_version_key(symbol),
+            reservation_totals_key(symbol),
+        ];
+        queue_eval(&pipeline, &RESERVE_SCRIPT, keys, args).await?;
+    }
+    let replies = pipeline.try_all::<Value>().await;
+    for ((_, group), reply) in by_symbol.iter().zip(replies) {
+        match reply {
+            Ok(taken) => {
+                let taken = usize::try_from(taken.as_i64().unwrap_or(0)).unwrap_or(0);
+                for &i in group.iter().skip(taken) {
+                    progress[i].fate = Some(Committed::Again);
+                }
+            }
+            Err(e) => {
+                let error = StageError::from(e);
+                for &i in group {
+                    progress[i].fate = Some(Committed::Failed(error.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 2: the BUY token, moved by each BUY reserved, in order; a BUY it refuses gives its
+/// reservation back and is decided again.
+async fn bump(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let buys: Vec<usize> = open(progress)
+        .filter(|(_, p)| p.reservation().is_some_and(|r| r.buys_token.is_some()))
+        .map(|(i, _)| i)
+        .collect();
+    if buys.is_empty() {
+        return Ok(());
+    }
+    let mut args = Vec::with_capacity(2 * buys.len());
+    for token in buys
+        .iter()
+        .filter_map(|&i| progress[i].reservation().and_then(|r| r.buys_token.as_ref()))
+    {
+        args.extend([token.0.clone(), token.1.clone()]);
+    }
+    let pipeline = client.pipeline();
+    queue_eval(&pipeline, BUMP_SCRIPT, vec![BUYS_VERSION_KEY.to_string()], args).await?;
+    let reply = pipeline.try_all::<Value>().await.pop();
+    let (moved, error) = match reply {
+        Some(Ok(moved)) => (usize::try_from(moved.as_i64().unwrap_or(0)).unwrap_or(0), None),
+        Some(Err(e)) => (0, Some(StageError::from(e))),
+        None => (0, Some(StageError::Retryable("no reply to the BUY token step".into()))),
+    };
+    for &i in buys.iter().skip(moved) {
+        let p = &mut progress[i];
+        p.release = true;
+        p.fate = Some(error.clone().map_or(Committed::Again, Committed::Failed));
+    }
+    Ok(())
+}
+
+/// Step 3: each entry's marker claimed (a replay's record updated); reservations refused at
+/// the bump given back.
+async fn claim(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let pipeline = client.pipeline();
+    let mut claims = Vec::new();
+    for (i, p) in open(progress) {
+        let key = seen_key(p.id);
+        match &p.commit {
+            EntryCommit::Replay { replay_record } => {
+                if let Some(record) = replay_record {
+                    let _: () = pipeline
+                        .set(
+                            key,
+                            record.as_str(),
+                            Some(Expiration::KEEPTTL),
+                            Some(SetOptions::XX),
+                            false,
+                        )
+                        .await?;
+                    claims.push((i, false));
+                }
+            }
+            EntryCommit::Decided { record, outcome, .. } => {
+                let value = match outcome {
+                    Some(outcome) => Marker::publishing(record, outcome),
+                    None => record.to_string(),
+                };
+                let ex = Some(Expiration::EX(marker_ttl_secs as i64));
+                let _: () = pipeline.set(key, value, ex, Some(SetOptions::NX), true).await?;
+                claims.push((i, true));
+            }
+            EntryCommit::Finish { .. } | EntryCommit::Unreadable(_) => {}
+        }
+    }
+    let releases = queue_releases(&pipeline, progress).await?;
+    if claims.is_empty() && !releases {
+        settle_replays(progress);
+        return Ok(());
+    }
+    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    for ((i, decided), reply) in claims.into_iter().zip(replies.by_ref()) {
+        if decided {
+            on_claim(&mut progress[i], reply);
+        }
+    }
+    warn_failed_releases(replies);
+    settle_replays(progress);
+    Ok(())
+}
+
+/// Replays are acknowledged whatever their record's update made of it.
+fn settle_replays(progress: &mut [Progress<'_>]) {
+    for (_, p) in open(progress) {
+        if matches!(p.commit, EntryCommit::Replay { .. }) {
+            p.ack = Some(Committed::Replayed);
+        }
+    }
+}
+
+/// What a claim's reply (`SET NX GET`: nil when claimed, else the marker found) makes of its
+/// entry.
+fn on_claim(p: &mut Progress<'_>, reply: Result<Value, Error>) {
+    let EntryCommit::Decided { record, outcome, .. } = &p.commit else {
+        return;
+    };
+    let found = match reply {
+        Err(e) => return p.fail(StageError::from(e)),
+        Ok(Value::Null) => {
+            match outcome {
+                Some(outcome) => p.publish = Some((record.clone(), outcome.clone(), true)),
+                None => p.ack = Some(Committed::Done),
+            }
+            return;
+        }
+        Ok(found) => found.as_string().unwrap_or_default(),
+    };
+    // Another bridge (or this one, before a crash) decided the entry first: its decision stands.
+    let own_plan = record.get("plan_id");
+    match Marker::parse(&found) {
+        Ok(Marker::Done(first)) => {
+            p.release = p.reserved() && first.get("plan_id") != own_plan;
+            p.ack = Some(Committed::DecidedElsewhere);
+        }
+        Ok(Marker::Publishing(first, outcome)) => {
+            p.release = p.reserved() && first.get("plan_id") != own_plan;
+            p.publish = Some((first, outcome, false));
+        }
+        Err(e) => p.fail(StageError::Poison(format!("{e} in {}", seen_key(p.id)))),
+    }
+}
+
+/// Queues the release of every reservation marked for it (one script per symbol); returns
+/// whether it queued any.
+async fn queue_releases(
+    pipeline: &fred::clients::Pipeline<Client>,
+    progress: &mut [Progress<'_>],
+) -> Result<bool, Error> {
+    let mut by_symbol: HashMap<Symbol, Vec<String>> = HashMap::new();
+    for p in progress.iter_mut().filter(|p| p.release) {
+        p.release = false;
+        if let Some(r) = p.reservation() {
+            by_symbol.entry(r.symbol.clone()).or_default().push(r.field.clone());
+        }
+    }
+    let any = !by_symbol.is_empty();
+    for (symbol, fields) in by_symbol {
+        quantum_runtime::inflight::queue_release(pipeline, &symbol, fields).await?;
+    }
+    Ok(any)
+}
+
+/// Step 4: the claimed outcomes, appended once each (one script per stream); reservations
+/// another bridge's decision made needless given back.
+async fn publish(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let pipeline = client.pipeline();
+    let mut by_stream: Vec<(&'static str, Vec<usize>)> = Vec::new();
+    for (i, p) in open(progress) {
+        let Some((_, outcome, _)) = &p.publish else { continue };
+        let Some(stream) = [PLAN_STREAM, INTENT_DLQ_STREAM]
+            .into_iter()
+            .find(|s| *s == outcome.stream)
+        else {
+            let e = format!(
+                "replay marker {} names stream {:?}, not the plan stream or the DLQ",
+                seen_key(p.id),
+                outcome.stream
+            );
+            p.fail(StageError::Poison(e));
+            continue;
+        };
+        match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, group)) => group.push(i),
+            None => by_stream.push((stream, vec![i])),
+        }
+    }
+    for (stream, group) in &by_stream {
+        let entries: Vec<Once> = group
+            .iter()
+            .filter_map(|&i| {
+                let p = &progress[i];
+                p.publish.as_ref().map(|(_, outcome, _)| Once {
+                    id: p.id.to_string(),
+                    fields: outcome.fields.clone(),
+                    ttl_secs: marker_ttl_secs,
+                })
+            })
+            .collect();
+        queue_append_once(&pipeline, stream, &entries).await?;
+    }
+    let releases = queue_releases(&pipeline, progress).await?;
+    if by_stream.is_empty() && !releases {
+        return Ok(());
+    }
+    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    for ((_, group), reply) in by_stream.iter().zip(replies.by_ref()) {
+        match reply {
+            Ok(_) => {
+                for &i in group {
+                    let own = progress[i].publish.as_ref().is_some_and(|(_, _, own)| *own);
+                    let finish = matches!(progress[i].commit, EntryCommit::Finish { .. });
+                    progress[i].ack = Some(if own || finish {
+                        Committed::Done
+                    } else {
+                        Committed::DecidedElsewhere
+                    });
+                }
+            }
+            Err(e) => {
+                let error = StageError::from(e);
+                for &i in group {
+                    progress[i].fate = Some(Committed::Failed(error.clone()));
+                }
+            }
+        }
+    }
+    warn_failed_releases(replies);
+    Ok(())
+}
+
+/// Logs a release that failed: its reservation is counted until it expires (never an overshoot).
+fn warn_failed_releases(replies: impl Iterator<Item = Result<Value, Error>>) {
+    for e in replies.filter_map(Result::err) {
+        tracing::warn!("Releasing an unused reservation failed ({e}); it is counted until it expires");
+    }
+}
+
+/// Step 5: the published markers set to their records, then every settled entry acknowledged.
+async fn done(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let pipeline = client.pipeline();
+    let mut ids = Vec::new();
+    for (_, p) in open(progress) {
+        if p.ack.is_none() {
+            continue;
+        }
+        if let Some((record, _, _)) = &p.publish {
+            let _: () = pipeline
+                .set(
+                    seen_key(p.id),
+                    record.to_string(),
+                    Some(Expiration::KEEPTTL),
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await?;
+        }
+        ids.push(p.id.to_string());
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let _: () = pipeline.xack(INTENT_STREAM, INTENT_GROUP, ids).await?;
+    let acked = pipeline.try_all::<Value>().await.pop();
+    match acked {
+        Some(Ok(_)) => {
+            for (_, p) in open(progress) {
+                if let Some(fate) = p.ack.take() {
+                    p.fate = Some(fate);
+                }
+            }
+        }
+        Some(Err(e)) => {
+            let error = StageError::from(e);
+            for (_, p) in open(progress) {
+                if p.ack.take().is_some() {
+                    p.fate = Some(Committed::Failed(error.clone()));
+                }
+            }
+        }
+        None => {}
+    }
+    Ok(())
 }

@@ -1,10 +1,11 @@
 //! The intent bridge: `quantum:stream:trade.intent` → gates → `quantum:stream:apply.plan`.
 //!
-//! Each batch costs two round trips: one pipelined read of the replay markers and of the
-//! ledgers, reservation totals, portfolio, mark prices and governor inputs it needs, and one
-//! pipeline of per-intent commit scripts (`commit`), each publishing its plan or DLQ entry with
-//! its reservation, marker and XACK in one step that refuses an intent already processed, so
-//! neither a crash nor a second bridge can lose or duplicate a plan.
+//! Each batch costs one pipelined read of the replay markers and of the ledgers, reservation
+//! totals, portfolio, mark prices and governor inputs it needs, then its commit (`commit`):
+//! reserve, bump the BUY token, claim each replay marker, publish the plans and DLQ entries
+//! once each, mark them done and acknowledge, each step one round trip for the whole batch and
+//! one slot per command (so it runs on a Redis Cluster), each one repeatable, so neither a
+//! crash nor a second bridge can lose or duplicate a plan.
 //!
 //! Per intent: parse → size (an intent waiting for its mark price stays pending and is retried
 //! up to `INTENT_BRIDGE_MAX_INTENT_AGE_MS`) → freshness → gates (`gate`: allowlist, ledger,
@@ -12,7 +13,7 @@
 //! published) → publish.
 //!
 //! Layout: `gate` (pure gates), `governor` (its settings and batch glue; the decision is
-//! `quantum_model::governor`), `commit` (each intent's server-side commit step), this file
+//! `quantum_model::governor`), `commit` (the batch's commit steps), this file
 //! (the batch handler and `run`).
 
 mod commit;
@@ -33,7 +34,7 @@ use quantum_model::contract::{
 };
 use quantum_model::governor::{GovernorConfig, ProposalView};
 use quantum_model::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
-use quantum_model::outcome::OutcomeRecord;
+use quantum_model::outcome::{Marker, MarkerError, OutcomeRecord, PendingOutcome};
 use quantum_model::plan::Plan;
 use quantum_model::reservation::{next_token, InFlight, Reservation, Totals};
 use quantum_model::stream_entry::{truncate, StreamEntry};
@@ -46,7 +47,7 @@ use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::{hash_pairs, opt_text};
 use quantum_runtime::trace;
 
-use commit::{queue_commit, queue_position_read, EntryCommit, ReservationCommit};
+use commit::{commit_batch, queue_position_read, Committed, EntryCommit, ReservationCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_model::governor::SymbolRisk;
@@ -211,6 +212,8 @@ pub struct IntentBridge {
     /// When each symbol's reservations were last walked one by one (for expired ones): between
     /// walks the gates read the symbol's totals.
     walks: HashMap<Symbol, std::time::Instant>,
+    /// `REDIS_WAIT_REPLICAS`: the claims wait for it before their outcomes are published.
+    replica_wait: std::sync::Arc<quantum_runtime::replication::ReplicaWait>,
     pub stats: BridgeStats,
 }
 
@@ -238,8 +241,8 @@ struct BatchView {
 
 /// A batch as [`IntentBridge::read_batch`] read it.
 struct BatchRead {
-    /// Each entry's recorded outcome, when it was processed before.
-    seen: Vec<Option<OutcomeRecord>>,
+    /// Each entry's replay marker, when it was decided before.
+    seen: Vec<Option<Result<Marker, MarkerError>>>,
     /// Each entry's intent, parsed; `None` for a replay.
     intents: Vec<Option<Result<Intent, IntentError>>>,
     view: BatchView,
@@ -319,6 +322,7 @@ impl IntentBridge {
             plan_symbols: None,
             allowlist,
             walks: HashMap::new(),
+            replica_wait: Default::default(),
             stats: BridgeStats::default(),
         }
     }
@@ -334,21 +338,17 @@ impl IntentBridge {
         let has_view = !(scope.ledger_symbols().is_empty() && scope.gated_symbols.is_empty());
         let pipeline = self.writer.pipeline();
         let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
-        pipeline.mget::<(), _>(keys).await?;
+        let groups = quantum_runtime::nodes::queue_mget(&pipeline, &self.writer, &keys).await?;
         if has_view {
             self.queue_view_reads(&pipeline, &scope).await?;
         }
         // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let markers = replies.next().unwrap_or(Ok(Value::Null))?.into_array();
-        let seen: Vec<Option<OutcomeRecord>> = (0..batch.len())
-            .map(|i| {
-                markers
-                    .get(i)
-                    .and_then(opt_text)
-                    .map(|text| OutcomeRecord::parse(&text))
-            })
-            .collect();
+        let seen: Vec<Option<Result<Marker, MarkerError>>> =
+            quantum_runtime::nodes::take_mget(&groups, batch.len(), &mut replies)?
+                .into_iter()
+                .map(|marker| marker.map(|text| Marker::parse(&text)))
+                .collect();
         let view = if has_view {
             self.view_from(&scope, replies)?
         } else {
@@ -852,12 +852,19 @@ impl BatchHandler for IntentBridge {
         }
         let stats_before = self.stats.clone();
 
-        let pipeline = self.writer.pipeline();
-        let queued = self.queue_batch(&pipeline, batch, intents, seen, &mut view).await?;
-        self.queue_housekeeping(&pipeline, &view).await?;
+        let mut queued = self.decide_batch(batch, intents, seen, &mut view);
         fail::fail_point!("bridge::before_commit");
-        let replies = pipeline.try_all::<Value>().await;
-        let again = match self.check_commits(&queued.committing, &replies) {
+        let commits = std::mem::take(&mut queued.commits);
+        let ids = queued.committing.iter().map(|(entry, _)| entry.id.as_str());
+        let fates = commit_batch(
+            &self.writer,
+            self.idempotency_ttl,
+            &self.replica_wait,
+            ids.zip(commits).collect(),
+        )
+        .await;
+        self.housekeeping(&view).await;
+        let again = match self.check_commits(&queued.committing, fates) {
             Ok(again) => again,
             Err(e) => {
                 // The failed entries stay pending; their counts are undone with the batch's
@@ -882,32 +889,34 @@ const MARK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(5
 /// The commit steps queued for a batch.
 struct QueuedBatch<'a> {
     /// The entries committed, in the order of their steps; whether each was decided here
-    /// (false: a replay, only acknowledged).
+    /// (false: a replay, only acknowledged, or an outcome decided before, only published).
     committing: Vec<(&'a StreamEntry, bool)>,
+    /// Their commits, in the same order.
+    commits: Vec<EntryCommit>,
     /// Each intent's span, ended once its plan is committed (only kept while tracing is on).
     spans: Vec<tracing::Span>,
 }
 
 impl IntentBridge {
-    /// Decides every entry of the batch against `view` and queues its commit step; an intent
-    /// waiting for its mark price is neither marked nor acknowledged (it is read again).
-    async fn queue_batch<'a>(
+    /// Decides every entry of the batch against `view` and says what to commit for it; an
+    /// intent waiting for its mark price is neither marked nor acknowledged (it is read again).
+    fn decide_batch<'a>(
         &mut self,
-        pipeline: &fred::clients::Pipeline<Client>,
         batch: &'a [StreamEntry],
         intents: Vec<Option<Result<Intent, IntentError>>>,
-        seen: Vec<Option<OutcomeRecord>>,
+        seen: Vec<Option<Result<Marker, MarkerError>>>,
         view: &mut BatchView,
-    ) -> Result<QueuedBatch<'a>, Error> {
+    ) -> QueuedBatch<'a> {
         let now_ms = now_ms();
         let mut queued = QueuedBatch {
             committing: Vec::with_capacity(batch.len()),
+            commits: Vec::with_capacity(batch.len()),
             spans: Vec::new(),
         };
         for ((entry, intent), seen) in batch.iter().zip(intents).zip(seen) {
             let span = trace::entry_span("intent_bridge.intent", INTENT_STREAM, entry);
-            let Some(intent) = intent else {
-                self.queue_replay(pipeline, entry, seen, now_ms, &span).await?;
+            let (Some(intent), None) = (intent, &seen) else {
+                queued.commits.push(self.decided_before(entry, seen, now_ms, &span));
                 queued.committing.push((entry, false));
                 continue;
             };
@@ -921,57 +930,79 @@ impl IntentBridge {
                 continue;
             }
             self.waiting.remove(&entry.id);
-            self.queue_outcome(pipeline, entry, outcome, &span, now_ms).await?;
+            queued.commits.push(self.outcome_commit(entry, outcome, &span, now_ms));
             queued.committing.push((entry, true));
         }
-        Ok(queued)
+        queued
     }
 
-    /// Queues the acknowledgement of an intent processed before: the first outcome stays; the
-    /// record counts the replay (a marker that expired meanwhile is not recreated without a TTL).
-    async fn queue_replay(
+    /// The commit of an entry whose marker was found: a replay is only acknowledged (the first
+    /// outcome stays; the record counts the replay), an outcome decided before a crash or by a
+    /// paused bridge is published as it was decided, an unreadable marker fails the entry.
+    fn decided_before(
         &mut self,
-        pipeline: &fred::clients::Pipeline<Client>,
         entry: &StreamEntry,
-        seen: Option<OutcomeRecord>,
+        seen: Option<Result<Marker, MarkerError>>,
         now_ms: u64,
         span: &tracing::Span,
-    ) -> Result<(), Error> {
-        let commit = EntryCommit {
-            marker_key: seen_key(&entry.id),
-            entry_id: &entry.id,
-            outcome: None,
-            reservation: None,
-            record: None,
-            replay_record: seen.map(|first| first.replayed(now_ms).to_string()),
-        };
-        queue_commit(pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await?;
-        trace::record_outcome(span, "replayed", false);
-        self.stats.replayed += 1;
-        tracing::info!(
-            "Already processed: intent {} (a replay); acknowledged without publishing",
-            entry.id
-        );
-        Ok(())
-    }
-
-    /// Queues, after the commit steps, what the batch's view found to tidy: expired
-    /// reservations and the governor's history samples.
-    async fn queue_housekeeping(
-        &self,
-        pipeline: &fred::clients::Pipeline<Client>,
-        view: &BatchView,
-    ) -> Result<(), Error> {
-        queue_expired_reservations(pipeline, view).await?;
-        for symbol in &view.rebuild {
-            quantum_runtime::inflight::queue_rebuild(pipeline, symbol).await?;
-        }
-        for (symbol, risk) in &view.risk {
-            if let Some(sample) = risk.unrecorded {
-                governor::queue_record(pipeline, &self.governor, symbol, sample).await?;
+    ) -> EntryCommit {
+        match seen {
+            Some(Ok(Marker::Publishing(record, outcome))) => {
+                trace::record_outcome(span, "finished", false);
+                tracing::info!(
+                    "Finishing intent {}: decided before ({}) and not known to be published; publishing that outcome",
+                    entry.id,
+                    record.kind()
+                );
+                EntryCommit::Finish { record, outcome }
+            }
+            Some(Err(e)) => {
+                let error = format!("{e} in {}", seen_key(&entry.id));
+                tracing::warn!("Intent {}: {error}", entry.id);
+                EntryCommit::Unreadable(error)
+            }
+            done => {
+                trace::record_outcome(span, "replayed", false);
+                self.stats.replayed += 1;
+                tracing::info!(
+                    "Already processed: intent {} (a replay); acknowledged without publishing",
+                    entry.id
+                );
+                let first = done.and_then(Result::ok).map(|m| m.record().clone());
+                EntryCommit::Replay {
+                    replay_record: first.map(|first| first.replayed(now_ms).to_string()),
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Tidies, after the commit steps, what the batch's view found: expired reservations,
+    /// totals that disagree with their reservations, and the governor's history samples. A
+    /// failure is logged; the next batch finds the same and tries again.
+    async fn housekeeping(&self, view: &BatchView) {
+        let pipeline = self.writer.pipeline();
+        let queued = async {
+            let mut any = queue_expired_reservations(&pipeline, view).await?;
+            for symbol in &view.rebuild {
+                quantum_runtime::inflight::queue_rebuild(&pipeline, symbol).await?;
+                any = true;
+            }
+            for (symbol, risk) in &view.risk {
+                if let Some(sample) = risk.unrecorded {
+                    governor::queue_record(&pipeline, &self.governor, symbol, sample).await?;
+                    any = true;
+                }
+            }
+            Ok::<bool, Error>(any)
+        };
+        let result = match queued.await {
+            Ok(true) => pipeline.try_all::<Value>().await.into_iter().find_map(Result::err),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = result {
+            tracing::warn!("Housekeeping after the batch failed ({e}); tried again with the next batch");
+        }
     }
 
     /// Counts a committed batch and, every `STATS_INTERVAL`, logs the stats line.
@@ -990,31 +1021,26 @@ impl IntentBridge {
         }
     }
 
-    /// Queues an intent's commit step: its plan or DLQ entry, reservation, marker and XACK.
-    async fn queue_outcome(
+    /// An intent's commit: its record, its plan or DLQ entry, its reservation.
+    fn outcome_commit(
         &mut self,
-        pipeline: &fred::clients::Pipeline<Client>,
         entry: &StreamEntry,
         outcome: Outcome,
         span: &tracing::Span,
         now_ms: u64,
-    ) -> Result<(), Error> {
+    ) -> EntryCommit {
         let now = now_ms / 1000;
-        let record = outcome_record(&outcome, now_ms).to_string();
-        let mut commit = EntryCommit {
-            marker_key: seen_key(&entry.id),
-            entry_id: &entry.id,
-            outcome: None,
-            reservation: None,
-            record: Some(record),
-            replay_record: None,
-        };
+        let record = outcome_record(&outcome, now_ms);
+        let (mut published, mut reserved) = (None, None);
         match outcome {
             Outcome::Publish(plan, reservation) => {
                 let mut fields = plan.to_fields();
                 trace::propagate(span, Some(entry), &mut fields);
-                commit.outcome = Some((PLAN_STREAM, fields));
-                commit.reservation = reservation.map(|r| ReservationCommit {
+                published = Some(PendingOutcome {
+                    stream: PLAN_STREAM.to_string(),
+                    fields: quantum_runtime::cas::owned(fields),
+                });
+                reserved = reservation.map(|r| ReservationCommit {
                     symbol: plan.symbol.clone(),
                     field: plan.plan_id.to_string(),
                     value: r.reservation.to_value(),
@@ -1029,7 +1055,10 @@ impl IntentBridge {
                     entry.id,
                     truncate(&entry.raw_text(), 512)
                 );
-                commit.outcome = Some((INTENT_DLQ_STREAM, dlq_fields(entry, reason, &error, now)));
+                published = Some(PendingOutcome {
+                    stream: INTENT_DLQ_STREAM.to_string(),
+                    fields: quantum_runtime::cas::owned(dlq_fields(entry, reason, &error, now)),
+                });
                 self.stats.malformed += 1;
                 metrics::counter!(quantum_model::metric_names::BRIDGE_OUTCOMES_TOTAL, "reason" => "malformed")
                     .increment(1);
@@ -1038,36 +1067,26 @@ impl IntentBridge {
             }
             Outcome::Skip(..) | Outcome::Wait => {}
         }
-        queue_commit(pipeline, INTENT_STREAM, INTENT_GROUP, self.idempotency_ttl, commit).await
+        EntryCommit::Decided {
+            record,
+            outcome: published,
+            reservation: reserved,
+        }
     }
 
-    /// Reads the commit steps' replies (the pipeline's first, one per entry): an entry found
-    /// processed at commit time was decided by another bridge meanwhile (it published nothing
-    /// here); one whose reservation lost a race with another bridge stays pending and is
-    /// decided again after the retry delay; a failed step left its entry pending. Returns how
-    /// many were left to be decided again.
+    /// Reads each entry's fate: one decided by another bridge first published nothing here;
+    /// one whose reservation lost a race with another bridge stays pending and is decided again
+    /// after the retry delay; a failed step left its entry pending. Returns how many were left
+    /// to be decided again.
     ///
     /// # Errors
     /// The first failed step's error, typed: the loop retries, isolates or stops on it.
-    fn check_commits(
-        &mut self,
-        committing: &[(&StreamEntry, bool)],
-        replies: &[Result<Value, Error>],
-    ) -> Result<u64, StageError> {
+    fn check_commits(&mut self, committing: &[(&StreamEntry, bool)], fates: Vec<Committed>) -> Result<u64, StageError> {
         let mut failed = None;
         let mut again = 0;
-        if replies.len() < committing.len() {
-            // Replies lost with the connection: what committed is unknown; the markers tell on
-            // the retry.
-            return Err(StageError::Retryable(format!(
-                "{} commit replies for {} intents",
-                replies.len(),
-                committing.len()
-            )));
-        }
-        for ((entry, decided), reply) in committing.iter().zip(replies) {
-            match reply {
-                Ok(v) if v.as_i64() == Some(-1) => {
+        for ((entry, decided), fate) in committing.iter().zip(fates) {
+            match fate {
+                Committed::Again => {
                     // Another bridge reserved for the symbol after this one read it: nothing was
                     // written; the intent stays pending and is decided again on fresh state.
                     metrics::counter!(quantum_model::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
@@ -1079,17 +1098,17 @@ impl IntentBridge {
                         entry.id
                     );
                 }
-                Ok(v) if *decided && v.as_i64() == Some(0) => {
+                Committed::DecidedElsewhere if *decided => {
                     metrics::counter!(quantum_model::metric_names::BRIDGE_COMMIT_CONFLICTS_TOTAL).increment(1);
                     tracing::info!(
                         "Already processed: intent {} was committed by another bridge meanwhile; this one published nothing",
                         entry.id
                     );
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Committed::Done | Committed::Replayed | Committed::DecidedElsewhere => {}
+                Committed::Failed(e) => {
                     tracing::warn!("Commit of intent {} failed ({e}); it stays pending", entry.id);
-                    failed.get_or_insert_with(|| StageError::from(e.clone()));
+                    failed.get_or_insert(e);
                 }
             }
         }
@@ -1099,7 +1118,12 @@ impl IntentBridge {
 
 /// Removes the reservations found expired, with a warning: each is an order or fill that never
 /// reached the executor or the ledger in time.
-async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, view: &BatchView) -> Result<(), Error> {
+/// Returns whether it queued any.
+async fn queue_expired_reservations(
+    pipeline: &fred::clients::Pipeline<Client>,
+    view: &BatchView,
+) -> Result<bool, Error> {
+    let mut any = false;
     for (symbol, in_flight) in &view.in_flight {
         if in_flight.expired.is_empty() {
             continue;
@@ -1112,8 +1136,9 @@ async fn queue_expired_reservations(pipeline: &fred::clients::Pipeline<Client>, 
         metrics::counter!(quantum_model::metric_names::BRIDGE_RESERVATIONS_EXPIRED_TOTAL, "symbol" => symbol.to_string())
             .increment(in_flight.expired.len() as u64);
         quantum_runtime::inflight::queue_release(pipeline, symbol, in_flight.expired.clone()).await?;
+        any = true;
     }
-    Ok(())
+    Ok(any)
 }
 
 /// How often the running totals are logged.
@@ -1364,6 +1389,7 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     bridge.governor = governor;
     bridge.max_intent_age_ms = args.max_intent_age_ms;
     bridge.reservation_ttl_ms = args.reservation_ttl_ms;
+    bridge.replica_wait = spec.replica_wait.clone();
     bridge.plan_symbols = Some(quantum_runtime::window::SymbolWindow::spawn(
         quantum_model::metric_names::APPLY_PLAN_SYMBOLS,
         std::time::Duration::from_secs(300),

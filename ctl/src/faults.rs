@@ -1,7 +1,9 @@
 //! `quantumctl faults`: the fault suite. Under a steady flow of intents it runs several
-//! instances of every service on a throwaway redis-server (AOF, `appendfsync always`), kills
-//! them with SIGKILL at random, pauses a bridge past the reclaim age, restarts Redis, and injects
-//! one poison entry into each stream; once the pipeline drains it checks the exactly-once
+//! instances of every service on a throwaway redis-server (AOF, `appendfsync always`), or on a
+//! throwaway 3-primary, 3-replica Redis Cluster, kills them with SIGKILL at random, pauses a
+//! bridge past the reclaim age, restarts Redis (on a cluster: kills the primary of
+//! `apply.plan`, whose replica is promoted, and brings it back as a replica), and injects one
+//! poison entry into each stream; once the pipeline drains it checks the exactly-once
 //! invariants and says which one failed.
 
 use std::collections::HashMap;
@@ -15,7 +17,7 @@ use rust_decimal::Decimal;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer};
 use quantum_model::contract::*;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::types::{Side, Symbol};
@@ -50,6 +52,63 @@ pub struct FaultPlan {
     /// injects venue faults (accept then time out, 5xx, duplicate id, 429, 418, skew, partial
     /// fills) at random between the kills.
     pub venue: DemoVenue,
+    /// Run on a 3-primary, 3-replica Redis Cluster (services waiting for one replica) instead
+    /// of one redis-server.
+    pub cluster: bool,
+}
+
+/// The Redis the suite runs on.
+enum FaultRedis {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl FaultRedis {
+    fn start(cluster: bool) -> Result<Self, Box<dyn std::error::Error>> {
+        Ok(if cluster {
+            Self::Cluster(RedisCluster::start(3)?)
+        } else {
+            Self::Server(RedisServer::start_with(&[
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])?)
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Server(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Redis dies under the flow and comes back: one server is killed and restarted from its
+    /// AOF; on a cluster the primary of `apply.plan` is killed, its replica promoted, and the
+    /// dead node restarted (it rejoins as the new primary's replica).
+    async fn fail(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Self::Server(server) => {
+                server.kill();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                server.restart()?;
+            }
+            Self::Cluster(cluster) => {
+                let victim = cluster.primary_of(PLAN_STREAM).ok_or("no primary serves apply.plan")?;
+                cluster.kill(victim);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while cluster.primary_of(PLAN_STREAM).is_none() {
+                    if Instant::now() >= deadline {
+                        return Err("no replica took over apply.plan within 30 s".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                cluster.restart(victim)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the run did and found.
@@ -99,8 +158,13 @@ impl Dice {
 }
 
 /// The services' settings for the run: quick reclaim, so kills and pauses resolve in seconds.
-fn fault_env(redis_url: &str) -> HashMap<String, String> {
+fn fault_env(redis_url: &str, cluster: bool) -> HashMap<String, String> {
     let mut env = base_env(redis_url);
+    if cluster {
+        // Commits wait for a replica, as a cluster deployment should run.
+        env.insert("REDIS_WAIT_REPLICAS".into(), "1".into());
+        env.insert("REDIS_WAIT_TIMEOUT_MS".into(), "200".into());
+    }
     let allow = format!("{},{POISON_SYMBOL}", DEMO_SYMBOLS.join(","));
     for (k, v) in [
         ("SYMBOL_ALLOWLIST", allow.as_str()),
@@ -280,12 +344,12 @@ async fn publish_through_outages(client: Client, intents: Vec<Vec<(String, Strin
 /// error but a failed line of the report.
 pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
+    let mut redis = FaultRedis::start(plan.cluster)?;
     let client = quantum_runtime::config::RedisArgs::from_url(&redis.url())
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
     inject_poison(&client, plan.venue).await?;
-    let mut env = fault_env(&redis.url());
+    let mut env = fault_env(&redis.url(), plan.cluster);
     let fake = match plan.venue {
         DemoVenue::Paper => None,
         DemoVenue::Live => {
@@ -368,7 +432,7 @@ fn fault_intents(plan: &FaultPlan) -> Vec<Vec<(String, String)>> {
 /// What the fault schedule acts on.
 struct Inflicting<'a> {
     instances: &'a mut Vec<Instance>,
-    redis: &'a mut RedisServer,
+    redis: &'a mut FaultRedis,
     fake: Option<&'a FakeBinance>,
     env: &'a HashMap<String, String>,
     report: &'a mut FaultReport,
@@ -397,9 +461,7 @@ impl Inflicting<'_> {
                 self.report.pauses += 1;
             }
             if k == plan.kills / 2 {
-                self.redis.kill();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                self.redis.restart()?;
+                self.redis.fail().await?;
                 self.report.redis_restarts += 1;
             }
             if let Some(fake) = self.fake {

@@ -113,11 +113,7 @@ async fn one_plan_per_intent(
         .filter(|e| Some(e.id.as_str()) != poison_intent)
         .map(|e| seen_key(&e.id))
         .collect();
-    let markers: Vec<Option<String>> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        client.mget(ids).await?
-    };
+    let markers = quantum_runtime::nodes::mget(client, &ids).await?;
     for (intent, marker) in intents
         .iter()
         .filter(|e| Some(e.id.as_str()) != poison_intent)

@@ -183,6 +183,11 @@ struct FaultsArgs {
     /// duplicate client id, 429, 418, clock skew, partial fills).
     #[arg(long, value_enum, default_value = "paper")]
     venue: demo::DemoVenue,
+    /// Run on a throwaway 3-primary, 3-replica Redis Cluster (every service waiting for one
+    /// replica); the Redis restart becomes the death of the primary holding apply.plan (its
+    /// replica is promoted) and its return as a replica.
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The arguments of `quantumctl check`.
@@ -268,6 +273,7 @@ impl FaultsArgs {
             replicas,
             seed,
             venue,
+            cluster,
         } = self;
         let plan = quantumctl::faults::FaultPlan {
             kills,
@@ -276,10 +282,12 @@ impl FaultsArgs {
             replicas,
             seed,
             venue,
+            cluster,
         };
         let dir = kept_dir("quantumctl-faults-")?;
         println!(
-        "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed})"
+        "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed}){}",
+        if cluster { ", on a 3+3 Redis Cluster" } else { "" }
     );
         let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
         print!("{}", report.render());

@@ -860,9 +860,9 @@ async fn recent_intents(client: &Client, report: &mut SymbolReport, since: u64) 
         .collect();
     for chunk in mine.chunks(1000) {
         let keys: Vec<String> = chunk.iter().map(|(id, _)| seen_key(id)).collect();
-        let values: Vec<Value> = client.mget(keys).await?;
+        let values = quantum_runtime::nodes::mget(client, &keys).await?;
         for ((id, side), value) in chunk.iter().zip(values) {
-            let record = opt_text(&value).map(|v| OutcomeRecord::parse(&v));
+            let record = value.map(|v| OutcomeRecord::parse(&v));
             report.intents.push((id.clone(), *side, record));
         }
     }
@@ -914,9 +914,9 @@ pub async fn bridge_outcomes(client: &Client, minutes: u64) -> Result<(u64, BTre
     let mut counts = BTreeMap::new();
     for chunk in ids.chunks(1000) {
         let keys: Vec<String> = chunk.iter().map(|id| seen_key(id)).collect();
-        let values: Vec<Value> = client.mget(keys).await?;
+        let values = quantum_runtime::nodes::mget(client, &keys).await?;
         for value in values {
-            let record = opt_text(&value).map(|v| OutcomeRecord::parse(&v));
+            let record = value.map(|v| OutcomeRecord::parse(&v));
             *counts.entry(outcome_label(record.as_ref())).or_default() += 1;
         }
     }

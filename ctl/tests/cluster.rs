@@ -168,3 +168,34 @@ async fn two_ledgers_apply_every_fill_once_on_a_cluster_through_a_primary_s_deat
     assert!(logs.contains("REDIS_WAIT_SHORT replicas=0/1"), "{logs}");
     assert!(logs.contains("REDIS_WAIT restored"), "{logs}");
 }
+
+/// The whole pipeline on a 3+3 cluster: two instances of every service, every commit waiting
+/// for a replica, SIGKILLs at random, a bridge paused past the reclaim age, the primary of
+/// `apply.plan` killed under flow (its replica promoted, the node back as a replica) and a
+/// poison entry per stream; then every invariant of the fault suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_keeps_every_invariant_on_a_cluster_through_kills_and_a_primary_s_death() {
+    use quantumctl::demo::DemoVenue;
+    use quantumctl::faults::{run, FaultPlan};
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan {
+        kills: 8,
+        intents: 400,
+        rate: 100,
+        replicas: 2,
+        seed: 17,
+        venue: DemoVenue::Paper,
+        cluster: true,
+    };
+    let report = run(&plan, dir.path()).await.expect("the suite runs");
+    let text = report.render();
+    assert_eq!(
+        (report.kills, report.pauses, report.redis_restarts),
+        (8, 1, 1),
+        "{text}"
+    );
+    assert!(report.checked.intents >= 400, "{text}");
+    assert!(report.checked.fills > 0, "{text}");
+    assert_eq!(report.checked.invariants.len(), 6, "{text}");
+    assert!(report.passed(), "{text}\nlogs in {}", dir.keep().display());
+}

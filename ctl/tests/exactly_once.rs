@@ -197,3 +197,80 @@ async fn sigterm_finishes_the_batch_and_exits_cleanly() {
     }
     assert_exactly_once(&stack, &ids).await;
 }
+
+/// Waits until `service` has died at its crash point, then reaps it.
+async fn wait_crashed(stack: &mut Stack, service: Service) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while stack.process(service).exited().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service:?} never reached its crash point"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stack.kill(service);
+}
+
+#[tokio::test]
+async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
+    // (crash point, whether the plan is out when it dies, whether the marker is)
+    for (point, plan_out, marker_out) in [
+        ("bridge::after_reserve", false, false),
+        ("bridge::after_claim", false, true),
+        ("bridge::after_publish", true, true),
+    ] {
+        let mut stack = Stack::new().await;
+        let env = [
+            ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+            ("STREAM_CLAIM_IDLE_MS", "500"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ];
+        stack.start_with_failpoint(Service::Bridge, &env, &format!("{point}=return"));
+        let intent = stack
+            .xadd(
+                INTENT_STREAM,
+                &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+            )
+            .await;
+        wait_crashed(&mut stack, Service::Bridge).await;
+        let marker_key = seen_key(&intent);
+        let marker: Option<String> = stack.client.get(&marker_key).await.unwrap();
+        assert_eq!(stack.entries(PLAN_STREAM).await.len(), usize::from(plan_out), "{point}");
+        assert_eq!(marker.is_some(), marker_out, "{point}: {marker:?}");
+        if let Some(marker) = &marker {
+            assert!(
+                marker.contains("state=publishing\n{"),
+                "{point}: the outcome rides along: {marker}"
+            );
+        }
+        let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+        assert_eq!(reservations.len(), 1, "{point}: reserved before it died");
+
+        stack.start(Service::Bridge, &env);
+        stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+        let plans = stack.entries(PLAN_STREAM).await;
+        assert_eq!(plans.len(), 1, "{point}: one plan: {plans:?}");
+        assert_eq!(plans[0].get("intent_id"), Some(intent.as_str()));
+        let marker: String = stack.client.get(&marker_key).await.unwrap();
+        assert!(
+            marker.starts_with("outcome=published") && !marker.contains('\n') && !marker.contains("state="),
+            "{point}: the marker is the record alone once published: {marker}"
+        );
+        let ttl: i64 = stack.client.ttl(&marker_key).await.unwrap();
+        assert!(ttl > 86_000, "{point}: the marker keeps its TTL: {ttl}");
+        let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+        assert_eq!(
+            reservations.keys().collect::<Vec<_>>(),
+            [plans[0].get("plan_id").unwrap()],
+            "{point}: one reservation, the plan's"
+        );
+        if marker_out {
+            stack
+                .wait_log(
+                    Service::Bridge,
+                    &format!("Finishing intent {intent}: decided before (published)"),
+                )
+                .await;
+        }
+    }
+}

@@ -15,6 +15,7 @@ async fn the_invariants_hold_under_kills_pauses_a_redis_restart_and_poison() {
         replicas: 2,
         seed: 11,
         venue: DemoVenue::Paper,
+        cluster: false,
     };
     let report = run(&plan, dir.path()).await.expect("the suite runs");
     let text = report.render();
@@ -39,6 +40,7 @@ async fn the_invariants_hold_on_the_live_venue_under_kills_and_venue_faults() {
         replicas: 2,
         seed: 13,
         venue: DemoVenue::Live,
+        cluster: false,
     };
     let report = run(&plan, dir.path()).await.expect("the suite runs");
     let text = report.render();

@@ -163,12 +163,13 @@ async fn two_bridges_deciding_one_intent_publish_one_plan() {
     // The market moves: sized again, the intent gets another quantity, hence another plan id.
     stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
     let second = stack.start_replica(Service::Bridge, &fast);
-    wait_for("the first bridge to wake up and commit", || async {
-        stack
-            .log(Service::Bridge)
-            .contains(&format!("intent {intent} was committed by another bridge meanwhile"))
-    })
-    .await;
+    // Its reservation is refused: the second bridge reserved (and committed) first.
+    stack
+        .wait_log(
+            Service::Bridge,
+            &format!("another bridge reserved meanwhile): intent {intent} is decided again"),
+        )
+        .await;
     stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
     let plans = stack.entries(PLAN_STREAM).await;
     assert_eq!(
@@ -184,6 +185,60 @@ async fn two_bridges_deciding_one_intent_publish_one_plan() {
         .contains("XAUTOCLAIM reclaimed 1 stale entries"));
     let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
     assert_eq!(reservations.len(), 1, "one reservation: {reservations:?}");
+}
+
+#[tokio::test]
+async fn a_bridge_finding_its_intent_decided_by_another_gives_its_reservation_back() {
+    let mut stack = Stack::new().await;
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "65000")]).await;
+    let fast = [
+        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+        ("STREAM_CLAIM_IDLE_MS", "500"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ("STREAM_BLOCK_MS", "100"),
+    ];
+    // The first bridge reserves for its plan, then stalls before claiming the intent's marker.
+    stack.start_with_failpoint(Service::Bridge, &fast, "bridge::after_reserve=1*sleep(3000)");
+    stack.wait_log(Service::Bridge, "Consumer ready").await;
+    let intent = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "1000"),
+                ("leverage", "1"),
+            ],
+        )
+        .await;
+    wait_for("the first bridge's reservation", || async {
+        !stack
+            .hash("{quantum:position:ledger:BTCUSDT}:inflight")
+            .await
+            .is_empty()
+    })
+    .await;
+    // Sized again at another mark by the second bridge: another plan id, its own reservation.
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
+    let second = stack.start_replica(Service::Bridge, &fast);
+    stack
+        .wait_log(
+            Service::Bridge,
+            &format!("intent {intent} was committed by another bridge meanwhile"),
+        )
+        .await;
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1, "one plan: {plans:?}\n{}", stack.replica_log(second));
+    assert_eq!(plans[0].get("qty"), Some("0.02"), "the second bridge's");
+    let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
+    assert_eq!(
+        reservations.keys().collect::<Vec<_>>(),
+        [plans[0].get("plan_id").unwrap()],
+        "the first bridge's reservation is given back"
+    );
+    let totals = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight:total").await;
+    assert_eq!(totals.get("count").map(String::as_str), Some("1"), "{totals:?}");
 }
 
 #[tokio::test]

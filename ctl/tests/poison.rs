@@ -166,12 +166,12 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
     stack
         .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
         .await;
-    let marker: Option<String> = stack
-        .client
-        .get(format!("quantum:intent_bridge:seen:{bad}"))
-        .await
-        .unwrap();
-    assert_eq!(marker, None, "not marked processed");
+    let marker_key = format!("quantum:intent_bridge:seen:{bad}");
+    let marker: String = stack.client.get(&marker_key).await.unwrap();
+    assert!(
+        marker.starts_with("outcome=dlq") && marker.contains("state=publishing\n"),
+        "decided, not published: {marker}"
+    );
     assert!(stack.log(Service::Bridge).contains("nothing written"));
 
     // Repaired, the intent takes its course: one DLQ entry, no loss.
@@ -181,6 +181,11 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert_eq!(dlq[0].get("source_id"), Some(bad.as_str()));
     assert_eq!(stack.entries(PLAN_STREAM).await.len(), 1);
+    let marker: String = stack.client.get(&marker_key).await.unwrap();
+    assert!(
+        marker.starts_with("outcome=dlq") && !marker.contains("state="),
+        "{marker}"
+    );
 }
 
 #[tokio::test]

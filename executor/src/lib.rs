@@ -302,6 +302,11 @@ impl<V: Venue> Executor<V> {
             trace::record_outcome(span, "duplicate", false);
             self.stats.duplicates += 1;
             metrics::counter!(quantum_model::metric_names::EXECUTOR_PLANS_TOTAL, "decision" => plan.decision.as_str(), "outcome" => "duplicate").increment(1);
+            tracing::info!(
+                "Duplicate plan {} for {} skipped: twice in one batch",
+                plan.plan_id,
+                plan.symbol
+            );
             return Step::Ack;
         }
         if plan.decision != Decision::Execute {

@@ -10,6 +10,12 @@
 //!
 //! Values are codes, symbols, sides and numbers (never free text), so they hold no spaces; a
 //! replay adds `replays=<n> last_replay_ts=<ms>`. A marker written by an older bridge holds `1`.
+//!
+//! The marker is written before the outcome is published (the bridge's commit is a series of
+//! one-slot steps, so that it runs on a Redis Cluster): until the outcome is out, the record
+//! carries `state=publishing` and a second line holds the outcome itself as JSON, so whoever
+//! finds the marker (the redelivered entry, another bridge) publishes that same outcome
+//! ([`Marker`]).
 
 use std::fmt;
 
@@ -50,9 +56,13 @@ impl OutcomeRecord {
         }
     }
 
-    /// Reads a marker's value. `1` (an older bridge's marker) reads as `outcome=processed`.
+    /// Reads a marker's value (its first line: a second one is the outcome still being
+    /// published, [`Marker`]). `1` (an older bridge's marker) reads as `outcome=processed`.
     pub fn parse(raw: &str) -> Self {
         let pairs: Vec<(String, String)> = raw
+            .lines()
+            .next()
+            .unwrap_or_default()
             .split_whitespace()
             .filter_map(|p| p.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -92,6 +102,62 @@ impl OutcomeRecord {
     }
 }
 
+/// What a replay marker holds: the intent's outcome record, and, while that outcome is still
+/// being published, the outcome itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// The outcome is out (or there was none to publish: a skip).
+    Done(OutcomeRecord),
+    /// Decided, not yet known to be out: publishing `outcome` finishes it.
+    Publishing(OutcomeRecord, PendingOutcome),
+}
+
+/// An outcome decided and not yet published: the stream entry it makes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingOutcome {
+    pub stream: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// A marker whose outcome cannot be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replay marker holds an unreadable pending outcome ({0})")]
+pub struct MarkerError(String);
+
+impl Marker {
+    /// Reads a marker's value: a record line, and a JSON outcome on a second line while it is
+    /// being published.
+    ///
+    /// # Errors
+    /// A second line that is not a pending outcome.
+    pub fn parse(raw: &str) -> Result<Self, MarkerError> {
+        match raw.split_once('\n') {
+            None => Ok(Self::Done(OutcomeRecord::parse(raw))),
+            Some((record, outcome)) => {
+                let outcome = serde_json::from_str(outcome).map_err(|e| MarkerError(e.to_string()))?;
+                let mut record = OutcomeRecord::parse(record);
+                record.pairs.retain(|(k, _)| k != "state");
+                Ok(Self::Publishing(record, outcome))
+            }
+        }
+    }
+
+    /// The value of a marker for `record` whose `outcome` is still to be published.
+    pub fn publishing(record: &OutcomeRecord, outcome: &PendingOutcome) -> String {
+        let record = record.clone().with("state", "publishing");
+        // A pending outcome is plain strings: serialising it cannot fail.
+        let json = serde_json::to_string(outcome).unwrap_or_default();
+        format!("{record}\n{json}")
+    }
+
+    /// The record, whichever the state.
+    pub fn record(&self) -> &OutcomeRecord {
+        match self {
+            Self::Done(record) | Self::Publishing(record, _) => record,
+        }
+    }
+}
+
 impl fmt::Display for OutcomeRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (k, v)) in self.pairs.iter().enumerate() {
@@ -128,6 +194,42 @@ mod tests {
         assert_eq!(OutcomeRecord::parse("1").kind(), "processed");
         let odd = OutcomeRecord::new("dlq").with("reason", "a b=c");
         assert_eq!(OutcomeRecord::parse(&odd.to_string()).reason(), Some("a_b_c"));
+    }
+
+    #[test]
+    fn a_publishing_marker_carries_its_outcome_and_reads_back() {
+        let record = OutcomeRecord::new("published").with("plan_id", "ab").with("ts", 5);
+        let outcome = PendingOutcome {
+            stream: "quantum:stream:apply.plan".into(),
+            fields: vec![("plan_id".into(), "ab".into()), ("note".into(), "a=b\nc".into())],
+        };
+        let raw = Marker::publishing(&record, &outcome);
+        assert!(
+            raw.starts_with("outcome=published plan_id=ab ts=5 state=publishing\n"),
+            "{raw}"
+        );
+        let back = Marker::parse(&raw).unwrap();
+        assert_eq!(back.record().kind(), "published");
+        assert_eq!(
+            back,
+            Marker::Publishing(record, outcome),
+            "the record as it was decided"
+        );
+        assert_eq!(
+            Marker::parse("outcome=skipped ts=1").unwrap(),
+            Marker::Done(OutcomeRecord::new("skipped").with("ts", 1))
+        );
+        assert!(Marker::parse("outcome=published\n{not json").is_err());
+        let first_line = OutcomeRecord::parse(&raw);
+        assert_eq!(
+            (first_line.kind(), first_line.get("state")),
+            ("published", Some("publishing"))
+        );
+        assert_eq!(
+            first_line.pairs().len(),
+            4,
+            "nothing of the outcome's JSON: {first_line:?}"
+        );
     }
 
     proptest! {

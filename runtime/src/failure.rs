@@ -10,7 +10,7 @@ use fred::error::{Error, ErrorKind};
 use thiserror::Error;
 
 /// A failure of a stage's batch.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StageError {
     /// May pass by itself (Redis or the venue unreachable, loading, failing over, out of
     /// memory, a write conflict): the batch is retried as it is.

@@ -7,7 +7,7 @@
 //! target, reached as any command is.
 
 use fred::prelude::*;
-use fred::types::ClusterHash;
+use fred::types::{ClusterHash, Value};
 
 /// Where a per-node command goes: a name for log lines and how to route to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,59 @@ pub fn primaries(client: &Client) -> Vec<Node> {
         }
     }
     nodes
+}
+
+/// Queues on `pipeline` the reads of `keys` (strings), one `MGET` per slot group (one on a
+/// single server, one per slot on a cluster, which refuses a cross-slot `MGET`); read the
+/// replies back with [`take_mget`] and the groups this returns.
+///
+/// # Errors
+/// A command could not be queued.
+pub async fn queue_mget<C: KeysInterface + Sync>(
+    pipeline: &C,
+    client: &Client,
+    keys: &[String],
+) -> Result<Vec<Vec<usize>>, Error> {
+    let groups = slot_groups(client, keys);
+    for group in &groups {
+        let keys: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
+        pipeline.mget::<(), _>(keys).await?;
+    }
+    Ok(groups)
+}
+
+/// The values [`queue_mget`] read, in the order of its keys (`len` of them), from the next
+/// replies of `replies`.
+///
+/// # Errors
+/// A read's error.
+pub fn take_mget(
+    groups: &[Vec<usize>],
+    len: usize,
+    replies: &mut impl Iterator<Item = Result<Value, Error>>,
+) -> Result<Vec<Option<String>>, Error> {
+    let mut values = vec![None; len];
+    for group in groups {
+        let reply = replies.next().unwrap_or(Ok(Value::Null))?;
+        for (&i, value) in group.iter().zip(reply.into_array()) {
+            values[i] = crate::reply::opt_text(&value);
+        }
+    }
+    Ok(values)
+}
+
+/// Reads `keys` (strings) as one `MGET` would, on one server or a cluster.
+///
+/// # Errors
+/// Redis refused a read.
+pub async fn mget(client: &Client, keys: &[String]) -> Result<Vec<Option<String>>, Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pipeline = client.pipeline();
+    let groups = queue_mget(&pipeline, client, keys).await?;
+    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    take_mget(&groups, keys.len(), &mut replies)
 }
 
 /// `keys`' positions grouped so each group can go in one script: by hash slot on a cluster,
