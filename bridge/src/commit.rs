@@ -44,8 +44,8 @@ use fred::prelude::*;
 use fred::types::{Expiration, SetOptions, Value};
 
 use quantum_model::contract::{
-    ledger_key, reservation_key, reservation_totals_key, reservation_version_key, seen_key, BUYS_VERSION_KEY,
-    INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, PLAN_STREAM,
+    ledger_key, reservation_entry_key, reservation_key, reservation_totals_key, reservation_version_key, seen_key,
+    BUYS_VERSION_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, PLAN_STREAM,
 };
 use quantum_model::outcome::{Marker, OutcomeRecord, PendingOutcome};
 use quantum_model::types::Symbol;
@@ -88,8 +88,10 @@ static RESERVE_SCRIPT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", RESERVE_BODY));
 
 const RESERVE_BODY: &str = r#"
--- KEYS: the symbol's reservations, its reservation token, its totals.
--- ARGV: per reservation: field, value, expected token, new token. Returns how many it took.
+-- KEYS: the symbol's reservations, its reservation token, its totals, then per reservation the
+--       set of plan ids reserved for its intent.
+-- ARGV: the sets' TTL (ms), then per reservation: field, value, expected token, new token.
+-- Returns how many it took.
 local function wrong(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
@@ -97,13 +99,39 @@ local function wrong(key, want)
   end
 end
 local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'string') or inflight_totals_bad(KEYS[3])
+for k = 4, #KEYS do bad = bad or wrong(KEYS[k], 'set') end
 if bad then return redis.error_reply(bad) end
-for i = 1, #ARGV, 4 do
-  if (redis.call('GET', KEYS[2]) or '') ~= ARGV[i + 2] then return (i - 1) / 4 end
+for i = 2, #ARGV, 4 do
+  local n = (i - 2) / 4
+  if (redis.call('GET', KEYS[2]) or '') ~= ARGV[i + 2] then return n end
   inflight_reserve(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('SET', KEYS[2], ARGV[i + 3])
+  redis.call('SADD', KEYS[4 + n], ARGV[i])
+  redis.call('PEXPIRE', KEYS[4 + n], ARGV[1])
 end
-return #ARGV / 4
+return (#ARGV - 1) / 4
+"#;
+
+static SETTLE_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", SETTLE_BODY));
+
+const SETTLE_BODY: &str = r#"
+-- KEYS: the symbol's reservations, its totals, then per published intent the set of plan ids
+--       reserved for it. ARGV: per intent, the plan id published.
+-- Releases every other plan id reserved for the intent, and drops the set.
+local bad = inflight_totals_bad(KEYS[2])
+for k = 3, #KEYS do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'none' and t ~= 'set' then bad = bad or ('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a set') end
+end
+if bad then return redis.error_reply(bad) end
+for k = 3, #KEYS do
+  for _, field in ipairs(redis.call('SMEMBERS', KEYS[k])) do
+    if field ~= ARGV[k - 2] then inflight_release(KEYS[1], KEYS[2], field) end
+  end
+  redis.call('DEL', KEYS[k])
+end
+return 1
 "#;
 
 /// KEYS: the BUY token. ARGV: per BUY, the token its exposure gate read and the one it writes.
@@ -204,14 +232,22 @@ impl Progress<'_> {
     }
 }
 
+/// How the commit runs.
+pub struct CommitSettings<'a> {
+    /// How long a replay marker (and an append-once marker) lives.
+    pub marker_ttl_secs: u64,
+    /// How long the set of plan ids reserved for an intent lives when its commit never ends.
+    pub reservation_ttl_ms: u64,
+    /// With waiting on, the claims wait for replicas before anything is published: a failover
+    /// that lost a claim whose outcome was already out would let the intent be decided twice.
+    pub replica_wait: &'a ReplicaWait,
+}
+
 /// Commits `entries` (each with its entry id) in the steps above; returns each one's fate, in
-/// order. `marker_ttl_secs` is how long a marker (and an append-once marker) lives. With
-/// `replica_wait` on, the claims wait for replicas before anything is published: a failover
-/// that lost a claim whose outcome was already out would let the intent be decided twice.
+/// order.
 pub async fn commit_batch(
     client: &Client,
-    marker_ttl_secs: u64,
-    replica_wait: &ReplicaWait,
+    settings: &CommitSettings<'_>,
     entries: Vec<(&str, EntryCommit)>,
 ) -> Vec<Committed> {
     let mut progress: Vec<Progress<'_>> = entries
@@ -233,15 +269,18 @@ pub async fn commit_batch(
         }
     }
     let steps = async {
-        reserve(client, &mut progress).await?;
+        reserve(client, settings.reservation_ttl_ms, &mut progress).await?;
         bump(client, &mut progress).await?;
         fail::fail_point!("bridge::after_reserve", |_| std::process::abort());
-        claim(client, marker_ttl_secs, &mut progress).await?;
+        claim(client, settings.marker_ttl_secs, &mut progress).await?;
         if progress.iter().any(|p| p.publish.is_some()) {
-            replica_wait.after_write(client, "the intents' replay markers").await?;
+            settings
+                .replica_wait
+                .after_write(client, "the intents' replay markers")
+                .await?;
         }
         fail::fail_point!("bridge::after_claim", |_| std::process::abort());
-        publish(client, marker_ttl_secs, &mut progress).await?;
+        publish(client, settings.marker_ttl_secs, &mut progress).await?;
         fail::fail_point!("bridge::after_publish", |_| std::process::abort());
         done(client, &mut progress).await
     };
@@ -267,8 +306,9 @@ fn open<'p, 'a>(progress: &'p mut [Progress<'a>]) -> impl Iterator<Item = (usize
     progress.iter_mut().enumerate().filter(|(_, p)| p.fate.is_none())
 }
 
-/// Step 1: each symbol's reservations, one script per symbol.
-async fn reserve(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+/// Step 1: each symbol's reservations, one script per symbol; each plan id is also noted in the
+/// set of its intent, which lives `ttl_ms` unless the publication drops it first.
+async fn reserve(client: &Client, ttl_ms: u64, progress: &mut [Progress<'_>]) -> Result<(), Error> {
     let mut by_symbol: Vec<(Symbol, Vec<usize>)> = Vec::new();
     for (i, p) in open(progress) {
         if let Some(r) = p.reservation() {
@@ -283,15 +323,19 @@ async fn reserve(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), E
     }
     let pipeline = client.pipeline();
     for (symbol, group) in &by_symbol {
-        let mut args = Vec::with_capacity(4 * group.len());
-        for r in group.iter().filter_map(|&i| progress[i].reservation()) {
-            args.extend([r.field.clone(), r.value.clone(), r.token.0.clone(), r.token.1.clone()]);
-        }
-        let keys = vec![
+        let mut args = Vec::with_capacity(1 + 4 * group.len());
+        args.push(ttl_ms.to_string());
+        let mut keys = vec![
             reservation_key(symbol),
             reservation_version_key(symbol),
             reservation_totals_key(symbol),
         ];
+        for &i in group {
+            if let Some(r) = progress[i].reservation() {
+                args.extend([r.field.clone(), r.value.clone(), r.token.0.clone(), r.token.1.clone()]);
+                keys.push(reservation_entry_key(symbol, progress[i].id));
+            }
+        }
         queue_eval(&pipeline, &RESERVE_SCRIPT, keys, args).await?;
     }
     let replies = pipeline.try_all::<Value>().await;
@@ -496,7 +540,8 @@ async fn publish(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress
             .collect();
         queue_append_once(&pipeline, stream, &entries).await?;
     }
-    let releases = queue_releases(&pipeline, progress).await?;
+    let settles = queue_settles(&pipeline, progress).await?;
+    let releases = queue_releases(&pipeline, progress).await? || settles;
     if by_stream.is_empty() && !releases {
         return Ok(());
     }
@@ -524,6 +569,37 @@ async fn publish(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress
     }
     warn_failed_releases(replies);
     Ok(())
+}
+
+/// Queues, for each EXECUTE plan about to be published, the release of every other plan id
+/// reserved for its intent (a reservation a crash left before a different decision, another
+/// bridge's) and the drop of the intent's set: one script per symbol. Returns whether it
+/// queued any.
+async fn queue_settles(pipeline: &fred::clients::Pipeline<Client>, progress: &[Progress<'_>]) -> Result<bool, Error> {
+    let mut by_symbol: Vec<(Symbol, Vec<String>, Vec<String>)> = Vec::new();
+    for p in progress.iter().filter(|p| p.fate.is_none()) {
+        let Some((record, _, _)) = &p.publish else { continue };
+        let (Some(plan_id), Some(symbol), "published") = (record.get("plan_id"), record.get("symbol"), record.kind())
+        else {
+            continue;
+        };
+        let Ok(symbol) = Symbol::parse(symbol) else { continue };
+        let key = reservation_entry_key(&symbol, p.id);
+        match by_symbol.iter_mut().find(|(s, _, _)| *s == symbol) {
+            Some((_, keys, plans)) => {
+                keys.push(key);
+                plans.push(plan_id.to_string());
+            }
+            None => by_symbol.push((symbol, vec![key], vec![plan_id.to_string()])),
+        }
+    }
+    let any = !by_symbol.is_empty();
+    for (symbol, entry_keys, plans) in by_symbol {
+        let mut keys = vec![reservation_key(&symbol), reservation_totals_key(&symbol)];
+        keys.extend(entry_keys);
+        queue_eval(pipeline, &SETTLE_SCRIPT, keys, plans).await?;
+    }
+    Ok(any)
 }
 
 /// Logs a release that failed: its reservation is counted until it expires (never an overshoot).

@@ -47,7 +47,7 @@ use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::{hash_pairs, opt_text};
 use quantum_runtime::trace;
 
-use commit::{commit_batch, queue_position_read, Committed, EntryCommit, ReservationCommit};
+use commit::{commit_batch, queue_position_read, CommitSettings, Committed, EntryCommit, ReservationCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_model::governor::SymbolRisk;
@@ -856,13 +856,12 @@ impl BatchHandler for IntentBridge {
         fail::fail_point!("bridge::before_commit");
         let commits = std::mem::take(&mut queued.commits);
         let ids = queued.committing.iter().map(|(entry, _)| entry.id.as_str());
-        let fates = commit_batch(
-            &self.writer,
-            self.idempotency_ttl,
-            &self.replica_wait,
-            ids.zip(commits).collect(),
-        )
-        .await;
+        let settings = CommitSettings {
+            marker_ttl_secs: self.idempotency_ttl,
+            reservation_ttl_ms: self.reservation_ttl_ms,
+            replica_wait: &self.replica_wait,
+        };
+        let fates = commit_batch(&self.writer, &settings, ids.zip(commits).collect()).await;
         self.housekeeping(&view).await;
         let again = match self.check_commits(&queued.committing, fates) {
             Ok(again) => again,

@@ -225,11 +225,17 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
             ("STREAM_CLAIM_IDLE_MS", "500"),
             ("STREAM_CLAIM_INTERVAL_MS", "200"),
         ];
+        stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
         stack.start_with_failpoint(Service::Bridge, &env, &format!("{point}=return"));
         let intent = stack
             .xadd(
                 INTENT_STREAM,
-                &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+                &[
+                    ("symbol", "BTCUSDT"),
+                    ("side", "BUY"),
+                    ("position_usd", "1000"),
+                    ("leverage", "1"),
+                ],
             )
             .await;
         wait_crashed(&mut stack, Service::Bridge).await;
@@ -245,6 +251,8 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
         }
         let reservations = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await;
         assert_eq!(reservations.len(), 1, "{point}: reserved before it died");
+        // The market moves: decided again, the intent would be another plan (another id).
+        stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "40000")]).await;
 
         stack.start(Service::Bridge, &env);
         stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
@@ -262,7 +270,23 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
         assert_eq!(
             reservations.keys().collect::<Vec<_>>(),
             [plans[0].get("plan_id").unwrap()],
-            "{point}: one reservation, the plan's"
+            "{point}: one reservation, the plan's (one left before the crash is released)"
+        );
+        let totals = stack.hash("{quantum:position:ledger:BTCUSDT}:inflight:total").await;
+        assert_eq!(
+            totals.get("count").map(String::as_str),
+            Some("1"),
+            "{point}: {totals:?}"
+        );
+        // Decided again only when the crash came before the claim; otherwise the claim's plan.
+        let expected_qty = if marker_out { "0.02" } else { "0.025" };
+        assert_eq!(plans[0].get("qty"), Some(expected_qty), "{point}");
+        let sets = quantum_runtime::consumer::scan_keys(&stack.client, "{quantum:position:ledger:*}:inflight:entry:*")
+            .await
+            .unwrap();
+        assert!(
+            sets.is_empty(),
+            "{point}: the intent's set is dropped once published: {sets:?}"
         );
         if marker_out {
             stack

@@ -133,3 +133,10 @@ pub const BUYS_VERSION_KEY: &str = "quantum:intent_bridge:buys_version";
 pub fn reservation_version_key(symbol: &Symbol) -> String {
     format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:version")
 }
+
+/// The plan ids the bridge reserved for intent `entry_id` of `symbol` while its commit runs (a
+/// set, in the symbol's slot): the commit that publishes the intent's plan releases every other
+/// one (a reservation a crash left before a different decision, a second bridge's).
+pub fn reservation_entry_key(symbol: &Symbol, entry_id: &str) -> String {
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:inflight:entry:{entry_id}")
+}
