@@ -256,7 +256,7 @@ async fn inject_poison(client: &Client, venue: DemoVenue) -> Result<(), Error> {
     // Ledger: the poison symbol's dedup set is a string.
     client
         .set::<(), _, _>(
-            format!("quantum:ledger:applied:{POISON_SYMBOL}"),
+            format!("{{quantum:position:ledger:{POISON_SYMBOL}}}:applied"),
             "garbage",
             None,
             None,

@@ -162,8 +162,31 @@ async fn two_ledgers_apply_every_fill_once_on_a_cluster_through_a_primary_s_deat
         None,
         "the ledger rode the failover out"
     );
+    // Unnumbered fills (the live venue's) are deduplicated by id, in the ledger's slot too.
+    for _ in 0..2 {
+        let mut unnumbered = fill("BTCUSDT", 1);
+        unnumbered.retain(|(k, _)| k != "venue_seq");
+        for (k, v) in &mut unnumbered {
+            if k == "fill_id" {
+                *v = "live-trade-1".to_string();
+            }
+        }
+        publish(&stack.client, unnumbered, true).await;
+    }
+    wait_for("the unnumbered fill applied", || async {
+        ledger_of(&stack, "BTCUSDT").await.get("fills").map(String::as_str) == Some(&(ROUNDS + 1).to_string())
+    })
+    .await;
+    stack.wait_group_idle(LEDGER_COMMIT_STREAM, LEDGER_GROUP).await;
+    let btc = ledger_of(&stack, "BTCUSDT").await;
+    assert_eq!(
+        (btc["position_amt"].as_str(), btc["fills"].as_str()),
+        ((ROUNDS + 1).to_string().as_str(), (ROUNDS + 1).to_string().as_str()),
+        "applied once though published twice: {btc:?}"
+    );
     let logs = format!("{}{}", stack.log(Service::Ledger), stack.replica_log(second));
     assert!(!logs.contains("panicked"));
+    assert!(!logs.contains("CROSSSLOT"), "{logs}");
     // While the promoted primary was alone, commits fell short of a replica, and said so.
     assert!(logs.contains("REDIS_WAIT_SHORT replicas=0/1"), "{logs}");
     assert!(logs.contains("REDIS_WAIT restored"), "{logs}");

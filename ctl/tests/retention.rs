@@ -162,7 +162,7 @@ async fn applied_fill_records_go_with_their_entries_and_an_upgraded_set_still_de
         .await;
     assert!(stack
         .log(Service::Ledger)
-        .contains("Converted quantum:ledger:applied:BTCUSDT"));
+        .contains("Moved quantum:ledger:applied:BTCUSDT to {quantum:position:ledger:BTCUSDT}:applied (1 fill ids"));
     assert!(
         stack.hash("quantum:position:ledger:BTCUSDT").await.is_empty(),
         "nothing applied twice"
@@ -192,7 +192,15 @@ async fn applied_fill_records_go_with_their_entries_and_an_upgraded_set_still_de
     let records = || async {
         let members: Vec<String> = stack
             .client
-            .zrange("quantum:ledger:applied:BTCUSDT", 0, -1, None, false, None, false)
+            .zrange(
+                "{quantum:position:ledger:BTCUSDT}:applied",
+                0,
+                -1,
+                None,
+                false,
+                None,
+                false,
+            )
             .await
             .unwrap();
         members
@@ -229,7 +237,7 @@ async fn the_ledger_scans_its_own_keys_once_and_only_those() {
         "quantum:position:ledger:BTCUSDT",
         "quantum:position:snapshot:ETHUSDT",
         "{quantum:position:ledger:SOLUSDT}:parked",
-        "quantum:ledger:applied:BTCUSDT",
+        "{quantum:position:ledger:BTCUSDT}:applied",
     ];
     for key in ours {
         let _: () = client.hset(key, ("f", "v")).await.unwrap();
@@ -263,5 +271,8 @@ async fn the_ledger_scans_its_own_keys_once_and_only_those() {
     assert_eq!(found.ledgers, vec![symbol("BTCUSDT")]);
     assert_eq!(found.snapshots, vec![symbol("ETHUSDT")]);
     assert_eq!(found.parked, vec![symbol("SOLUSDT")]);
-    assert_eq!(found.applied, vec!["quantum:ledger:applied:BTCUSDT".to_string()]);
+    assert_eq!(
+        found.applied,
+        vec!["{quantum:position:ledger:BTCUSDT}:applied".to_string()]
+    );
 }

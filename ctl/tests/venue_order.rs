@@ -129,7 +129,11 @@ async fn fills_are_applied_in_venue_order_and_a_gap_is_waited_for_then_skipped()
     .await;
     let log = stack.log(Service::Ledger);
     assert_eq!(log.matches("LEDGER_COMMIT symbol=BTCUSDT").count(), 5, "{log}");
-    let applied: i64 = stack.client.exists("quantum:ledger:applied:BTCUSDT").await.unwrap();
+    let applied: i64 = stack
+        .client
+        .exists("{quantum:position:ledger:BTCUSDT}:applied")
+        .await
+        .unwrap();
     assert_eq!(applied, 0, "numbered fills keep no per-fill record");
 }
 
@@ -161,7 +165,7 @@ async fn dedup_state_stays_within_64_kib_per_symbol_whatever_the_number_of_fills
         ("0", "5000")
     );
     let mut bytes = 0;
-    for key in [LEDGER, PARKED, "quantum:ledger:applied:BTCUSDT"] {
+    for key in [LEDGER, PARKED, "{quantum:position:ledger:BTCUSDT}:applied"] {
         let usage: Value = stack
             .client
             .custom(

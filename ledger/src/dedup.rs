@@ -1,4 +1,4 @@
-//! The applied-fill records (`quantum:ledger:applied:<SYMBOL>`), bounded.
+//! The applied-fill records (`{quantum:position:ledger:<SYMBOL>}:applied`), bounded.
 //!
 //! Each is a sorted set: member = fill id, score = the millisecond of the `ledger.commit` entry
 //! that carried the fill. A fill can only come back through an entry still in that stream (a
@@ -11,55 +11,68 @@
 //! stream's retention (`STREAM_RETENTION_MS`): about 70 bytes per fill of the last hour, whatever
 //! the number of fills before.
 //!
-//! A set from an earlier version (a plain SET) is converted at start, its members scored "now"
-//! so they are kept until every entry of today's stream is gone.
+//! Records an earlier version kept under `quantum:ledger:applied:<SYMBOL>` (a sorted set, or an
+//! older plain SET) are moved at start into the ledger's slot, plain members scored "now" so
+//! they are kept until every entry of today's stream is gone.
 
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
-use quantum_model::contract::{LEDGER_COMMIT_STREAM, LEDGER_GROUP};
+use fred::types::sorted_sets::Ordering;
+
+use quantum_model::contract::{ledger_applied_key, LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEGACY_LEDGER_APPLIED_PREFIX};
 use quantum_model::time::entry_ms;
-use quantum_runtime::cas::queue_eval;
+use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
 
-/// The pattern of every applied-fill record.
-const APPLIED_PATTERN: &str = "quantum:ledger:applied:*";
-
-/// Converts a plain SET of fill ids into the sorted set, in one step (members scored ARGV[1]).
-const MIGRATE_SCRIPT: &str = r#"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'set' then return 0 end
-local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-for i = 1, #members, 2000 do
-  local args = {}
-  for j = i, math.min(i + 1999, #members) do
-    args[#args + 1] = ARGV[1]
-    args[#args + 1] = members[j]
-  end
-  redis.call('ZADD', KEYS[1], unpack(args))
-end
-return #members
-"#;
-
-/// Converts every applied-fill SET left by an earlier version; returns how many it converted.
+/// Moves every applied-fill record an earlier version left under its old name into the
+/// ledger's slot; returns how many it moved. In steps a cluster takes (the two names hash to
+/// different slots), each repeatable: the records are added to the new set (a member there
+/// already keeps the later score), then the old key is deleted. Run before the ledger consumes,
+/// so no fill is deduplicated against a half-moved record; upgrade every ledger at once (an older
+/// ledger still running would keep recording under the old name).
 ///
 /// # Errors
 /// A Redis failure; the ledger must not start on records it cannot read.
 pub async fn migrate(client: &Client, now_ms: u64) -> Result<usize, Error> {
-    let mut converted = 0;
-    for key in scan_keys(client, APPLIED_PATTERN).await? {
-        let pipeline = client.pipeline();
-        queue_eval(&pipeline, MIGRATE_SCRIPT, vec![key.clone()], vec![now_ms.to_string()]).await?;
-        let members: Vec<i64> = pipeline.all().await?;
-        if members.first().copied().unwrap_or_default() > 0 {
-            converted += 1;
-            tracing::info!(
-                "Converted {key} from a set to a sorted set ({} fill ids, kept until today's ledger.commit entries are gone)",
-                members[0]
-            );
+    let mut moved = 0;
+    let pattern = format!("{LEGACY_LEDGER_APPLIED_PREFIX}*");
+    for old in scan_keys(client, &pattern).await? {
+        let Some(symbol) = old
+            .strip_prefix(LEGACY_LEDGER_APPLIED_PREFIX)
+            .and_then(|s| Symbol::parse(s).ok())
+        else {
+            tracing::warn!("{old} names no symbol; left as it is");
+            continue;
+        };
+        let records: Vec<(f64, String)> = match client.r#type::<String, _>(&old).await?.as_str() {
+            "zset" => {
+                let scored: Vec<(String, f64)> = client.zrange(&old, 0, -1, None, false, None, true).await?;
+                scored.into_iter().map(|(id, ms)| (ms, id)).collect()
+            }
+            "set" => {
+                let ids: Vec<String> = client.smembers(&old).await?;
+                ids.into_iter().map(|id| (now_ms as f64, id)).collect()
+            }
+            other => {
+                tracing::warn!("{old} holds a {other}, not applied-fill records; left as it is");
+                continue;
+            }
+        };
+        let new = ledger_applied_key(&symbol);
+        for chunk in records.chunks(1000) {
+            let _: Value = client
+                .zadd(&new, None, Some(Ordering::GreaterThan), false, false, chunk.to_vec())
+                .await?;
         }
+        let _: i64 = client.del(&old).await?;
+        moved += 1;
+        tracing::info!(
+            "Moved {old} to {new} ({} fill ids; plain ones kept until today's ledger.commit entries are gone)",
+            records.len()
+        );
     }
-    Ok(converted)
+    Ok(moved)
 }
 
 /// The millisecond before which no `ledger.commit` entry can be delivered again: the first

@@ -16,9 +16,6 @@ use quantum_runtime::consumer::scan_keys;
 /// `quantum:` then `led…` or `pos…`, anywhere in the key (`{quantum:position:ledger:X}:parked`).
 pub const LEDGER_FAMILIES: &str = "*quantum:[lp][eo][ds]*";
 
-/// The applied-fill records' prefix (`quantum:ledger:applied:<SYMBOL>`).
-const APPLIED_PREFIX: &str = "quantum:ledger:applied:";
-
 /// The ledger's keys as one SCAN found them, each family sorted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Keyspace {
@@ -57,7 +54,12 @@ impl Keyspace {
                 .and_then(symbol)
             {
                 found.parked.push(s);
-            } else if key.starts_with(APPLIED_PREFIX) {
+            } else if key
+                .strip_prefix(&parked_prefix)
+                .and_then(|k| k.strip_suffix("}:applied"))
+                .and_then(symbol)
+                .is_some()
+            {
                 found.applied.push(key);
             }
         }
@@ -86,7 +88,8 @@ mod tests {
             "{quantum:position:ledger:SOLUSDT}:parked",
             "{quantum:position:ledger:SOLUSDT}:inflight",
             "{quantum:position:ledger:SOLUSDT}:inflight:version",
-            "quantum:ledger:applied:BTCUSDT",
+            "{quantum:position:ledger:BTCUSDT}:applied",
+            "quantum:ledger:applied:ETHUSDT",
             "quantum:position:ledger:not a symbol",
             "quantum:intent_bridge:seen:1-0",
         ];
@@ -94,6 +97,9 @@ mod tests {
         assert_eq!(found.ledgers, vec![sym("BTCUSDT"), sym("ETHUSDT")]);
         assert_eq!(found.snapshots, vec![sym("BTCUSDT")]);
         assert_eq!(found.parked, vec![sym("SOLUSDT")]);
-        assert_eq!(found.applied, vec!["quantum:ledger:applied:BTCUSDT".to_string()]);
+        assert_eq!(
+            found.applied,
+            vec!["{quantum:position:ledger:BTCUSDT}:applied".to_string()]
+        );
     }
 }

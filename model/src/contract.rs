@@ -39,10 +39,15 @@ pub fn ledger_key(symbol: &Symbol) -> String {
 }
 
 /// The fill ids already applied to a symbol's ledger, for fills without a venue sequence
-/// number (the dedup record of fills from executors older than `venue_seq`).
+/// number (the live venue's, and those of executors older than `venue_seq`): in the ledger's
+/// slot, so one step updates both on a Redis Cluster.
 pub fn ledger_applied_key(symbol: &Symbol) -> String {
-    format!("quantum:ledger:applied:{symbol}")
+    format!("{{{LEDGER_KEY_PREFIX}{symbol}}}:applied")
 }
+
+/// Where versions before the cluster-safe ledger kept [`ledger_applied_key`]'s records
+/// (`quantum:ledger:applied:<SYMBOL>`); the ledger moves them at its start.
+pub const LEGACY_LEDGER_APPLIED_PREFIX: &str = "quantum:ledger:applied:";
 
 /// A symbol's fills that came ahead of their turn in the venue's sequence, waiting for the
 /// ones before them: field = venue sequence number, value = the fill as JSON (with `parked_ms`).
