@@ -12,8 +12,9 @@
 //!    when there is an outcome to publish, the outcome itself (`quantum_model::outcome::Marker`);
 //! 4. **publish**: the claimed outcomes are appended once each (marker
 //!    `{<stream>}:once:<entry id>`) to `apply.plan` or the intent DLQ;
-//! 5. **done**: each published marker is rewritten to its record alone (`XX KEEPTTL`), and the
-//!    entries are acknowledged.
+//! 5. **done**: each published marker is rewritten to its record alone (`XX KEEPTTL`) and the
+//!    entries are acknowledged, in one round trip (a marker left `publishing` only makes a replay
+//!    publish its outcome again, which the append finds appended).
 //!
 //! Invariants the steps keep:
 //! - a reservation is taken only on the symbol state its gate decided on: a second bridge that
@@ -28,9 +29,11 @@
 //!   decision (publishes its outcome, once) rather than its own, and releases a reservation of
 //!   its own that differs, so one intent is one plan even when two bridges sized it;
 //! - a crash after the reservation and before the claim leaves a reservation without a plan,
-//!   counted until it expires (conservative: never an overshoot); after the claim, the
-//!   redelivered entry publishes the marker's outcome; after the publication, it finds it
-//!   appended already;
+//!   noted in the intent's set: the publication of the intent's plan releases it (or it expires;
+//!   never an overshoot); after the claim, the redelivered entry publishes the marker's outcome;
+//!   after the publication, it finds it appended already;
+//! - a bridge gives back only the reservation value it wrote: another bridge that decided the
+//!   same intent into the same plan id keeps its own;
 //! - the scripts check key types before writing (a key of the wrong type fails its step with
 //!   nothing written) and are flagged `#!lua` without `allow-oom`, so under `maxmemory` Redis
 //!   refuses one before it starts rather than halfway;
@@ -134,18 +137,31 @@ end
 return 1
 "#;
 
-/// KEYS: the BUY token. ARGV: per BUY, the token its exposure gate read and the one it writes.
-/// Returns how many it moved, in order.
+/// KEYS: the BUY token. ARGV: the token the batch's exposure gates read, and the one its last
+/// BUY reserved writes. Returns 1 when it moved, 0 when another bridge's BUY moved it first.
 const BUMP_SCRIPT: &str = r#"#!lua
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'string' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', not a string; nothing written')
 end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+static RELEASE_OWN_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", RELEASE_OWN_BODY));
+
+const RELEASE_OWN_BODY: &str = r#"
+-- KEYS: the symbol's reservations, its totals. ARGV: field, value pairs.
+-- Releases each reservation still holding the value this bridge wrote: another bridge that
+-- decided the same intent into the same plan id wrote its own (its time differs), and keeps it.
+local bad = inflight_totals_bad(KEYS[2])
+if bad then return redis.error_reply(bad) end
 for i = 1, #ARGV, 2 do
-  if (redis.call('GET', KEYS[1]) or '') ~= ARGV[i] then return (i - 1) / 2 end
-  redis.call('SET', KEYS[1], ARGV[i + 1])
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then inflight_release(KEYS[1], KEYS[2], ARGV[i]) end
 end
-return #ARGV / 2
+return 1
 "#;
 
 /// A plan's reservation.
@@ -170,6 +186,9 @@ pub enum EntryCommit {
         record: OutcomeRecord,
         outcome: Option<PendingOutcome>,
         reservation: Option<ReservationCommit>,
+        /// The symbol whose reservations an earlier attempt at this intent left: released once
+        /// this decision is claimed, whatever it is.
+        settle: Option<Symbol>,
     },
     /// Decided before (a crash, a paused bridge) and not known to be published: its marker's
     /// outcome is published now.
@@ -358,35 +377,49 @@ async fn reserve(client: &Client, ttl_ms: u64, progress: &mut [Progress<'_>]) ->
     Ok(())
 }
 
-/// Step 2: the BUY token, moved by each BUY reserved, in order; a BUY it refuses gives its
-/// reservation back and is decided again.
+/// Step 2: the BUY token moved once for the batch, from the token its exposure gates read (the
+/// first BUY's) to the one its last BUY still reserved writes; when another bridge moved it
+/// first, every BUY reserved gives its reservation back and is decided again. A BUY refused at
+/// step 1 does not hold the others back: each was decided counting it, which only errs safe.
 async fn bump(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let read_token = progress
+        .iter()
+        .find_map(|p| p.reservation().and_then(|r| r.buys_token.as_ref()))
+        .map(|(read, _)| read.clone());
     let buys: Vec<usize> = open(progress)
         .filter(|(_, p)| p.reservation().is_some_and(|r| r.buys_token.is_some()))
         .map(|(i, _)| i)
         .collect();
-    if buys.is_empty() {
+    let (Some(read_token), Some(&last)) = (read_token, buys.last()) else {
         return Ok(());
-    }
-    let mut args = Vec::with_capacity(2 * buys.len());
-    for token in buys
-        .iter()
-        .filter_map(|&i| progress[i].reservation().and_then(|r| r.buys_token.as_ref()))
-    {
-        args.extend([token.0.clone(), token.1.clone()]);
-    }
-    let pipeline = client.pipeline();
-    queue_eval(&pipeline, BUMP_SCRIPT, vec![BUYS_VERSION_KEY.to_string()], args).await?;
-    let reply = pipeline.try_all::<Value>().await.pop();
-    let (moved, error) = match reply {
-        Some(Ok(moved)) => (usize::try_from(moved.as_i64().unwrap_or(0)).unwrap_or(0), None),
-        Some(Err(e)) => (0, Some(StageError::from(e))),
-        None => (0, Some(StageError::Retryable("no reply to the BUY token step".into()))),
     };
-    for &i in buys.iter().skip(moved) {
+    let written = progress[last]
+        .reservation()
+        .and_then(|r| r.buys_token.as_ref())
+        .map(|(_, new)| new.clone())
+        .unwrap_or_default();
+    let pipeline = client.pipeline();
+    queue_eval(
+        &pipeline,
+        BUMP_SCRIPT,
+        vec![BUYS_VERSION_KEY.to_string()],
+        vec![read_token, written],
+    )
+    .await?;
+    let reply = pipeline.try_all::<Value>().await.pop();
+    let refused = match reply {
+        Some(Ok(moved)) if moved.as_i64() == Some(1) => return Ok(()),
+        Some(Ok(_)) => Committed::Again,
+        Some(Err(e)) => Committed::Failed(StageError::from(e)),
+        None => Committed::Failed(StageError::Retryable("no reply to the BUY token step".into())),
+    };
+    for &i in &buys {
         let p = &mut progress[i];
         p.release = true;
-        p.fate = Some(error.clone().map_or(Committed::Again, Committed::Failed));
+        p.fate = Some(match &refused {
+            Committed::Failed(e) => Committed::Failed(e.clone()),
+            _ => Committed::Again,
+        });
     }
     Ok(())
 }
@@ -434,6 +467,11 @@ async fn claim(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'
     for ((i, decided), reply) in claims.into_iter().zip(replies.by_ref()) {
         if decided {
             on_claim(&mut progress[i], reply);
+        } else if let Err(e) = reply {
+            tracing::warn!(
+                "Counting the replay in {} failed ({e}); the intent is acknowledged all the same",
+                seen_key(progress[i].id)
+            );
         }
     }
     warn_failed_releases(replies);
@@ -457,7 +495,18 @@ fn on_claim(p: &mut Progress<'_>, reply: Result<Value, Error>) {
         return;
     };
     let found = match reply {
-        Err(e) => return p.fail(StageError::from(e)),
+        // Refused by Redis (a marker of another type): the claim was not made. Lost on the way
+        // (a timeout, a dropped connection): it may have been, and its plan may be published by
+        // the redelivery, so the reservation stays (released by that publication or expiry).
+        Err(e) => {
+            let error = StageError::from(e);
+            if matches!(error, StageError::Retryable(_)) {
+                p.fate = Some(Committed::Failed(error));
+            } else {
+                p.fail(error);
+            }
+            return;
+        }
         Ok(Value::Null) => {
             match outcome {
                 Some(outcome) => p.publish = Some((record.clone(), outcome.clone(), true)),
@@ -482,8 +531,8 @@ fn on_claim(p: &mut Progress<'_>, reply: Result<Value, Error>) {
     }
 }
 
-/// Queues the release of every reservation marked for it (one script per symbol); returns
-/// whether it queued any.
+/// Queues the release of every reservation marked for it, if it still holds what this bridge
+/// wrote (one script per symbol); returns whether it queued any.
 async fn queue_releases(
     pipeline: &fred::clients::Pipeline<Client>,
     progress: &mut [Progress<'_>],
@@ -492,12 +541,16 @@ async fn queue_releases(
     for p in progress.iter_mut().filter(|p| p.release) {
         p.release = false;
         if let Some(r) = p.reservation() {
-            by_symbol.entry(r.symbol.clone()).or_default().push(r.field.clone());
+            by_symbol
+                .entry(r.symbol.clone())
+                .or_default()
+                .extend([r.field.clone(), r.value.clone()]);
         }
     }
     let any = !by_symbol.is_empty();
-    for (symbol, fields) in by_symbol {
-        quantum_runtime::inflight::queue_release(pipeline, &symbol, fields).await?;
+    for (symbol, pairs) in by_symbol {
+        let keys = vec![reservation_key(&symbol), reservation_totals_key(&symbol)];
+        queue_eval(pipeline, &RELEASE_OWN_SCRIPT, keys, pairs).await?;
     }
     Ok(any)
 }
@@ -578,19 +631,32 @@ async fn publish(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress
 async fn queue_settles(pipeline: &fred::clients::Pipeline<Client>, progress: &[Progress<'_>]) -> Result<bool, Error> {
     let mut by_symbol: Vec<(Symbol, Vec<String>, Vec<String>)> = Vec::new();
     for p in progress.iter().filter(|p| p.fate.is_none()) {
-        let Some((record, _, _)) = &p.publish else { continue };
-        let (Some(plan_id), Some(symbol), "published") = (record.get("plan_id"), record.get("symbol"), record.kind())
-        else {
+        let published = p.publish.as_ref().and_then(|(record, _, _)| {
+            let (Some(plan_id), Some(symbol), "published") =
+                (record.get("plan_id"), record.get("symbol"), record.kind())
+            else {
+                return None;
+            };
+            Some((Symbol::parse(symbol).ok()?, plan_id.to_string()))
+        });
+        // An intent claimed into no EXECUTE plan keeps none of the earlier attempts' plans.
+        let claimed = p.publish.is_some() || matches!(p.ack, Some(Committed::Done));
+        let earlier = match &p.commit {
+            EntryCommit::Decided {
+                settle: Some(symbol), ..
+            } if claimed => Some((symbol.clone(), String::new())),
+            _ => None,
+        };
+        let Some((symbol, plan_id)) = published.or(earlier) else {
             continue;
         };
-        let Ok(symbol) = Symbol::parse(symbol) else { continue };
         let key = reservation_entry_key(&symbol, p.id);
         match by_symbol.iter_mut().find(|(s, _, _)| *s == symbol) {
             Some((_, keys, plans)) => {
                 keys.push(key);
-                plans.push(plan_id.to_string());
+                plans.push(plan_id);
             }
-            None => by_symbol.push((symbol, vec![key], vec![plan_id.to_string()])),
+            None => by_symbol.push((symbol, vec![key], vec![plan_id])),
         }
     }
     let any = !by_symbol.is_empty();
@@ -613,11 +679,13 @@ fn warn_failed_releases(replies: impl Iterator<Item = Result<Value, Error>>) {
 async fn done(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Error> {
     let pipeline = client.pipeline();
     let mut ids = Vec::new();
+    let mut marked = Vec::new();
     for (_, p) in open(progress) {
         if p.ack.is_none() {
             continue;
         }
         if let Some((record, _, _)) = &p.publish {
+            marked.push(p.id);
             let _: () = pipeline
                 .set(
                     seen_key(p.id),
@@ -634,7 +702,17 @@ async fn done(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Erro
         return Ok(());
     }
     let _: () = pipeline.xack(INTENT_STREAM, INTENT_GROUP, ids).await?;
-    let acked = pipeline.try_all::<Value>().await.pop();
+    let mut replies = pipeline.try_all::<Value>().await;
+    let acked = replies.pop();
+    for (id, reply) in marked.iter().zip(replies) {
+        if let Err(e) = reply {
+            // Harmless to what was published: a replay finds the outcome appended already.
+            tracing::warn!(
+                "Marking intent {id} done failed ({e}); {} says publishing until it expires",
+                seen_key(id)
+            );
+        }
+    }
     match acked {
         Some(Ok(_)) => {
             for (_, p) in open(progress) {

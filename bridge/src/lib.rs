@@ -237,6 +237,15 @@ struct BatchView {
     walked: Vec<Symbol>,
     /// Symbols whose totals disagree with their reservations: rebuilt after the commits.
     rebuild: Vec<Symbol>,
+    /// Per intent (entry id), what an earlier attempt at it reserved and never claimed.
+    earlier: HashMap<String, (Symbol, EarlierReservations)>,
+}
+
+/// What an earlier attempt at one intent reserved.
+#[derive(Debug, Default, Clone, Copy)]
+struct EarlierReservations {
+    sell_qty: Decimal,
+    buy_notional: Decimal,
 }
 
 /// A batch as [`IntentBridge::read_batch`] read it.
@@ -342,6 +351,18 @@ impl IntentBridge {
         if has_view {
             self.queue_view_reads(&pipeline, &scope).await?;
         }
+        // The plan ids reserved for each gated intent by an attempt that never claimed it.
+        let gated: Vec<(&str, &Symbol)> = batch
+            .iter()
+            .zip(&parsed)
+            .filter_map(|(e, i)| i.as_ref().ok().map(|i| (e.id.as_str(), &i.symbol)))
+            .filter(|(_, symbol)| self.gates.allowlist.contains(*symbol))
+            .collect();
+        for (id, symbol) in &gated {
+            pipeline
+                .smembers::<(), _>(quantum_model::contract::reservation_entry_key(symbol, id))
+                .await?;
+        }
         // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
         let seen: Vec<Option<Result<Marker, MarkerError>>> =
@@ -349,17 +370,59 @@ impl IntentBridge {
                 .into_iter()
                 .map(|marker| marker.map(|text| Marker::parse(&text)))
                 .collect();
-        let view = if has_view {
-            self.view_from(&scope, replies)?
+        let mut view = if has_view {
+            self.view_from(&scope, replies.by_ref())?
         } else {
             BatchView::default()
         };
+        let earlier: Vec<(&str, &Symbol, Vec<String>)> = gated
+            .into_iter()
+            .zip(replies)
+            .filter_map(|((id, symbol), plans)| {
+                let plans: Vec<String> = plans.ok()?.into_array().iter().filter_map(opt_text).collect();
+                (!plans.is_empty()).then_some((id, symbol, plans))
+            })
+            .collect();
+        if !earlier.is_empty() {
+            self.read_earlier_reservations(&mut view, earlier).await?;
+        }
         let intents = parsed
             .into_iter()
             .zip(&seen)
             .map(|(i, s)| s.is_none().then_some(i))
             .collect();
         Ok(BatchRead { seen, intents, view })
+    }
+
+    /// What the reservations an earlier attempt at an intent left (it died, or another bridge is
+    /// at it, before its claim) hold, for that intent's own gates only: no more than one of those
+    /// plans and this one is ever published. Every other intent still counts them.
+    async fn read_earlier_reservations(
+        &self,
+        view: &mut BatchView,
+        earlier: Vec<(&str, &Symbol, Vec<String>)>,
+    ) -> Result<(), Error> {
+        let pipeline = self.writer.pipeline();
+        for (_, symbol, plans) in &earlier {
+            pipeline
+                .hmget::<(), _, _>(reservation_key(symbol), plans.clone())
+                .await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        for ((id, symbol, plans), values) in earlier.into_iter().zip(replies) {
+            let mut held = EarlierReservations::default();
+            for (plan, value) in plans.iter().zip(values.into_array()) {
+                let Some(value) = opt_text(&value) else { continue };
+                if let Ok(r) = Reservation::parse(plan, &value) {
+                    match r.side {
+                        Side::Sell => held.sell_qty += r.qty,
+                        Side::Buy => held.buy_notional += r.notional_usd,
+                    }
+                }
+            }
+            view.earlier.insert(id.to_string(), (symbol.clone(), held));
+        }
+        Ok(())
     }
 
     /// The view, from the replies [`Self::queue_view_reads`] queued.
@@ -555,7 +618,7 @@ impl IntentBridge {
         if max_ms > 0 && age_ms > max_ms {
             return self.skip(&Subject::of(&plan), SkipReason::Stale { age_ms, max_ms });
         }
-        self.gate_and_publish(&intent, plan, view, now_ms)
+        self.gate_and_publish(&entry.id, &intent, plan, view, now_ms)
     }
 
     /// The intent's quantity at the batch's mark, within the caps; or what becomes of it
@@ -604,19 +667,31 @@ impl IntentBridge {
 
     /// The gates (allowlist, ledger by side, exposure) on the plan, then the governor and
     /// publication; a published EXECUTE plan is counted against the rest of the batch.
-    fn gate_and_publish(&mut self, intent: &Intent, plan: Plan, view: &mut BatchView, now_ms: u64) -> Outcome {
+    fn gate_and_publish(
+        &mut self,
+        entry_id: &str,
+        intent: &Intent,
+        plan: Plan,
+        view: &mut BatchView,
+        now_ms: u64,
+    ) -> Outcome {
         let qty = plan.qty;
         let ledger = view.ledgers.get(&plan.symbol).copied().unwrap_or(LedgerView::Missing);
         let mark = view.marks.get(&intent.symbol).copied();
         // The order's notional at its limit price or the mark (0 while no price is known).
         let own = intent.notional_usd(qty, mark).unwrap_or_default();
-        let sells_in_flight = view.in_flight.get(&plan.symbol).map_or(Decimal::ZERO, |f| f.sell_qty);
+        // An earlier attempt at this very intent is not counted against it: at most one of its
+        // plans and this one is published, and the publication releases the other.
+        let earlier = view.earlier.get(entry_id).map(|(_, held)| *held).unwrap_or_default();
+        let sells_in_flight = view
+            .in_flight
+            .get(&plan.symbol)
+            .map_or(Decimal::ZERO, |f| (f.sell_qty - earlier.sell_qty).max(Decimal::ZERO));
         // Exposure after this order: the ledgers, every BUY in flight and the order itself.
+        let buys_in_flight = (view.buys_in_flight - earlier.buy_notional).max(Decimal::ZERO);
         let exposure_pct = match plan.side {
             Side::Buy => exposure_pct(
-                view.ledger_notional
-                    .saturating_add(view.buys_in_flight)
-                    .saturating_add(own),
+                view.ledger_notional.saturating_add(buys_in_flight).saturating_add(own),
                 view.equity,
             ),
             Side::Sell => Some(Decimal::ZERO),
@@ -929,7 +1004,10 @@ impl IntentBridge {
                 continue;
             }
             self.waiting.remove(&entry.id);
-            queued.commits.push(self.outcome_commit(entry, outcome, &span, now_ms));
+            let settle = view.earlier.get(&entry.id).map(|(symbol, _)| symbol.clone());
+            queued
+                .commits
+                .push(self.outcome_commit(entry, outcome, settle, &span, now_ms));
             queued.committing.push((entry, true));
         }
         queued
@@ -1025,6 +1103,7 @@ impl IntentBridge {
         &mut self,
         entry: &StreamEntry,
         outcome: Outcome,
+        settle: Option<Symbol>,
         span: &tracing::Span,
         now_ms: u64,
     ) -> EntryCommit {
@@ -1070,6 +1149,7 @@ impl IntentBridge {
             record,
             outcome: published,
             reservation: reserved,
+            settle,
         }
     }
 

@@ -298,3 +298,87 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_sell_retried_after_a_crash_is_not_refused_by_its_own_earlier_reservation() {
+    let mut stack = Stack::new().await;
+    stack
+        .hset(
+            "quantum:position:ledger:ZECUSDT",
+            &[("position_amt", "1"), ("notional_usd", "40")],
+        )
+        .await;
+    let env = [
+        ("SYMBOL_ALLOWLIST", "ZECUSDT"),
+        ("STREAM_CLAIM_IDLE_MS", "500"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+    ];
+    // Killed after reserving the whole position for its SELL, before claiming the intent.
+    stack.start_with_failpoint(Service::Bridge, &env, "bridge::after_reserve=return");
+    let intent = stack
+        .xadd(INTENT_STREAM, &[("symbol", "ZECUSDT"), ("side", "SELL"), ("qty", "1")])
+        .await;
+    wait_crashed(&mut stack, Service::Bridge).await;
+    let reservations = stack.hash("{quantum:position:ledger:ZECUSDT}:inflight").await;
+    assert_eq!(reservations.len(), 1, "the SELL's reservation is left");
+
+    stack.start(Service::Bridge, &env);
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 1, "{}", stack.log(Service::Bridge));
+    assert_eq!(
+        (plans[0].get("intent_id"), plans[0].get("side"), plans[0].get("qty")),
+        (Some(intent.as_str()), Some("SELL"), Some("1")),
+        "the whole position, as decided the first time"
+    );
+    let reservations = stack.hash("{quantum:position:ledger:ZECUSDT}:inflight").await;
+    assert_eq!(
+        reservations.keys().collect::<Vec<_>>(),
+        [plans[0].get("plan_id").unwrap()]
+    );
+    let sets = quantum_runtime::consumer::scan_keys(&stack.client, "{quantum:position:ledger:*}:inflight:entry:*")
+        .await
+        .unwrap();
+    assert!(sets.is_empty(), "{sets:?}");
+}
+
+#[tokio::test]
+async fn a_retried_intent_decided_into_a_skip_gives_back_what_its_crashed_attempt_reserved() {
+    let mut stack = Stack::new().await;
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
+    let env = [
+        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+        ("STREAM_CLAIM_IDLE_MS", "500"),
+        ("STREAM_CLAIM_INTERVAL_MS", "200"),
+    ];
+    stack.start_with_failpoint(Service::Bridge, &env, "bridge::after_reserve=return");
+    stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "1000"),
+                ("leverage", "1"),
+            ],
+        )
+        .await;
+    wait_crashed(&mut stack, Service::Bridge).await;
+    assert_eq!(stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await.len(), 1);
+    // The equity is gone meanwhile: decided again, the BUY is refused.
+    let _: i64 = stack.client.hdel(PORTFOLIO_KEY, "equity_usd").await.unwrap();
+
+    stack.start(Service::Bridge, &env);
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    assert!(stack.entries(PLAN_STREAM).await.is_empty());
+    stack
+        .wait_log(Service::Bridge, "Skip publish: BTCUSDT BUY rejected (equity unknown")
+        .await;
+    for key in [
+        "{quantum:position:ledger:BTCUSDT}:inflight",
+        "{quantum:position:ledger:BTCUSDT}:inflight:total",
+    ] {
+        let exists: i64 = stack.client.exists(key).await.unwrap();
+        assert_eq!(exists, 0, "{key}: nothing left in flight");
+    }
+}
