@@ -211,6 +211,33 @@ async fn wait_crashed(stack: &mut Stack, service: Service) {
     stack.kill(service);
 }
 
+/// A BTC bridge that reclaims a dead one's entries within a second.
+const FAST_BTC_BRIDGE: [(&str, &str); 3] = [
+    ("SYMBOL_ALLOWLIST", "BTCUSDT"),
+    ("STREAM_CLAIM_IDLE_MS", "500"),
+    ("STREAM_CLAIM_INTERVAL_MS", "200"),
+];
+
+/// Starts a bridge that dies at `point`, gives it a BUY of 1,000 USD of BTC at 50,000 and waits
+/// for its death; returns the intent's entry id.
+async fn crash_on_a_sized_buy(stack: &mut Stack, point: &str) -> String {
+    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
+    stack.start_with_failpoint(Service::Bridge, &FAST_BTC_BRIDGE, &format!("{point}=return"));
+    let intent = stack
+        .xadd(
+            INTENT_STREAM,
+            &[
+                ("symbol", "BTCUSDT"),
+                ("side", "BUY"),
+                ("position_usd", "1000"),
+                ("leverage", "1"),
+            ],
+        )
+        .await;
+    wait_crashed(stack, Service::Bridge).await;
+    intent
+}
+
 #[tokio::test]
 async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
     // (crash point, whether the plan is out when it dies, whether the marker is)
@@ -220,25 +247,7 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
         ("bridge::after_publish", true, true),
     ] {
         let mut stack = Stack::new().await;
-        let env = [
-            ("SYMBOL_ALLOWLIST", "BTCUSDT"),
-            ("STREAM_CLAIM_IDLE_MS", "500"),
-            ("STREAM_CLAIM_INTERVAL_MS", "200"),
-        ];
-        stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
-        stack.start_with_failpoint(Service::Bridge, &env, &format!("{point}=return"));
-        let intent = stack
-            .xadd(
-                INTENT_STREAM,
-                &[
-                    ("symbol", "BTCUSDT"),
-                    ("side", "BUY"),
-                    ("position_usd", "1000"),
-                    ("leverage", "1"),
-                ],
-            )
-            .await;
-        wait_crashed(&mut stack, Service::Bridge).await;
+        let intent = crash_on_a_sized_buy(&mut stack, point).await;
         let marker_key = seen_key(&intent);
         let marker: Option<String> = stack.client.get(&marker_key).await.unwrap();
         assert_eq!(stack.entries(PLAN_STREAM).await.len(), usize::from(plan_out), "{point}");
@@ -254,7 +263,7 @@ async fn a_bridge_killed_at_any_step_of_its_commit_publishes_each_plan_once() {
         // The market moves: decided again, the intent would be another plan (another id).
         stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "40000")]).await;
 
-        stack.start(Service::Bridge, &env);
+        stack.start(Service::Bridge, &FAST_BTC_BRIDGE);
         stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
         let plans = stack.entries(PLAN_STREAM).await;
         assert_eq!(plans.len(), 1, "{point}: one plan: {plans:?}");
@@ -345,30 +354,12 @@ async fn a_sell_retried_after_a_crash_is_not_refused_by_its_own_earlier_reservat
 #[tokio::test]
 async fn a_retried_intent_decided_into_a_skip_gives_back_what_its_crashed_attempt_reserved() {
     let mut stack = Stack::new().await;
-    stack.hset(MARK_PRICE_KEY, &[("BTCUSDT", "50000")]).await;
-    let env = [
-        ("SYMBOL_ALLOWLIST", "BTCUSDT"),
-        ("STREAM_CLAIM_IDLE_MS", "500"),
-        ("STREAM_CLAIM_INTERVAL_MS", "200"),
-    ];
-    stack.start_with_failpoint(Service::Bridge, &env, "bridge::after_reserve=return");
-    stack
-        .xadd(
-            INTENT_STREAM,
-            &[
-                ("symbol", "BTCUSDT"),
-                ("side", "BUY"),
-                ("position_usd", "1000"),
-                ("leverage", "1"),
-            ],
-        )
-        .await;
-    wait_crashed(&mut stack, Service::Bridge).await;
+    crash_on_a_sized_buy(&mut stack, "bridge::after_reserve").await;
     assert_eq!(stack.hash("{quantum:position:ledger:BTCUSDT}:inflight").await.len(), 1);
     // The equity is gone meanwhile: decided again, the BUY is refused.
     let _: i64 = stack.client.hdel(PORTFOLIO_KEY, "equity_usd").await.unwrap();
 
-    stack.start(Service::Bridge, &env);
+    stack.start(Service::Bridge, &FAST_BTC_BRIDGE);
     stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
     assert!(stack.entries(PLAN_STREAM).await.is_empty());
     stack
