@@ -149,21 +149,6 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 "#;
 
-static RELEASE_OWN_SCRIPT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", RELEASE_OWN_BODY));
-
-const RELEASE_OWN_BODY: &str = r#"
--- KEYS: the symbol's reservations, its totals. ARGV: field, value pairs.
--- Releases each reservation still holding the value this bridge wrote: another bridge that
--- decided the same intent into the same plan id wrote its own (its time differs), and keeps it.
-local bad = inflight_totals_bad(KEYS[2])
-if bad then return redis.error_reply(bad) end
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then inflight_release(KEYS[1], KEYS[2], ARGV[i]) end
-end
-return 1
-"#;
-
 /// A plan's reservation.
 pub struct ReservationCommit {
     pub symbol: Symbol,
@@ -537,20 +522,21 @@ async fn queue_releases(
     pipeline: &fred::clients::Pipeline<Client>,
     progress: &mut [Progress<'_>],
 ) -> Result<bool, Error> {
-    let mut by_symbol: HashMap<Symbol, Vec<String>> = HashMap::new();
+    // Only the value this bridge wrote: another bridge that decided the same intent into the
+    // same plan id wrote its own (its time differs), and keeps it.
+    let mut by_symbol: HashMap<Symbol, Vec<(String, String)>> = HashMap::new();
     for p in progress.iter_mut().filter(|p| p.release) {
         p.release = false;
         if let Some(r) = p.reservation() {
             by_symbol
                 .entry(r.symbol.clone())
                 .or_default()
-                .extend([r.field.clone(), r.value.clone()]);
+                .push((r.field.clone(), r.value.clone()));
         }
     }
     let any = !by_symbol.is_empty();
     for (symbol, pairs) in by_symbol {
-        let keys = vec![reservation_key(&symbol), reservation_totals_key(&symbol)];
-        queue_eval(pipeline, &RELEASE_OWN_SCRIPT, keys, pairs).await?;
+        quantum_runtime::inflight::queue_release_if_unchanged(pipeline, &symbol, pairs).await?;
     }
     Ok(any)
 }

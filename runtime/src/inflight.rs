@@ -128,6 +128,20 @@ return #ARGV
     )
 });
 
+/// ARGV: field, value pairs; releases each field that still holds that value.
+static RELEASE_IF_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    with_totals(
+        "#!lua",
+        r#"local bad = inflight_totals_bad(KEYS[2])
+if bad then return redis.error_reply(bad) end
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then inflight_release(KEYS[1], KEYS[2], ARGV[i]) end
+end
+return 1
+"#,
+    )
+});
+
 static REBUILD_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     with_totals(
         "#!lua",
@@ -150,6 +164,21 @@ return inflight_rebuild(KEYS[1], KEYS[2])
 pub async fn queue_release<C: ClientLike>(pipeline: &C, symbol: &Symbol, fields: Vec<String>) -> Result<(), Error> {
     let keys = vec![reservation_key(symbol), reservation_totals_key(symbol)];
     queue_eval(pipeline, &RELEASE_SCRIPT, keys, fields).await
+}
+
+/// Queues the release of each `(field, value)` of `symbol`'s reservations whose field still
+/// holds that value (the one the caller wrote: another writer's value for the same field stays).
+///
+/// # Errors
+/// Only a failure to queue the command.
+pub async fn queue_release_if_unchanged<C: ClientLike>(
+    pipeline: &C,
+    symbol: &Symbol,
+    pairs: Vec<(String, String)>,
+) -> Result<(), Error> {
+    let keys = vec![reservation_key(symbol), reservation_totals_key(symbol)];
+    let args = pairs.into_iter().flat_map(|(field, value)| [field, value]).collect();
+    queue_eval(pipeline, &RELEASE_IF_SCRIPT, keys, args).await
 }
 
 /// Queues the rebuild of `symbol`'s totals from its reservation hash; the reply is the count.

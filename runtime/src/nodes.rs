@@ -115,13 +115,16 @@ pub fn slot_groups(client: &Client, keys: &[String]) -> Vec<Vec<usize>> {
     if !client.is_clustered() {
         return vec![(0..keys.len()).collect()];
     }
-    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    // Keyed by slot, kept in first-seen order: a batch of replay markers is one slot per key.
+    let mut position: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, group)) => group.push(i),
-            None => groups.push((slot, vec![i])),
-        }
+        let at = *position.entry(slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(i);
     }
-    groups.into_iter().map(|(_, group)| group).collect()
+    groups
 }
