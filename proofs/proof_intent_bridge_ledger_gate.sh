@@ -10,7 +10,8 @@
 #                     quantum-intent-bridge)
 #   --since WHEN      journald time window (default: "24 hours ago")
 #   --min-symbols N   symbol diversity needed in the last plans (default 2)
-#   --count N         how many recent plans to inspect (default 200)
+#   --count N         how many recent plans to inspect (default 200; per shard of apply.plan
+#                     when the pipeline runs with STREAM_SHARDS > 1)
 # Redis: REDIS_URL, or REDIS_HOST / REDIS_PORT / REDIS_DB (defaults 127.0.0.1 / 6379 / 0).
 # With quantumctl installed (or QUANTUMCTL=<path>), it also prints the bridge's outcomes by reason
 # and, for each allowlisted symbol without an EXECUTE plan, the `quantumctl why` verdict.
@@ -69,14 +70,25 @@ if ! rcli PING >/dev/null 2>&1; then
   exit 2
 fi
 
+# STREAM_SHARDS: apply.plan is split by symbol into this many streams (shard i > 0 is
+# "$PLAN_STREAM:i"); the checks read every shard's recent plans together.
+SHARDS=$(rcli GET quantum:config:stream_shards 2>/dev/null || true)
+case "$SHARDS" in ''|*[!0-9]*|0) SHARDS=1 ;; esac
+PLAN_STREAMS=("$PLAN_STREAM")
+for ((i = 1; i < SHARDS; i++)); do PLAN_STREAMS+=("$PLAN_STREAM:$i"); done
+
 echo "Intent bridge ledger-gate proof"
 echo "  log:   $LOG_SOURCE"
-echo "  plans: last $COUNT of $PLAN_STREAM"
+if [ "$SHARDS" -gt 1 ]; then
+  echo "  plans: last $COUNT of each of the $SHARDS shards of $PLAN_STREAM (STREAM_SHARDS=$SHARDS)"
+else
+  echo "  plans: last $COUNT of $PLAN_STREAM"
+fi
 echo
 
 # Recent plans as "SYMBOL SIDE DECISION" lines. redis-cli prints one value per line: an entry
 # id, then field/value pairs; plan entries always start with plan_id.
-PLANS=$(rcli XREVRANGE "$PLAN_STREAM" + - COUNT "$COUNT" | awk '
+PLANS=$(for stream in "${PLAN_STREAMS[@]}"; do rcli XREVRANGE "$stream" + - COUNT "$COUNT"; done | awk '
   { line[NR] = $0 }
   END {
     i = 1

@@ -51,6 +51,7 @@ use quantum_model::contract::{
     BUYS_VERSION_KEY, INTENT_DLQ_STREAM, INTENT_GROUP, INTENT_STREAM, PLAN_STREAM,
 };
 use quantum_model::outcome::{Marker, OutcomeRecord, PendingOutcome};
+use quantum_model::shards::StreamShards;
 use quantum_model::types::Symbol;
 use quantum_runtime::append_once::{queue_append_once, Once};
 use quantum_runtime::cas::queue_eval;
@@ -245,6 +246,8 @@ pub struct CommitSettings<'a> {
     /// With waiting on, the claims wait for replicas before anything is published: a failover
     /// that lost a claim whose outcome was already out would let the intent be decided twice.
     pub replica_wait: &'a ReplicaWait,
+    /// Which streams a recorded outcome may name: the shards of apply.plan, or the DLQ.
+    pub shards: StreamShards,
 }
 
 /// Commits `entries` (each with its entry id) in the steps above; returns each one's fate, in
@@ -284,7 +287,7 @@ pub async fn commit_batch(
                 .await?;
         }
         fail::fail_point!("bridge::after_claim", |_| std::process::abort());
-        publish(client, settings.marker_ttl_secs, &mut progress).await?;
+        publish(client, settings, &mut progress).await?;
         fail::fail_point!("bridge::after_publish", |_| std::process::abort());
         done(client, &mut progress).await
     };
@@ -543,26 +546,25 @@ async fn queue_releases(
 
 /// Step 4: the claimed outcomes, appended once each (one script per stream); reservations
 /// another bridge's decision made needless given back.
-async fn publish(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+async fn publish(client: &Client, settings: &CommitSettings<'_>, progress: &mut [Progress<'_>]) -> Result<(), Error> {
+    let marker_ttl_secs = settings.marker_ttl_secs;
     let pipeline = client.pipeline();
-    let mut by_stream: Vec<(&'static str, Vec<usize>)> = Vec::new();
+    let mut by_stream: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, p) in open(progress) {
         let Some((_, outcome, _)) = &p.publish else { continue };
-        let Some(stream) = [PLAN_STREAM, INTENT_DLQ_STREAM]
-            .into_iter()
-            .find(|s| *s == outcome.stream)
-        else {
+        let stream = outcome.stream.as_str();
+        if stream != INTENT_DLQ_STREAM && settings.shards.index_of(PLAN_STREAM, stream).is_none() {
             let e = format!(
-                "replay marker {} names stream {:?}, not the plan stream or the DLQ",
+                "replay marker {} names stream {stream:?}, not a shard of the plan stream (STREAM_SHARDS={}) or the DLQ",
                 seen_key(p.id),
-                outcome.stream
+                settings.shards.count()
             );
             p.fail(StageError::Poison(e));
             continue;
-        };
-        match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+        }
+        match by_stream.iter_mut().find(|(s, _)| s == stream) {
             Some((_, group)) => group.push(i),
-            None => by_stream.push((stream, vec![i])),
+            None => by_stream.push((stream.to_string(), vec![i])),
         }
     }
     for (stream, group) in &by_stream {

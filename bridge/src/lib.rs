@@ -37,6 +37,7 @@ use quantum_model::intent::{Intent, IntentError, IntentLimits, SymbolCaps};
 use quantum_model::outcome::{Marker, MarkerError, OutcomeRecord, PendingOutcome};
 use quantum_model::plan::Plan;
 use quantum_model::reservation::{next_token, InFlight, Reservation, Totals};
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{entry_age_ms, now_ms, now_secs};
 use quantum_model::types::{parse_decimal, Decision, Side, Symbol};
@@ -214,6 +215,8 @@ pub struct IntentBridge {
     walks: HashMap<Symbol, std::time::Instant>,
     /// `REDIS_WAIT_REPLICAS`: the claims wait for it before their outcomes are published.
     replica_wait: std::sync::Arc<quantum_runtime::replication::ReplicaWait>,
+    /// `STREAM_SHARDS`: each plan goes to its symbol's shard of apply.plan.
+    pub shards: StreamShards,
     pub stats: BridgeStats,
 }
 
@@ -332,6 +335,7 @@ impl IntentBridge {
             allowlist,
             walks: HashMap::new(),
             replica_wait: Default::default(),
+            shards: StreamShards::ONE,
             stats: BridgeStats::default(),
         }
     }
@@ -935,6 +939,7 @@ impl BatchHandler for IntentBridge {
             marker_ttl_secs: self.idempotency_ttl,
             reservation_ttl_ms: self.reservation_ttl_ms,
             replica_wait: &self.replica_wait,
+            shards: self.shards,
         };
         let fates = commit_batch(&self.writer, &settings, ids.zip(commits).collect()).await;
         self.housekeeping(&view).await;
@@ -1115,7 +1120,7 @@ impl IntentBridge {
                 let mut fields = plan.to_fields();
                 trace::propagate(span, Some(entry), &mut fields);
                 published = Some(PendingOutcome {
-                    stream: PLAN_STREAM.to_string(),
+                    stream: self.shards.stream_for(PLAN_STREAM, &plan.symbol),
                     fields: quantum_runtime::cas::owned(fields),
                 });
                 reserved = reservation.map(|r| ReservationCommit {
@@ -1350,7 +1355,16 @@ pub fn log_startup(args: &BridgeArgs, spec: &ConsumerSpec, allowlist: &Allowlist
     tracing::info!("Redis: {}", args.redis.display());
     tracing::info!("Consumer: {} / {}", spec.group, spec.consumer);
     tracing::info!("Intent stream: {INTENT_STREAM}");
-    tracing::info!("Plan stream: {PLAN_STREAM}");
+    let shards = args.consumer.stream_shards;
+    if shards == StreamShards::ONE {
+        tracing::info!("Plan stream: {PLAN_STREAM}");
+    } else {
+        tracing::info!(
+            "Plan stream: {PLAN_STREAM} (STREAM_SHARDS={}, by symbol: {})",
+            shards.count(),
+            shards.names(PLAN_STREAM).join(", ")
+        );
+    }
     tracing::info!("Require ledger for OPEN: {}", args.require_ledger_for_open);
     tracing::info!("Skip flat SELL: {}", args.skip_flat_sell);
     tracing::info!("Allowlist: {} (from {})", allowlist.display(), allowlist.source);
@@ -1455,8 +1469,9 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
         );
     }
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
-    let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), &spec);
+    let conns = Connections::connect(&args.redis, 1, &shutdown).await?;
+    quantum_runtime::sharding::agree(&conns.writer, args.consumer.stream_shards, &shutdown).await?;
+    readiness.watch(conns.writer.clone(), std::slice::from_ref(&spec));
     let limits = IntentLimits {
         max_leverage: Some(args.max_leverage),
         max_qty: args.max_qty.clone().unwrap_or_default(),
@@ -1469,12 +1484,13 @@ pub async fn run(args: BridgeArgs, shutdown: CancellationToken) -> Result<Bridge
     bridge.max_intent_age_ms = args.max_intent_age_ms;
     bridge.reservation_ttl_ms = args.reservation_ttl_ms;
     bridge.replica_wait = spec.replica_wait.clone();
+    bridge.shards = args.consumer.stream_shards;
     bridge.plan_symbols = Some(quantum_runtime::window::SymbolWindow::spawn(
         quantum_model::metric_names::APPLY_PLAN_SYMBOLS,
         std::time::Duration::from_secs(300),
         shutdown.clone(),
     ));
-    consumer::run(&conns.reader, &conns.writer, &spec, &mut bridge, &shutdown).await?;
+    consumer::run(&conns.readers[0], &conns.writer, &spec, &mut bridge, &shutdown).await?;
     log_stats("Intent Bridge stopped", &bridge.stats);
     Ok(bridge.stats)
 }

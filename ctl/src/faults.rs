@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 
 use crate::redis_server::{RedisCluster, RedisServer};
 use quantum_model::contract::*;
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::types::{Side, Symbol};
 
@@ -55,6 +56,8 @@ pub struct FaultPlan {
     /// Run on a 3-primary, 3-replica Redis Cluster (services waiting for one replica) instead
     /// of one redis-server.
     pub cluster: bool,
+    /// `STREAM_SHARDS` of every service.
+    pub shards: StreamShards,
 }
 
 /// The Redis the suite runs on.
@@ -158,8 +161,9 @@ impl Dice {
 }
 
 /// The services' settings for the run: quick reclaim, so kills and pauses resolve in seconds.
-fn fault_env(redis_url: &str, cluster: bool) -> HashMap<String, String> {
+fn fault_env(redis_url: &str, cluster: bool, shards: StreamShards) -> HashMap<String, String> {
     let mut env = base_env(redis_url);
+    env.insert("STREAM_SHARDS".into(), shards.count().to_string());
     if cluster {
         // Commits wait for a replica, as a cluster deployment should run.
         env.insert("REDIS_WAIT_REPLICAS".into(), "1".into());
@@ -214,7 +218,9 @@ fn venue_fault(dice: &mut Dice) -> Faults {
 }
 
 /// Corrupts one key per stage and adds the entry that trips over it.
-async fn inject_poison(client: &Client, venue: DemoVenue) -> Result<(), Error> {
+async fn inject_poison(client: &Client, venue: DemoVenue, shards: StreamShards) -> Result<(), Error> {
+    let poison_symbol =
+        Symbol::parse(POISON_SYMBOL).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
     // Bridge: the intent's replay marker is a hash, so its commit step fails every time.
     client
         .hset::<(), _, _>(seen_key(POISON_INTENT_ID), ("poison", "1"))
@@ -237,7 +243,7 @@ async fn inject_poison(client: &Client, venue: DemoVenue) -> Result<(), Error> {
     client.hset::<(), _, _>(key, (field, "garbage")).await?;
     client
         .xadd::<(), _, _, _, _>(
-            PLAN_STREAM,
+            shards.stream_for(PLAN_STREAM, &poison_symbol),
             false,
             None,
             "*",
@@ -265,7 +271,7 @@ async fn inject_poison(client: &Client, venue: DemoVenue) -> Result<(), Error> {
         .await?;
     client
         .xadd::<(), _, _, _, _>(
-            LEDGER_COMMIT_STREAM,
+            shards.stream_for(LEDGER_COMMIT_STREAM, &poison_symbol),
             false,
             None,
             "*",
@@ -348,8 +354,8 @@ pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dy
     let client = quantum_runtime::config::RedisArgs::from_url(&redis.url())
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
-    inject_poison(&client, plan.venue).await?;
-    let mut env = fault_env(&redis.url(), plan.cluster);
+    inject_poison(&client, plan.venue, plan.shards).await?;
+    let mut env = fault_env(&redis.url(), plan.cluster, plan.shards);
     let fake = match plan.venue {
         DemoVenue::Paper => None,
         DemoVenue::Live => {
@@ -533,12 +539,14 @@ async fn venue_problems(client: &Client, fake: &FakeBinance) -> Result<Vec<Strin
     let mut problems = fake.doubled_orders();
     let trades: std::collections::BTreeSet<String> =
         fake.with_book(|b| b.trades.iter().map(|t| t.id.to_string()).collect());
-    let fills: std::collections::BTreeSet<String> = entries_after(client, LEDGER_COMMIT_STREAM, "-")
-        .await?
-        .iter()
-        .filter_map(|f| f.get("fill_id").map(str::to_string))
-        .filter(|id| id != POISON_FILL_ID)
-        .collect();
+    let shards = crate::pipeline_facts::stream_shards(client).await?;
+    let fills: std::collections::BTreeSet<String> =
+        crate::pipeline_facts::all_entries(client, shards, LEDGER_COMMIT_STREAM)
+            .await?
+            .iter()
+            .filter_map(|f| f.get("fill_id").map(str::to_string))
+            .filter(|id| id != POISON_FILL_ID)
+            .collect();
     for id in trades.difference(&fills).take(10) {
         problems.push(format!("venue trade {id} never reached ledger.commit"));
     }

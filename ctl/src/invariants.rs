@@ -10,11 +10,14 @@ use fred::prelude::*;
 use fred::types::{CustomCommand, Value};
 
 use quantum_model::contract::*;
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
 
-use crate::pipeline_facts::{entries_after, exactly_once_problems};
+use crate::pipeline_facts::{
+    all_entries, entries_after, exactly_once_problems, sharded_backlog, stream_shards, total_len,
+};
 use crate::sim::DEMO_SYMBOLS;
 
 /// The bound on one symbol's ledger and fill-dedup state, whatever the number of fills.
@@ -29,6 +32,8 @@ pub struct Checked {
     pub venue_orders: usize,
     pub fills: usize,
     pub used_memory: String,
+    /// With `STREAM_SHARDS` > 1: each shard of each sharded stream and its entries.
+    pub shard_entries: Vec<(String, usize)>,
     /// (invariant, problems): an empty list passed.
     pub invariants: Vec<(&'static str, Vec<String>)>,
 }
@@ -45,6 +50,10 @@ impl Checked {
             "flow: {} intents → {} plans → {} results, {} venue orders, {} fills; Redis used_memory {}\n",
             self.intents, self.plans, self.results, self.venue_orders, self.fills, self.used_memory
         );
+        if !self.shard_entries.is_empty() {
+            let shards: Vec<String> = self.shard_entries.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            out.push_str(&format!("shards: {}\n", shards.join(", ")));
+        }
         for (name, problems) in &self.invariants {
             let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
             out.push_str(&format!("{verdict}  {name}\n"));
@@ -67,13 +76,14 @@ impl Checked {
 /// A Redis failure while reading.
 pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Checked, Error> {
     let mut report = Checked::default();
+    let shards = stream_shards(client).await?;
     let intents = entries_after(client, INTENT_STREAM, "-").await?;
-    let plans = entries_after(client, PLAN_STREAM, "-").await?;
-    let results = entries_after(client, RESULT_STREAM, "-").await?;
+    let plans = all_entries(client, shards, PLAN_STREAM).await?;
+    let results = all_entries(client, shards, RESULT_STREAM).await?;
     report.intents = intents.len();
     report.plans = plans.len();
     report.results = results.len();
-    report.fills = client.xlen::<usize, _>(LEDGER_COMMIT_STREAM).await?;
+    report.fills = total_len(client, shards, LEDGER_COMMIT_STREAM).await? as usize;
     let problems = one_plan_per_intent(client, &intents, &plans, poison_intent).await?;
     report
         .invariants
@@ -88,7 +98,12 @@ pub async fn check(client: &Client, poison_intent: Option<&str>) -> Result<Check
         "each fill applied once, in venue order; ledger = Σ fills = venue position",
         problems,
     ));
-    let problems = memory_bounded(client, &mut report).await?;
+    let problems = on_their_shards(client, shards, &mut report).await?;
+    report.invariants.push((
+        "per-symbol order: every plan, result and fill on its symbol's shard",
+        problems,
+    ));
+    let problems = memory_bounded(client, shards, &mut report).await?;
     report.invariants.push((
         "memory bound held: nothing left pending, in flight, open or parked; ledger dedup ≤ 64 KiB per symbol",
         problems,
@@ -209,8 +224,36 @@ async fn fills_once_in_venue_order(client: &Client) -> Result<Vec<String>, Error
     Ok(problems)
 }
 
+/// `STREAM_SHARDS`: each entry of a sharded stream is on its symbol's shard (one shard keeps a
+/// symbol's entries in order; a symbol on two shards could be executed or applied out of order).
+async fn on_their_shards(client: &Client, shards: StreamShards, report: &mut Checked) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    for stream in quantum_model::shards::SHARDED_STREAMS {
+        for (index, shard) in shards.names(stream).iter().enumerate() {
+            let entries = entries_after(client, shard, "-").await?;
+            if shards.count() > 1 {
+                report.shard_entries.push((shard.clone(), entries.len()));
+            }
+            for entry in entries {
+                let Some(symbol) = entry.get("symbol").and_then(|s| Symbol::parse(s).ok()) else {
+                    continue;
+                };
+                let home = shards.of(&symbol);
+                if usize::from(home) != index {
+                    problems.push(format!(
+                        "{} of {symbol} is on {shard}, its symbol's shard is {}",
+                        entry.id,
+                        shards.name(stream, home)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// Memory: nothing left in flight, pending, open or parked, and each symbol's dedup bounded.
-async fn memory_bounded(client: &Client, report: &mut Checked) -> Result<Vec<String>, Error> {
+async fn memory_bounded(client: &Client, shards: StreamShards, report: &mut Checked) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
     for key in scan_keys(client, "{quantum:position:ledger:*}:inflight").await? {
         let left: BTreeMap<String, String> = client.hgetall(&key).await?;
@@ -263,7 +306,7 @@ async fn memory_bounded(client: &Client, report: &mut Checked) -> Result<Vec<Str
         (PLAN_STREAM, PLAN_GROUP),
         (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
     ] {
-        if let Some(b) = quantum_runtime::consumer::group_backlog(client, stream, group).await? {
+        if let Some(b) = sharded_backlog(client, shards, stream, group).await? {
             if !b.is_idle() {
                 problems.push(format!("{group} on {stream}: {} pending, lag {:?}", b.pending, b.lag));
             }

@@ -188,6 +188,10 @@ struct FaultsArgs {
     /// replica is promoted) and its return as a replica.
     #[arg(long)]
     cluster: bool,
+    /// STREAM_SHARDS of every service: apply.plan, apply.result and ledger.commit split by
+    /// symbol into this many streams each (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    shards: u64,
 }
 
 /// The arguments of `quantumctl check`.
@@ -274,7 +278,9 @@ impl FaultsArgs {
             seed,
             venue,
             cluster,
+            shards,
         } = self;
+        let shards = quantum_model::shards::StreamShards::new(shards).map_err(|e| e.to_string())?;
         let plan = quantumctl::faults::FaultPlan {
             kills,
             intents,
@@ -283,12 +289,18 @@ impl FaultsArgs {
             seed,
             venue,
             cluster,
+            shards,
         };
         let dir = kept_dir("quantumctl-faults-")?;
         println!(
-        "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed}){}",
-        if cluster { ", on a 3+3 Redis Cluster" } else { "" }
-    );
+            "fault suite: {intents} intents at {rate}/s, {replicas} instances of each service, {kills} SIGKILLs (seed {seed}){}{}",
+            if cluster { ", on a 3+3 Redis Cluster" } else { "" },
+            if shards.count() > 1 {
+                format!(", {} stream shards", shards.count())
+            } else {
+                String::new()
+            }
+        );
         let report = quantumctl::faults::run(&plan, &dir).await.map_err(|e| e.to_string())?;
         print!("{}", report.render());
         Ok(report.passed())

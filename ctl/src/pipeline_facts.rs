@@ -8,9 +8,10 @@ use fred::types::Value;
 use rust_decimal::Decimal;
 
 use quantum_model::contract::*;
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::types::parse_decimal;
-use quantum_runtime::consumer::group_backlog;
+use quantum_runtime::consumer::{group_backlog, GroupBacklog};
 use quantum_runtime::reply::decode_entries;
 
 /// All entries of `stream` after `after` (exclusive; `-` for the beginning).
@@ -34,6 +35,82 @@ pub async fn entries_after(client: &Client, stream: &str, after: &str) -> Result
     Ok(out)
 }
 
+/// The pipeline's `STREAM_SHARDS`, as its services recorded it (one shard before any started,
+/// or when the record is unreadable: the services refuse to start on one).
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn stream_shards(client: &Client) -> Result<StreamShards, Error> {
+    let recorded: Option<String> = client.get(STREAM_SHARDS_KEY).await?;
+    Ok(recorded
+        .and_then(|r| r.parse::<u64>().ok())
+        .and_then(|n| StreamShards::new(n).ok())
+        .unwrap_or_default())
+}
+
+/// Every entry of every shard of `stream`, in entry-id order (shards interleaved by time).
+///
+/// # Errors
+/// Redis unreachable, or an unreadable reply.
+pub async fn all_entries(client: &Client, shards: StreamShards, stream: &str) -> Result<Vec<StreamEntry>, Error> {
+    let mut out = Vec::new();
+    for shard in shards.names(stream) {
+        out.extend(entries_after(client, &shard, "-").await?);
+    }
+    if shards.count() > 1 {
+        out.sort_by_key(|e| entry_id_order(&e.id));
+    }
+    Ok(out)
+}
+
+/// An entry id's (milliseconds, sequence), for ordering entries of several streams.
+fn entry_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// The entries of every shard of `stream`, added up.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn total_len(client: &Client, shards: StreamShards, stream: &str) -> Result<u64, Error> {
+    let mut total = 0;
+    for shard in shards.names(stream) {
+        total += client.xlen::<u64, _>(shard).await?;
+    }
+    Ok(total)
+}
+
+/// `group`'s backlog over every shard of `stream`: pending entries and lag added up (the lag
+/// unknown when one shard's is), consumers the most any shard has; `None` when no shard has
+/// the group yet.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn sharded_backlog(
+    client: &Client,
+    shards: StreamShards,
+    stream: &str,
+    group: &str,
+) -> Result<Option<GroupBacklog>, Error> {
+    let mut total: Option<GroupBacklog> = None;
+    for shard in shards.names(stream) {
+        let Some(b) = group_backlog(client, &shard, group).await? else {
+            continue;
+        };
+        total = Some(match total {
+            None => b,
+            Some(t) => GroupBacklog {
+                consumers: t.consumers.max(b.consumers),
+                pending: t.pending + b.pending,
+                lag: t.lag.zip(b.lag).map(|(x, y)| x + y),
+                last_delivered_id: t.last_delivered_id,
+            },
+        });
+    }
+    Ok(total)
+}
+
 /// The id of the newest entry of `stream` (`0-0` when empty), to mark where a phase starts.
 ///
 /// # Errors
@@ -50,15 +127,19 @@ pub async fn last_id(client: &Client, stream: &str) -> Result<String, Error> {
 /// Redis unreachable.
 pub async fn wait_idle(client: &Client, timeout: Duration) -> Result<bool, Error> {
     let deadline = Instant::now() + timeout;
-    for (stream, group) in [
+    let shards = stream_shards(client).await?;
+    let every_shard = [
         (INTENT_STREAM, INTENT_GROUP),
         (PLAN_STREAM, PLAN_GROUP),
         (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|(stream, group)| shards.names(stream).into_iter().map(move |s| (s, group)));
+    for (stream, group) in every_shard {
         loop {
-            let idle = match group_backlog(client, stream, group).await? {
+            let idle = match group_backlog(client, &stream, group).await? {
                 Some(b) => b.is_idle(),
-                None => client.xlen::<u64, _>(stream).await? == 0,
+                None => client.xlen::<u64, _>(&stream).await? == 0,
             };
             if idle {
                 break;
@@ -125,7 +206,8 @@ pub async fn exactly_once_problems(client: &Client, starting: &HashMap<String, D
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     let mut per_symbol: BTreeMap<String, (u64, Decimal)> = BTreeMap::new();
-    for fill in entries_after(client, LEDGER_COMMIT_STREAM, "-").await? {
+    let shards = stream_shards(client).await?;
+    for fill in all_entries(client, shards, LEDGER_COMMIT_STREAM).await? {
         let id = fill.get("fill_id").unwrap_or_default().to_string();
         if !seen.insert(id.clone()) {
             problems.push(format!("fill {id} appears twice in ledger.commit"));

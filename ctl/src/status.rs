@@ -11,7 +11,9 @@ use quantum_model::contract::*;
 use quantum_model::position::LedgerEntry;
 use quantum_model::snapshot::Snapshot;
 use quantum_model::types::Symbol;
-use quantum_runtime::consumer::{group_backlog, scan_keys, GroupBacklog};
+use quantum_runtime::consumer::{scan_keys, GroupBacklog};
+
+use crate::pipeline_facts::{sharded_backlog, stream_shards, total_len};
 use quantum_runtime::reply::hash_pairs;
 
 /// Every ledger, by symbol (unreadable ones are reported as errors).
@@ -43,6 +45,8 @@ pub async fn ledgers(client: &Client) -> Result<Vec<(Symbol, Result<LedgerEntry,
 /// What `quantumctl status` shows.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// The pipeline's `STREAM_SHARDS`: the lengths and backlogs below add up every shard.
+    pub shards: u16,
     pub streams: Vec<(&'static str, u64)>,
     /// (group, stream, backlog; None when the group does not exist yet)
     pub groups: Vec<(&'static str, &'static str, Option<GroupBacklog>)>,
@@ -60,8 +64,10 @@ pub struct Status {
 /// # Errors
 /// Redis errors only.
 pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
+    let shards = stream_shards(client).await?;
     let mut status = Status {
         minutes,
+        shards: shards.count(),
         ..Status::default()
     };
     for stream in [
@@ -72,7 +78,7 @@ pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
         LEDGER_COMMIT_STREAM,
         LEDGER_COMMIT_DLQ_STREAM,
     ] {
-        status.streams.push((stream, client.xlen(stream).await?));
+        status.streams.push((stream, total_len(client, shards, stream).await?));
     }
     for (stream, group) in [
         (INTENT_STREAM, INTENT_GROUP),
@@ -81,7 +87,7 @@ pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
     ] {
         status
             .groups
-            .push((group, stream, group_backlog(client, stream, group).await?));
+            .push((group, stream, sharded_backlog(client, shards, stream, group).await?));
     }
     for (symbol, entry) in ledgers(client).await? {
         let snap: Value = client.hgetall(snapshot_key(&symbol)).await?;
@@ -103,6 +109,14 @@ impl Status {
     }
 
     fn render_streams(&self, out: &mut String) {
+        if self.shards > 1 {
+            let _ = writeln!(
+                out,
+                "STREAM_SHARDS={}: apply.plan, apply.result and ledger.commit are split by symbol; \
+                 their lengths and backlogs add up every shard\n",
+                self.shards
+            );
+        }
         let _ = writeln!(out, "STREAM                                   LENGTH");
         for (stream, len) in &self.streams {
             let _ = writeln!(out, "{stream:<40} {len:>6}");
@@ -191,6 +205,7 @@ impl Status {
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         json!({
+            "stream_shards": self.shards,
             "streams": self.streams.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "groups": self.groups.iter().map(|(g, s, b)| json!({
                 "group": g, "stream": s,

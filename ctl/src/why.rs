@@ -347,15 +347,25 @@ fn id_after(a: &str, b: &str) -> bool {
 }
 
 async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, start: &str) -> Result<(), Error> {
+    // The plan is on its symbol's shard (STREAM_SHARDS), and its result and fills on the
+    // same shard of theirs.
+    let shards = crate::pipeline_facts::stream_shards(client).await?;
     let mut plan: Option<(String, StreamEntry)> = None;
-    scan_forward(client, PLAN_STREAM, start, |e| {
-        if e.get("plan_id") == Some(plan_id) {
-            plan = Some((e.id.clone(), e.clone()));
-            return false;
+    let mut shard = 0;
+    for (index, stream) in shards.names(PLAN_STREAM).iter().enumerate() {
+        scan_forward(client, stream, start, |e| {
+            if e.get("plan_id") == Some(plan_id) {
+                plan = Some((e.id.clone(), e.clone()));
+                return false;
+            }
+            true
+        })
+        .await?;
+        if plan.is_some() {
+            shard = index as u16;
+            break;
         }
-        true
-    })
-    .await?;
+    }
     let Some((plan_entry_id, plan)) = plan else {
         report.stages.push(Stage {
             name: "plan",
@@ -377,7 +387,7 @@ async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, 
         ),
     });
     let mut result: Option<StreamEntry> = None;
-    scan_forward(client, RESULT_STREAM, &plan_entry_id, |e| {
+    scan_forward(client, &shards.name(RESULT_STREAM, shard), &plan_entry_id, |e| {
         if e.get("plan_id") == Some(plan_id) {
             result = Some(e.clone());
             return false;
@@ -412,7 +422,8 @@ async fn follow_plan(client: &Client, report: &mut IntentReport, plan_id: &str, 
     if order_id.is_empty() {
         return Ok(());
     }
-    follow_fills(client, report, plan_id, &plan_entry_id, entry_ms(&result.id)).await
+    let fills = shards.name(LEDGER_COMMIT_STREAM, shard);
+    follow_fills(client, report, &fills, plan_id, &plan_entry_id, entry_ms(&result.id)).await
 }
 
 /// The venue order's stage, from its record.
@@ -438,6 +449,7 @@ async fn follow_order(client: &Client, report: &mut IntentReport, order_id: &str
 async fn follow_fills(
     client: &Client,
     report: &mut IntentReport,
+    stream: &str,
     plan_id: &str,
     from: &str,
     result_ms: Option<u64>,
@@ -445,7 +457,7 @@ async fn follow_fills(
     // Fills are written in the result's MULTI/EXEC: none can be later than the result.
     let until = result_ms.unwrap_or(u64::MAX);
     let mut fills: Vec<StreamEntry> = Vec::new();
-    scan_forward(client, LEDGER_COMMIT_STREAM, from, |e| {
+    scan_forward(client, stream, from, |e| {
         if entry_ms(&e.id).is_some_and(|ms| ms > until) {
             return false;
         }
@@ -872,14 +884,17 @@ async fn recent_intents(client: &Client, report: &mut SymbolReport, since: u64) 
 async fn recent_flow(client: &Client, report: &mut SymbolReport, since: u64) -> Result<(), Error> {
     let sym = report.sym().to_string();
     let mine = |e: &StreamEntry| e.get("symbol") == Some(sym.as_str());
-    let plans: Vec<String> = scan_recent(client, PLAN_STREAM, since)
+    // The symbol's shard of each stream (STREAM_SHARDS), or shard 0 for an unparsable symbol.
+    let shards = crate::pipeline_facts::stream_shards(client).await?;
+    let shard = report.symbol.as_ref().map_or(0, |s| shards.of(s));
+    let plans: Vec<String> = scan_recent(client, &shards.name(PLAN_STREAM, shard), since)
         .await?
         .into_iter()
         .filter(|e| mine(e))
         .filter_map(|e| e.get("plan_id").map(str::to_string))
         .collect();
     report.plans = plans.len() as u64;
-    let results: Vec<StreamEntry> = scan_recent(client, RESULT_STREAM, since)
+    let results: Vec<StreamEntry> = scan_recent(client, &shards.name(RESULT_STREAM, shard), since)
         .await?
         .into_iter()
         .filter(|e| mine(e))
@@ -892,7 +907,7 @@ async fn recent_flow(client: &Client, report: &mut SymbolReport, since: u64) -> 
             *report.refusals.entry(reason).or_default() += 1;
         }
     }
-    report.fills = scan_recent(client, LEDGER_COMMIT_STREAM, since)
+    report.fills = scan_recent(client, &shards.name(LEDGER_COMMIT_STREAM, shard), since)
         .await?
         .iter()
         .filter(|e| mine(e))

@@ -10,6 +10,7 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
 use quantum_model::contract::*;
+use quantum_model::shards::StreamShards;
 use quantumctl::redis_server::RedisCluster;
 use quantumctl::stack::Service;
 use support::{wait_for, Stack};
@@ -209,6 +210,7 @@ async fn the_pipeline_keeps_every_invariant_on_a_cluster_through_kills_and_a_pri
         seed: 17,
         venue: DemoVenue::Paper,
         cluster: true,
+        shards: StreamShards::new(2).expect("two shards"),
     };
     let report = run(&plan, dir.path()).await.expect("the suite runs");
     let text = report.render();
@@ -219,6 +221,22 @@ async fn the_pipeline_keeps_every_invariant_on_a_cluster_through_kills_and_a_pri
     );
     assert!(report.checked.intents >= 400, "{text}");
     assert!(report.checked.fills > 0, "{text}");
-    assert_eq!(report.checked.invariants.len(), 6, "{text}");
+    assert_eq!(report.checked.invariants.len(), 7, "{text}");
+    // Both shards of every sharded stream carried entries (the invariants check each is on its
+    // symbol's shard).
+    let shard_names: Vec<&str> = report.checked.shard_entries.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        shard_names,
+        [
+            "quantum:stream:apply.plan",
+            "quantum:stream:apply.plan:1",
+            "quantum:stream:apply.result",
+            "quantum:stream:apply.result:1",
+            "quantum:stream:ledger.commit",
+            "quantum:stream:ledger.commit:1"
+        ],
+        "{text}"
+    );
+    assert!(report.checked.shard_entries.iter().all(|(_, n)| *n > 0), "{text}");
     assert!(report.passed(), "{text}\nlogs in {}", dir.keep().display());
 }

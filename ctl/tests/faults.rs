@@ -2,6 +2,7 @@
 //! service under a flow of intents, SIGKILLs at random, a bridge paused past the reclaim age, a
 //! Redis restart and a poison entry per stream, then every exactly-once invariant.
 
+use quantum_model::shards::StreamShards;
 use quantumctl::demo::DemoVenue;
 use quantumctl::faults::{run, FaultPlan};
 
@@ -16,6 +17,7 @@ async fn the_invariants_hold_under_kills_pauses_a_redis_restart_and_poison() {
         seed: 11,
         venue: DemoVenue::Paper,
         cluster: false,
+        shards: StreamShards::ONE,
     };
     let report = run(&plan, dir.path()).await.expect("the suite runs");
     let text = report.render();
@@ -24,7 +26,7 @@ async fn the_invariants_hold_under_kills_pauses_a_redis_restart_and_poison() {
     // A chunk whose reply the Redis restart cut off may land twice: more intents, never fewer.
     assert!(report.checked.intents >= 500, "{text}");
     assert!(report.checked.fills > 0, "{text}");
-    assert_eq!(report.checked.invariants.len(), 6, "{text}");
+    assert_eq!(report.checked.invariants.len(), 7, "{text}");
     assert!(report.passed(), "{text}");
 }
 
@@ -41,12 +43,13 @@ async fn the_invariants_hold_on_the_live_venue_under_kills_and_venue_faults() {
         seed: 13,
         venue: DemoVenue::Live,
         cluster: false,
+        shards: StreamShards::ONE,
     };
     let report = run(&plan, dir.path()).await.expect("the suite runs");
     let text = report.render();
     assert_eq!(report.kills, 16, "{text}");
     assert!(report.checked.fills > 0, "{text}");
-    assert_eq!(report.checked.invariants.len(), 7, "{text}");
+    assert_eq!(report.checked.invariants.len(), 8, "{text}");
     assert!(
         text.contains("PASS  the venue holds each client order id once"),
         "{text}"

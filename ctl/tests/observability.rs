@@ -142,7 +142,7 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
     assert_eq!(
         metric(
             &ledger,
-            r#"quantum_consumer_entries_total{stream="quantum:stream:ledger.commit"}"#
+            r#"quantum_consumer_entries_total{stream="quantum:stream:ledger.commit",shard="0"}"#
         ),
         3.0
     );
@@ -156,7 +156,7 @@ async fn endpoints_serve_health_readiness_and_true_counters() {
     assert_eq!(
         metric(
             &ledger,
-            r#"quantum_consumer_pending{stream="quantum:stream:ledger.commit",group="quantum:group:ledger"}"#
+            r#"quantum_consumer_pending{stream="quantum:stream:ledger.commit",shard="0",group="quantum:group:ledger"}"#
         ),
         0.0
     );

@@ -111,7 +111,7 @@ async fn a_stage_whose_batches_all_fail_is_stalled_until_they_pass_again() {
     wait_for("quantum_consumer_stalled to be 1", || async {
         get(port, "/metrics")
             .1
-            .contains("quantum_consumer_stalled{stream=\"quantum:stream:trade.intent\"} 1")
+            .contains("quantum_consumer_stalled{stream=\"quantum:stream:trade.intent\",shard=\"0\"} 1")
     })
     .await;
     stack.wait_log(Service::Bridge, "(retryable)").await;

@@ -145,7 +145,7 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
     assert!(intent.contains("done: filled"), "{intent}");
     let (code, checked) = support::quantumctl(&["check", "--wait", "30"], Some(&ops));
     assert_eq!(code, 0, "{checked}");
-    assert_eq!(checked.matches("PASS").count(), 5, "{checked}");
+    assert_eq!(checked.matches("PASS").count(), 6, "{checked}");
     let (code, status) = support::quantumctl(&["status", "--json"], Some(&ops));
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("\"published\":110"), "{status}");

@@ -32,6 +32,7 @@ use quantum_model::contract::{EXECUTOR_CONFIG_KEY, PLAN_DLQ_STREAM, PLAN_GROUP, 
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::labels::symbol_label;
 use quantum_model::plan::Plan;
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::{entry_age_ms, now_ms};
 use quantum_model::types::{Decision, PlanId, Symbol};
@@ -203,6 +204,19 @@ pub struct ExecutorStats {
     pub malformed: u64,
 }
 
+impl ExecutorStats {
+    /// The counts of two executors together (the shards of one process).
+    fn add(self, other: &Self) -> Self {
+        Self {
+            filled: self.filled + other.filled,
+            rejected: self.rejected + other.rejected,
+            not_executed: self.not_executed + other.not_executed,
+            duplicates: self.duplicates + other.duplicates,
+            malformed: self.malformed + other.malformed,
+        }
+    }
+}
+
 /// Why a plan is answered without an order (which counter it went to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -225,6 +239,8 @@ pub struct Executor<V: Venue> {
     pub claimant: order::Claimant,
     /// Whether the last batch left plans pending because another executor holds their orders.
     deferred: bool,
+    /// The shard this executor reads, and where its results and fills go.
+    pub streams: order::Streams,
 }
 
 enum Step {
@@ -270,6 +286,7 @@ impl<V: Venue> Executor<V> {
                 lease_ms: 60_000,
             },
             deferred: false,
+            streams: order::Streams::default(),
         }
     }
 
@@ -603,7 +620,7 @@ impl<V: Venue> BatchHandler for Executor<V> {
     async fn handle(&mut self, batch: &[StreamEntry]) -> Result<(), StageError> {
         let spans: Vec<Span> = batch
             .iter()
-            .map(|e| trace::entry_span("intent_executor.plan", PLAN_STREAM, e))
+            .map(|e| trace::entry_span("intent_executor.plan", &self.streams.plans, e))
             .collect();
         let result = self.process(batch, &spans).await;
         if result.is_err() {
@@ -721,7 +738,7 @@ impl<V: Venue> Executor<V> {
                 }
             }
         }
-        let appended = order::publish(&self.writer, &to_publish, &answers, &released).await?;
+        let appended = order::publish(&self.writer, &self.streams, &to_publish, &answers, &released).await?;
         self.count_replayed_answers(steps, &appended);
         // Every entry but those left to the executor that holds their order, and those
         // waiting on an unknown outcome.
@@ -732,7 +749,7 @@ impl<V: Venue> Executor<V> {
             .filter(|(i, (_, step))| !matches!(step, Step::Leased) && !waiting.contains(i))
             .map(|(_, (e, _))| e.id.clone())
             .collect();
-        consumer::queue_ack(&self.writer, PLAN_STREAM, PLAN_GROUP, &ids).await?;
+        consumer::queue_ack(&self.writer, &self.streams.plans, PLAN_GROUP, &ids).await?;
         Ok(finalized)
     }
 
@@ -810,15 +827,20 @@ pub async fn run(args: ExecutorArgs, shutdown: CancellationToken) -> Result<Exec
         &args.consumer,
     );
     // apply.result is the executor's alone, and no group reads it.
-    spec.trim_streams.push(RESULT_STREAM);
+    spec.trim_streams.push(RESULT_STREAM.to_string());
     let mode = log_settings(&args, &spec, &settings);
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
-    let conns = Connections::connect(&args.redis, &shutdown).await?;
-    readiness.watch(conns.writer.clone(), &spec);
+    let shards = args.consumer.stream_shards;
+    let conns = Connections::connect(&args.redis, shards.count(), &shutdown).await?;
+    quantum_runtime::sharding::agree(&conns.writer, shards, &shutdown).await?;
+    let specs = spec.per_shard(shards);
+    readiness.watch(conns.writer.clone(), &specs);
     publish_settings(&conns.writer, &settings.allowlist, mode, &spec).await;
     let service = Service {
         args: &args,
         spec,
+        specs,
+        shards,
         conns,
         allowlist: settings.allowlist,
         order_lease_ms: settings.order_lease_ms,
@@ -1013,6 +1035,9 @@ where
 struct Service<'a> {
     args: &'a ExecutorArgs,
     spec: ConsumerSpec,
+    /// One per shard of apply.plan (`spec` alone when unsharded).
+    specs: Vec<ConsumerSpec>,
+    shards: StreamShards,
     conns: Connections,
     allowlist: Allowlist,
     order_lease_ms: u64,
@@ -1031,29 +1056,43 @@ impl Service<'_> {
             writer: self.conns.writer.clone(),
             venue: venue.clone(),
             grace_ms: self.args.sweep_grace_ms,
+            shards: self.shards,
             stats: ExecutorStats::default(),
         };
         tokio::spawn(sweeper.run(Duration::from_millis(self.args.sweep_interval_ms), shutdown.clone()));
-        let mut executor = Executor::new(self.conns.writer.clone(), venue, self.allowlist);
-        executor.max_plan_age_ms = self.args.max_plan_age_ms;
-        executor.claimant = order::Claimant {
-            owner: self.spec.consumer.clone(),
-            lease_ms: self.order_lease_ms,
-        };
-        executor.executing_symbols = Some(quantum_runtime::window::SymbolWindow::spawn(
+        let executing_symbols = quantum_runtime::window::SymbolWindow::spawn(
             quantum_model::metric_names::EXECUTING_SYMBOLS,
             std::time::Duration::from_secs(300),
             shutdown.clone(),
-        ));
-        consumer::run(
-            &self.conns.reader,
+        );
+        // One executor per shard, each with its own reader; they share the venue.
+        let mut executors: Vec<Executor<V>> = self
+            .specs
+            .iter()
+            .map(|spec| {
+                let mut executor = Executor::new(self.conns.writer.clone(), venue.clone(), self.allowlist.clone());
+                executor.max_plan_age_ms = self.args.max_plan_age_ms;
+                executor.claimant = order::Claimant {
+                    owner: self.spec.consumer.clone(),
+                    lease_ms: self.order_lease_ms,
+                };
+                executor.executing_symbols = Some(executing_symbols.clone());
+                executor.streams = order::Streams::shard(self.shards, spec.shard);
+                executor
+            })
+            .collect();
+        consumer::run_shards(
+            &self.conns.readers,
             &self.conns.writer,
-            &self.spec,
-            &mut executor,
+            &self.specs,
+            &mut executors,
             &shutdown,
         )
         .await?;
-        let s = &executor.stats;
+        let stats = executors
+            .iter()
+            .fold(ExecutorStats::default(), |sum, e| sum.add(&e.stats));
+        let s = &stats;
         tracing::info!(
             "Intent Executor stopped: filled={} rejected={} not_executed={} duplicates={} malformed={}",
             s.filled,
@@ -1062,6 +1101,6 @@ impl Service<'_> {
             s.duplicates,
             s.malformed
         );
-        Ok(executor.stats)
+        Ok(stats)
     }
 }

@@ -31,13 +31,14 @@ use rust_decimal::Decimal;
 
 use quantum_model::contract::{
     order_key, reservation_key, reservation_swapped_key, reservation_totals_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY,
-    RESULT_STREAM,
+    PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::fields::Fields;
 use quantum_model::fill::Fill;
 use quantum_model::plan::Plan;
 use quantum_model::reservation::Reservation;
+use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::now_ms;
 use quantum_model::types::{OrderId, PlanId, Side, Symbol};
@@ -46,6 +47,39 @@ use quantum_runtime::cas::{owned, queue_eval};
 use quantum_runtime::reply::hash_pairs;
 
 use crate::venue::OrderOutcome;
+
+/// The streams of one shard (`STREAM_SHARDS`): where its plans come from and where their
+/// results and fills go. A symbol's plans, results and fills share a shard index, so each
+/// symbol's order is kept on every stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streams {
+    pub plans: String,
+    pub results: String,
+    pub fills: String,
+}
+
+impl Streams {
+    /// Shard `shard`'s streams.
+    pub fn shard(shards: StreamShards, shard: u16) -> Self {
+        Self {
+            plans: shards.name(PLAN_STREAM, shard),
+            results: shards.name(RESULT_STREAM, shard),
+            fills: shards.name(LEDGER_COMMIT_STREAM, shard),
+        }
+    }
+
+    /// The streams of `symbol`'s shard.
+    pub fn of(shards: StreamShards, symbol: &Symbol) -> Self {
+        Self::shard(shards, shards.of(symbol))
+    }
+}
+
+impl Default for Streams {
+    /// The contract streams themselves (one shard).
+    fn default() -> Self {
+        Self::shard(StreamShards::ONE, 0)
+    }
+}
 
 /// How long a finished order record is kept (seconds): a week, beyond any replay horizon.
 pub const ORDER_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -488,6 +522,7 @@ fn final_fields(outbox: &Outbox, outcome: &OrderOutcome) -> Vec<(&'static str, S
 /// Redis failing at a step: the steps before it stay done, and a retry repeats none of them.
 pub async fn publish(
     client: &Client,
+    streams: &Streams,
     outboxes: &[Outbox],
     answers: &[Once],
     released: &[(Symbol, String)],
@@ -550,10 +585,10 @@ pub async fn publish(
     }));
     let appends = client.pipeline();
     if !fills.is_empty() {
-        queue_append_once(&appends, LEDGER_COMMIT_STREAM, &fills).await?;
+        queue_append_once(&appends, &streams.fills, &fills).await?;
     }
     if !results.is_empty() {
-        queue_append_once(&appends, RESULT_STREAM, &results).await?;
+        queue_append_once(&appends, &streams.results, &results).await?;
     }
     let mut answered = Vec::new();
     if !fills.is_empty() || !results.is_empty() {

@@ -18,10 +18,11 @@ use std::time::Duration;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use quantum_model::shards::StreamShards;
 use quantum_model::time::now_ms;
 use quantum_runtime::failure::StageError;
 
-use crate::order::{self, OpenOrder, OrderRef, Outbox};
+use crate::order::{self, OpenOrder, OrderRef, Outbox, Streams};
 use crate::venue::{OrderOutcome, Venue};
 use crate::{never_placed, report_order, ExecutorStats};
 
@@ -36,6 +37,8 @@ pub struct Sweeper<V: Venue> {
     pub venue: V,
     /// Records claimed longer ago than this (ms) are swept.
     pub grace_ms: u64,
+    /// An order's fills and result go to its symbol's shard.
+    pub shards: StreamShards,
     pub stats: ExecutorStats,
 }
 
@@ -63,7 +66,8 @@ impl<V: Venue> Sweeper<V> {
                 }
                 Ok(OpenOrder::Unpublished(outbox)) => {
                     // Finished by an executor that died before its fills and result were out.
-                    order::publish(&self.writer, std::slice::from_ref(&outbox), &[], &[]).await?;
+                    let streams = Streams::of(self.shards, &outbox.order.symbol);
+                    order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[]).await?;
                     tracing::warn!(
                         "Swept order {coid} of plan {} for {}: finished but not published, its fills and result published",
                         outbox.order.plan_id,
@@ -104,7 +108,8 @@ impl<V: Venue> Sweeper<V> {
             // Finalized meanwhile by its plan, which publishes it.
             return Ok(false);
         }
-        order::publish(&self.writer, std::slice::from_ref(&outbox), &[], &[]).await?;
+        let streams = Streams::of(self.shards, &order.symbol);
+        order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[]).await?;
         let found = match &outcome {
             OrderOutcome::Filled { .. } => "filled",
             OrderOutcome::Rejected { .. } => "rejected",

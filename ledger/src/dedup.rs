@@ -20,7 +20,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 
 use fred::types::sorted_sets::Ordering;
 
-use quantum_model::contract::{ledger_applied_key, LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEGACY_LEDGER_APPLIED_PREFIX};
+use quantum_model::contract::{ledger_applied_key, LEDGER_GROUP, LEGACY_LEDGER_APPLIED_PREFIX};
 use quantum_model::time::entry_ms;
 use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
@@ -75,12 +75,24 @@ pub async fn migrate(client: &Client, now_ms: u64) -> Result<usize, Error> {
     Ok(moved)
 }
 
-/// The millisecond before which no `ledger.commit` entry can be delivered again: the first
-/// entry's and the ledger group's oldest pending one's, whichever is older. `None` while the
-/// stream is empty and nothing is pending: nothing is pruned then (the records of the last
-/// retention window stay until new entries arrive, which keeps them bounded all the same).
-async fn deliverable_from_ms(client: &Client) -> Result<Option<u64>, Error> {
-    let first: Value = client.xrange(LEDGER_COMMIT_STREAM, "-", "+", Some(1)).await?;
+/// The millisecond before which no `ledger.commit` entry can be delivered again, on any of
+/// `streams` (its shards): the oldest of each shard's first entry and the ledger group's oldest
+/// pending one. `None` while every shard is empty with nothing pending: nothing is pruned then
+/// (the records of the last retention window stay until new entries arrive, which keeps them
+/// bounded all the same).
+async fn deliverable_from_ms(client: &Client, streams: &[String]) -> Result<Option<u64>, Error> {
+    let mut oldest: Option<u64> = None;
+    for stream in streams {
+        if let Some(ms) = shard_deliverable_from_ms(client, stream).await? {
+            oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+        }
+    }
+    Ok(oldest)
+}
+
+/// [`deliverable_from_ms`] for one shard.
+async fn shard_deliverable_from_ms(client: &Client, stream: &str) -> Result<Option<u64>, Error> {
+    let first: Value = client.xrange(stream, "-", "+", Some(1)).await?;
     let first_ms = first
         .into_array()
         .into_iter()
@@ -91,7 +103,7 @@ async fn deliverable_from_ms(client: &Client) -> Result<Option<u64>, Error> {
     let summary: Value = client
         .custom(
             CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false),
-            vec![LEDGER_COMMIT_STREAM, LEDGER_GROUP],
+            vec![stream, LEDGER_GROUP],
         )
         .await?;
     let pending_ms = summary
@@ -105,15 +117,16 @@ async fn deliverable_from_ms(client: &Client) -> Result<Option<u64>, Error> {
     })
 }
 
-/// Removes the records whose entries can no longer be delivered; returns how many went.
+/// Removes the records whose entries can no longer be delivered from any of `streams` (the
+/// shards of `ledger.commit`); returns how many went.
 ///
 /// # Errors
 /// A Redis failure; the records are pruned at the next pass.
-pub async fn prune(client: &Client, keys: &[String]) -> Result<u64, Error> {
+pub async fn prune(client: &Client, keys: &[String], streams: &[String]) -> Result<u64, Error> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let Some(from_ms) = deliverable_from_ms(client).await? else {
+    let Some(from_ms) = deliverable_from_ms(client, streams).await? else {
         return Ok(0);
     };
     let pipeline = client.pipeline();

@@ -120,6 +120,18 @@ pub struct LedgerStats {
     pub reconciled: u64,
 }
 
+impl LedgerStats {
+    /// The counts of two writers together (the shards of one process).
+    fn add(self, other: &Self) -> Self {
+        Self {
+            applied: self.applied + other.applied,
+            duplicates: self.duplicates + other.duplicates,
+            malformed: self.malformed + other.malformed,
+            reconciled: self.reconciled + other.reconciled,
+        }
+    }
+}
+
 /// The ledger.commit batch handler.
 pub struct LedgerWriter {
     writer: Client,
@@ -131,6 +143,8 @@ pub struct LedgerWriter {
     pub stats: LedgerStats,
     /// The current batch's fill spans by fill id (only while tracing is on).
     spans: HashMap<String, Span>,
+    /// The shard of ledger.commit this writer reads.
+    pub stream: String,
 }
 
 /// How many times a batch retries symbols whose ledger moved under it before giving up.
@@ -145,6 +159,7 @@ impl LedgerWriter {
             replica_wait,
             stats: LedgerStats::default(),
             spans: HashMap::new(),
+            stream: LEDGER_COMMIT_STREAM.to_string(),
         }
     }
 
@@ -463,7 +478,7 @@ impl LedgerWriter {
         let mut by_symbol: HashMap<Symbol, Vec<(String, Fill)>> = HashMap::new();
         let mut dlq = Vec::new();
         for entry in batch {
-            let span = trace::entry_span("ledger.fill", LEDGER_COMMIT_STREAM, entry);
+            let span = trace::entry_span("ledger.fill", &self.stream, entry);
             let parsed = Fill::parse(entry);
             if !span.is_disabled() {
                 match &parsed {
@@ -517,7 +532,7 @@ impl LedgerWriter {
             &self.writer,
             LEDGER_COMMIT_DLQ_STREAM,
             &letters,
-            LEDGER_COMMIT_STREAM,
+            &self.stream,
             LEDGER_GROUP,
             &ids,
         )
@@ -636,6 +651,7 @@ async fn periodic(
     reconcile: ReconcileConfig,
     reconcile_on: bool,
     gap_timeout_ms: u64,
+    streams: Vec<String>,
     stop: CancellationToken,
 ) {
     // The sweep acknowledges no entry, so it has nothing to wait for replicas before.
@@ -654,7 +670,7 @@ async fn periodic(
                 Keyspace::default()
             }
         };
-        match dedup::prune(&client, &keys.applied).await {
+        match dedup::prune(&client, &keys.applied, &streams).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics::counter!(quantum_model::metric_names::LEDGER_DEDUP_PRUNED_TOTAL).increment(n);
@@ -707,27 +723,40 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
         spec.batch_size
     );
     let readiness = http::serve(args.http.metrics_bind, args.metrics_port, shutdown.clone()).await?;
-    let conns = Connections::connect(&args.redis, &shutdown).await?;
+    let shards = args.consumer.stream_shards;
+    let conns = Connections::connect(&args.redis, shards.count(), &shutdown).await?;
+    quantum_runtime::sharding::agree(&conns.writer, shards, &shutdown).await?;
     dedup::migrate(&conns.writer, now_ms()).await?;
-    readiness.watch(conns.writer.clone(), &spec);
+    let specs = spec.per_shard(shards);
+    readiness.watch(conns.writer.clone(), &specs);
     let periodic = tokio::spawn(periodic(
         conns.writer.clone(),
         reconcile,
         args.reconcile,
         args.gap_timeout_ms,
+        shards.names(LEDGER_COMMIT_STREAM),
         shutdown.clone(),
     ));
-    let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms, spec.replica_wait.clone());
-    let result = consumer::run(&conns.reader, &conns.writer, &spec, &mut writer, &shutdown).await;
+    // One writer per shard, each with its own reader.
+    let mut writers: Vec<LedgerWriter> = specs
+        .iter()
+        .map(|spec| {
+            let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms, spec.replica_wait.clone());
+            writer.stream = spec.stream.clone();
+            writer
+        })
+        .collect();
+    let result = consumer::run_shards(&conns.readers, &conns.writer, &specs, &mut writers, &shutdown).await;
     shutdown.cancel();
     let _ = periodic.await;
     result?;
-    let s = &writer.stats;
+    let stats = writers.iter().fold(LedgerStats::default(), |sum, w| sum.add(&w.stats));
+    let s = &stats;
     tracing::info!(
         "Quantum Ledger stopped: applied={} duplicates={} malformed={}",
         s.applied,
         s.duplicates,
         s.malformed
     );
-    Ok(writer.stats)
+    Ok(stats)
 }

@@ -23,6 +23,9 @@ pub const LEDGER_COMMIT_STREAM: &str = "quantum:stream:ledger.commit";
 pub const LEDGER_GROUP: &str = "quantum:group:ledger";
 /// Ledger commits that cannot be parsed.
 pub const LEDGER_COMMIT_DLQ_STREAM: &str = "quantum:stream:ledger.commit.dlq";
+/// The pipeline's `STREAM_SHARDS`, recorded by the first service to start; every other
+/// service must run with the same count (see `shards`).
+pub const STREAM_SHARDS_KEY: &str = "quantum:config:stream_shards";
 /// Portfolio state (`equity_usd`), read by the bridge's exposure gate.
 pub const PORTFOLIO_KEY: &str = "quantum:state:portfolio";
 /// Current mark price per symbol (hash field = symbol), written by the venue.

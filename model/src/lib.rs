@@ -20,6 +20,7 @@
 //!   entry/exit-separated modes) and its z-score history.
 //! - [`reservation`]: in-flight exposure the bridge reserves until the ledger catches up.
 //! - [`outcome`]: the bridge's per-intent replay marker.
+//! - [`shards`]: `STREAM_SHARDS`, the per-symbol streams split by symbol, and shard names.
 //! - [`labels`]: bounded metric labels; [`metric_names`]: every exported metric's name.
 //! - [`time`]: the wall-clock helpers stream timestamps use.
 
@@ -35,6 +36,7 @@ pub mod outcome;
 pub mod plan;
 pub mod position;
 pub mod reservation;
+pub mod shards;
 pub mod snapshot;
 pub mod stream_entry;
 pub mod time;

@@ -497,6 +497,21 @@ pub struct ConsumerArgs {
     /// How long one WAIT for replicas may block (ms).
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_wait_timeout_ms: u64,
+    /// Shards of each per-symbol stream (apply.plan, apply.result, ledger.commit), 1 to 64: a
+    /// symbol's entries always go to the same shard, `<stream>` for shard 0 and
+    /// `<stream>:<i>` for the others, so each shard can live on its own cluster node. Every
+    /// service of the pipeline must use the same count (checked at start against
+    /// quantum:config:stream_shards).
+    #[arg(long, env = "STREAM_SHARDS", default_value = "1", value_parser = parse_stream_shards)]
+    pub stream_shards: quantum_model::shards::StreamShards,
+}
+
+fn parse_stream_shards(raw: &str) -> Result<quantum_model::shards::StreamShards, String> {
+    let count: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a whole number of shards"))?;
+    quantum_model::shards::StreamShards::new(count).map_err(|e| e.to_string())
 }
 
 impl ConsumerArgs {

@@ -24,13 +24,20 @@ use std::sync::Arc;
 use crate::failure::StageError;
 use crate::reply::{decode_entries, decode_read_reply};
 use quantum_model::fields::Fields;
+use quantum_model::shards::{StreamShards, SHARDED_STREAMS};
 use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{now_ms, now_secs};
 
 /// Which stream and group a consumer reads, and how.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
-    pub stream: &'static str,
+    /// The stream read: the stage's contract stream, or one of its shards (`STREAM_SHARDS`).
+    pub stream: String,
+    /// The contract name of the stage's stream: the `stream` label of the metrics, which
+    /// add a `shard` label so that dashboards add shards up.
+    pub label: &'static str,
+    /// Which shard of `label` `stream` is (0 when unsharded).
+    pub shard: u16,
     pub group: &'static str,
     pub consumer: String,
     pub batch_size: u64,
@@ -40,7 +47,7 @@ pub struct ConsumerSpec {
     /// Other consumers with nothing pending and idle this long are removed.
     pub prune_idle: Duration,
     /// The streams this stage trims to `retention_ms` (its own, plus any it alone writes).
-    pub trim_streams: Vec<&'static str>,
+    pub trim_streams: Vec<String>,
     pub retention_ms: u64,
     /// Where entries that fail as poison `max_deliveries` times go.
     pub dlq_stream: &'static str,
@@ -62,13 +69,13 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn succeeded(&self, stream: &'static str) {
+    fn succeeded(&self, labels: Vec<metrics::Label>) {
         if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
-            metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, "stream" => stream).set(0.0);
+            metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, labels).set(0.0);
         }
     }
 
-    fn failed(&self, stream: &'static str) {
+    fn failed(&self, labels: Vec<metrics::Label>) {
         let now = now_ms();
         let since = match self
             .failing_since_ms
@@ -78,11 +85,7 @@ impl Progress {
             Err(since) => since,
         };
         let stalled = now.saturating_sub(since) >= self.stall_after_ms.load(Ordering::Relaxed);
-        metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, "stream" => stream).set(if stalled {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, labels).set(if stalled { 1.0 } else { 0.0 });
     }
 
     /// `Some(ms)` while batches have kept failing for at least the stall limit: for how long.
@@ -105,7 +108,9 @@ impl ConsumerSpec {
         let progress = Arc::new(Progress::default());
         progress.stall_after_ms.store(args.stall_ms, Ordering::Relaxed);
         Self {
-            stream,
+            stream: stream.to_string(),
+            label: stream,
+            shard: 0,
             group,
             consumer: args.consumer(service),
             batch_size: args.batch_size,
@@ -113,7 +118,7 @@ impl ConsumerSpec {
             claim_idle: Duration::from_millis(args.claim_idle_ms),
             claim_interval: Duration::from_millis(args.claim_interval_ms),
             prune_idle: Duration::from_millis(args.consumer_prune_idle_ms),
-            trim_streams: vec![stream, dlq_stream],
+            trim_streams: vec![stream.to_string(), dlq_stream.to_string()],
             retention_ms: args.retention_ms,
             dlq_stream,
             max_deliveries: args.max_deliveries,
@@ -124,6 +129,43 @@ impl ConsumerSpec {
                 args.redis_wait_timeout_ms,
             )),
         }
+    }
+
+    /// One spec per shard of this (shard 0's) spec's stream: each reads its shard, trims its
+    /// shard of every sharded stream in `trim_streams` (the others, such as the DLQ, are
+    /// trimmed by shard 0 alone) and reports its own progress. One shard: this spec alone.
+    pub fn per_shard(&self, shards: StreamShards) -> Vec<Self> {
+        (0..shards.count())
+            .map(|shard| {
+                let mut spec = self.clone();
+                spec.shard = shard;
+                spec.stream = shards.name(self.label, shard);
+                spec.trim_streams = self
+                    .trim_streams
+                    .iter()
+                    .filter_map(|name| match SHARDED_STREAMS.iter().find(|s| **s == name.as_str()) {
+                        Some(sharded) => Some(shards.name(sharded, shard)),
+                        None => (shard == 0).then(|| name.clone()),
+                    })
+                    .collect();
+                if shard > 0 {
+                    let progress = Arc::new(Progress::default());
+                    progress
+                        .stall_after_ms
+                        .store(self.progress.stall_after_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+                    spec.progress = progress;
+                }
+                spec
+            })
+            .collect()
+    }
+
+    /// The labels of this consumer's metrics: the contract stream and the shard.
+    pub fn labels(&self) -> Vec<metrics::Label> {
+        vec![
+            metrics::Label::new("stream", self.label),
+            metrics::Label::new("shard", self.shard.to_string()),
+        ]
     }
 }
 
@@ -225,6 +267,46 @@ pub async fn run<H: BatchHandler>(
     consumer.run().await
 }
 
+/// Runs one loop per spec (the shards of a stage's stream, from [`ConsumerSpec::per_shard`])
+/// side by side in this task, each with its own reader connection and handler, until
+/// `shutdown`. A fatal failure of one loop stops the others and is returned.
+///
+/// # Errors
+/// [`StageError::Fatal`], from any loop; also when the specs, readers and handlers are not
+/// as many each.
+pub async fn run_shards<H: BatchHandler>(
+    readers: &[Client],
+    writer: &Client,
+    specs: &[ConsumerSpec],
+    handlers: &mut [H],
+    shutdown: &CancellationToken,
+) -> Result<(), StageError> {
+    if readers.len() != specs.len() || handlers.len() != specs.len() {
+        return Err(StageError::Fatal(format!(
+            "{} shard specs, {} reader connections and {} handlers: one of each per shard is needed",
+            specs.len(),
+            readers.len(),
+            handlers.len()
+        )));
+    }
+    let stop = shutdown.child_token();
+    let loops = specs
+        .iter()
+        .zip(readers)
+        .zip(handlers.iter_mut())
+        .map(|((spec, reader), handler)| {
+            let stop = &stop;
+            async move {
+                let result = run(reader, writer, spec, handler, stop).await;
+                if result.is_err() {
+                    stop.cancel();
+                }
+                result
+            }
+        });
+    futures_util::future::join_all(loops).await.into_iter().collect()
+}
+
 /// Whether the loop goes on after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -243,7 +325,7 @@ async fn join_group(
         if shutdown.is_cancelled() {
             return Ok(Flow::Stop);
         }
-        match ensure_group(writer, spec.stream, spec.group)
+        match ensure_group(writer, &spec.stream, spec.group)
             .await
             .map_err(StageError::from)
         {
@@ -379,7 +461,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
             return Ok(Flow::Continue);
         }
         if entries.is_empty() {
-            self.spec.progress.succeeded(self.spec.stream);
+            self.spec.progress.succeeded(self.spec.labels());
             return Ok(Flow::Continue);
         }
         let count = entries.len() as u64;
@@ -392,8 +474,9 @@ impl<H: BatchHandler> Consumer<'_, H> {
             }
             Err(e) => {
                 if !matches!(e, StageError::Fatal(_)) {
-                    metrics::counter!(quantum_model::metric_names::CONSUMER_ERRORS_TOTAL, "stream" => self.spec.stream, "class" => e.class())
-                        .increment(1);
+                    let mut labels = self.spec.labels();
+                    labels.push(metrics::Label::new("class", e.class()));
+                    metrics::counter!(quantum_model::metric_names::CONSUMER_ERRORS_TOTAL, labels).increment(1);
                 }
                 self.failed(e, "Batch").await
             }
@@ -430,7 +513,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
             } else {
                 quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL
             };
-            metrics::counter!(counter, "stream" => self.spec.stream).increment(count);
+            metrics::counter!(counter, self.spec.labels()).increment(count);
         }
     }
 
@@ -439,9 +522,8 @@ impl<H: BatchHandler> Consumer<'_, H> {
         // kill the process.
         crate::telemetry::flush_logs();
         self.backoff.reset();
-        self.spec.progress.succeeded(self.spec.stream);
-        metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, "stream" => self.spec.stream)
-            .increment(count);
+        self.spec.progress.succeeded(self.spec.labels());
+        metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, self.spec.labels()).increment(count);
         self.schedule_retry();
     }
 
@@ -469,7 +551,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
             self.spec.group,
             self.spec.stream
         );
-        if let Err(e) = ensure_group(self.writer, self.spec.stream, self.spec.group).await {
+        if let Err(e) = ensure_group(self.writer, &self.spec.stream, self.spec.group).await {
             tracing::warn!("Cannot recreate group {}: {e}", self.spec.group);
         }
         Ok(self.back_off().await)
@@ -491,7 +573,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
     }
 
     async fn back_off(&mut self) -> Flow {
-        self.spec.progress.failed(self.spec.stream);
+        self.spec.progress.failed(self.spec.labels());
         // Start over from our own pending entries; a retry pass stays a retry (its entries were
         // left pending on purpose, not lost to a restart).
         let retrying = matches!(self.pass, Pass::Pending { retrying: true, .. });
@@ -512,11 +594,12 @@ const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Publishes the group's lag and pending count as gauges (best effort: a failed sample is skipped).
 async fn record_backlog(writer: &Client, spec: &ConsumerSpec) {
-    if let Ok(Some(backlog)) = group_backlog(writer, spec.stream, spec.group).await {
-        let labels = [("stream", spec.stream), ("group", spec.group)];
-        metrics::gauge!(quantum_model::metric_names::CONSUMER_PENDING, &labels).set(backlog.pending as f64);
+    if let Ok(Some(backlog)) = group_backlog(writer, &spec.stream, spec.group).await {
+        let mut labels = spec.labels();
+        labels.push(metrics::Label::new("group", spec.group));
+        metrics::gauge!(quantum_model::metric_names::CONSUMER_PENDING, labels.clone()).set(backlog.pending as f64);
         if let Some(lag) = backlog.lag {
-            metrics::gauge!(quantum_model::metric_names::CONSUMER_LAG, &labels).set(lag as f64);
+            metrics::gauge!(quantum_model::metric_names::CONSUMER_LAG, labels).set(lag as f64);
         }
     }
 }
@@ -540,12 +623,12 @@ async fn read_batch(reader: &Client, spec: &ConsumerSpec, start_id: &str, shutdo
         args.push("BLOCK".into());
         args.push((spec.block.as_millis() as i64).into());
     }
-    args.extend(["STREAMS".into(), spec.stream.into(), start_id.into()]);
+    args.extend(["STREAMS".into(), spec.stream.as_str().into(), start_id.into()]);
     // Stop waiting on shutdown: entries delivered by an abandoned read stay in our pending
     // list and are recovered at the next start, so nothing is lost.
     let reply = tokio::select! {
         _ = shutdown.cancelled() => return ReadOutcome::Shutdown,
-        r = reader.custom::<Value, Value>(xreadgroup_cmd(spec.stream, blocking), args) => r,
+        r = reader.custom::<Value, Value>(xreadgroup_cmd(&spec.stream, blocking), args) => r,
     };
     match reply {
         Ok(value) => match decode_read_reply(value) {
@@ -578,7 +661,7 @@ async fn dispatch<H: BatchHandler>(
             deleted.len(),
             spec.stream
         );
-        queue_ack(writer, spec.stream, spec.group, &deleted).await?;
+        queue_ack(writer, &spec.stream, spec.group, &deleted).await?;
     }
     if batch.is_empty() {
         return Ok(());
@@ -631,7 +714,13 @@ async fn isolate<H: BatchHandler>(
 
 /// How many times Redis delivered `id` to this group (XPENDING); 0 when it is not pending.
 async fn deliveries(writer: &Client, spec: &ConsumerSpec, id: &str) -> Result<u64, Error> {
-    let args: Vec<Value> = vec![spec.stream.into(), spec.group.into(), id.into(), id.into(), 1.into()];
+    let args: Vec<Value> = vec![
+        spec.stream.as_str().into(),
+        spec.group.into(),
+        id.into(),
+        id.into(),
+        1.into(),
+    ];
     let reply: Value = writer
         .custom(
             CustomCommand::new("XPENDING", fred::types::ClusterHash::FirstKey, false),
@@ -667,7 +756,7 @@ async fn dead_letter_if_exhausted(
     }
     let fields = vec![
         ("source_id", entry.id.clone()),
-        ("source_stream", spec.stream.to_string()),
+        ("source_stream", spec.stream.clone()),
         ("reason", "poison".to_string()),
         ("error", truncate(error, 1024).to_string()),
         ("deliveries", delivered.to_string()),
@@ -683,7 +772,7 @@ async fn dead_letter_if_exhausted(
         writer,
         spec.dlq_stream,
         std::slice::from_ref(&letter),
-        spec.stream,
+        &spec.stream,
         spec.group,
         std::slice::from_ref(&entry.id),
     )
@@ -715,7 +804,7 @@ async fn reclaim_stale<H: BatchHandler>(
             break;
         }
         let args: Vec<Value> = vec![
-            spec.stream.into(),
+            spec.stream.as_str().into(),
             spec.group.into(),
             spec.consumer.as_str().into(),
             (spec.claim_idle.as_millis() as i64).into(),
@@ -734,7 +823,7 @@ async fn reclaim_stale<H: BatchHandler>(
         let entries = decode_entries(parts.next().unwrap_or(Value::Null))
             .map_err(|e| StageError::Retryable(format!("unreadable XAUTOCLAIM reply: {e}")))?;
         claimed_total += entries.len();
-        metrics::counter!(quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL, "stream" => spec.stream)
+        metrics::counter!(quantum_model::metric_names::CONSUMER_REDELIVERIES_TOTAL, spec.labels())
             .increment(entries.len() as u64);
         if !entries.is_empty() {
             dispatch(writer, spec, handler, entries).await?;
@@ -800,8 +889,8 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
     let reply: Value = writer
         .custom(
             // The key follows the subcommand, where FirstKey would not find it.
-            CustomCommand::new_static("XINFO", slot_of(spec.stream), false),
-            vec![Value::from("CONSUMERS"), spec.stream.into(), spec.group.into()],
+            CustomCommand::new_static("XINFO", slot_of(&spec.stream), false),
+            vec![Value::from("CONSUMERS"), spec.stream.as_str().into(), spec.group.into()],
         )
         .await?;
     let prune_after = spec.prune_idle.as_millis() as u64;
@@ -819,7 +908,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
         crate::cas::queue_eval(
             &pipeline,
             DELETE_IDLE_CONSUMER_SCRIPT,
-            vec![spec.stream.to_string()],
+            vec![spec.stream.clone()],
             vec![spec.group.to_string(), name.to_string()],
         )
         .await?;
@@ -833,7 +922,7 @@ async fn prune_consumers(writer: &Client, spec: &ConsumerSpec) -> Result<(), Sta
             spec.group,
             spec.stream
         );
-        metrics::counter!(quantum_model::metric_names::CONSUMER_PRUNED_TOTAL, "stream" => spec.stream).increment(1);
+        metrics::counter!(quantum_model::metric_names::CONSUMER_PRUNED_TOTAL, spec.labels()).increment(1);
     }
     Ok(())
 }
@@ -888,27 +977,35 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// The two connections a consumer service uses: `reader` for blocking XREADGROUP calls (which
-/// would stall anything else sharing its connection) and `writer` for everything else.
+/// The connections a consumer service uses: `readers`, one per stream it reads (a shard
+/// each), for blocking XREADGROUP calls (which would stall anything else sharing their
+/// connection), and `writer` for everything else.
 pub struct Connections {
-    pub reader: Client,
+    pub readers: Vec<Client>,
     pub writer: Client,
 }
 
 impl Connections {
-    /// Connects both, retrying while Redis is unreachable, and warns about Redis settings
-    /// that endanger the dedup records (`durability`).
+    /// Connects the writer and `readers` readers, retrying while Redis is unreachable, and
+    /// warns about Redis settings that endanger the dedup records (`durability`).
     ///
     /// # Errors
     /// Failures retrying cannot fix (bad credentials, TLS).
     pub async fn connect(
         redis: &crate::config::RedisArgs,
+        readers: u16,
         shutdown: &CancellationToken,
     ) -> Result<Self, crate::config::ConnectError> {
         let writer = redis.connect(shutdown).await?;
-        let reader = redis.connect(shutdown).await?;
+        let mut connected = Vec::with_capacity(usize::from(readers));
+        for _ in 0..readers.max(1) {
+            connected.push(redis.connect(shutdown).await?);
+        }
         crate::durability::check(&writer).await;
-        Ok(Self { reader, writer })
+        Ok(Self {
+            readers: connected,
+            writer,
+        })
     }
 }
 

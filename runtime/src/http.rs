@@ -27,39 +27,55 @@ pub struct HttpArgs {
 /// What `/readyz` checks, known once the service has connected.
 #[derive(Default)]
 pub struct Readiness {
-    target: OnceLock<(Client, &'static str, &'static str, Arc<Progress>)>,
+    target: OnceLock<(Client, Vec<Watched>)>,
+}
+
+/// One consumer `/readyz` checks: a stream (or shard), its group and its progress.
+struct Watched {
+    stream: String,
+    group: &'static str,
+    progress: Arc<Progress>,
 }
 
 impl Readiness {
-    /// Sets the client and the consumer whose group must exist and whose batches must not be
-    /// stalled for the service to be ready.
-    pub fn watch(&self, client: Client, spec: &ConsumerSpec) {
-        let _ = self
-            .target
-            .set((client, spec.stream, spec.group, spec.progress.clone()));
+    /// Sets the client and the consumers (one per shard) whose groups must exist and whose
+    /// batches must not be stalled for the service to be ready.
+    pub fn watch(&self, client: Client, specs: &[ConsumerSpec]) {
+        let watched = specs
+            .iter()
+            .map(|spec| Watched {
+                stream: spec.stream.clone(),
+                group: spec.group,
+                progress: spec.progress.clone(),
+            })
+            .collect();
+        let _ = self.target.set((client, watched));
     }
 
     async fn check(&self) -> (StatusCode, String) {
-        let Some((client, stream, group, progress)) = self.target.get() else {
+        let Some((client, watched)) = self.target.get() else {
             return (StatusCode::SERVICE_UNAVAILABLE, "not connected to Redis yet\n".into());
         };
-        if let Some(ms) = progress.stalled_for_ms() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("stalled: batches on {stream} have failed for {ms} ms\n"),
-            );
+        let mut ready = String::new();
+        for w in watched {
+            match Self::check_one(client, w).await {
+                Ok(line) => ready.push_str(&line),
+                Err(not_ready) => return (StatusCode::SERVICE_UNAVAILABLE, not_ready),
+            }
+        }
+        (StatusCode::OK, ready)
+    }
+
+    async fn check_one(client: &Client, w: &Watched) -> Result<String, String> {
+        let (stream, group) = (&w.stream, w.group);
+        if let Some(ms) = w.progress.stalled_for_ms() {
+            return Err(format!("stalled: batches on {stream} have failed for {ms} ms\n"));
         }
         match tokio::time::timeout(Duration::from_secs(2), group_backlog(client, stream, group)).await {
-            Ok(Ok(Some(_))) => (StatusCode::OK, format!("ready: group {group} on {stream}\n")),
-            Ok(Ok(None)) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("group {group} missing on {stream}\n"),
-            ),
-            Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis error: {e}\n")),
-            Err(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "redis did not answer within 2s\n".into(),
-            ),
+            Ok(Ok(Some(_))) => Ok(format!("ready: group {group} on {stream}\n")),
+            Ok(Ok(None)) => Err(format!("group {group} missing on {stream}\n")),
+            Ok(Err(e)) => Err(format!("redis error: {e}\n")),
+            Err(_) => Err("redis did not answer within 2s\n".into()),
         }
     }
 }

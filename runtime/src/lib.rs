@@ -12,7 +12,9 @@
 //! Public modules are the API the services use; `durability`, `retention` and `systemd` are the
 //! loop's and the connection's own and stay private.
 //! - [`config`]: the shared flags (Redis URL, TLS, ACL user, consumer settings) and connecting.
-//! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison).
+//! - [`consumer`]: the consumer-group loop (recover, reclaim, read, dispatch, isolate poison),
+//!   one per shard of the stream read ([`consumer::run_shards`]).
+//! - [`sharding`]: every service of a pipeline runs with the same `STREAM_SHARDS`.
 //! - [`append_once`]: stream entries appended once each (a marker in the stream's slot), and
 //!   dead-lettering as two steps a cluster can take.
 //! - [`failure`]: `StageError` (retryable / fatal / poison) from Redis error kinds and codes.
@@ -39,6 +41,7 @@ pub mod nodes;
 pub mod replication;
 pub mod reply;
 mod retention;
+pub mod sharding;
 mod systemd;
 pub mod telemetry;
 pub mod trace;

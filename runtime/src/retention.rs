@@ -48,20 +48,26 @@ return redis.call('XTRIM', KEYS[1], 'MINID', '~', bound)
 ///
 /// # Errors
 /// A Redis failure; nothing is lost by a trim that did not happen.
-pub async fn trim(client: &Client, streams: &[&str], retention_ms: u64, now_ms: u64) -> Result<u64, Error> {
+pub async fn trim<S: AsRef<str>>(client: &Client, streams: &[S], retention_ms: u64, now_ms: u64) -> Result<u64, Error> {
     if retention_ms == 0 || streams.is_empty() {
         return Ok(0);
     }
     let bound = format!("{}-0", now_ms.saturating_sub(retention_ms));
     let pipeline = client.pipeline();
     for stream in streams {
-        queue_eval(&pipeline, TRIM_SCRIPT, vec![stream.to_string()], vec![bound.clone()]).await?;
+        queue_eval(
+            &pipeline,
+            TRIM_SCRIPT,
+            vec![stream.as_ref().to_string()],
+            vec![bound.clone()],
+        )
+        .await?;
     }
     let removed: Vec<i64> = pipeline.all().await?;
     let total: u64 = removed.iter().map(|n| (*n).max(0) as u64).sum();
     for (stream, n) in streams.iter().zip(&removed) {
         if *n > 0 {
-            metrics::counter!(quantum_model::metric_names::STREAM_TRIMMED_ENTRIES_TOTAL, "stream" => stream.to_string())
+            metrics::counter!(quantum_model::metric_names::STREAM_TRIMMED_ENTRIES_TOTAL, "stream" => stream.as_ref().to_string())
                 .increment(*n as u64);
         }
     }

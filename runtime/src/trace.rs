@@ -168,7 +168,7 @@ pub fn is_pipeline_span(meta: &tracing::Metadata<'_>) -> bool {
 
 /// The span of one stream entry at one stage, continuing the trace the entry carries. The
 /// `quantum.*` fields are recorded as the stage learns them.
-pub fn entry_span(stage: &'static str, stream: &'static str, entry: &StreamEntry) -> Span {
+pub fn entry_span(stage: &'static str, stream: &str, entry: &StreamEntry) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         parent: None,
