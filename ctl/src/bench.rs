@@ -15,6 +15,10 @@
 //!    dates each new fill when they come back, an upper bound by one Redis round trip.
 //!    Percentiles from an HdrHistogram (µs, 3 significant digits).
 //!
+//! `--shards N` runs the services with `STREAM_SHARDS=N`; `--cluster` runs everything on a
+//! 3-primary, 3-replica cluster (commits waiting for one replica; the XADD ceiling is then one
+//! node's, the one holding the benchmark's stream).
+//!
 //! Redis is flushed between phases. These are measurements, not pass/fail tests: the targets
 //! live in docs/performance.md, and `--json` gives the figures to track over time.
 
@@ -33,11 +37,12 @@ use quantum_model::contract::{
     INTENT_GROUP, INTENT_STREAM, LEDGER_COMMIT_STREAM, LEDGER_GROUP, LEDGER_KEY_PREFIX, MARK_PRICE_KEY, PLAN_GROUP,
     PLAN_STREAM, PORTFOLIO_KEY,
 };
+use quantum_model::shards::StreamShards;
 use quantum_model::types::{Side, Symbol};
 use quantum_runtime::consumer::group_backlog;
 
-use crate::pipeline_facts::wait_idle;
-use crate::redis_server::RedisServer;
+use crate::pipeline_facts::{total_len, wait_idle};
+use crate::redis_server::{RedisCluster, RedisServer};
 use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
@@ -54,12 +59,20 @@ pub struct BenchPlan {
     pub latency_seconds: u64,
     /// XADDs redis-benchmark sends pipelined (a tenth of them one at a time).
     pub xadd_requests: u32,
+    /// The services' STREAM_SHARDS.
+    pub shards: StreamShards,
+    /// On a 3-primary, 3-replica Redis Cluster (commits waiting for one replica) instead of
+    /// one redis-server.
+    pub cluster: bool,
 }
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub redis_version: String,
+    /// `one node`, or `cluster 3+3` (with `REDIS_WAIT_REPLICAS=1`).
+    pub redis: String,
+    pub stream_shards: u16,
     pub xadd_ceiling: XaddCeiling,
     pub bridge: Throughput,
     pub end_to_end: Throughput,
@@ -107,7 +120,7 @@ type BenchError = Box<dyn std::error::Error + Send + Sync>;
 /// redis-server or redis-benchmark missing, a service not starting, or a phase not finishing
 /// within its time limit.
 pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchError> {
-    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"])?;
+    let server = BenchRedis::start(plan.cluster)?;
     let url = server.url();
     let client = quantum_runtime::config::RedisArgs::from_url(&url)
         .connect(&tokio_util::sync::CancellationToken::new())
@@ -119,7 +132,7 @@ pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchE
         .unwrap_or("?")
         .trim()
         .to_string();
-    let xadd_ceiling = xadd_ceiling(server.port(), plan.xadd_requests)?;
+    let xadd_ceiling = xadd_ceiling(server.benchmark_port()?, plan.xadd_requests)?;
     flush(&client).await?;
     let mut bridge = bridge_throughput(&client, &url, plan, &log_dir.join("bridge-throughput.log")).await?;
     bridge.share_of_xadd_ceiling = bridge.intents_per_s / xadd_ceiling.pipelined_per_s;
@@ -127,10 +140,16 @@ pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchE
     let mut end_to_end = end_to_end(&client, &url, plan, log_dir).await?;
     end_to_end.share_of_xadd_ceiling = end_to_end.intents_per_s / xadd_ceiling.pipelined_per_s;
     flush(&client).await?;
-    let (latency, idle_rss_kib) = latency(&client, &url, plan, log_dir).await?;
+    let (latency, idle_rss_kib) = latency(&client, &server, plan, log_dir).await?;
     let _ = client.quit().await;
     Ok(BenchReport {
         redis_version,
+        redis: if plan.cluster {
+            "cluster 3+3".into()
+        } else {
+            "one node".into()
+        },
+        stream_shards: plan.shards.count(),
         xadd_ceiling,
         bridge,
         end_to_end,
@@ -161,10 +180,12 @@ impl BenchReport {
             .map(|(service, kib)| format!("{service} {:.1} MB", *kib as f64 / 1024.0))
             .collect();
         format!(
-            "redis {}: XADD {:.0}/s pipelined (-P {}), {:.0}/s one at a time (redis-benchmark, one client)\n{}{}\
+            "redis {} ({}, STREAM_SHARDS={}): XADD {:.0}/s pipelined (-P {}), {:.0}/s one at a time (redis-benchmark, one client)\n{}{}\
              latency      {} intents at {}/s, intent → ledger commit: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n\
              idle RSS     {}\n",
             self.redis_version,
+            self.redis,
+            self.stream_shards,
             c.pipelined_per_s,
             c.pipeline_depth,
             c.one_at_a_time_per_s,
@@ -183,13 +204,66 @@ impl BenchReport {
 
 const PIPELINE_DEPTH: u32 = 64;
 
-/// redis-benchmark's XADD rate, pipelined and not, from one client.
+/// The Redis a bench runs on.
+enum BenchRedis {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl BenchRedis {
+    fn start(cluster: bool) -> Result<Self, BenchError> {
+        Ok(if cluster {
+            Self::Cluster(RedisCluster::start(3)?)
+        } else {
+            Self::Server(RedisServer::start_with(&[
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])?)
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Server(s) => s.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Each node by its own URL: keyspace notifications are a node's own.
+    fn node_urls(&self) -> Vec<String> {
+        match self {
+            Self::Server(s) => vec![s.url()],
+            Self::Cluster(c) => c.nodes().iter().map(RedisServer::url).collect(),
+        }
+    }
+
+    /// Where redis-benchmark connects: the node holding its stream.
+    fn benchmark_port(&self) -> Result<u16, BenchError> {
+        match self {
+            Self::Server(s) => Ok(s.port()),
+            Self::Cluster(c) => {
+                let primary = c
+                    .primary_of(XADD_KEY)
+                    .ok_or("no primary serves the benchmark's stream")?;
+                Ok(c.nodes()[primary].port())
+            }
+        }
+    }
+}
+
+/// The stream redis-benchmark appends to.
+const XADD_KEY: &str = "quantum:bench:xadd";
+
+/// redis-benchmark's XADD rate to one stream (so one node's), pipelined and not, from one
+/// client.
 fn xadd_ceiling(port: u16, requests: u32) -> Result<XaddCeiling, BenchError> {
     let rate = |pipeline: u32, requests: u32| -> Result<f64, BenchError> {
         let output = Command::new("redis-benchmark")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "1"])
             .args(["-n", &requests.to_string(), "-P", &pipeline.to_string(), "--csv"])
-            .args(["XADD", "quantum:bench:xadd", "*", "field", "value"])
+            .args(["XADD", XADD_KEY, "*", "field", "value"])
             .output()
             .map_err(|e| format!("cannot run redis-benchmark ({e}); install redis-tools"))?;
         if !output.status.success() {
@@ -214,8 +288,13 @@ fn parse_benchmark_csv(csv: &str) -> Result<f64, BenchError> {
         .ok_or_else(|| format!("unreadable redis-benchmark output: {csv:?}").into())
 }
 
+/// Empties the bench's Redis (every primary of a cluster).
 async fn flush(client: &Client) -> Result<(), Error> {
-    client.flushall::<()>(false).await
+    if client.is_clustered() {
+        client.flushall_cluster().await
+    } else {
+        client.flushall::<()>(false).await
+    }
 }
 
 /// The environment of every bench service: the demo's symbols, no exposure limit, the batch
@@ -224,6 +303,11 @@ fn bench_env(redis_url: &str, plan: &BenchPlan) -> HashMap<String, String> {
     let mut env = base_env(redis_url);
     env.insert("MAX_EXPOSURE_PCT".into(), "1000000000".into());
     env.insert("STREAM_BATCH_SIZE".into(), plan.batch_size.to_string());
+    env.insert("STREAM_SHARDS".into(), plan.shards.count().to_string());
+    if plan.cluster {
+        // As a cluster deployment runs: every commit on a replica before it counts.
+        env.insert("REDIS_WAIT_REPLICAS".into(), "1".into());
+    }
     env
 }
 
@@ -290,7 +374,7 @@ async fn bridge_throughput(
     drained?;
     Ok(Throughput {
         intents: plan.count,
-        plans: client.xlen(PLAN_STREAM).await?,
+        plans: total_len(client, plan.shards, PLAN_STREAM).await?,
         fills: 0,
         seconds,
         intents_per_s: plan.count as f64 / seconds.max(1e-9),
@@ -315,6 +399,7 @@ async fn end_to_end(
     let mut drain = async || -> Result<f64, BenchError> {
         wait_for_groups(
             client,
+            plan.shards,
             &[(PLAN_STREAM, PLAN_GROUP), (LEDGER_COMMIT_STREAM, LEDGER_GROUP)],
         )
         .await?;
@@ -335,20 +420,22 @@ async fn end_to_end(
     let seconds = seconds?;
     Ok(Throughput {
         intents: plan.count,
-        plans: client.xlen(PLAN_STREAM).await?,
-        fills: client.xlen(LEDGER_COMMIT_STREAM).await?,
+        plans: total_len(client, plan.shards, PLAN_STREAM).await?,
+        fills: total_len(client, plan.shards, LEDGER_COMMIT_STREAM).await?,
         seconds,
         intents_per_s: plan.count as f64 / seconds.max(1e-9),
         share_of_xadd_ceiling: 0.0,
     })
 }
 
-/// Waits until every one of `groups` exists (the services create them at start).
-async fn wait_for_groups(client: &Client, groups: &[(&str, &str)]) -> Result<(), BenchError> {
+/// Waits until every one of `groups` exists on every shard (the services create them at start).
+async fn wait_for_groups(client: &Client, shards: StreamShards, groups: &[(&str, &str)]) -> Result<(), BenchError> {
     wait_until(Duration::from_secs(30), "the services' start", || async {
         for (stream, group) in groups {
-            if group_backlog(client, stream, group).await?.is_none() {
-                return Ok(false);
+            for shard in shards.names(stream) {
+                if group_backlog(client, &shard, group).await?.is_none() {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -372,11 +459,11 @@ type InFlight = Arc<Mutex<HashMap<String, VecDeque<Instant>>>>;
 /// before the first intent.
 async fn latency(
     client: &Client,
-    redis_url: &str,
+    redis: &BenchRedis,
     plan: &BenchPlan,
     log_dir: &Path,
 ) -> Result<(Latency, Vec<(String, u64)>), BenchError> {
-    let env = bench_env(redis_url, plan);
+    let env = bench_env(&redis.url(), plan);
     seed_market(client).await?;
     let mut services = Vec::new();
     for service in [Service::Ledger, Service::Executor, Service::Bridge] {
@@ -386,6 +473,7 @@ async fn latency(
     let measured = async {
         wait_for_groups(
             client,
+            plan.shards,
             &[
                 (INTENT_STREAM, INTENT_GROUP),
                 (PLAN_STREAM, PLAN_GROUP),
@@ -399,7 +487,7 @@ async fn latency(
             .iter()
             .map(|s| (s.service.binary().to_string(), rss_kib(s.pid()).unwrap_or(0)))
             .collect();
-        Ok::<_, BenchError>((measure_latency(client, redis_url, plan).await?, rss))
+        Ok::<_, BenchError>((measure_latency(client, &redis.node_urls(), plan).await?, rss))
     }
     .await;
     for service in services {
@@ -408,15 +496,22 @@ async fn latency(
     measured
 }
 
-async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> Result<Latency, BenchError> {
-    notify_keyspace_events(client, "Kh").await?;
-    let subscriber = quantum_runtime::config::RedisArgs::from_url(redis_url)
-        .connect(&tokio_util::sync::CancellationToken::new())
-        .await?;
-    let mut events = buffered(subscriber.keyspace_event_rx());
-    subscriber
-        .psubscribe("__keyspace@0__:quantum:position:ledger:*")
-        .await?;
+async fn measure_latency(client: &Client, node_urls: &[String], plan: &BenchPlan) -> Result<Latency, BenchError> {
+    // One subscriber per node: each node notifies of its own keys only.
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut subscribers = Vec::new();
+    for url in node_urls {
+        let subscriber = quantum_runtime::config::RedisArgs::from_url(url)
+            .connect(&tokio_util::sync::CancellationToken::new())
+            .await?;
+        notify_keyspace_events(&subscriber, "Kh").await?;
+        forward(subscriber.keyspace_event_rx(), tx.clone());
+        subscriber
+            .psubscribe("__keyspace@0__:quantum:position:ledger:*")
+            .await?;
+        subscribers.push(subscriber);
+    }
+    drop(tx);
     let in_flight: InFlight = Arc::default();
     let total = (plan.latency_rate * plan.latency_seconds) as usize;
     let publisher = tokio::spawn(publish_steadily(
@@ -453,8 +548,16 @@ async fn measure_latency(client: &Client, redis_url: &str, plan: &BenchPlan) -> 
         }
     }
     publisher.await??;
-    let _ = subscriber.quit().await;
-    notify_keyspace_events(client, "").await?;
+    for subscriber in subscribers {
+        let _ = subscriber.quit().await;
+    }
+    for url in node_urls {
+        let node = quantum_runtime::config::RedisArgs::from_url(url)
+            .connect(&tokio_util::sync::CancellationToken::new())
+            .await?;
+        notify_keyspace_events(&node, "").await?;
+        let _ = node.quit().await;
+    }
     if (histogram.len() as usize) < total {
         return Err(format!(
             "only {} of {total} intents reached the ledger within the time limit",
@@ -509,14 +612,16 @@ async fn fill_counts(client: &Client, symbols: &[String]) -> Result<Vec<u64>, Er
     Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// Keyspace notifications as [`buffered`] hands them on.
+/// Keyspace notifications as [`forward`] hands them on.
 type Notifications = tokio::sync::mpsc::UnboundedReceiver<Result<fred::types::KeyspaceEvent, u64>>;
 
-/// The keyspace events, taken off the client's small broadcast buffer by a task that does
-/// nothing else, so it never overflows while the bench reads fill counts; `Err(n)` when `n`
-/// were lost all the same.
-fn buffered(mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>) -> Notifications {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+/// Hands one subscriber's keyspace events on to `tx`, taken off the client's small broadcast
+/// buffer by a task that does nothing else, so it never overflows while the bench reads fill
+/// counts; `Err(n)` when `n` were lost all the same.
+fn forward(
+    mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
+    tx: tokio::sync::mpsc::UnboundedSender<Result<fred::types::KeyspaceEvent, u64>>,
+) {
     tokio::spawn(async move {
         loop {
             let item = match events.recv().await {
@@ -529,7 +634,6 @@ fn buffered(mut events: tokio::sync::broadcast::Receiver<fred::types::KeyspaceEv
             }
         }
     });
-    rx
 }
 
 /// CONFIG SET notify-keyspace-events (only the latency phase pays for notifications).

@@ -145,6 +145,13 @@ struct BenchArgs {
     /// Print the figures as JSON, for tracking over time.
     #[arg(long)]
     json: bool,
+    /// The services' STREAM_SHARDS (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    shards: u64,
+    /// On a throwaway 3-primary, 3-replica Redis Cluster, every commit waiting for one
+    /// replica, instead of one redis-server.
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The arguments of `quantumctl status`.
@@ -426,13 +433,17 @@ impl BenchArgs {
             latency_rate: self.latency_rate,
             latency_seconds: self.latency_seconds,
             xadd_requests: self.xadd_requests,
+            shards: quantum_model::shards::StreamShards::new(self.shards).map_err(|e| e.to_string())?,
+            cluster: self.cluster,
         };
         let log_dir = kept_dir("quantumctl-bench-")?;
         if !self.json {
             println!(
-                "benchmarking on a throwaway redis-server: {} intents, batch {}, latency at {}/s for {} s (logs in {})",
+                "benchmarking on a throwaway {}: {} intents, batch {}, {} stream shards, latency at {}/s for {} s (logs in {})",
+                if plan.cluster { "3+3 Redis Cluster" } else { "redis-server" },
                 plan.count,
                 plan.batch_size,
+                plan.shards.count(),
                 plan.latency_rate,
                 plan.latency_seconds,
                 log_dir.display()

@@ -313,10 +313,8 @@ async fn demo_runs_against_a_given_redis() {
     );
 }
 
-/// `quantumctl bench --json` runs every phase and reports figures that hang together (a smoke
-/// run with debug binaries; the speed targets are read off release runs, docs/performance.md).
-#[test]
-fn bench_reports_every_phase_as_json() {
+/// `quantumctl bench --json` at smoke sizes, with `extra` arguments: its report.
+fn run_bench(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_quantumctl"))
         .args([
             "bench",
@@ -329,6 +327,7 @@ fn bench_reports_every_phase_as_json() {
             "2",
         ])
         .args(["--xadd-requests", "20000"])
+        .args(extra)
         .output()
         .expect("run quantumctl bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -337,7 +336,30 @@ fn bench_reports_every_phase_as_json() {
         "bench failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("bench prints JSON");
+    serde_json::from_str(&stdout).expect("bench prints JSON")
+}
+
+/// `quantumctl bench --json` runs every phase and reports figures that hang together (a smoke
+/// run with debug binaries; the speed targets are read off release runs, docs/performance.md).
+#[test]
+fn bench_reports_every_phase_as_json() {
+    let report = run_bench(&[]);
+    assert_eq!(report["redis"], "one node");
+    assert_eq!(report["stream_shards"], 1);
+    assert_figures_hang_together(&report);
+}
+
+/// The same on a 3+3 cluster with two stream shards: the XADD ceiling is the benchmark
+/// stream's node's, every phase drains through both shards.
+#[test]
+fn bench_runs_on_a_cluster_with_two_shards() {
+    let report = run_bench(&["--cluster", "--shards", "2"]);
+    assert_eq!(report["redis"], "cluster 3+3");
+    assert_eq!(report["stream_shards"], 2);
+    assert_figures_hang_together(&report);
+}
+
+fn assert_figures_hang_together(report: &serde_json::Value) {
     let number = |path: &str| {
         report
             .pointer(path)
