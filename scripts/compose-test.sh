@@ -4,7 +4,9 @@
 # would: every service healthy, plans for every allowlisted symbol, ledgers created, Prometheus
 # scraping all three services by name and evaluating the symbol-diversity rule, the services
 # running as their ACL users (a forbidden write refused), a SIGKILLed service restarted by its
-# restart policy with nothing lost or doubled (`quantumctl check`). Then `down -v`.
+# restart policy with nothing lost or doubled (`quantumctl check`). Then the cluster variant
+# (deploy/compose/cluster.yaml): six Redis nodes joined into a 3+3 cluster, the services on it
+# with two stream shards and ACLs, every invariant holding and both shards used. Then `down -v`.
 #
 # Engine: the one `docker info` reaches, else a private dockerd (own socket, data root, exec root
 # and pid file), stopped by its pid and its leftovers removed at the end, pass or fail.
@@ -37,6 +39,9 @@ fi
 
 work=$(mktemp -d /tmp/quantum-compose-test.XXXXXX)
 own_engine=false
+offline=false
+# The URL quantumctl reaches the stack's Redis by (the cluster phase changes it).
+CTL_URL=redis://redis:6379/0
 links_before=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort || true)
 files=(-f compose.yaml)
 
@@ -89,6 +94,7 @@ if timeout 30 docker pull -q redis:7.2 >/dev/null 2>&1; then
 else
   say "no registry reachable: deploy/compose/offline.yaml on a local Debian base; Grafana and Jaeger are left out of this run (no Debian package)"
   files+=(-f deploy/compose/offline.yaml)
+  offline=true
   mmdebstrap --quiet --variant=minbase \
     --include=ca-certificates,curl,passwd,redis-server,redis-tools,prometheus \
     bookworm "$work/base.tar" >"$work/mmdebstrap.log" 2>&1 || { tail -20 "$work/mmdebstrap.log"; fail "mmdebstrap"; }
@@ -123,7 +129,7 @@ rcli() { compose exec -T redis redis-cli --no-auth-warning "$@"; }
 ops() { rcli --user quantum-ops --pass "$OPS_PW" "$@"; }
 ctl() {
   compose run --rm -T --no-deps --entrypoint quantumctl sim "$@" \
-    --redis-url redis://redis:6379/0 --redis-username quantum-ops \
+    --redis-url "$CTL_URL" --redis-username quantum-ops \
     --redis-password-file /run/secrets/ops-redis-password
 }
 wait_until() { # what, command...
@@ -180,3 +186,31 @@ grep -q NOAUTH <<<"$unauthenticated" || fail "the default user is not off: PING 
 denied=$(rcli --user quantum-bridge --pass "$BRIDGE_PW" HSET quantum:position:ledger:BTCUSDT position_amt 999 2>&1)
 grep -q NOPERM <<<"$denied" || fail "the bridge could write a ledger: $denied"
 say "services run as their ACL users; the bridge's write to a ledger is refused (NOPERM)"
+
+# --- The cluster variant (deploy/compose/cluster.yaml): the same pipeline on a 3+3 Redis
+# Cluster, two stream shards, every commit waiting for a replica, ACLs on every node. ---------
+compose down -v --remove-orphans >/dev/null 2>&1
+files+=(-f deploy/compose/cluster.yaml)
+if $offline; then export REDIS_IMAGE=localhost/debian-base; fi
+CTL_URL="redis-cluster://redis:6379?node=redis-2:6379&node=redis-3:6379"
+compose up -d >"$work/up-cluster.log" 2>&1 || { cat "$work/up-cluster.log"; fail "compose up (cluster)"; }
+wait_healthy redis redis-2 redis-3 redis-4 redis-5 redis-6 bridge executor ledger
+compose logs --no-color redis-cluster >"$work/redis-cluster.log" 2>&1
+grep -q "cluster ok: 3 primaries, 3 replicas" "$work/redis-cluster.log" || fail "the cluster was not joined"
+say "cluster: 3 primaries and 3 replicas joined; bridge, executor and ledger healthy on it"
+compose stop sim >/dev/null 2>&1
+ctl sim --count 200 --rate 50 --format mixed --sell-every 3 >"$work/sim-cluster.log" 2>&1 || { cat "$work/sim-cluster.log"; fail "quantumctl sim (cluster)"; }
+ctl check --wait 120 >"$work/check-cluster.log" 2>&1 || { cat "$work/check-cluster.log"; fail "exactly-once invariants (cluster)"; }
+grep -E "^(flow|shards|PASS|FAIL|not idle)" "$work/check-cluster.log" | sed 's/^/  /'
+# Both shards of each per-symbol stream carried entries.
+shards=$(grep "^shards: " "$work/check-cluster.log" || true)
+for stream in apply.plan apply.result ledger.commit; do
+  for name in "quantum:stream:$stream" "quantum:stream:$stream:1"; do
+    grep -Eq "(: |, )$name [1-9]" <<<"$shards" || fail "$name carried no entry: ${shards:-no shards line}"
+  done
+done
+for s in bridge executor ledger; do
+  compose logs --no-color "$s" >"$work/$s-cluster.log" 2>&1
+  grep -q "Stream shards: 2" "$work/$s-cluster.log" || fail "$s does not run two stream shards"
+done
+say "cluster: every invariant holds, both shards of apply.plan, apply.result and ledger.commit used"
