@@ -42,7 +42,7 @@ use quantum_model::types::{Side, Symbol};
 use quantum_runtime::consumer::group_backlog;
 
 use crate::pipeline_facts::{total_len, wait_idle};
-use crate::redis_server::{RedisCluster, RedisServer};
+use crate::redis_server::ThrowawayRedis;
 use crate::sim::{approx_price, intent_fields, publish, Format, DEMO_SYMBOLS};
 use crate::stack::{base_env, Service, ServiceProcess};
 
@@ -120,7 +120,7 @@ type BenchError = Box<dyn std::error::Error + Send + Sync>;
 /// redis-server or redis-benchmark missing, a service not starting, or a phase not finishing
 /// within its time limit.
 pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchError> {
-    let server = BenchRedis::start(plan.cluster)?;
+    let server = ThrowawayRedis::start(plan.cluster, &["--appendonly", "yes", "--appendfsync", "everysec"])?;
     let url = server.url();
     let client = quantum_runtime::config::RedisArgs::from_url(&url)
         .connect(&tokio_util::sync::CancellationToken::new())
@@ -132,7 +132,7 @@ pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchE
         .unwrap_or("?")
         .trim()
         .to_string();
-    let xadd_ceiling = xadd_ceiling(server.benchmark_port()?, plan.xadd_requests)?;
+    let xadd_ceiling = xadd_ceiling(benchmark_port(&server)?, plan.xadd_requests)?;
     flush(&client).await?;
     let mut bridge = bridge_throughput(&client, &url, plan, &log_dir.join("bridge-throughput.log")).await?;
     bridge.share_of_xadd_ceiling = bridge.intents_per_s / xadd_ceiling.pipelined_per_s;
@@ -204,51 +204,15 @@ impl BenchReport {
 
 const PIPELINE_DEPTH: u32 = 64;
 
-/// The Redis a bench runs on.
-enum BenchRedis {
-    Server(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl BenchRedis {
-    fn start(cluster: bool) -> Result<Self, BenchError> {
-        Ok(if cluster {
-            Self::Cluster(RedisCluster::start(3)?)
-        } else {
-            Self::Server(RedisServer::start_with(&[
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ])?)
-        })
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Server(s) => s.url(),
-            Self::Cluster(c) => c.url(),
-        }
-    }
-
-    /// Each node by its own URL: keyspace notifications are a node's own.
-    fn node_urls(&self) -> Vec<String> {
-        match self {
-            Self::Server(s) => vec![s.url()],
-            Self::Cluster(c) => c.nodes().iter().map(RedisServer::url).collect(),
-        }
-    }
-
-    /// Where redis-benchmark connects: the node holding its stream.
-    fn benchmark_port(&self) -> Result<u16, BenchError> {
-        match self {
-            Self::Server(s) => Ok(s.port()),
-            Self::Cluster(c) => {
-                let primary = c
-                    .primary_of(XADD_KEY)
-                    .ok_or("no primary serves the benchmark's stream")?;
-                Ok(c.nodes()[primary].port())
-            }
+/// Where redis-benchmark connects: the node holding its stream.
+fn benchmark_port(redis: &ThrowawayRedis) -> Result<u16, BenchError> {
+    match redis {
+        ThrowawayRedis::Server(s) => Ok(s.port()),
+        ThrowawayRedis::Cluster(c) => {
+            let primary = c
+                .primary_of(XADD_KEY)
+                .ok_or("no primary serves the benchmark's stream")?;
+            Ok(c.nodes()[primary].port())
         }
     }
 }
@@ -459,7 +423,7 @@ type InFlight = Arc<Mutex<HashMap<String, VecDeque<Instant>>>>;
 /// before the first intent.
 async fn latency(
     client: &Client,
-    redis: &BenchRedis,
+    redis: &ThrowawayRedis,
     plan: &BenchPlan,
     log_dir: &Path,
 ) -> Result<(Latency, Vec<(String, u64)>), BenchError> {

@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::redis_server::{RedisCluster, RedisServer};
+use crate::redis_server::ThrowawayRedis;
 use quantum_model::contract::*;
 use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
@@ -60,58 +60,30 @@ pub struct FaultPlan {
     pub shards: StreamShards,
 }
 
-/// The Redis the suite runs on.
-enum FaultRedis {
-    Server(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl FaultRedis {
-    fn start(cluster: bool) -> Result<Self, Box<dyn std::error::Error>> {
-        Ok(if cluster {
-            Self::Cluster(RedisCluster::start(3)?)
-        } else {
-            Self::Server(RedisServer::start_with(&[
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])?)
-        })
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Server(server) => server.url(),
-            Self::Cluster(cluster) => cluster.url(),
+/// Redis dies under the flow and comes back: one server is killed and restarted from its AOF;
+/// on a cluster the primary of `apply.plan` is killed, its replica promoted, and the dead node
+/// restarted (it rejoins as the new primary's replica).
+async fn fail_redis(redis: &mut ThrowawayRedis) -> Result<(), Box<dyn std::error::Error>> {
+    match redis {
+        ThrowawayRedis::Server(server) => {
+            server.kill();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.restart()?;
         }
-    }
-
-    /// Redis dies under the flow and comes back: one server is killed and restarted from its
-    /// AOF; on a cluster the primary of `apply.plan` is killed, its replica promoted, and the
-    /// dead node restarted (it rejoins as the new primary's replica).
-    async fn fail(&mut self) -> Result<(), Box<dyn std::error::Error>> {
-        match self {
-            Self::Server(server) => {
-                server.kill();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                server.restart()?;
-            }
-            Self::Cluster(cluster) => {
-                let victim = cluster.primary_of(PLAN_STREAM).ok_or("no primary serves apply.plan")?;
-                cluster.kill(victim);
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while cluster.primary_of(PLAN_STREAM).is_none() {
-                    if Instant::now() >= deadline {
-                        return Err("no replica took over apply.plan within 30 s".into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        ThrowawayRedis::Cluster(cluster) => {
+            let victim = cluster.primary_of(PLAN_STREAM).ok_or("no primary serves apply.plan")?;
+            cluster.kill(victim);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cluster.primary_of(PLAN_STREAM).is_none() {
+                if Instant::now() >= deadline {
+                    return Err("no replica took over apply.plan within 30 s".into());
                 }
-                cluster.restart(victim)?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            cluster.restart(victim)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// What the run did and found.
@@ -350,7 +322,8 @@ async fn publish_through_outages(client: Client, intents: Vec<Vec<(String, Strin
 /// error but a failed line of the report.
 pub async fn run(plan: &FaultPlan, log_dir: &Path) -> Result<FaultReport, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let mut redis = FaultRedis::start(plan.cluster)?;
+    let mut redis = ThrowawayRedis::start(plan.cluster, &["--appendonly", "yes", "--appendfsync", "always"])
+        .map_err(|e| e.to_string())?;
     let client = quantum_runtime::config::RedisArgs::from_url(&redis.url())
         .connect(&tokio_util::sync::CancellationToken::new())
         .await?;
@@ -438,7 +411,7 @@ fn fault_intents(plan: &FaultPlan) -> Vec<Vec<(String, String)>> {
 /// What the fault schedule acts on.
 struct Inflicting<'a> {
     instances: &'a mut Vec<Instance>,
-    redis: &'a mut FaultRedis,
+    redis: &'a mut ThrowawayRedis,
     fake: Option<&'a FakeBinance>,
     env: &'a HashMap<String, String>,
     report: &'a mut FaultReport,
@@ -467,7 +440,7 @@ impl Inflicting<'_> {
                 self.report.pauses += 1;
             }
             if k == plan.kills / 2 {
-                self.redis.fail().await?;
+                fail_redis(self.redis).await?;
                 self.report.redis_restarts += 1;
             }
             if let Some(fake) = self.fake {

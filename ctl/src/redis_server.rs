@@ -371,3 +371,38 @@ fn ping(port: u16) -> bool {
     // With the default user disabled (an ACL file) the server answers NOAUTH: it is up.
     matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
+
+/// The Redis a run of the fault suite or the bench uses: one throwaway server (with
+/// `server_args`), or a throwaway cluster of three primaries with a replica each.
+pub enum ThrowawayRedis {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl ThrowawayRedis {
+    /// # Errors
+    /// No redis-server, no free ports, or a cluster that does not form in time.
+    pub fn start(cluster: bool, server_args: &[&str]) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(if cluster {
+            Self::Cluster(RedisCluster::start(3)?)
+        } else {
+            Self::Server(RedisServer::start_with(server_args)?)
+        })
+    }
+
+    /// The URL the services and clients connect with.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Server(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Each node by its own URL (for what a node keeps to itself, such as keyspace events).
+    pub fn node_urls(&self) -> Vec<String> {
+        match self {
+            Self::Server(server) => vec![server.url()],
+            Self::Cluster(cluster) => cluster.nodes().iter().map(RedisServer::url).collect(),
+        }
+    }
+}

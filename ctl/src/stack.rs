@@ -136,6 +136,8 @@ pub fn base_env(redis_url: &str) -> HashMap<String, String> {
     env.insert("REDIS_URL".to_string(), redis_url.to_string());
     env.insert("SYMBOL_ALLOWLIST".to_string(), crate::sim::DEMO_SYMBOLS.join(","));
     env.insert("STREAM_BLOCK_MS".to_string(), "200".to_string());
+    // Not inherited from the caller's environment: a stack's services agree on one count.
+    env.insert("STREAM_SHARDS".to_string(), "1".to_string());
     // Any free port, so several local stacks (tests, the demo) never collide on 9101-9103.
     for port in [
         "INTENT_BRIDGE_METRICS_PORT",

@@ -7,13 +7,11 @@ use std::collections::HashMap;
 
 use fred::prelude::*;
 use fred::types::Value;
-use rust_decimal::Decimal;
 
 use quantum_model::contract::*;
-use quantum_model::types::{Side, Symbol};
 use quantumctl::pipeline_facts::wait_idle;
 use quantumctl::redis_server::RedisServer;
-use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::sim::{publish, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, paper_orders, wait_for, Stack, TIMEOUT};
 
@@ -50,20 +48,11 @@ async fn start_all(stack: &mut Stack) {
     }
 }
 
-fn buys(n: usize) -> Vec<Vec<(String, String)>> {
-    (0..n)
-        .map(|i| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
-            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn replaying_every_group_from_zero_changes_nothing() {
     let mut stack = Stack::new().await;
     start_all(&mut stack).await;
-    let ids = publish(&stack.client, &buys(120), 0).await.unwrap();
+    let ids = publish(&stack.client, &support::demo_buys(120), 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     assert_exactly_once(&stack, &ids).await;
     let ledgers_before: Vec<_> = futures_ledgers(&stack).await;
@@ -113,7 +102,7 @@ async fn futures_ledgers(stack: &Stack) -> Vec<HashMap<String, String>> {
 async fn sigkill_mid_batch_loses_and_doubles_nothing() {
     let mut stack = Stack::new().await;
     start_all(&mut stack).await;
-    let intents = buys(1500);
+    let intents = support::demo_buys(1500);
     let client = stack.client.clone();
     let feeder = tokio::spawn(async move { publish(&client, &intents, 600).await.unwrap() });
 
@@ -160,7 +149,7 @@ async fn a_redis_outage_is_retried_and_nothing_is_lost() {
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).unwrap();
     let mut stack = Stack::with_redis(redis).await;
     start_all(&mut stack).await;
-    let first = publish(&stack.client, &buys(100), 0).await.unwrap();
+    let first = publish(&stack.client, &support::demo_buys(100), 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
 
     stack.redis_mut().kill();
@@ -173,7 +162,7 @@ async fn a_redis_outage_is_retried_and_nothing_is_lost() {
         async move { c.ping::<String>(None).await.is_ok() }
     })
     .await;
-    let intents: Vec<_> = buys(200).into_iter().skip(100).collect();
+    let intents: Vec<_> = support::demo_buys(200).into_iter().skip(100).collect();
     let second = publish(&stack.client, &intents, 0).await.unwrap();
     assert!(
         wait_idle(&stack.client, TIMEOUT).await.unwrap(),
@@ -187,7 +176,7 @@ async fn a_redis_outage_is_retried_and_nothing_is_lost() {
 async fn sigterm_finishes_the_batch_and_exits_cleanly() {
     let mut stack = Stack::new().await;
     start_all(&mut stack).await;
-    let ids = publish(&stack.client, &buys(60), 0).await.unwrap();
+    let ids = publish(&stack.client, &support::demo_buys(60), 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     for s in ALL_SERVICES {
         assert!(stack.stop(s), "{} exits 0 on SIGTERM", s.binary());

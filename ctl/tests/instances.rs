@@ -6,12 +6,10 @@ mod support;
 
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value};
-use rust_decimal::Decimal;
 
 use quantum_model::contract::*;
-use quantum_model::types::{Side, Symbol};
 use quantumctl::pipeline_facts::wait_idle;
-use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::sim::{publish, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{assert_exactly_once, consumers, wait_for, Stack, TIMEOUT};
 
@@ -42,12 +40,7 @@ async fn two_of_every_service_handle_each_intent_exactly_once() {
         })
         .await;
     }
-    let intents: Vec<_> = (0..240)
-        .map(|i| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
-            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
-        })
-        .collect();
+    let intents = support::demo_buys(240);
     let ids = publish(&stack.client, &intents, 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
     assert_exactly_once(&stack, &ids).await;

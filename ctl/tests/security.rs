@@ -85,12 +85,7 @@ async fn the_pipeline_runs_under_least_privilege_acls() {
     for s in [Service::Bridge, Service::Executor, Service::Ledger] {
         stack.wait_log(s, "Consumer ready").await;
     }
-    let intents: Vec<_> = (0..110)
-        .map(|i| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
-            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
-        })
-        .collect();
+    let intents = support::demo_buys(110);
     // The risk kernel publishes proposals under its own user; the bridge reads them and records
     // the governor's history under its own.
     let kernel = client_as(&stack, "quantum-kernel", KERNEL_PW).await;

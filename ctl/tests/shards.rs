@@ -5,13 +5,11 @@
 
 mod support;
 
-use rust_decimal::Decimal;
-
 use quantum_model::contract::*;
 use quantum_model::shards::{StreamShards, SHARDED_STREAMS};
-use quantum_model::types::{Side, Symbol};
+use quantum_model::types::Symbol;
 use quantumctl::pipeline_facts::wait_idle;
-use quantumctl::sim::{intent_fields, publish, Format, DEMO_SYMBOLS};
+use quantumctl::sim::{publish, DEMO_SYMBOLS};
 use quantumctl::stack::Service;
 use support::{wait_for, Stack, TIMEOUT};
 
@@ -52,12 +50,7 @@ async fn two_shards_keep_each_symbol_on_its_shard_and_the_whole_loop_runs_on_bot
         )
         .await;
 
-    let intents: Vec<_> = (0..60)
-        .map(|i| {
-            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
-            intent_fields(&symbol, Side::Buy, Decimal::from(50), Format::Mixed, i)
-        })
-        .collect();
+    let intents = support::demo_buys(60);
     let ids = publish(&stack.client, &intents, 0).await.unwrap();
     assert!(wait_idle(&stack.client, TIMEOUT).await.unwrap());
 
@@ -187,4 +180,36 @@ async fn a_service_with_another_shard_count_than_the_pipeline_refuses_to_start()
     assert!(stack
         .log(Service::Executor)
         .contains("STREAM_SHARDS must be between 1 and 64, got 0"));
+}
+
+/// Entry ids are unique only within a stream: two shards' poison with one id is dead-lettered
+/// twice (once per shard), each naming its source stream, never taken for a repeat.
+#[tokio::test]
+async fn poison_of_two_shards_with_one_entry_id_is_dead_lettered_once_each() {
+    let mut stack = Stack::new().await;
+    let shard_one = "quantum:stream:ledger.commit:1";
+    for stream in [LEDGER_COMMIT_STREAM, shard_one] {
+        let _: String = fred::prelude::StreamsInterface::xadd(
+            &stack.client,
+            stream,
+            false,
+            None,
+            "1-1",
+            vec![("fill_id", "f-1"), ("symbol", "BTCUSDT"), ("qty", "not-a-number")],
+        )
+        .await
+        .unwrap();
+    }
+    stack.start(Service::Ledger, &[("STREAM_SHARDS", "2")]);
+    wait_for("both malformed fills in the DLQ", || async {
+        stack.xlen(LEDGER_COMMIT_DLQ_STREAM).await >= 2
+    })
+    .await;
+    let letters = stack.entries(LEDGER_COMMIT_DLQ_STREAM).await;
+    let mut sources: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|e| (e.get("source_stream").unwrap_or("-"), e.get("source_id").unwrap_or("-")))
+        .collect();
+    sources.sort();
+    assert_eq!(sources, [(LEDGER_COMMIT_STREAM, "1-1"), (shard_one, "1-1")]);
 }

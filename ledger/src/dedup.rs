@@ -77,9 +77,9 @@ pub async fn migrate(client: &Client, now_ms: u64) -> Result<usize, Error> {
 
 /// The millisecond before which no `ledger.commit` entry can be delivered again, on any of
 /// `streams` (its shards): the oldest of each shard's first entry and the ledger group's oldest
-/// pending one. `None` while every shard is empty with nothing pending: nothing is pruned then
-/// (the records of the last retention window stay until new entries arrive, which keeps them
-/// bounded all the same).
+/// pending one; for a shard empty with nothing pending, the group's last delivered entry (every
+/// later entry of that shard gets a higher id from that shard's own node, whatever the other
+/// nodes' clocks say). `None` when no shard tells: nothing is pruned then.
 async fn deliverable_from_ms(client: &Client, streams: &[String]) -> Result<Option<u64>, Error> {
     let mut oldest: Option<u64> = None;
     for stream in streams {
@@ -113,6 +113,10 @@ async fn shard_deliverable_from_ms(client: &Client, stream: &str) -> Result<Opti
         .and_then(|id| entry_ms(&id));
     Ok(match (first_ms, pending_ms) {
         (Some(a), Some(b)) => Some(a.min(b)),
+        (None, None) => quantum_runtime::consumer::group_backlog(client, stream, LEDGER_GROUP)
+            .await?
+            .and_then(|b| entry_ms(&b.last_delivered_id))
+            .filter(|ms| *ms > 0),
         (a, b) => a.or(b),
     })
 }

@@ -43,7 +43,7 @@ use quantum_model::time::{now_ms, now_secs};
 use quantum_model::types::{FillId, Symbol};
 
 use crate::keyspace::Keyspace;
-use quantum_runtime::append_once::{dead_letter_then_ack, Once, MARKER_TTL_SECS};
+use quantum_runtime::append_once::{dead_letter_id, dead_letter_then_ack, Once, MARKER_TTL_SECS};
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
 use quantum_runtime::consumer::{self, BatchHandler, Connections, ConsumerSpec};
@@ -512,9 +512,10 @@ impl LedgerWriter {
         let letters: Vec<Once> = dlq
             .iter()
             .map(|(entry, error)| Once {
-                id: entry.id.clone(),
+                id: dead_letter_id(&self.stream, LEDGER_COMMIT_STREAM, &entry.id),
                 fields: owned(vec![
                     ("source_id", entry.id.clone()),
+                    ("source_stream", self.stream.clone()),
                     ("reason", "malformed_fill".to_string()),
                     ("error", truncate(error, 1024).to_string()),
                     ("raw", truncate(&entry.raw_text(), 8192).to_string()),

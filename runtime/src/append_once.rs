@@ -25,6 +25,18 @@ use crate::cas::queue_eval;
 /// any redelivery or replay horizon.
 pub const MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// The id a dead letter's marker is keyed by. An entry id is unique only within its stream, and
+/// two shards of one stream (`STREAM_SHARDS`) often hand out the same one, while their poison
+/// shares the stage's one DLQ: so the id is the source entry's own for the contract stream
+/// (`contract_stream`, as before shards) and `<source stream>/<entry id>` for another shard.
+pub fn dead_letter_id(source_stream: &str, contract_stream: &str, entry_id: &str) -> String {
+    if source_stream == contract_stream {
+        entry_id.to_string()
+    } else {
+        format!("{source_stream}/{entry_id}")
+    }
+}
+
 /// KEYS: the stream, then one marker per entry. ARGV: per entry its marker's TTL, the number of
 /// field/value items and the items. Replies one 1 (appended) or 0 (there already) per entry.
 const APPEND_ONCE_SCRIPT: &str = r#"

@@ -245,12 +245,25 @@ pub async fn run<H: BatchHandler>(
     handler: &mut H,
     shutdown: &CancellationToken,
 ) -> Result<(), StageError> {
+    let watchdog = crate::systemd::Watchdog::from_env(1);
+    run_loop(reader, writer, spec, handler, shutdown, (&watchdog, 0)).await
+}
+
+/// [`run`] as loop `index` of the process's `watchdog`.
+async fn run_loop<H: BatchHandler>(
+    reader: &Client,
+    writer: &Client,
+    spec: &ConsumerSpec,
+    handler: &mut H,
+    shutdown: &CancellationToken,
+    watchdog: (&crate::systemd::Watchdog, usize),
+) -> Result<(), StageError> {
     let mut backoff = Backoff::default();
     if join_group(writer, spec, &mut backoff, shutdown).await? == Flow::Stop {
         return Ok(());
     }
     crate::replication::check_replicas(writer, &spec.replica_wait).await;
-    announce_ready(spec);
+    announce_ready(spec, watchdog);
     let mut consumer = Consumer {
         reader,
         writer,
@@ -259,7 +272,7 @@ pub async fn run<H: BatchHandler>(
         shutdown,
         backoff,
         pass: Pass::recovery(),
-        watchdog: crate::systemd::Watchdog::from_env(),
+        watchdog,
         last_claim: None,
         last_backlog: None,
         retry_at: None,
@@ -290,20 +303,24 @@ pub async fn run_shards<H: BatchHandler>(
         )));
     }
     let stop = shutdown.child_token();
-    let loops = specs
-        .iter()
-        .zip(readers)
-        .zip(handlers.iter_mut())
-        .map(|((spec, reader), handler)| {
-            let stop = &stop;
-            async move {
-                let result = run(reader, writer, spec, handler, stop).await;
-                if result.is_err() {
-                    stop.cancel();
+    // One watchdog for every loop: a hung shard stops the pings, and READY waits for all.
+    let watchdog = crate::systemd::Watchdog::from_env(specs.len());
+    let loops =
+        specs
+            .iter()
+            .zip(readers)
+            .zip(handlers.iter_mut())
+            .enumerate()
+            .map(|(index, ((spec, reader), handler))| {
+                let (stop, watchdog) = (&stop, &watchdog);
+                async move {
+                    let result = run_loop(reader, writer, spec, handler, stop, (watchdog, index)).await;
+                    if result.is_err() {
+                        stop.cancel();
+                    }
+                    result
                 }
-                result
-            }
-        });
+            });
     futures_util::future::join_all(loops).await.into_iter().collect()
 }
 
@@ -341,7 +358,7 @@ async fn join_group(
     }
 }
 
-fn announce_ready(spec: &ConsumerSpec) {
+fn announce_ready(spec: &ConsumerSpec, (watchdog, index): (&crate::systemd::Watchdog, usize)) {
     tracing::info!(
         "Consumer ready: stream={} group={} consumer={} batch={} max_deliveries={} dlq={}",
         spec.stream,
@@ -351,7 +368,7 @@ fn announce_ready(spec: &ConsumerSpec) {
         spec.max_deliveries,
         spec.dlq_stream
     );
-    crate::systemd::notify_ready(&format!("consuming {} as {}", spec.stream, spec.consumer));
+    watchdog.joined(index, &format!("consuming {} as {}", spec.label, spec.consumer));
 }
 
 /// Which entries the next read asks for.
@@ -389,7 +406,8 @@ struct Consumer<'a, H> {
     shutdown: &'a CancellationToken,
     backoff: Backoff,
     pass: Pass,
-    watchdog: crate::systemd::Watchdog,
+    /// The process's watchdog, and this loop's index in it.
+    watchdog: (&'a crate::systemd::Watchdog, usize),
     last_claim: Option<Instant>,
     last_backlog: Option<Instant>,
     /// When to re-read the entries the handler left pending on purpose.
@@ -399,7 +417,7 @@ struct Consumer<'a, H> {
 impl<H: BatchHandler> Consumer<'_, H> {
     async fn run(&mut self) -> Result<(), StageError> {
         loop {
-            self.watchdog.ping();
+            self.watchdog.0.beat(self.watchdog.1);
             self.start_retry_if_due();
             self.sample_backlog_if_due().await;
             if self.shutdown.is_cancelled() {
@@ -764,7 +782,7 @@ async fn dead_letter_if_exhausted(
         ("timestamp", now_secs().to_string()),
     ];
     let letter = crate::append_once::Once {
-        id: entry.id.clone(),
+        id: crate::append_once::dead_letter_id(&spec.stream, spec.label, &entry.id),
         fields: crate::cas::owned(fields),
         ttl_secs: crate::append_once::MARKER_TTL_SECS,
     };

@@ -298,6 +298,18 @@ where
     panic!("timed out after {TIMEOUT:?} waiting for {what}");
 }
 
+/// `n` BUYs of 50 USD over the demo's symbols in turn, every intent format.
+pub fn demo_buys(n: usize) -> Vec<Vec<(String, String)>> {
+    use quantum_model::types::{Side, Symbol};
+    use quantumctl::sim::{intent_fields, Format};
+    (0..n)
+        .map(|i| {
+            let symbol = Symbol::parse(DEMO_SYMBOLS[i % DEMO_SYMBOLS.len()]).unwrap();
+            intent_fields(&symbol, Side::Buy, rust_decimal::Decimal::from(50), Format::Mixed, i)
+        })
+        .collect()
+}
+
 /// Every intent became exactly one plan, every plan exactly one result and at most one order,
 /// every fill was applied once, and each ledger equals the venue's position.
 pub async fn assert_exactly_once(stack: &Stack, intent_ids: &[String]) {
