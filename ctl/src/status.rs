@@ -11,7 +11,7 @@ use quantum_model::contract::*;
 use quantum_model::position::LedgerEntry;
 use quantum_model::snapshot::Snapshot;
 use quantum_model::types::Symbol;
-use quantum_runtime::consumer::{scan_keys, GroupBacklog};
+use quantum_runtime::consumer::{group_backlog, scan_keys, GroupBacklog};
 
 use crate::pipeline_facts::{sharded_backlog, stream_shards, total_len};
 use quantum_runtime::reply::hash_pairs;
@@ -50,6 +50,9 @@ pub struct Status {
     pub streams: Vec<(&'static str, u64)>,
     /// (group, stream, backlog; None when the group does not exist yet)
     pub groups: Vec<(&'static str, &'static str, Option<GroupBacklog>)>,
+    /// With `STREAM_SHARDS` > 1, the same per shard (group, shard stream, backlog): a shard
+    /// that lags alone (a hot symbol, a stuck loop) shows here.
+    pub shard_groups: Vec<(&'static str, String, Option<GroupBacklog>)>,
     /// (symbol, ledger or why it is unreadable, exchange position)
     pub ledgers: Vec<(Symbol, Result<LedgerEntry, String>, Option<String>)>,
     /// The window the outcomes cover, in minutes.
@@ -88,6 +91,12 @@ pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
         status
             .groups
             .push((group, stream, sharded_backlog(client, shards, stream, group).await?));
+        if shards.count() > 1 {
+            for shard in shards.names(stream) {
+                let backlog = group_backlog(client, &shard, group).await?;
+                status.shard_groups.push((group, shard, backlog));
+            }
+        }
     }
     for (symbol, entry) in ledgers(client).await? {
         let snap: Value = client.hgetall(snapshot_key(&symbol)).await?;
@@ -125,7 +134,18 @@ impl Status {
             out,
             "\nGROUP                         STREAM                              CONSUMERS  PENDING      LAG"
         );
-        for (group, stream, backlog) in &self.groups {
+        Self::render_backlogs(out, self.groups.iter().map(|(g, s, b)| (*g, *s, b)));
+        if !self.shard_groups.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nBY SHARD                      STREAM                              CONSUMERS  PENDING      LAG"
+            );
+            Self::render_backlogs(out, self.shard_groups.iter().map(|(g, s, b)| (*g, s.as_str(), b)));
+        }
+    }
+
+    fn render_backlogs<'a>(out: &mut String, rows: impl Iterator<Item = (&'a str, &'a str, &'a Option<GroupBacklog>)>) {
+        for (group, stream, backlog) in rows {
             match backlog {
                 Some(b) => {
                     let lag = b.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
@@ -208,6 +228,12 @@ impl Status {
             "stream_shards": self.shards,
             "streams": self.streams.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "groups": self.groups.iter().map(|(g, s, b)| json!({
+                "group": g, "stream": s,
+                "consumers": b.as_ref().map(|b| b.consumers),
+                "pending": b.as_ref().map(|b| b.pending),
+                "lag": b.as_ref().and_then(|b| b.lag),
+            })).collect::<Vec<_>>(),
+            "shard_groups": self.shard_groups.iter().map(|(g, s, b)| json!({
                 "group": g, "stream": s,
                 "consumers": b.as_ref().map(|b| b.consumers),
                 "pending": b.as_ref().map(|b| b.pending),

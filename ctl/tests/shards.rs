@@ -81,6 +81,19 @@ async fn two_shards_keep_each_symbol_on_its_shard_and_the_whole_loop_runs_on_bot
     let (code, text) = support::quantumctl(&["status"], Some(&stack.url()));
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("STREAM_SHARDS=2: apply.plan, apply.result and ledger.commit are split by symbol"));
+    assert!(text.contains("\nBY SHARD "), "{text}");
+    for shard in [
+        "quantum:stream:apply.plan ",
+        "quantum:stream:apply.plan:1 ",
+        "quantum:stream:ledger.commit:1 ",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(shard) && l.trim_end().ends_with(" 0        0")),
+            "{shard}: {text}"
+        );
+    }
+    assert_eq!(status["shard_groups"].as_array().map(Vec::len), Some(5), "{status}");
     // An intent of a symbol on shard 1 is followed to its fill there.
     let on_shard_one = ids
         .iter()
