@@ -301,6 +301,45 @@ fn the_offline_override_changes_only_the_images() {
 }
 
 #[test]
+fn the_cluster_profile_runs_every_service_on_six_nodes_with_two_shards() {
+    let config = compose_config(&["compose.yaml", "deploy/compose/cluster.yaml"]).join("\n");
+    for node in [
+        "redis",
+        "redis-2",
+        "redis-3",
+        "redis-4",
+        "redis-5",
+        "redis-6",
+        "redis-cluster",
+    ] {
+        assert!(config.contains(&format!("\n  {node}:\n")), "{node} missing:\n{config}");
+    }
+    assert_eq!(config.matches("- --cluster-enabled").count(), 6, "{config}");
+    // The replicas sync with the password the ACL file expects (checked with the secrets).
+    assert_eq!(
+        config.matches("- quantum-replication-dev-password").count(),
+        6,
+        "{config}"
+    );
+    for setting in [
+        "REDIS_URL: redis-cluster://redis:6379?node=redis-2:6379",
+        "STREAM_SHARDS: '2'",
+        "REDIS_WAIT_REPLICAS: '1'",
+    ] {
+        assert_eq!(
+            config.matches(setting).count(),
+            3,
+            "{setting} for bridge, executor and ledger:\n{config}"
+        );
+    }
+    assert_eq!(
+        config.matches("condition: service_completed_successfully").count(),
+        4,
+        "{config}"
+    );
+}
+
+#[test]
 fn compose_stack_validates_and_matches_the_acls() {
     let out = Command::new("docker-compose")
         .args(["-f", "compose.yaml", "config"])
@@ -346,7 +385,7 @@ fn compose_stack_validates_and_matches_the_acls() {
     // Every development secret is the password the ACL file expects for its user.
     use sha2::{Digest, Sha256};
     let acl = std::fs::read_to_string(repo().join("deploy/redis/users.acl")).unwrap();
-    for user in ["bridge", "executor", "ledger", "ops", "kernel"] {
+    for user in ["bridge", "executor", "ledger", "ops", "kernel", "admin", "replication"] {
         let secret =
             std::fs::read_to_string(repo().join(format!("deploy/compose/secrets/{user}-redis-password"))).unwrap();
         let hash: String = Sha256::digest(secret.trim_end().as_bytes())
