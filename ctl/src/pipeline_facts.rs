@@ -93,22 +93,38 @@ pub async fn sharded_backlog(
     stream: &str,
     group: &str,
 ) -> Result<Option<GroupBacklog>, Error> {
-    let mut total: Option<GroupBacklog> = None;
+    Ok(sum_backlogs(&shard_backlogs(client, shards, stream, group).await?))
+}
+
+/// `group`'s backlog on each shard of `stream`, shard 0 first (`None`: no group there yet).
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn shard_backlogs(
+    client: &Client,
+    shards: StreamShards,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<(String, Option<GroupBacklog>)>, Error> {
+    let mut backlogs = Vec::new();
     for shard in shards.names(stream) {
-        let Some(b) = group_backlog(client, &shard, group).await? else {
-            continue;
-        };
-        total = Some(match total {
-            None => b,
-            Some(t) => GroupBacklog {
-                consumers: t.consumers.max(b.consumers),
-                pending: t.pending + b.pending,
-                lag: t.lag.zip(b.lag).map(|(x, y)| x + y),
-                last_delivered_id: t.last_delivered_id,
-            },
-        });
+        let backlog = group_backlog(client, &shard, group).await?;
+        backlogs.push((shard, backlog));
     }
-    Ok(total)
+    Ok(backlogs)
+}
+
+/// Per-shard backlogs added up as [`sharded_backlog`] describes.
+pub fn sum_backlogs(backlogs: &[(String, Option<GroupBacklog>)]) -> Option<GroupBacklog> {
+    backlogs
+        .iter()
+        .filter_map(|(_, b)| b.clone())
+        .reduce(|t, b| GroupBacklog {
+            consumers: t.consumers.max(b.consumers),
+            pending: t.pending + b.pending,
+            lag: t.lag.zip(b.lag).map(|(x, y)| x + y),
+            last_delivered_id: t.last_delivered_id,
+        })
 }
 
 /// The id of the newest entry of `stream` (`0-0` when empty), to mark where a phase starts.

@@ -11,9 +11,9 @@ use quantum_model::contract::*;
 use quantum_model::position::LedgerEntry;
 use quantum_model::snapshot::Snapshot;
 use quantum_model::types::Symbol;
-use quantum_runtime::consumer::{group_backlog, scan_keys, GroupBacklog};
+use quantum_runtime::consumer::{scan_keys, GroupBacklog};
 
-use crate::pipeline_facts::{sharded_backlog, stream_shards, total_len};
+use crate::pipeline_facts::{shard_backlogs, stream_shards, sum_backlogs, total_len};
 use quantum_runtime::reply::hash_pairs;
 
 /// Every ledger, by symbol (unreadable ones are reported as errors).
@@ -88,14 +88,12 @@ pub async fn gather(client: &Client, minutes: u64) -> Result<Status, Error> {
         (PLAN_STREAM, PLAN_GROUP),
         (LEDGER_COMMIT_STREAM, LEDGER_GROUP),
     ] {
-        status
-            .groups
-            .push((group, stream, sharded_backlog(client, shards, stream, group).await?));
+        let backlogs = shard_backlogs(client, shards, stream, group).await?;
+        status.groups.push((group, stream, sum_backlogs(&backlogs)));
         if shards.count() > 1 {
-            for shard in shards.names(stream) {
-                let backlog = group_backlog(client, &shard, group).await?;
-                status.shard_groups.push((group, shard, backlog));
-            }
+            status
+                .shard_groups
+                .extend(backlogs.into_iter().map(|(shard, backlog)| (group, shard, backlog)));
         }
     }
     for (symbol, entry) in ledgers(client).await? {

@@ -69,9 +69,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn succeeded(&self, labels: Vec<metrics::Label>) {
+    /// `labels` only once a run of failures ends (the usual batch builds none).
+    fn succeeded(&self, labels: impl FnOnce() -> Vec<metrics::Label>) {
         if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
-            metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, labels).set(0.0);
+            metrics::gauge!(quantum_model::metric_names::CONSUMER_STALLED, labels()).set(0.0);
         }
     }
 
@@ -479,7 +480,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
             return Ok(Flow::Continue);
         }
         if entries.is_empty() {
-            self.spec.progress.succeeded(self.spec.labels());
+            self.spec.progress.succeeded(|| self.spec.labels());
             return Ok(Flow::Continue);
         }
         let count = entries.len() as u64;
@@ -540,7 +541,7 @@ impl<H: BatchHandler> Consumer<'_, H> {
         // kill the process.
         crate::telemetry::flush_logs();
         self.backoff.reset();
-        self.spec.progress.succeeded(self.spec.labels());
+        self.spec.progress.succeeded(|| self.spec.labels());
         metrics::counter!(quantum_model::metric_names::CONSUMER_ENTRIES_TOTAL, self.spec.labels()).increment(count);
         self.schedule_retry();
     }
