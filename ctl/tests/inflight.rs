@@ -407,3 +407,71 @@ async fn the_gates_read_totals_kept_with_the_reservations_and_rebuilt_when_they_
     })
     .await;
 }
+
+/// A script sums its changes to the totals in Lua and writes them once: exactly, past 2^53 and
+/// with parts of 16 digits, and a count that ends at zero removes the totals.
+#[tokio::test]
+async fn totals_stay_exact_when_a_script_sums_many_large_reservations() {
+    let stack = Stack::new().await;
+    let symbol = quantum_model::types::Symbol::parse("ZECUSDT").unwrap();
+    let large = "999999999999999"; // 15 digits: summed in Lua
+    let huge = "9999999999999999"; // 16 digits: handed to HINCRBY at once
+    let mut pairs: Vec<(String, String)> = (0..600)
+        .map(|n| {
+            (
+                format!("plan{n:04}"),
+                format!("side=SELL qty=1 notional_usd=1 ts=1 held={large}:99999999"),
+            )
+        })
+        .collect();
+    pairs.push((
+        "plan_huge".into(),
+        format!("side=SELL qty=1 notional_usd=1 ts=1 held={huge}:1"),
+    ));
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+    stack.hset(&reservations_key("ZECUSDT"), &borrowed).await;
+    // 600 × 999999999999999 + 9999999999999999, and 600 × 99999999 + 1.
+    stack
+        .hset(
+            &totals_key("ZECUSDT"),
+            &[
+                ("sell_qty_whole", "609999999999999399"),
+                ("sell_qty_frac", "59999999401"),
+                ("count", "601"),
+            ],
+        )
+        .await;
+
+    // One script releases all but one of them.
+    let release = |fields: Vec<String>| {
+        let client = stack.client.clone();
+        let symbol = symbol.clone();
+        async move {
+            let pipeline = client.pipeline();
+            quantum_runtime::inflight::queue_release(&pipeline, &symbol, fields)
+                .await
+                .unwrap();
+            let _: Vec<Value> = pipeline.all().await.unwrap();
+        }
+    };
+    let mut fields: Vec<String> = (1..600).map(|n| format!("plan{n:04}")).collect();
+    fields.push("plan_huge".into());
+    release(fields).await;
+    let (kept, _) = totals_and_values(&stack, "ZECUSDT").await;
+    assert_eq!(
+        kept.sell_qty,
+        "999999999999999.99999999".parse::<Decimal>().unwrap(),
+        "the totals are the one reservation left, exactly"
+    );
+    assert_eq!(kept.count, 1);
+    let totals = stack.hash(&totals_key("ZECUSDT")).await;
+    assert_eq!(totals["sell_qty_whole"], large);
+    assert_eq!(totals["sell_qty_frac"], "99999999");
+
+    release(vec!["plan0000".into()]).await;
+    assert!(stack.hash(&reservations_key("ZECUSDT")).await.is_empty());
+    assert!(
+        stack.hash(&totals_key("ZECUSDT")).await.is_empty(),
+        "a count that ends at zero removes the totals"
+    );
+}

@@ -170,11 +170,16 @@ static SWAP_SCRIPT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| quantum_runtime::inflight::with_totals("#!lua", SWAP_BODY));
 
 const SWAP_BODY: &str = r#"
--- Every key's type before the first write: a step that fails writes nothing.
+-- Every key's type before the first write: a step that fails writes nothing. A batch's orders
+-- share their symbol's keys: each is checked once.
+local hashes = {}
 for j = 1, #KEYS, 3 do
-  local t = redis.call('TYPE', KEYS[j])['ok']
-  if t ~= 'none' and t ~= 'hash' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[j] .. ' holds a ' .. t .. ', not a hash; nothing written')
+  if not hashes[KEYS[j]] then
+    hashes[KEYS[j]] = true
+    local t = redis.call('TYPE', KEYS[j])['ok']
+    if t ~= 'none' and t ~= 'hash' then
+      return redis.error_reply('WRONGTYPE ' .. KEYS[j] .. ' holds a ' .. t .. ', not a hash; nothing written')
+    end
   end
   local bad = inflight_totals_bad(KEYS[j + 1])
   if bad then return redis.error_reply(bad) end
