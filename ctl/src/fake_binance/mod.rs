@@ -4,7 +4,7 @@
 //! the exchange filters and the position mode; keeps orders, trades, positions and the balance;
 //! answers with the documented error codes; counts request weight and orders in the
 //! `X-MBX-USED-WEIGHT-1M` / `X-MBX-ORDER-COUNT-*` headers; answers `429` past the weight limit and
-//! bans (`418`) a client that sends again before its `Retry-After`.
+//! bans (`418`) a client that sends again before its `Retry-After` (past `IN_FLIGHT_GRACE_MS`).
 //!
 //! Faults are injected on request ([`Faults`]): accept an order then time out or answer 5xx,
 //! 429 and 418 bursts, partial fills, clock skew, a duplicate client id. The control endpoints
@@ -105,6 +105,8 @@ struct Inner {
     counters: Counters,
     throttled_until: u64,
     banned_until: u64,
+    /// When the last 429 or 418 was issued: see [`IN_FLIGHT_GRACE_MS`].
+    limited_at: u64,
     /// (minute, weight used in it).
     weight: (u64, u64),
     /// Order times of the last minute (the order-count headers).
@@ -139,6 +141,7 @@ impl FakeBinance {
                 counters: Counters::default(),
                 throttled_until: 0,
                 banned_until: 0,
+                limited_at: 0,
                 weight: (0, 0),
                 order_times: Vec::new(),
             }),
@@ -389,23 +392,42 @@ impl Server {
     }
 }
 
+/// How long after a 429 or 418 a request still counts as sent before the client could have
+/// read it (its tasks call the venue concurrently: a position snapshot may be on the wire while
+/// an order's 429 is). Such a request is refused like any in the window, but it is not counted
+/// as ignoring the back-off, and a 429 is not escalated to a ban for it: Binance bans clients
+/// that repeatedly fail to back off, not a request that crossed the 429 on the wire.
+const IN_FLIGHT_GRACE_MS: u64 = 100;
+
 impl Inner {
     /// A ban or a back-off in force, or an injected one.
     fn limits(&mut self, now: u64) -> Option<Reply> {
+        let in_flight = now.saturating_sub(self.limited_at) < IN_FLIGHT_GRACE_MS;
         if self.banned_until > now {
-            self.counters.ignored_backoff += 1;
+            if !in_flight {
+                self.counters.ignored_backoff += 1;
+            }
             return Some(self.banned(now));
         }
         if self.throttled_until > now {
+            if in_flight {
+                let secs = (self.throttled_until - now).div_ceil(1000);
+                return Some(self.throttled(
+                    secs,
+                    "Too many requests; current limit is 2400 requests per minute.".into(),
+                ));
+            }
             // Binance bans clients that do not back off after a 429.
             self.counters.ignored_backoff += 1;
             let secs = self.faults.ban_secs.max(1);
             self.banned_until = now + secs * 1000;
+            self.limited_at = now;
             return Some(self.banned(now));
         }
         if self.faults.ban > 0 {
             self.faults.ban -= 1;
             self.banned_until = now + self.faults.ban_secs.max(1) * 1000;
+            self.limited_at = now;
             return Some(self.banned(now));
         }
         if self.faults.throttle > 0 {
@@ -436,8 +458,14 @@ impl Inner {
     }
 
     fn throttle(&mut self, now: u64, secs: u64, msg: String) -> Reply {
-        self.counters.throttled += 1;
         self.throttled_until = now + secs * 1000;
+        self.limited_at = now;
+        self.throttled(secs, msg)
+    }
+
+    /// A 429 for a back-off of `secs` already in force.
+    fn throttled(&mut self, secs: u64, msg: String) -> Reply {
+        self.counters.throttled += 1;
         let mut reply = Reply::error(&ApiError::new(429, -1003, msg));
         reply.headers.push(("Retry-After", secs.to_string()));
         reply
@@ -598,5 +626,50 @@ fn control(inner: &mut Inner, method: &Method, path: &str, body: &[u8]) -> Reply
             -5000,
             format!("Path {path}, Method {method} is invalid"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner(faults: Faults) -> Inner {
+        Inner {
+            book: Book::new(BTreeMap::new(), Decimal::from(1000)),
+            faults,
+            counters: Counters::default(),
+            throttled_until: 0,
+            banned_until: 0,
+            limited_at: 0,
+            weight: (0, 0),
+            order_times: Vec::new(),
+        }
+    }
+
+    fn status(reply: Option<Reply>) -> Option<u16> {
+        reply.map(|r| r.status.as_u16())
+    }
+
+    #[test]
+    fn a_request_that_crossed_a_429_on_the_wire_is_refused_but_not_banned() {
+        let mut venue = inner(Faults {
+            throttle: 1,
+            retry_after_secs: 1,
+            ..Faults::default()
+        });
+        assert_eq!(status(venue.limits(10_000)), Some(429));
+        // Sent before the 429 could have reached the client.
+        assert_eq!(status(venue.limits(10_000 + IN_FLIGHT_GRACE_MS - 1)), Some(429));
+        assert_eq!((venue.counters.ignored_backoff, venue.counters.banned), (0, 0));
+        // Sent after: the client ignored the back-off, and is banned.
+        assert_eq!(status(venue.limits(10_000 + IN_FLIGHT_GRACE_MS)), Some(418));
+        assert_eq!((venue.counters.ignored_backoff, venue.counters.banned), (1, 1));
+        // The ban's own grace, then every request in the ban counts again.
+        assert_eq!(status(venue.limits(10_000 + IN_FLIGHT_GRACE_MS + 1)), Some(418));
+        assert_eq!(venue.counters.ignored_backoff, 1);
+        assert_eq!(status(venue.limits(10_000 + 2 * IN_FLIGHT_GRACE_MS)), Some(418));
+        assert_eq!(venue.counters.ignored_backoff, 2);
+        // Once the ban is over, requests pass.
+        assert_eq!(status(venue.limits(10_000 + IN_FLIGHT_GRACE_MS + 1000)), None);
     }
 }
