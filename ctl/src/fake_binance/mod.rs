@@ -135,16 +135,7 @@ impl FakeBinance {
         book.dual_side = config.dual_side;
         let server = Arc::new(Server {
             config,
-            inner: Mutex::new(Inner {
-                book,
-                faults: Faults::default(),
-                counters: Counters::default(),
-                throttled_until: 0,
-                banned_until: 0,
-                limited_at: 0,
-                weight: (0, 0),
-                order_times: Vec::new(),
-            }),
+            inner: Mutex::new(Inner::new(book)),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -400,6 +391,20 @@ impl Server {
 const IN_FLIGHT_GRACE_MS: u64 = 100;
 
 impl Inner {
+    /// A venue holding `book`, with no faults, limits or counts yet.
+    fn new(book: Book) -> Self {
+        Self {
+            book,
+            faults: Faults::default(),
+            counters: Counters::default(),
+            throttled_until: 0,
+            banned_until: 0,
+            limited_at: 0,
+            weight: (0, 0),
+            order_times: Vec::new(),
+        }
+    }
+
     /// A ban or a back-off in force, or an injected one.
     fn limits(&mut self, now: u64) -> Option<Reply> {
         let in_flight = now.saturating_sub(self.limited_at) < IN_FLIGHT_GRACE_MS;
@@ -635,14 +640,8 @@ mod tests {
 
     fn inner(faults: Faults) -> Inner {
         Inner {
-            book: Book::new(BTreeMap::new(), Decimal::from(1000)),
             faults,
-            counters: Counters::default(),
-            throttled_until: 0,
-            banned_until: 0,
-            limited_at: 0,
-            weight: (0, 0),
-            order_times: Vec::new(),
+            ..Inner::new(Book::new(BTreeMap::new(), Decimal::from(1000)))
         }
     }
 
