@@ -390,6 +390,9 @@ impl Server {
 /// that repeatedly fail to back off, not a request that crossed the 429 on the wire.
 const IN_FLIGHT_GRACE_MS: u64 = 100;
 
+/// The message of an injected 429 (`Faults::throttle`) and of the 429s that follow it.
+const INJECTED_THROTTLE_MSG: &str = "Too many requests; current limit is 2400 requests per minute.";
+
 impl Inner {
     /// A venue holding `book`, with no faults, limits or counts yet.
     fn new(book: Book) -> Self {
@@ -417,10 +420,7 @@ impl Inner {
         if self.throttled_until > now {
             if in_flight {
                 let secs = (self.throttled_until - now).div_ceil(1000);
-                return Some(self.throttled(
-                    secs,
-                    "Too many requests; current limit is 2400 requests per minute.".into(),
-                ));
+                return Some(self.throttled(secs, INJECTED_THROTTLE_MSG.into()));
             }
             // Binance bans clients that do not back off after a 429.
             self.counters.ignored_backoff += 1;
@@ -438,11 +438,7 @@ impl Inner {
         if self.faults.throttle > 0 {
             self.faults.throttle -= 1;
             let secs = self.faults.retry_after_secs.max(1);
-            return Some(self.throttle(
-                now,
-                secs,
-                "Too many requests; current limit is 2400 requests per minute.".into(),
-            ));
+            return Some(self.throttle(now, secs, INJECTED_THROTTLE_MSG.into()));
         }
         None
     }
