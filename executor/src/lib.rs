@@ -738,10 +738,8 @@ impl<V: Venue> Executor<V> {
                 }
             }
         }
-        let appended = order::publish(&self.writer, &self.streams, &to_publish, &answers, &released).await?;
-        self.count_replayed_answers(steps, &appended);
         // Every entry but those left to the executor that holds their order, and those
-        // waiting on an unknown outcome.
+        // waiting on an unknown outcome: acknowledged with the publication's last step.
         let ids: Vec<String> = batch
             .iter()
             .zip(steps)
@@ -749,7 +747,8 @@ impl<V: Venue> Executor<V> {
             .filter(|(i, (_, step))| !matches!(step, Step::Leased) && !waiting.contains(i))
             .map(|(_, (e, _))| e.id.clone())
             .collect();
-        consumer::queue_ack(&self.writer, &self.streams.plans, PLAN_GROUP, &ids).await?;
+        let appended = order::publish(&self.writer, &self.streams, &to_publish, &answers, &released, &ids).await?;
+        self.count_replayed_answers(steps, &appended);
         Ok(finalized)
     }
 

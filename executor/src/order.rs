@@ -523,8 +523,10 @@ fn final_fields(outbox: &Outbox, outcome: &OrderOutcome) -> Vec<(&'static str, S
 
 /// Publishes finished orders' outboxes, in ordered steps of one slot each (see the module doc);
 /// `answers` (results of plans answered without an order) are appended once with the orders'
-/// results, `released` (plan ids by symbol) have their reservations released with the swaps.
-/// Returns, per answer, whether it was appended now (false: a replay answered before).
+/// results, `released` (plan ids by symbol) have their reservations released with the swaps,
+/// and the plan entries `acked` are acknowledged (`PLAN_GROUP` on `streams.plans`) in the last
+/// step's round trip, once every fill and result is out. Returns, per answer, whether it was
+/// appended now (false: a replay answered before).
 ///
 /// # Errors
 /// Redis failing at a step: the steps before it stay done, and a retry repeats none of them.
@@ -534,6 +536,7 @@ pub async fn publish(
     outboxes: &[Outbox],
     answers: &[Once],
     released: &[(Symbol, String)],
+    acked: &[String],
 ) -> Result<Vec<bool>, Error> {
     // 1. Reservations: the plans' swapped for the fills' (one script per symbol slot group),
     //    the not-executed plans' released.
@@ -607,16 +610,21 @@ pub async fn publish(
         }
     }
     fail::fail_point!("executor::after_append", |_| std::process::abort());
-    // 3. Done: the records say so and leave the index.
-    if !outboxes.is_empty() {
+    // 3. Done: the records say so and leave the index, and the plans are acknowledged, in one
+    //    round trip. Everything the plans caused is out by now, so the XACK may land even where
+    //    a mark fails: that record only keeps a stale `published=0` until it expires.
+    if !outboxes.is_empty() || !acked.is_empty() {
         let done = client.pipeline();
         let records: Vec<String> = outboxes.iter().map(|o| order_key(&o.order.client_order_id)).collect();
         for group in quantum_runtime::nodes::slot_groups(client, &records) {
             let keys = group.iter().map(|&i| records[i].clone()).collect();
             queue_eval(&done, PUBLISHED_SCRIPT, keys, Vec::new()).await?;
         }
-        let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
-        done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
+        if !outboxes.is_empty() {
+            let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
+            done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
+        }
+        quantum_runtime::consumer::queue_ack(&done, &streams.plans, quantum_model::contract::PLAN_GROUP, acked).await?;
         let _: Vec<Value> = done.all().await?;
     }
     Ok(answered)

@@ -67,7 +67,7 @@ impl<V: Venue> Sweeper<V> {
                 Ok(OpenOrder::Unpublished(outbox)) => {
                     // Finished by an executor that died before its fills and result were out.
                     let streams = Streams::of(self.shards, &outbox.order.symbol);
-                    order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[]).await?;
+                    order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[], &[]).await?;
                     tracing::warn!(
                         "Swept order {coid} of plan {} for {}: finished but not published, its fills and result published",
                         outbox.order.plan_id,
@@ -109,7 +109,7 @@ impl<V: Venue> Sweeper<V> {
             return Ok(false);
         }
         let streams = Streams::of(self.shards, &order.symbol);
-        order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[]).await?;
+        order::publish(&self.writer, &streams, std::slice::from_ref(&outbox), &[], &[], &[]).await?;
         let found = match &outcome {
             OrderOutcome::Filled { .. } => "filled",
             OrderOutcome::Rejected { .. } => "rejected",
