@@ -317,6 +317,75 @@ async fn reconcile_lets_exchange_truth_win_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn a_symbol_first_filled_between_keyspace_walks_is_reconciled_without_one() {
+    let mut stack = Stack::new().await;
+    // One walk, at start, on an empty keyspace: ETH's ledger and snapshot come after it.
+    stack.start(
+        Service::Ledger,
+        &[
+            ("LEDGER_RECONCILE_INTERVAL_MS", "100"),
+            ("LEDGER_RECONCILE_GRACE_MS", "300"),
+            ("LEDGER_KEYSPACE_SCAN_MS", "3600000"),
+        ],
+    );
+    stack.wait_log(Service::Ledger, "Consumer ready").await;
+    let fill = [
+        ("fill_id", "qib-00000000000000e1-1"),
+        ("order_id", "qib-00000000000000e1"),
+        ("plan_id", "00000000000000e1"),
+        ("symbol", "ETHUSDT"),
+        ("side", "BUY"),
+        ("qty", "1"),
+        ("price", "3000"),
+        ("fee", "0"),
+        ("leverage", "1"),
+        ("ts", "1"),
+        ("venue_seq", "1"),
+    ];
+    stack.xadd(LEDGER_COMMIT_STREAM, &fill).await;
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_COMMIT symbol=ETHUSDT fill_id=qib-00000000000000e1-1",
+        )
+        .await;
+    // The venue says 3, the ledger (from the one fill) 1: the ledger noted ETH's keys as it
+    // wrote them, so the next passes compare them without walking the keyspace again.
+    let now = quantum_model::time::now_ms().to_string();
+    stack
+        .hset(
+            "quantum:position:snapshot:ETHUSDT",
+            &[("position_amt", "3"), ("entry_price", "3000"), ("ts", now.as_str())],
+        )
+        .await;
+    stack
+        .wait_log(
+            Service::Ledger,
+            "LEDGER_RECONCILE symbol=ETHUSDT ledger_amt=1 exchange_amt=3 drift=2 action=applied",
+        )
+        .await;
+    let eth = stack.hash("quantum:position:ledger:ETHUSDT").await;
+    assert_eq!(eth.get("position_amt").map(String::as_str), Some("3"));
+    assert_eq!(eth.get("source").map(String::as_str), Some("reconcile"));
+    // Observed, then applied past the 300 ms grace: passes 100 ms apart, one walk among them
+    // (one SCAN of this small keyspace) beside the start-up's conversion of old records (one).
+    let stats: String = fred::prelude::ClientLike::custom(
+        &stack.client,
+        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::FirstKey, false),
+        vec!["commandstats"],
+    )
+    .await
+    .unwrap();
+    let scans: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(scans <= 2, "the passes walked the keyspace {scans} times: {stats}");
+}
+
+#[tokio::test]
 async fn reconcile_waits_while_the_symbol_has_work_in_flight_and_only_that_symbol() {
     let mut stack = Stack::new().await;
     let now = quantum_model::time::now_ms().to_string();

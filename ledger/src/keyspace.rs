@@ -1,17 +1,30 @@
-//! The ledger's own keys, found with one SCAN per periodic pass.
+//! The ledger's own keys: found by walking the keyspace now and then, and noted as the ledger
+//! writes them in between.
 //!
 //! The housekeeping (the census gauge, pruning the applied-fill records, the parked fills'
 //! sweep, reconcile) works on four families of keys. A SCAN walks the whole keyspace, which
-//! holds a replay marker and an order record per intent, so one SCAN for all four families
-//! replaces the four it took before: its pattern keeps `quantum:position:*` (with and without
-//! the `{…}` hash tag) and `quantum:ledger:*`, and leaves the markers and order records, most
-//! of the keyspace, on the server.
+//! holds a replay marker and an order record per intent, so its cost grows with the intents of
+//! the last day, not with the symbols: one walk (its pattern keeps `quantum:position:*`, with and
+//! without the `{…}` hash tag, and `quantum:ledger:*`) every `LEDGER_KEYSPACE_SCAN_MS`, not every
+//! pass. Between walks a pass works on what the last walk found and what the ledger itself
+//! wrote since ([`Written`]): every key of the families is written by the ledger except the
+//! snapshots (the venue's) and keys made by hand, which the next walk finds.
+//!
+//! Invariant: a pass sees every key the ledger wrote before the pass began. The notes are taken
+//! (and cleared) just before a walk starts, and SCAN returns every key that exists from its
+//! start to its end (none of these is deleted by anyone but the ledger's own pruning, which
+//! keeps the key); a commit noted after that stays noted until the walk after.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use quantum_model::contract::{LEDGER_KEY_PREFIX, SNAPSHOT_KEY_PREFIX};
+use quantum_model::contract::{ledger_applied_key, LEDGER_KEY_PREFIX, SNAPSHOT_KEY_PREFIX};
 use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
+
+use crate::decisions::Application;
 
 /// `quantum:` then `led…` or `pos…`, anywhere in the key (`{quantum:position:ledger:X}:parked`).
 pub const LEDGER_FAMILIES: &str = "*quantum:[lp][eo][ds]*";
@@ -69,6 +82,111 @@ impl Keyspace {
         found.applied.sort();
         found
     }
+
+    /// Adds the keys of `other` this one lacks; each family stays sorted, without repeats.
+    pub fn merge(&mut self, other: &Self) {
+        fn union<T: Ord + Clone>(into: &mut Vec<T>, from: &[T]) {
+            into.extend_from_slice(from);
+            into.sort();
+            into.dedup();
+        }
+        union(&mut self.ledgers, &other.ledgers);
+        union(&mut self.snapshots, &other.snapshots);
+        union(&mut self.parked, &other.parked);
+        union(&mut self.applied, &other.applied);
+    }
+
+    /// Notes the keys a committed application to `symbol` wrote: its ledger, its parked fills,
+    /// its applied-fill records; and its snapshot, which the venue writes with the fills (a
+    /// pass that finds none skips the symbol quietly).
+    pub fn note_commit(&mut self, symbol: &Symbol, app: &Application) {
+        let mut written = Self::default();
+        if app.entry.is_some() {
+            written.ledgers.push(symbol.clone());
+            written.snapshots.push(symbol.clone());
+        }
+        if !app.parked.is_empty() {
+            written.parked.push(symbol.clone());
+        }
+        if app.applied.iter().any(|a| a.fill.venue_seq.is_none()) {
+            written.applied.push(ledger_applied_key(symbol));
+        }
+        self.merge(&written);
+    }
+}
+
+/// The keys the ledger's writers noted since the last walk, shared by every writer of the
+/// process and its housekeeping.
+pub type Written = Arc<Mutex<Keyspace>>;
+
+/// Runs `f` on the notes, whatever a panicking writer left (a note too many costs a read).
+fn with_notes<T>(written: &Written, f: impl FnOnce(&mut Keyspace) -> T) -> T {
+    f(&mut written.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Notes a committed application (see [`Keyspace::note_commit`]).
+pub fn note_commit(written: &Written, symbol: &Symbol, app: &Application) {
+    with_notes(written, |notes| notes.note_commit(symbol, app));
+}
+
+/// What the housekeeping passes work on: the last walk's keys and the notes since.
+#[derive(Debug)]
+pub struct KeyspaceWalk {
+    every: Duration,
+    last: Option<Instant>,
+    found: Keyspace,
+    written: Written,
+}
+
+impl KeyspaceWalk {
+    /// Walks at the first pass, then once `every` has passed since the last walk.
+    pub fn new(every: Duration, written: Written) -> Self {
+        Self {
+            every,
+            last: None,
+            found: Keyspace::default(),
+            written,
+        }
+    }
+
+    /// Where the writers note their keys for this walk.
+    pub fn notes(&self) -> Written {
+        self.written.clone()
+    }
+
+    /// Whether this pass walks the keyspace.
+    fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= self.every)
+    }
+
+    /// The keys of this pass, walking the keyspace when due.
+    ///
+    /// # Errors
+    /// Redis unreachable or refusing SCAN: the notes stay for the next pass, and [`Self::known`]
+    /// still says what is known.
+    pub async fn keys(&mut self, client: &Client) -> Result<Keyspace, Error> {
+        if self.due() {
+            let before = with_notes(&self.written, std::mem::take);
+            match Keyspace::scan(client).await {
+                Ok(found) => {
+                    self.found = found;
+                    self.last = Some(Instant::now());
+                }
+                Err(e) => {
+                    with_notes(&self.written, |notes| notes.merge(&before));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.known())
+    }
+
+    /// The last walk's keys and the notes since.
+    pub fn known(&self) -> Keyspace {
+        let mut keys = self.found.clone();
+        with_notes(&self.written, |notes| keys.merge(notes));
+        keys
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +219,36 @@ mod tests {
             found.applied,
             vec!["{quantum:position:ledger:BTCUSDT}:applied".to_string()]
         );
+    }
+
+    #[test]
+    fn a_merge_keeps_each_family_sorted_and_without_repeats() {
+        let mut walked = Keyspace {
+            ledgers: vec![sym("BTCUSDT"), sym("SOLUSDT")],
+            snapshots: vec![sym("BTCUSDT")],
+            parked: Vec::new(),
+            applied: vec!["{quantum:position:ledger:BTCUSDT}:applied".into()],
+        };
+        let noted = Keyspace {
+            ledgers: vec![sym("ETHUSDT"), sym("BTCUSDT")],
+            snapshots: vec![sym("ETHUSDT")],
+            parked: vec![sym("ETHUSDT")],
+            applied: vec!["{quantum:position:ledger:BTCUSDT}:applied".into()],
+        };
+        walked.merge(&noted);
+        assert_eq!(walked.ledgers, vec![sym("BTCUSDT"), sym("ETHUSDT"), sym("SOLUSDT")]);
+        assert_eq!(walked.snapshots, vec![sym("BTCUSDT"), sym("ETHUSDT")]);
+        assert_eq!(walked.parked, vec![sym("ETHUSDT")]);
+        assert_eq!(walked.applied.len(), 1);
+    }
+
+    #[test]
+    fn the_known_keys_are_the_walk_s_and_the_notes_since() {
+        let notes = Written::default();
+        let walk = KeyspaceWalk::new(Duration::from_secs(60), notes.clone());
+        assert!(walk.due(), "the first pass walks");
+        assert_eq!(walk.known(), Keyspace::default());
+        with_notes(&notes, |n| n.ledgers.push(sym("ETHUSDT")));
+        assert_eq!(walk.known().ledgers, vec![sym("ETHUSDT")]);
     }
 }

@@ -42,7 +42,7 @@ use quantum_model::stream_entry::{truncate, StreamEntry};
 use quantum_model::time::{now_ms, now_secs};
 use quantum_model::types::{FillId, Symbol};
 
-use crate::keyspace::Keyspace;
+use crate::keyspace::KeyspaceWalk;
 use quantum_runtime::append_once::{dead_letter_id, dead_letter_then_ack, Once, MARKER_TTL_SECS};
 use quantum_runtime::cas::{owned, CasOp, CasOutcome, CasWrite};
 use quantum_runtime::config::{parse_flag, parse_non_negative, ConnectError, ConsumerArgs, RedisArgs};
@@ -93,6 +93,12 @@ pub struct LedgerArgs {
     /// INTENT_BRIDGE_RESERVATION_TTL_MS, so that a parked fill's reservation outlives its wait.
     #[arg(long, env = "LEDGER_GAP_TIMEOUT_MS", default_value_t = 400_000)]
     pub gap_timeout_ms: u64,
+    /// How often the housekeeping walks the whole keyspace (SCAN) for the keys it did not write
+    /// itself: exchange snapshots of symbols it has no fill for, keys made by hand (ms). A walk
+    /// costs Redis time in proportion to every key (a replay marker and an order record per
+    /// intent of the last day); between walks the passes work on the keys the ledger wrote.
+    #[arg(long, env = "LEDGER_KEYSPACE_SCAN_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keyspace_scan_ms: u64,
     /// Log level when RUST_LOG is unset.
     #[arg(long, env = "LEDGER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -145,6 +151,8 @@ pub struct LedgerWriter {
     spans: HashMap<String, Span>,
     /// The shard of ledger.commit this writer reads.
     pub stream: String,
+    /// Where the keys its commits write are noted for the housekeeping (`keyspace`).
+    pub written: keyspace::Written,
 }
 
 /// How many times a batch retries symbols whose ledger moved under it before giving up.
@@ -160,6 +168,7 @@ impl LedgerWriter {
             stats: LedgerStats::default(),
             spans: HashMap::new(),
             stream: LEDGER_COMMIT_STREAM.to_string(),
+            written: keyspace::Written::default(),
         }
     }
 
@@ -214,6 +223,7 @@ impl LedgerWriter {
             for ((symbol, app), reply) in pending_writes.into_iter().zip(outcomes) {
                 match CasOutcome::from_reply(&reply)? {
                     CasOutcome::Applied => {
+                        keyspace::note_commit(&self.written, &symbol, &app);
                         self.report(&symbol, &app);
                         by_symbol.remove(&symbol);
                     }
@@ -575,7 +585,9 @@ pub async fn reconcile_once(
     let mut replies = replies.into_iter();
     let mut written = 0;
     for symbol in symbols {
-        let snapshot = Snapshot::from_hash(&hash_pairs(replies.next().unwrap_or(Value::Null)));
+        let snapshot = hash_pairs(replies.next().unwrap_or(Value::Null));
+        let absent = snapshot.is_empty();
+        let snapshot = Snapshot::from_hash(&snapshot);
         let ledger = match LedgerEntry::from_hash(&hash_pairs(replies.next().unwrap_or(Value::Null))) {
             Some(Err(e)) => {
                 tracing::warn!("LEDGER_RECONCILE symbol={symbol} skipped: ledger unreadable ({e})");
@@ -584,6 +596,10 @@ pub async fn reconcile_once(
             other => other.and_then(Result::ok),
         };
         let Some(snapshot) = snapshot else {
+            if absent {
+                // A symbol the ledger wrote whose venue has published no snapshot (yet).
+                continue;
+            }
             tracing::warn!("LEDGER_RECONCILE symbol={symbol} skipped: snapshot lacks position_amt or ts");
             continue;
         };
@@ -646,29 +662,32 @@ async fn symbol_quiescent(client: &Client, symbol: &Symbol) -> Result<bool, Erro
 
 /// The ledger's housekeeping every reconcile interval, until `stop` fires: the ledger census,
 /// pruning the applied-fill records, the parked fills' sweep, and (`reconcile_on`) a
-/// reconcile pass. A failed step is logged and retried on the next pass.
+/// reconcile pass, on the keys `walk` knows. A failed step is logged and retried on the next
+/// pass.
 async fn periodic(
     client: Client,
     reconcile: ReconcileConfig,
     reconcile_on: bool,
     gap_timeout_ms: u64,
     streams: Vec<String>,
+    mut walk: KeyspaceWalk,
     stop: CancellationToken,
 ) {
     // The sweep acknowledges no entry, so it has nothing to wait for replicas before.
     let mut sweeper = LedgerWriter::new(client.clone(), gap_timeout_ms, Default::default());
+    sweeper.written = walk.notes();
     let mut tracker = DriftTracker::default();
     loop {
-        // One SCAN for every step of the pass; after a failed one the steps have nothing to do
-        // and the census gauge keeps its last count.
-        let keys = match Keyspace::scan(&client).await {
+        // After a failed walk the pass works on what is known and the census gauge keeps its
+        // last count.
+        let keys = match walk.keys(&client).await {
             Ok(keys) => {
                 metrics::gauge!(quantum_model::metric_names::LEDGER_ENTRIES).set(keys.ledgers.len() as f64);
                 keys
             }
             Err(e) => {
                 tracing::warn!("Scanning the ledger's keys failed: {e}; next pass retries");
-                Keyspace::default()
+                walk.known()
             }
         };
         match dedup::prune(&client, &keys.applied, &streams).await {
@@ -730,12 +749,14 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
     dedup::migrate(&conns.writer, now_ms()).await?;
     let specs = spec.per_shard(shards);
     readiness.watch(conns.writer.clone(), &specs);
+    let written = keyspace::Written::default();
     let periodic = tokio::spawn(periodic(
         conns.writer.clone(),
         reconcile,
         args.reconcile,
         args.gap_timeout_ms,
         shards.names(LEDGER_COMMIT_STREAM),
+        KeyspaceWalk::new(Duration::from_millis(args.keyspace_scan_ms), written.clone()),
         shutdown.clone(),
     ));
     // One writer per shard, each with its own reader.
@@ -744,6 +765,7 @@ pub async fn run(args: LedgerArgs, shutdown: CancellationToken) -> Result<Ledger
         .map(|spec| {
             let mut writer = LedgerWriter::new(conns.writer.clone(), args.gap_timeout_ms, spec.replica_wait.clone());
             writer.stream = spec.stream.clone();
+            writer.written = written.clone();
             writer
         })
         .collect();
