@@ -31,7 +31,7 @@ use rust_decimal::Decimal;
 
 use quantum_model::contract::{
     order_key, reservation_key, reservation_swapped_key, reservation_totals_key, LEDGER_COMMIT_STREAM, OPEN_ORDERS_KEY,
-    PLAN_STREAM, RESULT_STREAM,
+    PLAN_GROUP, PLAN_STREAM, RESULT_STREAM,
 };
 use quantum_model::execution_result::ExecutionResult;
 use quantum_model::fields::Fields;
@@ -624,7 +624,7 @@ pub async fn publish(
             let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
             done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
         }
-        quantum_runtime::consumer::queue_ack(&done, &streams.plans, quantum_model::contract::PLAN_GROUP, acked).await?;
+        quantum_runtime::consumer::queue_ack(&done, &streams.plans, PLAN_GROUP, acked).await?;
         let _: Vec<Value> = done.all().await?;
     }
     Ok(answered)

@@ -20,11 +20,9 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use quantum_model::contract::{ledger_applied_key, LEDGER_KEY_PREFIX, SNAPSHOT_KEY_PREFIX};
+use quantum_model::contract::{LEDGER_KEY_PREFIX, SNAPSHOT_KEY_PREFIX};
 use quantum_model::types::Symbol;
 use quantum_runtime::consumer::scan_keys;
-
-use crate::decisions::Application;
 
 /// `quantum:` then `led…` or `pos…`, anywhere in the key (`{quantum:position:ledger:X}:parked`).
 pub const LEDGER_FAMILIES: &str = "*quantum:[lp][eo][ds]*";
@@ -96,21 +94,12 @@ impl Keyspace {
         union(&mut self.applied, &other.applied);
     }
 
-    /// Notes the keys a committed application to `symbol` wrote: its ledger, its parked fills,
-    /// its applied-fill records; and its snapshot, which the venue writes with the fills (a
-    /// pass that finds none skips the symbol quietly).
-    pub fn note_commit(&mut self, symbol: &Symbol, app: &Application) {
-        let mut written = Self::default();
-        if app.entry.is_some() {
-            written.ledgers.push(symbol.clone());
-            written.snapshots.push(symbol.clone());
-        }
-        if !app.parked.is_empty() {
-            written.parked.push(symbol.clone());
-        }
-        if app.applied.iter().any(|a| a.fill.venue_seq.is_none()) {
-            written.applied.push(ledger_applied_key(symbol));
-        }
+    /// Notes `keys`, written by a commit, sorted into their families as a walk would; and the
+    /// snapshot of each ledger written, which the venue writes with the fills (a pass that
+    /// finds none skips the symbol quietly).
+    pub fn note_written(&mut self, keys: Vec<String>) {
+        let mut written = Self::classify(keys);
+        written.snapshots.clone_from(&written.ledgers);
         self.merge(&written);
     }
 }
@@ -124,9 +113,9 @@ fn with_notes<T>(written: &Written, f: impl FnOnce(&mut Keyspace) -> T) -> T {
     f(&mut written.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Notes a committed application (see [`Keyspace::note_commit`]).
-pub fn note_commit(written: &Written, symbol: &Symbol, app: &Application) {
-    with_notes(written, |notes| notes.note_commit(symbol, app));
+/// Notes the keys a commit wrote (see [`Keyspace::note_written`]).
+pub fn note_written(written: &Written, keys: Vec<String>) {
+    with_notes(written, |notes| notes.note_written(keys));
 }
 
 /// What the housekeeping passes work on: the last walk's keys and the notes since.
@@ -248,7 +237,22 @@ mod tests {
         let walk = KeyspaceWalk::new(Duration::from_secs(60), notes.clone());
         assert!(walk.due(), "the first pass walks");
         assert_eq!(walk.known(), Keyspace::default());
-        with_notes(&notes, |n| n.ledgers.push(sym("ETHUSDT")));
-        assert_eq!(walk.known().ledgers, vec![sym("ETHUSDT")]);
+        note_written(
+            &notes,
+            vec![
+                "quantum:position:ledger:ETHUSDT".into(),
+                "{quantum:position:ledger:ETHUSDT}:inflight".into(),
+                "{quantum:position:ledger:ETHUSDT}:parked".into(),
+            ],
+        );
+        let known = walk.known();
+        assert_eq!(known.ledgers, vec![sym("ETHUSDT")]);
+        assert_eq!(
+            known.snapshots,
+            vec![sym("ETHUSDT")],
+            "the venue writes a ledger's snapshot"
+        );
+        assert_eq!(known.parked, vec![sym("ETHUSDT")]);
+        assert!(known.applied.is_empty());
     }
 }

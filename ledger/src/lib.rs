@@ -213,17 +213,18 @@ impl LedgerWriter {
                     by_symbol.remove(&symbol);
                     continue;
                 }
-                commit_write(&symbol, &state, &app, fills, now).queue(&write).await?;
-                pending_writes.push((symbol, app));
+                let cas = commit_write(&symbol, &state, &app, fills, now);
+                cas.queue(&write).await?;
+                pending_writes.push((symbol, app, cas.written_keys()));
             }
             if pending_writes.is_empty() {
                 continue;
             }
             let outcomes: Vec<Value> = write.all().await?;
-            for ((symbol, app), reply) in pending_writes.into_iter().zip(outcomes) {
+            for ((symbol, app, written), reply) in pending_writes.into_iter().zip(outcomes) {
                 match CasOutcome::from_reply(&reply)? {
                     CasOutcome::Applied => {
-                        keyspace::note_commit(&self.written, &symbol, &app);
+                        keyspace::note_written(&self.written, written);
                         self.report(&symbol, &app);
                         by_symbol.remove(&symbol);
                     }

@@ -148,6 +148,15 @@ impl CasWrite {
         queue_eval(pipeline, &SCRIPT, keys, args).await
     }
 
+    /// The keys the write changes when it applies (not those it only guards).
+    pub fn written_keys(&self) -> Vec<String> {
+        self.writes
+            .iter()
+            .filter(|(_, op)| !matches!(op, CasOp::None))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Runs the write now.
     ///
     /// # Errors
