@@ -48,7 +48,9 @@ use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::{hash_pairs, opt_text};
 use quantum_runtime::trace;
 
-use commit::{commit_batch, queue_position_read, CommitSettings, Committed, EntryCommit, ReservationCommit};
+use commit::{
+    commit_batch, queue_position_reads, take_position_reads, CommitSettings, Committed, EntryCommit, ReservationCommit,
+};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_model::governor::SymbolRisk;
@@ -352,9 +354,11 @@ impl IntentBridge {
         let pipeline = self.writer.pipeline();
         let keys: Vec<String> = batch.iter().map(|e| seen_key(&e.id)).collect();
         let groups = quantum_runtime::nodes::queue_mget(&pipeline, &self.writer, &keys).await?;
-        if has_view {
-            self.queue_view_reads(&pipeline, &scope).await?;
-        }
+        let positions = if has_view {
+            self.queue_view_reads(&pipeline, &scope).await?
+        } else {
+            Vec::new()
+        };
         // The plan ids reserved for each gated intent by an attempt that never claimed it.
         let gated: Vec<(&str, &Symbol)> = batch
             .iter()
@@ -375,7 +379,7 @@ impl IntentBridge {
                 .map(|marker| marker.map(|text| Marker::parse(&text)))
                 .collect();
         let mut view = if has_view {
-            self.view_from(&scope, replies.by_ref())?
+            self.view_from(&scope, &positions, replies.by_ref())?
         } else {
             BatchView::default()
         };
@@ -433,17 +437,21 @@ impl IntentBridge {
     fn view_from(
         &self,
         scope: &ViewScope<'_>,
+        position_groups: &[Vec<usize>],
         mut replies: impl Iterator<Item = Result<Value, Error>>,
     ) -> Result<BatchView, Error> {
-        let mut next = || replies.next().unwrap_or(Ok(Value::Null));
+        let buys_token = replies.next().unwrap_or(Ok(Value::Null))?;
         let mut view = BatchView {
-            buys_token: opt_text(&next()?).unwrap_or_default(),
+            buys_token: opt_text(&buys_token).unwrap_or_default(),
             ..BatchView::default()
         };
+        let symbols = scope.ledger_symbols();
+        let positions = take_position_reads(position_groups, symbols.len(), &mut replies)?;
+        let mut next = || replies.next().unwrap_or(Ok(Value::Null));
         let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
-        for symbol in scope.ledger_symbols() {
-            let notional = self.read_position(&mut view, symbol, next()?, now_ms);
+        for (symbol, position) in symbols.iter().zip(positions) {
+            let notional = self.read_position(&mut view, symbol, position, now_ms);
             total_notional = total_notional.saturating_add(notional.unwrap_or_default().abs());
         }
         view.equity = opt_text(&next()?).and_then(|v| parse_decimal("equity_usd", &v).ok());
@@ -487,17 +495,21 @@ impl IntentBridge {
         }
     }
 
+    /// Queues the view's reads; returns the groups of the position reads ([`take_position_reads`]).
     async fn queue_view_reads(
         &self,
         pipeline: &fred::clients::Pipeline<Client>,
         scope: &ViewScope<'_>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<Vec<usize>>, Error> {
         // The BUY token first: a BUY another bridge commits after this read changes it, so
         // this batch's BUYs cannot commit on positions read without it.
         pipeline.get::<(), _>(BUYS_VERSION_KEY).await?;
-        for symbol in scope.ledger_symbols() {
-            queue_position_read(pipeline, symbol, self.walk_due(symbol)).await?;
-        }
+        let symbols: Vec<(&Symbol, bool)> = scope
+            .ledger_symbols()
+            .iter()
+            .map(|symbol| (symbol, self.walk_due(symbol)))
+            .collect();
+        let positions = queue_position_reads(pipeline, &self.writer, &symbols).await?;
         pipeline.hget::<(), _, _>(PORTFOLIO_KEY, "equity_usd").await?;
         if !scope.gated_symbols.is_empty() {
             let fields: Vec<&str> = scope.gated_symbols.iter().map(Symbol::as_str).collect();
@@ -506,7 +518,7 @@ impl IntentBridge {
         for symbol in &scope.gated_symbols {
             governor::queue_reads(pipeline, &self.governor, symbol).await?;
         }
-        Ok(())
+        Ok(positions)
     }
 
     /// Whether `symbol`'s reservations are due to be walked one by one: expired ones are

@@ -10,7 +10,7 @@ use fred::prelude::*;
 use rust_decimal::Decimal;
 
 use quantum_intent_executor::paper::{PaperConfig, PaperVenue};
-use quantum_intent_executor::venue::{OrderOutcome, OrderRequest, Venue};
+use quantum_intent_executor::venue::{OrderOutcome, OrderRequest, Venue, VenueError};
 use quantum_model::types::{OrderType, PlanId, Side, Symbol};
 use support::Stack;
 
@@ -193,4 +193,45 @@ async fn a_run_of_orders_fills_on_a_redis_cluster_as_on_one_server() {
     );
     let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
     assert_eq!(snapshot["venue_seq"], "3");
+}
+
+#[tokio::test]
+async fn two_venues_racing_on_one_symbol_leave_the_truth_of_its_last_commit() {
+    let stack = Stack::new().await;
+    // Two clients: two executors' connections, so their commits and truths interleave in Redis.
+    let mut venues = Vec::new();
+    for _ in 0..2 {
+        let client = quantum_runtime::config::RedisArgs::from_url(&stack.url())
+            .connect(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+        venues.push(PaperVenue::new(client, config()));
+    }
+    let orders =
+        |first: u64| -> Vec<OrderRequest> { (first..first + 40).map(|n| order(n, Side::Buy, "0.01", None)).collect() };
+    let (a, b) = (orders(100), orders(200));
+    let race = |venue: &PaperVenue, orders: Vec<OrderRequest>| {
+        let venue = venue.clone();
+        async move {
+            for o in orders {
+                // Starved by the other: as the executor does, the order is asked again.
+                while let Err(e) = venue.execute(&o).await {
+                    assert!(matches!(e, VenueError::Contended(_)), "{e}");
+                }
+            }
+        }
+    };
+    tokio::join!(race(&venues[0], a), race(&venues[1], b));
+
+    let position = stack.hash("quantum:paper:position:BTCUSDT").await;
+    assert_eq!(position["fill_seq"], "80", "every order filled once");
+    // A truth of a commit another overtook would put an older mark back after the newer one.
+    let marks = stack.hash("quantum:market:mark_price").await;
+    assert_eq!(marks.get("BTCUSDT"), Some(&position["mark_price"]), "{position:?}");
+    let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
+    assert_eq!(
+        (snapshot["venue_seq"].as_str(), snapshot["position_amt"].as_str()),
+        ("80", position["position_amt"].as_str()),
+        "{snapshot:?}"
+    );
 }

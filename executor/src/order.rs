@@ -3,9 +3,11 @@
 //!
 //! Invariants (each kept by one server-side step):
 //! - an order record `quantum:order:<coid>` is created `state=NEW` only by the claim, and only
-//!   once it is indexed in `quantum:executor:open_orders` (score: claim time; the index is
-//!   written first, in its own step, so the sweep can find every record that may exist, and an
-//!   entry whose record never came is removed as stale); the claim names the record's owner with
+//!   once it is indexed in `quantum:executor:open_orders` (score: claim time), so the sweep can
+//!   find every record that may exist: on one server the claim script indexes the orders before
+//!   it creates their records, in the same atomic step; on a cluster, where the index lives in
+//!   another slot than most records, the index is written first, in its own step (an entry whose
+//!   record never came is removed as stale); the claim names the record's owner with
 //!   a lease (`INTENT_EXECUTOR_ORDER_LEASE_MS`): until the lease runs out no other executor calls
 //!   the venue for it or finalizes it;
 //! - a NEW record is finalized exactly once: the finalize script acts only while the record is
@@ -99,16 +101,28 @@ const PUBLICATION_TTL_SECS: u64 = 3600;
 /// step for all the batch's records of one slot (on one server: the whole batch), so a
 /// script's fixed cost is paid once, not per plan.
 /// Each record is read with one `HMGET` (every `redis.call` costs Redis microseconds).
-/// KEYS: the plans' order records. ARGV: now (ms), owner, lease (ms), then per plan: mode,
-/// plan id, symbol, side, qty.
+/// KEYS: the plans' order records, then, when ARGV[4] > 0, the open-order index. ARGV: now
+/// (ms), owner, lease (ms), the number m of orders to index first (at score now), their m
+/// client order ids, then per plan: mode, plan id, symbol, side, qty.
 const CLAIM_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = string.format('%.0f', now + tonumber(ARGV[3]))
 local owner = ARGV[2]
+local indexed = tonumber(ARGV[4])
+local records = #KEYS
+if indexed > 0 then
+  records = records - 1
+  local entries = {}
+  for j = 5, 4 + indexed do
+    entries[#entries + 1] = ARGV[1]
+    entries[#entries + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[#KEYS], 'NX', unpack(entries))
+end
 local states = {}
-for k = 1, #KEYS do
-  local a = 4 + (k - 1) * 5
+for k = 1, records do
+  local a = 5 + indexed + (k - 1) * 5
   local key = KEYS[k]
   local record = redis.call('HMGET', key, 'state', 'owner', 'lease_until', 'published')
   local state = record[1]
@@ -306,25 +320,29 @@ pub struct Claimant {
 }
 
 /// Claims the order records of `plans` (a peek for those whose flag is set) and returns the
-/// state found for each, in order: the plans to claim indexed first (`ZADD NX`, its own step),
-/// then one claim script per slot of their records. A plan whose record turned out finished
-/// and published loses the index entry it just got.
+/// state found for each, in order: the plans to claim indexed first (`ZADD NX`: inside the
+/// claim script on one server, its own step on a cluster), then one claim script per slot of
+/// their records. A plan whose record turned out finished and published loses the index entry
+/// it just got.
 ///
 /// # Errors
 /// Redis failing; an index entry written before a failure is stale and removed by the sweep.
 pub async fn claim(client: &Client, plans: &[(&Plan, bool)], who: &Claimant) -> Result<Vec<ClaimState>, Error> {
     let now = now_ms();
-    let indexed: Vec<(f64, String)> = plans
+    let indexed: Vec<String> = plans
         .iter()
         .filter(|(_, peek)| !peek)
-        .map(|(plan, _)| (now as f64, plan.plan_id.client_order_id().to_string()))
+        .map(|(plan, _)| plan.plan_id.client_order_id().to_string())
         .collect();
-    if !indexed.is_empty() {
+    // One server: the claim's one script indexes its orders too, a round trip saved per batch.
+    let index_in_claim = !client.is_clustered() && !indexed.is_empty();
+    if !index_in_claim && !indexed.is_empty() {
+        let entries: Vec<(f64, &String)> = indexed.iter().map(|coid| (now as f64, coid)).collect();
         client
-            .zadd::<(), _, _>(OPEN_ORDERS_KEY, Some(SetOptions::NX), None, false, false, indexed)
+            .zadd::<(), _, _>(OPEN_ORDERS_KEY, Some(SetOptions::NX), None, false, false, entries)
             .await?;
+        fail::fail_point!("executor::after_index", |_| std::process::abort());
     }
-    fail::fail_point!("executor::after_index", |_| std::process::abort());
     let keys: Vec<String> = plans
         .iter()
         .map(|(plan, _)| order_key(&plan.plan_id.client_order_id()))
@@ -332,8 +350,16 @@ pub async fn claim(client: &Client, plans: &[(&Plan, bool)], who: &Claimant) -> 
     let groups = quantum_runtime::nodes::slot_groups(client, &keys);
     let pipeline = client.pipeline();
     for group in &groups {
-        let mut args = Vec::with_capacity(3 + 5 * group.len());
-        args.extend([now.to_string(), who.owner.clone(), who.lease_ms.to_string()]);
+        // On one server there is one group: the whole batch.
+        let index: &[String] = if index_in_claim { &indexed } else { &[] };
+        let mut args = Vec::with_capacity(4 + index.len() + 5 * group.len());
+        args.extend([
+            now.to_string(),
+            who.owner.clone(),
+            who.lease_ms.to_string(),
+            index.len().to_string(),
+        ]);
+        args.extend(index.iter().cloned());
         for &i in group {
             let (plan, peek) = plans[i];
             args.extend([
@@ -344,7 +370,10 @@ pub async fn claim(client: &Client, plans: &[(&Plan, bool)], who: &Claimant) -> 
                 plan.qty.to_string(),
             ]);
         }
-        let group_keys = group.iter().map(|&i| keys[i].clone()).collect();
+        let mut group_keys: Vec<String> = group.iter().map(|&i| keys[i].clone()).collect();
+        if !index.is_empty() {
+            group_keys.push(OPEN_ORDERS_KEY.to_string());
+        }
         queue_eval(&pipeline, CLAIM_SCRIPT, group_keys, args).await?;
     }
     let replies: Vec<Vec<String>> = pipeline.all().await?;

@@ -9,10 +9,12 @@
 //! - a symbol's venue state and its order records share one slot (the records are tagged with
 //!   the position key, `{quantum:paper:position:<SYM>}:order:<id>`), so one compare-and-set
 //!   commits a run of orders, and an order's record exists exactly when the position moved by it;
-//! - the truth (snapshot and mark) is published after that commit, in its own step: a snapshot
-//!   only replaces an older one (lower `venue_seq`), so two executors publishing out of order
-//!   leave the newer, and an order retried after a crash between the two steps publishes it
-//!   again from the stored state.
+//! - the truth (snapshot and mark) is published after that commit, and only of a commit that
+//!   applied: on one server in the commit's round trip, by a script that writes it only while
+//!   the position is still at the commit's version; on a cluster (other slots) in a step of its
+//!   own once the commit is known applied. A snapshot only replaces an older one (lower
+//!   `venue_seq`), so two executors publishing out of order leave the newer, and an order
+//!   retried after a crash before its truth was out publishes it again from the stored state.
 
 use std::collections::HashMap;
 
@@ -92,12 +94,21 @@ fn paper_order_key(symbol: &Symbol, client_order_id: &OrderId) -> String {
     format!("{{{}}}:order:{client_order_id}", position_key(symbol))
 }
 
-/// Writes the snapshot under KEYS[1] (ARGV: its venue_seq, then field/value pairs) unless the
-/// stored one is newer: a higher `venue_seq` already there wins.
-const SNAPSHOT_IF_NEWER_SCRIPT: &str = r#"
-local stored = tonumber(redis.call('HGET', KEYS[1], 'venue_seq') or '')
-if stored and stored > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+/// The venue's truth about a symbol: writes the snapshot under KEYS[1] (ARGV[4]: its
+/// venue_seq, '' for no snapshot; ARGV[5..]: its field/value pairs) unless the stored one is
+/// newer (a higher `venue_seq` already there wins). On one server it is also given the marks
+/// (KEYS[2]: ARGV[3] as the mark of symbol ARGV[2]) and the position it is the truth of
+/// (KEYS[3]), and writes nothing unless the position's `version` is still ARGV[1]: the truth of
+/// a commit goes in the commit's round trip, and is never the truth of a commit that lost or
+/// was overtaken. On a cluster those keys are in other slots: it is given KEYS[1] alone, after
+/// the commit is known applied, and the mark is an `HSET` of its own.
+const TRUTH_SCRIPT: &str = r#"
+if KEYS[3] and (redis.call('HGET', KEYS[3], 'version') or '0') ~= ARGV[1] then return 0 end
+if KEYS[2] then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
+if ARGV[4] ~= '' then
+  local stored = tonumber(redis.call('HGET', KEYS[1], 'venue_seq') or '')
+  if not (stored and stored > tonumber(ARGV[4])) then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+end
 return 1
 "#;
 
@@ -161,8 +172,27 @@ async fn publish_truth(
     state: &PaperPosition,
     with_snapshot: bool,
 ) -> Result<(), Error> {
-    let mark = state.mark.unwrap_or_default();
     let pipeline = client.pipeline();
+    queue_truth(&pipeline, symbol, state, with_snapshot, None).await?;
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}
+
+/// Queues [`publish_truth`]'s writes; with `if_current` (one server only), in one script that
+/// writes them only while `symbol`'s position is still at that version ([`TRUTH_SCRIPT`]).
+async fn queue_truth(
+    pipeline: &fred::clients::Pipeline<Client>,
+    symbol: &Symbol,
+    state: &PaperPosition,
+    with_snapshot: bool,
+    if_current: Option<u64>,
+) -> Result<(), Error> {
+    let mark = state.mark.unwrap_or_default();
+    let mut args = vec![
+        if_current.map(|v| v.to_string()).unwrap_or_default(),
+        symbol.to_string(),
+        mark.to_string(),
+    ];
     if with_snapshot {
         let snapshot = Snapshot {
             position_amt: state.position.amt,
@@ -173,17 +203,23 @@ async fn publish_truth(
             ts: now_ms(),
             venue_seq: Some(state.fill_seq),
         };
-        let mut args = vec![state.fill_seq.to_string()];
+        args.push(state.fill_seq.to_string());
         for (field, value) in snapshot.to_fields() {
             args.extend([field.to_string(), value]);
         }
-        queue_eval(&pipeline, SNAPSHOT_IF_NEWER_SCRIPT, vec![snapshot_key(symbol)], args).await?;
+    } else {
+        args.push(String::new());
+    }
+    if if_current.is_some() {
+        let keys = vec![snapshot_key(symbol), MARK_PRICE_KEY.to_string(), position_key(symbol)];
+        return queue_eval(pipeline, TRUTH_SCRIPT, keys, args).await;
+    }
+    if with_snapshot {
+        queue_eval(pipeline, TRUTH_SCRIPT, vec![snapshot_key(symbol)], args).await?;
     }
     pipeline
         .hset::<(), _, _>(MARK_PRICE_KEY, (symbol.as_str(), mark.to_string()))
-        .await?;
-    let _: Vec<Value> = pipeline.all().await?;
-    Ok(())
+        .await
 }
 
 /// The venue's state for one symbol.
@@ -486,13 +522,21 @@ impl PaperVenue {
             }
             return Ok(Some((outcomes, stopped)));
         }
-        match commit_write(symbol, &initial, &state, records)
-            .apply(&self.client)
-            .await?
-        {
+        // On one server the truth goes in the commit's round trip, written only if the commit
+        // applied and is still the symbol's state; on a cluster it is a step of its own, after.
+        let truth_with_commit = !self.client.is_clustered();
+        let pipeline = self.client.pipeline();
+        commit_write(symbol, &initial, &state, records).queue(&pipeline).await?;
+        if truth_with_commit {
+            queue_truth(&pipeline, symbol, &state, filled, Some(state.version)).await?;
+        }
+        let replies: Vec<Value> = pipeline.all().await?;
+        match CasOutcome::from_reply(replies.first().unwrap_or(&Value::Null))? {
             CasOutcome::Applied => {
-                fail::fail_point!("executor::paper_before_truth", |_| std::process::abort());
-                publish_truth(&self.client, symbol, &state, filled).await?;
+                if !truth_with_commit {
+                    fail::fail_point!("executor::paper_before_truth", |_| std::process::abort());
+                    publish_truth(&self.client, symbol, &state, filled).await?;
+                }
                 Ok(Some((outcomes, stopped)))
             }
             CasOutcome::VersionConflict | CasOutcome::GuardExists => Ok(None),
