@@ -254,11 +254,9 @@ async fn assert_published_once(stack: &Stack, plan_id: &str) {
 
 #[tokio::test]
 async fn a_crash_at_any_step_of_an_order_s_publication_is_finished_by_the_redelivered_plan() {
-    for point in [
-        "executor::before_publish",
-        "executor::after_swap",
-        "executor::after_append",
-    ] {
+    // (Between the appends and the marks there is no step on one server: one script checks
+    // the fills and results out and marks them; the cluster's step is tested below.)
+    for point in ["executor::before_publish", "executor::after_swap"] {
         let mut stack = Stack::new().await;
         let (_, plan_id) = one_plan(&mut stack).await;
         stack.start(Service::Ledger, &[]);
@@ -372,4 +370,82 @@ async fn a_paper_fill_whose_snapshot_was_lost_publishes_it_when_the_plan_returns
         "{snapshot:?}"
     );
     assert_eq!(paper_orders(&stack).await, 1, "placed once");
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_crash_between_steps_one_server_joins_is_finished_by_the_redelivered_plan() {
+    // On a cluster the index, the venue's truth and the publication's marks are steps of their
+    // own (their keys live in other slots); one server takes each with the step before it.
+    for point in [
+        "executor::after_index",
+        "executor::paper_before_truth",
+        "executor::after_append",
+    ] {
+        let cluster = quantumctl::redis_server::RedisCluster::start(3).expect("start a redis cluster");
+        let mut stack = Stack::on_cluster(cluster).await;
+        let (_, plan_id) = one_plan(&mut stack).await;
+        stack.start(Service::Ledger, &[]);
+        let fast_reclaim = [
+            ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
+            ("STREAM_CLAIM_INTERVAL_MS", "200"),
+        ];
+        start_executor(&mut stack, Some(&format!("{point}=return")), &fast_reclaim);
+        wait_exited(&mut stack).await;
+
+        start_executor(&mut stack, None, &fast_reclaim);
+        stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
+        assert_published_once(&stack, &plan_id).await;
+        assert_eq!(paper_orders(&stack).await, 1, "{point}: placed once");
+        let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
+        assert_eq!(
+            (snapshot["position_amt"].as_str(), snapshot["venue_seq"].as_str()),
+            ("0.01", "1"),
+            "{point}: {snapshot:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_publication_whose_result_cannot_be_appended_marks_and_acknowledges_nothing_until_it_is() {
+    let mut stack = Stack::new().await;
+    let (_, plan_id) = one_plan(&mut stack).await;
+    stack.start(Service::Ledger, &[]);
+    // apply.result is a string: the fill goes out, the result's append fails.
+    let _: () = stack
+        .client
+        .set(RESULT_STREAM, "corrupt", None, None, false)
+        .await
+        .unwrap();
+    start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
+    wait_for("the fill applied", || async {
+        stack
+            .hash("quantum:position:ledger:BTCUSDT")
+            .await
+            .get("fills")
+            .map(String::as_str)
+            == Some("1")
+    })
+    .await;
+    stack.wait_log(Service::Executor, "WRONGTYPE").await;
+    let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
+    assert_eq!(record.get("published").map(String::as_str), Some("0"), "{record:?}");
+    assert!(record.contains_key("outbox"), "the outbox is kept until it is out");
+    let indexed: Option<f64> = stack
+        .client
+        .zscore(OPEN_ORDERS_KEY, format!("qib-{plan_id}"))
+        .await
+        .unwrap();
+    assert!(indexed.is_some(), "still an open order");
+
+    let _: i64 = stack.client.del(RESULT_STREAM).await.unwrap();
+    wait_for("the publication finished", || async {
+        stack
+            .hash(&format!("quantum:order:qib-{plan_id}"))
+            .await
+            .get("published")
+            .map(String::as_str)
+            == Some("1")
+    })
+    .await;
+    assert_published_once(&stack, &plan_id).await;
 }

@@ -18,7 +18,8 @@
 //!   idempotent, so whoever finds the record unpublished (the batch, the plan redelivered after
 //!   a crash, the sweep) publishes it again without doubling anything: the plan's reservation is
 //!   swapped for the fills' once (a note in the reservations' slot says it was done), the fills and the result are appended once each (`append_once`, keyed by fill id
-//!   and plan id), then the record is marked `published=1` and leaves the index. A record leaves
+//!   and plan id), then the record is marked `published=1` and leaves the index (on one server
+//!   in the appends' round trip, by a script that first finds each of them out). A record leaves
 //!   the open-order index only once its fills and result are out;
 //! - a finished record expires after [`ORDER_RECORD_TTL_SECS`], beyond the replay horizon: a plan
 //!   replayed later is older than `INTENT_EXECUTOR_MAX_PLAN_AGE_MS` and refused before any claim;
@@ -44,7 +45,7 @@ use quantum_model::shards::StreamShards;
 use quantum_model::stream_entry::StreamEntry;
 use quantum_model::time::now_ms;
 use quantum_model::types::{OrderId, PlanId, Side, Symbol};
-use quantum_runtime::append_once::{queue_append_once, Once};
+use quantum_runtime::append_once::{marker_key, queue_append_once, Once};
 use quantum_runtime::cas::{owned, queue_eval};
 use quantum_runtime::reply::hash_pairs;
 
@@ -217,15 +218,38 @@ return swapped
 "#;
 
 /// Marks records published and drops their outboxes (a record gone meanwhile is not
-/// re-created). KEYS: the records.
+/// re-created). On one server it is the publication's whole last step, in the appends' round
+/// trip: it first checks that every fill and result of the publication is out (each one's
+/// append-once marker is there: appended now, or before) and writes nothing, replying 0, unless
+/// they all are; then it also takes the orders off the open-order index and acknowledges the
+/// plans. On a cluster it is given the records of one slot alone, and the index and the
+/// acknowledgement are commands of their own.
+/// KEYS: the m markers, the r records, then (with a group) the open-order index and the plan
+/// stream. ARGV: m, r, the plans' group ('' for none), the number c of orders to unindex, their
+/// c client order ids, then the plan entry ids to acknowledge.
 const PUBLISHED_SCRIPT: &str = r#"
-for k = 1, #KEYS do
+local m, r = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- In chunks of 1000: unpack fails past ~8000 values.
+for from = 1, m, 1000 do
+  local to = math.min(from + 999, m)
+  if redis.call('EXISTS', unpack(KEYS, from, to)) ~= to - from + 1 then return 0 end
+end
+for k = m + 1, m + r do
   if redis.call('EXISTS', KEYS[k]) == 1 then
     redis.call('HSET', KEYS[k], 'published', '1')
     redis.call('HDEL', KEYS[k], 'outbox')
   end
 end
-return #KEYS
+if ARGV[3] ~= '' then
+  local c = tonumber(ARGV[4])
+  for from = 5, 4 + c, 1000 do
+    redis.call('ZREM', KEYS[m + r + 1], unpack(ARGV, from, math.min(from + 999, 4 + c)))
+  end
+  for from = 5 + c, #ARGV, 1000 do
+    redis.call('XACK', KEYS[m + r + 2], ARGV[3], unpack(ARGV, from, math.min(from + 999, #ARGV)))
+  end
+end
+return 1
 "#;
 
 /// What the claim found.
@@ -554,8 +578,9 @@ fn final_fields(outbox: &Outbox, outcome: &OrderOutcome) -> Vec<(&'static str, S
 /// `answers` (results of plans answered without an order) are appended once with the orders'
 /// results, `released` (plan ids by symbol) have their reservations released with the swaps,
 /// and the plan entries `acked` are acknowledged (`PLAN_GROUP` on `streams.plans`) in the last
-/// step's round trip, once every fill and result is out. Returns, per answer, whether it was
-/// appended now (false: a replay answered before).
+/// step, once every fill and result is out: on one server that step is a script in the
+/// appends' round trip that checks they are. Returns, per answer, whether it was appended now
+/// (false: a replay answered before).
 ///
 /// # Errors
 /// Redis failing at a step: the steps before it stay done, and a retry repeats none of them.
@@ -624,38 +649,71 @@ pub async fn publish(
         ttl_secs: PUBLICATION_TTL_SECS,
     }));
     let appends = client.pipeline();
+    let mut queued = 0;
     if !fills.is_empty() {
         queue_append_once(&appends, &streams.fills, &fills).await?;
+        queued += 1;
     }
+    let results_reply = (!results.is_empty()).then_some(queued);
     if !results.is_empty() {
         queue_append_once(&appends, &streams.results, &results).await?;
+        queued += 1;
+    }
+    let records: Vec<String> = outboxes.iter().map(|o| order_key(&o.order.client_order_id)).collect();
+    let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
+    let any_done = !outboxes.is_empty() || !acked.is_empty();
+    // 3. on one server, in the appends' round trip: a script that finds every fill and result
+    //    out before it marks, unindexes and acknowledges anything.
+    let done_with_appends = !client.is_clustered() && any_done;
+    if done_with_appends {
+        let mut keys: Vec<String> = fills.iter().map(|f| marker_key(&streams.fills, &f.id)).collect();
+        keys.extend(results.iter().map(|r| marker_key(&streams.results, &r.id)));
+        let mut args = vec![
+            keys.len().to_string(),
+            records.len().to_string(),
+            PLAN_GROUP.to_string(),
+        ];
+        keys.extend(records.iter().cloned());
+        keys.extend([OPEN_ORDERS_KEY.to_string(), streams.plans.clone()]);
+        args.push(coids.len().to_string());
+        args.extend(coids.iter().cloned());
+        args.extend(acked.iter().cloned());
+        queue_eval(&appends, PUBLISHED_SCRIPT, keys, args).await?;
+        queued += 1;
     }
     let mut answered = Vec::new();
-    if !fills.is_empty() || !results.is_empty() {
+    if queued > 0 {
         let replies: Vec<Value> = appends.all().await?;
-        if let Some(reply) = replies.last().filter(|_| !results.is_empty()) {
+        if let Some(reply) = results_reply.and_then(|i| replies.get(i)) {
             answered = quantum_runtime::append_once::appended(reply);
             answered.truncate(answers.len());
         }
+        if done_with_appends && replies.last().and_then(Value::as_i64) != Some(1) {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                "a fill or result of the publication is not out: nothing marked or acknowledged",
+            ));
+        }
+    }
+    if done_with_appends || !any_done {
+        return Ok(answered);
     }
     fail::fail_point!("executor::after_append", |_| std::process::abort());
-    // 3. Done: the records say so and leave the index, and the plans are acknowledged, in one
-    //    round trip. Everything the plans caused is out by now, so the XACK may land even where
-    //    a mark fails: that record only keeps a stale `published=0` until it expires.
-    if !outboxes.is_empty() || !acked.is_empty() {
-        let done = client.pipeline();
-        let records: Vec<String> = outboxes.iter().map(|o| order_key(&o.order.client_order_id)).collect();
-        for group in quantum_runtime::nodes::slot_groups(client, &records) {
-            let keys = group.iter().map(|&i| records[i].clone()).collect();
-            queue_eval(&done, PUBLISHED_SCRIPT, keys, Vec::new()).await?;
-        }
-        if !outboxes.is_empty() {
-            let coids: Vec<String> = outboxes.iter().map(|o| o.order.client_order_id.to_string()).collect();
-            done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
-        }
-        quantum_runtime::consumer::queue_ack(&done, &streams.plans, PLAN_GROUP, acked).await?;
-        let _: Vec<Value> = done.all().await?;
+    // 3. on a cluster, done: the records say so and leave the index, and the plans are
+    //    acknowledged, in one round trip. Everything the plans caused is out by now, so the XACK
+    //    may land even where a mark fails: that record only keeps a stale `published=0` until it
+    //    expires.
+    let done = client.pipeline();
+    for group in quantum_runtime::nodes::slot_groups(client, &records) {
+        let keys: Vec<String> = group.iter().map(|&i| records[i].clone()).collect();
+        let args = vec!["0".to_string(), keys.len().to_string(), String::new()];
+        queue_eval(&done, PUBLISHED_SCRIPT, keys, args).await?;
     }
+    if !coids.is_empty() {
+        done.zrem::<(), _, _>(OPEN_ORDERS_KEY, coids).await?;
+    }
+    quantum_runtime::consumer::queue_ack(&done, &streams.plans, PLAN_GROUP, acked).await?;
+    let _: Vec<Value> = done.all().await?;
     Ok(answered)
 }
 

@@ -1,7 +1,8 @@
 //! Optimistic, atomic multi-key writes: one Lua script checks the `version` field of a hash
 //! (and optionally that a guard key does not exist yet) and only then applies every write.
-//! The ledger commits fills with it (update + dedup record in one step) and the paper venue
-//! commits orders with it (position + order record + snapshot in one step).
+//! The ledger commits fills with it (update + dedup record in one step; on one server with the
+//! fills' `XACK`) and the paper venue commits orders with it (position + order records in one
+//! step).
 
 use fred::clients::Pipeline;
 use fred::prelude::*;
@@ -20,7 +21,7 @@ for j = 3, 2 + guards do
 end
 local start = 3 + guards
 local commands = { H = 'HSET', D = 'HDEL', Z = 'ZADD' }
-local types = { H = 'hash', D = 'hash', Z = 'zset', R = 'hash' }
+local types = { H = 'hash', D = 'hash', Z = 'zset', R = 'hash', A = 'stream' }
 -- Every key's type before the first write: a step that fails writes nothing.
 local i = start
 for k = 1, #KEYS do
@@ -40,6 +41,11 @@ for k = 1, #KEYS do
   local kind, n = ARGV[i], tonumber(ARGV[i + 1])
   if kind == 'R' then
     for j = i + 2, i + 1 + n do inflight_release(KEYS[k], KEYS[k + 1], ARGV[j]) end
+  elseif kind == 'A' then
+    -- ARGV[i + 2] is the group, the entry ids follow.
+    for from = i + 3, i + 1 + n, 1000 do
+      redis.call('XACK', KEYS[k], ARGV[i + 2], unpack(ARGV, from, math.min(from + 999, i + 1 + n)))
+    end
   elseif commands[kind] then
     -- In chunks of 1000 (an even count keeps pairs together): unpack fails past ~8000 values.
     for from = i + 2, i + 1 + n, 1000 do
@@ -63,6 +69,10 @@ pub enum CasOp {
     /// Release these in-flight reservations from the hash, and from its totals under
     /// `totals` (`inflight`).
     ReleaseReservations { totals: String, fields: Vec<String> },
+    /// Acknowledge these entries of the stream for `group` (`XACK`), with the writes they
+    /// caused: only where the stream may share a script with them (one server; on a cluster
+    /// it lives in another slot).
+    Acknowledge { group: String, ids: Vec<String> },
     /// Leave the key alone (it is only a guard).
     None,
 }
@@ -125,6 +135,12 @@ impl CasWrite {
                     keys.push(totals.clone());
                     args.push("-".into());
                     args.push("0".into());
+                }
+                CasOp::Acknowledge { group, ids } => {
+                    args.push("A".into());
+                    args.push((1 + ids.len()).to_string());
+                    args.push(group.clone());
+                    args.extend(ids.iter().cloned());
                 }
                 CasOp::None => {
                     args.push("-".into());
