@@ -43,6 +43,39 @@ async fn one_plan(stack: &mut Stack) -> (String, String) {
     (plans[0].id.clone(), plans[0].get("plan_id").unwrap().to_string())
 }
 
+/// A redelivered plan is reclaimed within a fifth of a second; the sweep stays out of the way.
+const FAST_RECLAIM: [(&str, &str); 2] = [
+    ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
+    ("STREAM_CLAIM_INTERVAL_MS", "200"),
+];
+
+/// One plan (see [`one_plan`]), a ledger, and an executor killed at `point`; the plan id.
+async fn plan_with_executor_killed_at(stack: &mut Stack, point: &str) -> String {
+    let (_, plan_id) = one_plan(stack).await;
+    stack.start(Service::Ledger, &[]);
+    start_executor(stack, Some(&format!("{point}=return")), &FAST_RECLAIM);
+    wait_exited(stack).await;
+    plan_id
+}
+
+/// Whether the order of `plan_id` is in the open-order index.
+async fn is_open_order(stack: &Stack, plan_id: &str) -> bool {
+    let score: Option<f64> = stack
+        .client
+        .zscore(OPEN_ORDERS_KEY, format!("qib-{plan_id}"))
+        .await
+        .unwrap();
+    score.is_some()
+}
+
+/// Waits until the hash `key` holds `value` in `field`.
+async fn wait_field(stack: &Stack, what: &str, key: &str, field: &str, value: &str) {
+    wait_for(what, || async {
+        stack.hash(key).await.get(field).map(String::as_str) == Some(value)
+    })
+    .await;
+}
+
 /// Waits until the executor process has exited (died at its crash point, or refused to start).
 async fn wait_exited(stack: &mut Stack) {
     let deadline = std::time::Instant::now() + support::TIMEOUT;
@@ -69,14 +102,13 @@ async fn an_order_placed_before_a_crash_reaches_the_ledger_after_its_plan_was_de
     let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
 
     start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
-    wait_for("the swept fill to reach the ledger", || async {
-        stack
-            .hash("quantum:position:ledger:BTCUSDT")
-            .await
-            .get("position_amt")
-            .map(String::as_str)
-            == Some("0.01")
-    })
+    wait_field(
+        &stack,
+        "the swept fill to reach the ledger",
+        "quantum:position:ledger:BTCUSDT",
+        "position_amt",
+        "0.01",
+    )
     .await;
     let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
     assert_eq!(record.get("state").map(String::as_str), Some("FILLED"));
@@ -131,12 +163,7 @@ async fn a_claim_that_never_reached_the_venue_is_swept_rejected_and_never_placed
     wait_exited(&mut stack).await;
     assert_eq!(paper_orders(&stack).await, 0);
     // The claim indexed the order and created its record (on one server, in one script).
-    let indexed: Option<f64> = stack
-        .client
-        .zscore(OPEN_ORDERS_KEY, format!("qib-{plan_id}"))
-        .await
-        .unwrap();
-    assert!(indexed.is_some(), "indexed by the claim");
+    assert!(is_open_order(&stack, &plan_id).await, "indexed by the claim");
     let claimed = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
     assert_eq!(claimed.get("state").map(String::as_str), Some("NEW"), "{claimed:?}");
     let _: i64 = stack.client.xdel(PLAN_STREAM, &entry).await.unwrap();
@@ -258,18 +285,11 @@ async fn a_crash_at_any_step_of_an_order_s_publication_is_finished_by_the_redeli
     // the fills and results out and marks them; the cluster's step is tested below.)
     for point in ["executor::before_publish", "executor::after_swap"] {
         let mut stack = Stack::new().await;
-        let (_, plan_id) = one_plan(&mut stack).await;
-        stack.start(Service::Ledger, &[]);
-        let fast_reclaim = [
-            ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
-            ("STREAM_CLAIM_INTERVAL_MS", "200"),
-        ];
-        start_executor(&mut stack, Some(&format!("{point}=return")), &fast_reclaim);
-        wait_exited(&mut stack).await;
+        let plan_id = plan_with_executor_killed_at(&mut stack, point).await;
         let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
         assert_eq!(record.get("published").map(String::as_str), Some("0"), "{point}");
 
-        start_executor(&mut stack, None, &fast_reclaim);
+        start_executor(&mut stack, None, &FAST_RECLAIM);
         stack
             .wait_log(
                 Service::Executor,
@@ -338,15 +358,8 @@ async fn an_index_entry_whose_claim_never_came_serves_the_plan_which_fills_once(
 #[tokio::test]
 async fn a_paper_fill_whose_snapshot_was_lost_publishes_it_when_the_plan_returns() {
     let mut stack = Stack::new().await;
-    let (_, plan_id) = one_plan(&mut stack).await;
-    stack.start(Service::Ledger, &[]);
-    let fast_reclaim = [
-        ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
-        ("STREAM_CLAIM_INTERVAL_MS", "200"),
-    ];
     // Killed after the venue's commit, before the finalize.
-    start_executor(&mut stack, Some("executor::before_finalize=return"), &fast_reclaim);
-    wait_exited(&mut stack).await;
+    let plan_id = plan_with_executor_killed_at(&mut stack, "executor::before_finalize").await;
     let position = stack.hash("quantum:paper:position:BTCUSDT").await;
     assert_eq!(
         position.get("fill_seq").map(String::as_str),
@@ -360,7 +373,7 @@ async fn a_paper_fill_whose_snapshot_was_lost_publishes_it_when_the_plan_returns
     // step of its own, `executor::paper_before_truth`): no snapshot.
     let _: i64 = stack.client.del("quantum:position:snapshot:BTCUSDT").await.unwrap();
 
-    start_executor(&mut stack, None, &fast_reclaim);
+    start_executor(&mut stack, None, &FAST_RECLAIM);
     stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
     assert_published_once(&stack, &plan_id).await;
     let snapshot = stack.hash("quantum:position:snapshot:BTCUSDT").await;
@@ -383,16 +396,9 @@ async fn on_a_cluster_a_crash_between_steps_one_server_joins_is_finished_by_the_
     ] {
         let cluster = quantumctl::redis_server::RedisCluster::start(3).expect("start a redis cluster");
         let mut stack = Stack::on_cluster(cluster).await;
-        let (_, plan_id) = one_plan(&mut stack).await;
-        stack.start(Service::Ledger, &[]);
-        let fast_reclaim = [
-            ("INTENT_EXECUTOR_SWEEP_GRACE_MS", "600000"),
-            ("STREAM_CLAIM_INTERVAL_MS", "200"),
-        ];
-        start_executor(&mut stack, Some(&format!("{point}=return")), &fast_reclaim);
-        wait_exited(&mut stack).await;
+        let plan_id = plan_with_executor_killed_at(&mut stack, point).await;
 
-        start_executor(&mut stack, None, &fast_reclaim);
+        start_executor(&mut stack, None, &FAST_RECLAIM);
         stack.wait_group_idle(PLAN_STREAM, PLAN_GROUP).await;
         assert_published_once(&stack, &plan_id).await;
         assert_eq!(paper_orders(&stack).await, 1, "{point}: placed once");
@@ -417,35 +423,22 @@ async fn a_publication_whose_result_cannot_be_appended_marks_and_acknowledges_no
         .await
         .unwrap();
     start_executor(&mut stack, None, &[("INTENT_EXECUTOR_SWEEP_GRACE_MS", "2000")]);
-    wait_for("the fill applied", || async {
-        stack
-            .hash("quantum:position:ledger:BTCUSDT")
-            .await
-            .get("fills")
-            .map(String::as_str)
-            == Some("1")
-    })
+    wait_field(
+        &stack,
+        "the fill applied",
+        "quantum:position:ledger:BTCUSDT",
+        "fills",
+        "1",
+    )
     .await;
     stack.wait_log(Service::Executor, "WRONGTYPE").await;
     let record = stack.hash(&format!("quantum:order:qib-{plan_id}")).await;
     assert_eq!(record.get("published").map(String::as_str), Some("0"), "{record:?}");
     assert!(record.contains_key("outbox"), "the outbox is kept until it is out");
-    let indexed: Option<f64> = stack
-        .client
-        .zscore(OPEN_ORDERS_KEY, format!("qib-{plan_id}"))
-        .await
-        .unwrap();
-    assert!(indexed.is_some(), "still an open order");
+    assert!(is_open_order(&stack, &plan_id).await, "still an open order");
 
     let _: i64 = stack.client.del(RESULT_STREAM).await.unwrap();
-    wait_for("the publication finished", || async {
-        stack
-            .hash(&format!("quantum:order:qib-{plan_id}"))
-            .await
-            .get("published")
-            .map(String::as_str)
-            == Some("1")
-    })
-    .await;
+    let record = format!("quantum:order:qib-{plan_id}");
+    wait_field(&stack, "the publication finished", &record, "published", "1").await;
     assert_published_once(&stack, &plan_id).await;
 }
