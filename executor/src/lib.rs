@@ -686,11 +686,12 @@ impl<V: Venue> Executor<V> {
         Ok(())
     }
 
-    /// Finalizes the finished orders (each record, with its outbox), publishes every outbox
-    /// (the finalized ones and those the claim found unpublished) with the answers of the plans
-    /// not executed, then acknowledges the batch: ordered steps of one slot each, every one
-    /// idempotent (order.rs), so a crash between two redelivers the batch and repeats nothing.
-    /// Returns, per finished order, whether this batch finalized it.
+    /// Finalizes the finished orders (each record, with its outbox) with their reservation
+    /// swaps in the same round trip, publishes every outbox (the finalized ones and those the
+    /// claim found unpublished) with the answers of the plans not executed, then acknowledges
+    /// the batch: ordered steps of one slot each, every one idempotent (order.rs), so a crash
+    /// between two redelivers the batch and repeats nothing. Returns, per finished order,
+    /// whether this batch finalized it.
     async fn commit(
         &mut self,
         batch: &[StreamEntry],
@@ -709,19 +710,14 @@ impl<V: Venue> Executor<V> {
                 Some((*i, outbox))
             })
             .collect();
-        let finalized = self.finalize_records(finished, &outboxes).await?;
-        fail::fail_point!("executor::before_publish", |_| std::process::abort());
-        // Orders another finalized meanwhile are theirs to publish.
-        let mut to_publish: Vec<order::Outbox> = outboxes
-            .into_iter()
-            .zip(&finalized)
-            .filter(|(_, here)| **here)
-            .map(|((_, outbox), _)| outbox)
+        // Orders found finished but not out (at the claim) are published with them.
+        let unpublished: Vec<order::Outbox> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Publish(outbox) => Some(outbox.as_ref().clone()),
+                _ => None,
+            })
             .collect();
-        to_publish.extend(steps.iter().filter_map(|s| match s {
-            Step::Publish(outbox) => Some(outbox.as_ref().clone()),
-            _ => None,
-        }));
         // Each answer once, whoever repeats it: keyed by its plan id (the entry id when the plan
         // has no valid one).
         let mut answers = Vec::new();
@@ -747,24 +743,24 @@ impl<V: Venue> Executor<V> {
             .filter(|(i, (_, step))| !matches!(step, Step::Leased) && !waiting.contains(i))
             .map(|(_, (e, _))| e.id.clone())
             .collect();
-        let appended = order::publish(&self.writer, &self.streams, &to_publish, &answers, &released, &ids).await?;
-        self.count_replayed_answers(steps, &appended);
-        Ok(finalized)
-    }
-
-    /// The finalize step of each finished order's record, in one round trip; per order,
-    /// whether this batch finalized it.
-    async fn finalize_records(
-        &self,
-        finished: &[(usize, OrderOutcome)],
-        outboxes: &[(usize, order::Outbox)],
-    ) -> Result<Vec<bool>, StageError> {
         let orders: Vec<(&order::Outbox, &OrderOutcome)> = finished
             .iter()
-            .zip(outboxes)
+            .zip(&outboxes)
             .map(|((_, outcome), (_, outbox))| (outbox, outcome))
             .collect();
-        Ok(order::finalize(&self.writer, &self.claimant.owner, &orders).await?)
+        let (finalized, appended) = order::finalize_and_publish(
+            &self.writer,
+            &self.claimant.owner,
+            &self.streams,
+            &orders,
+            &unpublished,
+            &answers,
+            &released,
+            &ids,
+        )
+        .await?;
+        self.count_replayed_answers(steps, &appended);
+        Ok(finalized)
     }
 }
 

@@ -517,12 +517,28 @@ impl Outbox {
 /// # Errors
 /// Redis failing; records finalized before the failure stay finalized (and unpublished).
 pub async fn finalize(client: &Client, owner: &str, orders: &[(&Outbox, &OrderOutcome)]) -> Result<Vec<bool>, Error> {
+    let pipeline = client.pipeline();
+    let groups = queue_finalize(&pipeline, client, owner, orders).await?;
+    let replies: Vec<Value> = if groups.is_empty() {
+        Vec::new()
+    } else {
+        pipeline.all().await?
+    };
+    Ok(take_finalized(&groups, orders.len(), replies))
+}
+
+/// Queues [`finalize`]'s scripts; returns their groups for [`take_finalized`].
+async fn queue_finalize(
+    pipeline: &fred::clients::Pipeline<Client>,
+    client: &Client,
+    owner: &str,
+    orders: &[(&Outbox, &OrderOutcome)],
+) -> Result<Vec<Vec<usize>>, Error> {
     let keys: Vec<String> = orders
         .iter()
         .map(|(o, _)| order_key(&o.order.client_order_id))
         .collect();
     let groups = quantum_runtime::nodes::slot_groups(client, &keys);
-    let pipeline = client.pipeline();
     for group in &groups {
         let mut args = vec![owner.to_string(), ORDER_RECORD_TTL_SECS.to_string()];
         for &i in group {
@@ -534,25 +550,69 @@ pub async fn finalize(client: &Client, owner: &str, orders: &[(&Outbox, &OrderOu
             }
         }
         queue_eval(
-            &pipeline,
+            pipeline,
             FINALIZE_SCRIPT,
             group.iter().map(|&i| keys[i].clone()).collect(),
             args,
         )
         .await?;
     }
-    let replies: Vec<Vec<i64>> = if groups.is_empty() {
+    Ok(groups)
+}
+
+/// Per order (`len`), whether the finalize scripts' replies (the first of `replies`, one per
+/// group) say it was finalized.
+fn take_finalized(groups: &[Vec<usize>], len: usize, replies: impl IntoIterator<Item = Value>) -> Vec<bool> {
+    let mut finalized = vec![false; len];
+    for (group, reply) in groups.iter().zip(replies) {
+        for (&i, done) in group.iter().zip(reply.into_array()) {
+            finalized[i] = done.as_i64() == Some(1);
+        }
+    }
+    finalized
+}
+
+/// Finalizes the records of `finished` and publishes them with `unpublished` (outboxes a
+/// claim found finished but not out), as [`finalize`] then [`publish`] would, but with the
+/// reservation swaps in the finalize's round trip: a swap needs the venue's outcome, not the
+/// record's (the venue is idempotent by client order id, so whoever finalizes an order has
+/// its fills), and is done once whoever publishes (its note). The orders another finalized
+/// are swapped, not published: theirs to publish. Returns, per finished order, whether this
+/// call finalized it, and per answer whether it was appended now.
+///
+/// # Errors
+/// Redis failing at a step: the steps before it stay done, and a retry repeats none of them.
+#[allow(clippy::too_many_arguments)]
+pub async fn finalize_and_publish(
+    client: &Client,
+    owner: &str,
+    streams: &Streams,
+    finished: &[(&Outbox, &OrderOutcome)],
+    unpublished: &[Outbox],
+    answers: &[Once],
+    released: &[(Symbol, String)],
+    acked: &[String],
+) -> Result<(Vec<bool>, Vec<bool>), Error> {
+    let pipeline = client.pipeline();
+    let groups = queue_finalize(&pipeline, client, owner, finished).await?;
+    let swapped: Vec<&Outbox> = finished.iter().map(|(o, _)| *o).chain(unpublished).collect();
+    let swaps = queue_swaps(&pipeline, client, &swapped, released).await?;
+    let replies: Vec<Value> = if groups.is_empty() && !swaps {
         Vec::new()
     } else {
         pipeline.all().await?
     };
-    let mut finalized = vec![false; orders.len()];
-    for (group, reply) in groups.iter().zip(replies) {
-        for (&i, done) in group.iter().zip(reply) {
-            finalized[i] = done == 1;
-        }
-    }
-    Ok(finalized)
+    let finalized = take_finalized(&groups, finished.len(), replies);
+    fail::fail_point!("executor::after_swap", |_| std::process::abort());
+    let to_publish: Vec<Outbox> = finished
+        .iter()
+        .zip(&finalized)
+        .filter(|(_, here)| **here)
+        .map(|((outbox, _), _)| (*outbox).clone())
+        .chain(unpublished.iter().cloned())
+        .collect();
+    let answered = publish_swapped(client, streams, &to_publish, answers, acked).await?;
+    Ok((finalized, answered))
 }
 
 /// The record's fields once `outbox`'s order finished with `outcome`.
@@ -592,9 +652,24 @@ pub async fn publish(
     released: &[(Symbol, String)],
     acked: &[String],
 ) -> Result<Vec<bool>, Error> {
-    // 1. Reservations: the plans' swapped for the fills' (one script per symbol slot group),
-    //    the not-executed plans' released.
+    // 1. Reservations: the plans' swapped for the fills', the not-executed plans' released.
     let swaps = client.pipeline();
+    let outboxes_ref: Vec<&Outbox> = outboxes.iter().collect();
+    if queue_swaps(&swaps, client, &outboxes_ref, released).await? {
+        let _: Vec<Value> = swaps.all().await?;
+    }
+    fail::fail_point!("executor::after_swap", |_| std::process::abort());
+    publish_swapped(client, streams, outboxes, answers, acked).await
+}
+
+/// Queues step 1 of [`publish`]: each order's reservation swap (one script per symbol slot
+/// group) and one release per symbol of the plans not executed; whether it queued any.
+async fn queue_swaps(
+    pipeline: &fred::clients::Pipeline<Client>,
+    client: &Client,
+    outboxes: &[&Outbox],
+    released: &[(Symbol, String)],
+) -> Result<bool, Error> {
     let mut queued = false;
     let slots: Vec<String> = outboxes.iter().map(|o| reservation_key(&o.order.symbol)).collect();
     for group in quantum_runtime::nodes::slot_groups(client, &slots) {
@@ -613,7 +688,7 @@ pub async fn publish(
                 args.extend([fill_id.clone(), value.clone()]);
             }
         }
-        queue_eval(&swaps, &SWAP_SCRIPT, keys, args).await?;
+        queue_eval(pipeline, &SWAP_SCRIPT, keys, args).await?;
         queued = true;
     }
     // One release per symbol, however many of its plans were not executed.
@@ -625,13 +700,20 @@ pub async fn publish(
         }
     }
     for (symbol, plans) in by_symbol {
-        quantum_runtime::inflight::queue_release(&swaps, symbol, plans).await?;
+        quantum_runtime::inflight::queue_release(pipeline, symbol, plans).await?;
         queued = true;
     }
-    if queued {
-        let _: Vec<Value> = swaps.all().await?;
-    }
-    fail::fail_point!("executor::after_swap", |_| std::process::abort());
+    Ok(queued)
+}
+
+/// Steps 2 and 3 of [`publish`], once the reservations are swapped.
+async fn publish_swapped(
+    client: &Client,
+    streams: &Streams,
+    outboxes: &[Outbox],
+    answers: &[Once],
+    acked: &[String],
+) -> Result<Vec<bool>, Error> {
     // 2. The fills and the results, once each.
     let fills: Vec<Once> = outboxes
         .iter()
