@@ -80,7 +80,9 @@ return positions
 
 /// Queues the reads of `symbols`' ledgers (`position_amt`, `notional_usd`), reservation totals,
 /// reservations (when its flag says walk, or when the totals miss some) and reservation tokens,
-/// one script per slot group of their ledgers; returns the groups for [`take_position_reads`].
+/// one script per slot group of their ledgers; returns the groups, whose replies
+/// `quantum_runtime::nodes::take_grouped` puts back in order: per symbol
+/// `[[amt, notional], [totals...], [field, value, ...] or nil, token]`.
 ///
 /// # Errors
 /// A command could not be queued.
@@ -108,26 +110,6 @@ pub async fn queue_position_reads(
         quantum_runtime::cas::queue_eval_ro(pipeline, READ_POSITIONS_SCRIPT, keys, args).await?;
     }
     Ok(groups)
-}
-
-/// Each symbol's position, in the order [`queue_position_reads`] was given them (`len`), from
-/// the next replies: `[[amt, notional], [totals...], [field, value, ...] or nil, token]`.
-///
-/// # Errors
-/// A read's error (a key of the wrong type): the batch cannot be decided.
-pub fn take_position_reads(
-    groups: &[Vec<usize>],
-    len: usize,
-    replies: &mut impl Iterator<Item = Result<Value, Error>>,
-) -> Result<Vec<Value>, Error> {
-    let mut positions = vec![Value::Null; len];
-    for group in groups {
-        let reply = replies.next().unwrap_or(Ok(Value::Null))?;
-        for (&i, position) in group.iter().zip(reply.into_array()) {
-            positions[i] = position;
-        }
-    }
-    Ok(positions)
 }
 
 static RESERVE_SCRIPT: std::sync::LazyLock<String> =

@@ -48,9 +48,7 @@ use quantum_runtime::http::{self, HttpArgs};
 use quantum_runtime::reply::{hash_pairs, opt_text};
 use quantum_runtime::trace;
 
-use commit::{
-    commit_batch, queue_position_reads, take_position_reads, CommitSettings, Committed, EntryCommit, ReservationCommit,
-};
+use commit::{commit_batch, queue_position_reads, CommitSettings, Committed, EntryCommit, ReservationCommit};
 use gate::{exposure_pct, gate, GateConfig, GateInput, GateOutcome, LedgerView, SkipReason};
 use governor::GovernorArgs;
 use quantum_model::governor::SymbolRisk;
@@ -446,7 +444,7 @@ impl IntentBridge {
             ..BatchView::default()
         };
         let symbols = scope.ledger_symbols();
-        let positions = take_position_reads(position_groups, symbols.len(), &mut replies)?;
+        let positions = quantum_runtime::nodes::take_grouped(position_groups, symbols.len(), &mut replies)?;
         let mut next = || replies.next().unwrap_or(Ok(Value::Null));
         let now_ms = now_ms();
         let mut total_notional = Decimal::ZERO;
@@ -495,7 +493,7 @@ impl IntentBridge {
         }
     }
 
-    /// Queues the view's reads; returns the groups of the position reads ([`take_position_reads`]).
+    /// Queues the view's reads; returns the groups of the position reads (`nodes::take_grouped`).
     async fn queue_view_reads(
         &self,
         pipeline: &fred::clients::Pipeline<Client>,

@@ -524,7 +524,7 @@ pub async fn finalize(client: &Client, owner: &str, orders: &[(&Outbox, &OrderOu
     } else {
         pipeline.all().await?
     };
-    Ok(take_finalized(&groups, orders.len(), replies))
+    take_finalized(&groups, orders.len(), replies)
 }
 
 /// Queues [`finalize`]'s scripts; returns their groups for [`take_finalized`].
@@ -562,14 +562,10 @@ async fn queue_finalize(
 
 /// Per order (`len`), whether the finalize scripts' replies (the first of `replies`, one per
 /// group) say it was finalized.
-fn take_finalized(groups: &[Vec<usize>], len: usize, replies: impl IntoIterator<Item = Value>) -> Vec<bool> {
-    let mut finalized = vec![false; len];
-    for (group, reply) in groups.iter().zip(replies) {
-        for (&i, done) in group.iter().zip(reply.into_array()) {
-            finalized[i] = done.as_i64() == Some(1);
-        }
-    }
-    finalized
+fn take_finalized(groups: &[Vec<usize>], len: usize, replies: Vec<Value>) -> Result<Vec<bool>, Error> {
+    let mut replies = replies.into_iter().map(Ok);
+    let done = quantum_runtime::nodes::take_grouped(groups, len, &mut replies)?;
+    Ok(done.iter().map(|d| d.as_i64() == Some(1)).collect())
 }
 
 /// Finalizes the records of `finished` and publishes them with `unpublished` (outboxes a
@@ -602,7 +598,7 @@ pub async fn finalize_and_publish(
     } else {
         pipeline.all().await?
     };
-    let finalized = take_finalized(&groups, finished.len(), replies);
+    let finalized = take_finalized(&groups, finished.len(), replies)?;
     fail::fail_point!("executor::after_swap", |_| std::process::abort());
     let to_publish: Vec<Outbox> = finished
         .iter()

@@ -82,11 +82,28 @@ pub fn take_mget(
     len: usize,
     replies: &mut impl Iterator<Item = Result<Value, Error>>,
 ) -> Result<Vec<Option<String>>, Error> {
-    let mut values = vec![None; len];
+    Ok(take_grouped(groups, len, replies)?
+        .iter()
+        .map(crate::reply::opt_text)
+        .collect())
+}
+
+/// The items of one script (or command) per slot group, each answering an array in its
+/// group's order, put back in the order of the `len` keys the groups were made from, from the
+/// next replies of `replies` (an item no reply covers is nil).
+///
+/// # Errors
+/// A group's error.
+pub fn take_grouped(
+    groups: &[Vec<usize>],
+    len: usize,
+    replies: &mut impl Iterator<Item = Result<Value, Error>>,
+) -> Result<Vec<Value>, Error> {
+    let mut values = vec![Value::Null; len];
     for group in groups {
         let reply = replies.next().unwrap_or(Ok(Value::Null))?;
         for (&i, value) in group.iter().zip(reply.into_array()) {
-            values[i] = crate::reply::opt_text(&value);
+            values[i] = value;
         }
     }
     Ok(values)
