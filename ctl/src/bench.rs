@@ -7,8 +7,12 @@
 //! 2. **Bridge**: `count` intents preloaded (BUY/SELL mix, every format), the bridge alone
 //!    drains them (consume, gate, publish, mark, ack).
 //! 3. **End to end**: the same intents through bridge → paper executor → ledger, timed from the
-//!    bridge's start until every group is idle. The services' idle RSS is read just before.
-//! 4. **Latency**: BUY intents published one at a time at a steady `latency_rate` for
+//!    bridge's start until every group is idle.
+//!
+//!    Each drain also says where its time went: the CPU (user + system) Redis and each service
+//!    spent per intent over it (`INFO cpu`, `/proc/<pid>/stat`), and Redis' busiest commands
+//!    (`INFO commandstats`; a script's row includes the commands it calls).
+//! 4. **Latency** (the services' idle RSS is read first): BUY intents published one at a time at a steady `latency_rate` for
 //!    `latency_seconds`; each intent's latency runs from just before its XADD to the ledger's
 //!    commit of its fill: on the keyspace notifications of the ledger hashes, the bench reads
 //!    the notified ledgers' fill counts (one round trip for all waiting notifications) and
@@ -99,6 +103,21 @@ pub struct Throughput {
     pub intents_per_s: f64,
     /// `intents_per_s` over the pipelined XADD ceiling.
     pub share_of_xadd_ceiling: f64,
+    /// CPU time (user + system) per intent over the drain, in µs: Redis (every node), then
+    /// each service that ran. Where the time goes, in every run.
+    pub cpu_us_per_intent: Vec<(String, f64)>,
+    /// Redis' busiest commands over the drain (`INFO commandstats`, every node), by time; a
+    /// script's row includes the commands it calls.
+    pub redis_commands: Vec<CommandCost>,
+}
+
+/// One command's share of Redis' time over a drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandCost {
+    pub command: String,
+    pub calls: u64,
+    pub us_per_call: f64,
+    pub us_per_intent: f64,
 }
 
 /// Intent → ledger-commit latency at a steady rate (milliseconds).
@@ -134,10 +153,11 @@ pub async fn run(plan: &BenchPlan, log_dir: &Path) -> Result<BenchReport, BenchE
         .to_string();
     let xadd_ceiling = xadd_ceiling(benchmark_port(&server)?, plan.xadd_requests)?;
     flush(&client).await?;
-    let mut bridge = bridge_throughput(&client, &url, plan, &log_dir.join("bridge-throughput.log")).await?;
+    let node_urls = server.node_urls();
+    let mut bridge = bridge_throughput(&client, &url, &node_urls, plan, &log_dir.join("bridge-throughput.log")).await?;
     bridge.share_of_xadd_ceiling = bridge.intents_per_s / xadd_ceiling.pipelined_per_s;
     flush(&client).await?;
-    let mut end_to_end = end_to_end(&client, &url, plan, log_dir).await?;
+    let mut end_to_end = end_to_end(&client, &url, &node_urls, plan, log_dir).await?;
     end_to_end.share_of_xadd_ceiling = end_to_end.intents_per_s / xadd_ceiling.pipelined_per_s;
     flush(&client).await?;
     let (latency, idle_rss_kib) = latency(&client, &server, plan, log_dir).await?;
@@ -163,14 +183,35 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let c = &self.xadd_ceiling;
         let throughput = |name: &str, t: &Throughput| {
+            let cpu: Vec<String> = t
+                .cpu_us_per_intent
+                .iter()
+                .map(|(process, us)| format!("{process} {us:.1}"))
+                .collect();
+            let commands: Vec<String> = t
+                .redis_commands
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {:.1} ({} calls, {:.1} µs each)",
+                        c.command, c.us_per_intent, c.calls, c.us_per_call
+                    )
+                })
+                .collect();
             format!(
-                "{name:<12} {:>8} intents {:>8} plans {:>8} fills {:>7.3} s {:>9.0} intents/s  {:>5.1}% of XADD ceiling\n",
+                "{name:<12} {:>8} intents {:>8} plans {:>8} fills {:>7.3} s {:>9.0} intents/s  {:>5.1}% of XADD ceiling\n\
+                 {:<12} CPU µs per intent: {}\n\
+                 {:<12} Redis µs per intent: {}\n",
                 t.intents,
                 t.plans,
                 t.fills,
                 t.seconds,
                 t.intents_per_s,
-                t.share_of_xadd_ceiling * 100.0
+                t.share_of_xadd_ceiling * 100.0,
+                "",
+                cpu.join(", "),
+                "",
+                commands.join(", ")
             )
         };
         let l = &self.latency;
@@ -320,11 +361,13 @@ where
 async fn bridge_throughput(
     client: &Client,
     redis_url: &str,
+    node_urls: &[String],
     plan: &BenchPlan,
     log: &Path,
 ) -> Result<Throughput, BenchError> {
     publish(client, &preload_intents(plan.count), 0).await?;
     seed_market(client).await?;
+    let redis_before = RedisCounters::read(node_urls).await?;
     let started = Instant::now();
     let bridge = ServiceProcess::start(Service::Bridge, &bench_env(redis_url, plan), log)?;
     let drained = wait_until(Duration::from_secs(600), "the bridge", || async {
@@ -334,8 +377,10 @@ async fn bridge_throughput(
     })
     .await;
     let seconds = started.elapsed().as_secs_f64();
+    let cost = drain_cost(node_urls, &redis_before, &[(&bridge, 0.0)], plan.count).await;
     bridge.stop(Duration::from_secs(10));
     drained?;
+    let cost = cost?;
     Ok(Throughput {
         intents: plan.count,
         plans: total_len(client, plan.shards, PLAN_STREAM).await?,
@@ -343,6 +388,8 @@ async fn bridge_throughput(
         seconds,
         intents_per_s: plan.count as f64 / seconds.max(1e-9),
         share_of_xadd_ceiling: 0.0,
+        cpu_us_per_intent: cost.cpu_us_per_intent,
+        redis_commands: cost.redis_commands,
     })
 }
 
@@ -351,6 +398,7 @@ async fn bridge_throughput(
 async fn end_to_end(
     client: &Client,
     redis_url: &str,
+    node_urls: &[String],
     plan: &BenchPlan,
     log_dir: &Path,
 ) -> Result<Throughput, BenchError> {
@@ -360,7 +408,7 @@ async fn end_to_end(
     for service in [Service::Ledger, Service::Executor] {
         services.push(ServiceProcess::start(service, &env, &log(service))?);
     }
-    let mut drain = async || -> Result<f64, BenchError> {
+    let mut drain = async || -> Result<(f64, DrainCost), BenchError> {
         wait_for_groups(
             client,
             plan.shards,
@@ -369,19 +417,28 @@ async fn end_to_end(
         .await?;
         publish(client, &preload_intents(plan.count), 0).await?;
         seed_market(client).await?;
+        // The waiting executor and ledger were idle until now: their start is not the drain's.
+        let cpu_before: Vec<f64> = services.iter().map(|s| process_cpu_seconds(s.pid())).collect();
+        let redis_before = RedisCounters::read(node_urls).await?;
         let started = Instant::now();
         services.push(ServiceProcess::start(Service::Bridge, &env, &log(Service::Bridge))?);
         wait_until(Duration::from_secs(600), "the pipeline", || async {
             wait_idle(client, Duration::ZERO).await
         })
         .await?;
-        Ok(started.elapsed().as_secs_f64())
+        let seconds = started.elapsed().as_secs_f64();
+        // The bridge started with the drain.
+        let running: Vec<(&ServiceProcess, f64)> = services.iter().zip(cpu_before.into_iter().chain([0.0])).collect();
+        Ok((
+            seconds,
+            drain_cost(node_urls, &redis_before, &running, plan.count).await?,
+        ))
     };
-    let seconds = drain().await;
+    let drained = drain().await;
     for service in services {
         service.stop(Duration::from_secs(10));
     }
-    let seconds = seconds?;
+    let (seconds, cost) = drained?;
     Ok(Throughput {
         intents: plan.count,
         plans: total_len(client, plan.shards, PLAN_STREAM).await?,
@@ -389,6 +446,8 @@ async fn end_to_end(
         seconds,
         intents_per_s: plan.count as f64 / seconds.max(1e-9),
         share_of_xadd_ceiling: 0.0,
+        cpu_us_per_intent: cost.cpu_us_per_intent,
+        redis_commands: cost.redis_commands,
     })
 }
 
@@ -414,6 +473,130 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A process's CPU time so far, user + system over all its threads (`/proc/<pid>/stat`); 0
+/// when it cannot be read.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name, field 2, may hold spaces: the fields counted are after its `)`.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut next = || fields.next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let (utime, stime) = (next(), next());
+    (utime + stime) as f64 / ticks_per_s
+}
+
+/// Redis' counters so far, summed over every node: its CPU time (`INFO cpu`: `used_cpu_user`
+/// + `used_cpu_sys`) and each command's calls and µs (`INFO commandstats`).
+#[derive(Debug, Default)]
+struct RedisCounters {
+    cpu_seconds: f64,
+    commands: HashMap<String, (u64, u64)>,
+}
+
+impl RedisCounters {
+    async fn read(nodes: &[String]) -> Result<Self, BenchError> {
+        let mut counters = Self::default();
+        for url in nodes {
+            let node = quantum_runtime::config::RedisArgs::from_url(url)
+                .connect(&tokio_util::sync::CancellationToken::new())
+                .await?;
+            let cpu: Result<String, Error> = node.info(Some(fred::types::InfoKind::Cpu)).await;
+            let commands: Result<String, Error> = node.info(Some(fred::types::InfoKind::CommandStats)).await;
+            let _ = node.quit().await;
+            counters.add_info(&cpu?, &commands?);
+        }
+        Ok(counters)
+    }
+
+    /// Adds one node's `INFO cpu` and `INFO commandstats`
+    /// (`cmdstat_xadd:calls=54546,usec=201000,usec_per_call=3.69,...`).
+    fn add_info(&mut self, cpu: &str, commands: &str) {
+        self.cpu_seconds += cpu
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_user:")
+                    .or_else(|| l.strip_prefix("used_cpu_sys:"))
+            })
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum::<f64>();
+        for line in commands.lines() {
+            let Some((name, stats)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            let stat = |key: &str| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let entry = self.commands.entry(name.to_uppercase()).or_default();
+            entry.0 += stat("calls");
+            entry.1 += stat("usec");
+        }
+    }
+
+    /// What Redis spent since `before`, per intent: its CPU, and its busiest commands.
+    fn since(&self, before: &Self, intents: usize) -> (f64, Vec<CommandCost>) {
+        let intents = intents.max(1) as f64;
+        let mut commands: Vec<CommandCost> = self
+            .commands
+            .iter()
+            .filter_map(|(command, &(calls, usec))| {
+                let (calls_before, usec_before) = before.commands.get(command).copied().unwrap_or_default();
+                let (calls, usec) = (calls.saturating_sub(calls_before), usec.saturating_sub(usec_before));
+                (calls > 0).then(|| CommandCost {
+                    command: command.clone(),
+                    calls,
+                    us_per_call: usec as f64 / calls as f64,
+                    us_per_intent: usec as f64 / intents,
+                })
+            })
+            .collect();
+        commands.sort_by(|a, b| b.us_per_intent.total_cmp(&a.us_per_intent));
+        commands.truncate(BUSIEST_COMMANDS);
+        ((self.cpu_seconds - before.cpu_seconds) * 1e6 / intents, commands)
+    }
+}
+
+/// How many of Redis' commands a drain reports.
+const BUSIEST_COMMANDS: usize = 6;
+
+/// What a drain cost (the fields of [`Throughput`] of the same names).
+struct DrainCost {
+    cpu_us_per_intent: Vec<(String, f64)>,
+    redis_commands: Vec<CommandCost>,
+}
+
+/// What a drain cost: CPU µs per intent for Redis since `redis_before` and for each service
+/// since the CPU seconds it is paired with, and Redis' busiest commands.
+async fn drain_cost(
+    nodes: &[String],
+    redis_before: &RedisCounters,
+    services: &[(&ServiceProcess, f64)],
+    intents: usize,
+) -> Result<DrainCost, BenchError> {
+    let (redis_cpu, commands) = RedisCounters::read(nodes).await?.since(redis_before, intents);
+    let per_intent = |seconds: f64| seconds * 1e6 / intents.max(1) as f64;
+    let mut cpu = vec![("redis".to_string(), redis_cpu)];
+    cpu.extend(services.iter().map(|(s, before)| {
+        (
+            s.service.binary().to_string(),
+            per_intent(process_cpu_seconds(s.pid()) - before),
+        )
+    }));
+    Ok(DrainCost {
+        cpu_us_per_intent: cpu,
+        redis_commands: commands,
+    })
 }
 
 /// When each symbol's intents were published, oldest first, until their fills are committed.
@@ -643,5 +826,38 @@ mod tests {
             "\"test\",\"rps\",\"avg_latency_ms\"\n\"XADD quantum:bench:xadd * field value\",\"612745.12\",\"0.1\"\n";
         assert!((parse_benchmark_csv(csv).unwrap() - 612_745.12).abs() < 1e-6);
         assert!(parse_benchmark_csv("garbage").is_err());
+    }
+
+    #[test]
+    fn redis_costs_are_the_difference_over_the_drain_summed_over_nodes() {
+        let node = |cpu_user: f64, xadd: (u64, u64), eval: (u64, u64)| {
+            format!(
+                "# CPU\r\nused_cpu_sys:{:.6}\r\nused_cpu_user:{cpu_user:.6}\r\n",
+                cpu_user / 2.0
+            ) + &format!(
+                "# Commandstats\r\ncmdstat_xadd:calls={},usec={},usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
+                 cmdstat_eval:calls={},usec={},usec_per_call=2.00\r\n",
+                xadd.0, xadd.1, eval.0, eval.1
+            )
+        };
+        let counters = |nodes: &[String]| {
+            let mut c = RedisCounters::default();
+            for info in nodes {
+                c.add_info(info, info);
+            }
+            c
+        };
+        let before = counters(&[node(1.0, (10, 100), (0, 0)), node(2.0, (0, 0), (5, 50))]);
+        let after = counters(&[node(2.0, (110, 400), (0, 0)), node(3.0, (0, 0), (105, 2_050))]);
+        let (cpu, commands) = after.since(&before, 100);
+        // 1 s user + 0.5 s system on each of two nodes, over 100 intents.
+        assert!((cpu - 30_000.0).abs() < 1e-6, "{cpu}");
+        assert_eq!(commands.len(), 2);
+        assert_eq!(commands[0].command, "EVAL");
+        assert_eq!(commands[0].calls, 100);
+        assert!((commands[0].us_per_call - 20.0).abs() < 1e-9);
+        assert!((commands[0].us_per_intent - 20.0).abs() < 1e-9);
+        assert_eq!((commands[1].command.as_str(), commands[1].calls), ("XADD", 100));
+        assert!((commands[1].us_per_intent - 3.0).abs() < 1e-9);
     }
 }

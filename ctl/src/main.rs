@@ -37,9 +37,11 @@ enum Command {
     FakeBinance(FakeBinanceArgs),
     /// Publish simulated trade intents.
     Sim(SimArgs),
-    /// Measure bridge throughput: preload intents on a throwaway redis-server (or the one given),
-    /// start the bridge and time until all are consumed, gated, published and acknowledged.
-    /// Build with --release for meaningful numbers.
+    /// Measure the pipeline on a throwaway redis-server (AOF on, as in production) or 3+3 cluster:
+    /// Redis' own XADD ceiling, the bridge alone and end to end draining preloaded intents (with
+    /// the CPU each process spent per intent and Redis' busiest commands), intent → ledger-commit
+    /// latency percentiles at a steady rate, and each service's idle RSS. Uses the service
+    /// binaries beside quantumctl: build with --release for meaningful numbers.
     Bench(BenchArgs),
     /// Show stream lengths, consumer-group lag and pending counts, what the bridge did with the
     /// last minutes' intents (by outcome and reason), and the ledgers.
