@@ -129,15 +129,25 @@ end
 local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'string') or inflight_totals_bad(KEYS[3])
 for k = 4, #KEYS do bad = bad or wrong(KEYS[k], 'set') end
 if bad then return redis.error_reply(bad) end
-for i = 2, #ARGV, 4 do
-  local n = (i - 2) / 4
-  if (redis.call('GET', KEYS[2]) or '') ~= ARGV[i + 2] then return n end
-  inflight_reserve(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('SET', KEYS[2], ARGV[i + 3])
-  redis.call('SADD', KEYS[4 + n], ARGV[i])
-  redis.call('PEXPIRE', KEYS[4 + n], ARGV[1])
-end
-return (#ARGV - 1) / 4
+-- The token is read once and written once, the last reservation's: nothing sees it in between
+-- (a script is atomic), and each write is a command Redis propagates to the AOF and replicas.
+local token = redis.call('GET', KEYS[2]) or ''
+local taken = 0
+local ok, err = pcall(function()
+  for i = 2, #ARGV, 4 do
+    if token ~= ARGV[i + 2] then return end
+    inflight_reserve(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1])
+    taken = taken + 1
+    token = ARGV[i + 3]
+    redis.call('SADD', KEYS[3 + taken], ARGV[i])
+    redis.call('PEXPIRE', KEYS[3 + taken], ARGV[1])
+  end
+end)
+-- Written even when a command failed after a reservation was taken: a reservation is never
+-- left under an older token, which another bridge's gate could have decided on.
+if taken > 0 then redis.call('SET', KEYS[2], token) end
+if not ok then error(err) end
+return taken
 "#;
 
 static SETTLE_SCRIPT: std::sync::LazyLock<String> =
