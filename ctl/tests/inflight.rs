@@ -478,3 +478,44 @@ async fn totals_stay_exact_when_a_script_sums_many_large_reservations() {
         "a count that ends at zero removes the totals"
     );
 }
+
+/// The bridge reads each gated intent's set of plan ids reserved for it
+/// (`quantum_runtime::nodes::queue_smembers`, one script for the batch on one server): every
+/// set's members in key order, a missing set and a key of another type read as empty.
+#[tokio::test]
+async fn the_intent_sets_are_read_in_one_script_and_a_bad_key_reads_as_no_set() {
+    let stack = Stack::new().await;
+    let btc = quantum_model::types::Symbol::parse("BTCUSDT").unwrap();
+    let eth = quantum_model::types::Symbol::parse("ETHUSDT").unwrap();
+    let keys = vec![
+        reservation_entry_key(&btc, "1-0"),
+        reservation_entry_key(&eth, "2-0"),
+        reservation_entry_key(&btc, "3-0"),
+        reservation_entry_key(&eth, "4-0"),
+    ];
+    let _: () = stack.client.sadd(&keys[0], vec!["plan-a", "plan-b"]).await.unwrap();
+    let _: () = stack
+        .client
+        .set(&keys[2], "not a set", None, None, false)
+        .await
+        .unwrap();
+    let _: () = stack.client.sadd(&keys[3], "plan-c").await.unwrap();
+
+    let pipeline = stack.client.pipeline();
+    let groups = quantum_runtime::nodes::queue_smembers(&pipeline, &stack.client, &keys)
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 1, "one script on one server");
+    let mut replies = pipeline.try_all::<fred::types::Value>().await.into_iter();
+    let mut sets = quantum_runtime::nodes::take_smembers(&groups, keys.len(), &mut replies).unwrap();
+    sets[0].sort();
+    assert_eq!(
+        sets,
+        vec![
+            vec!["plan-a".to_string(), "plan-b".to_string()],
+            Vec::new(),
+            Vec::new(),
+            vec!["plan-c".to_string()],
+        ]
+    );
+}
