@@ -189,6 +189,69 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
 }
 
 #[tokio::test]
+async fn a_replay_marker_of_another_type_fails_its_own_intent_only() {
+    let mut stack = Stack::new().await;
+    // Both intents are in the bridge's first batch, so their markers are claimed in one step
+    // (one script on one server): the one whose marker key holds a hash fails there, with
+    // nothing written for it, and the other commits.
+    let bad = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
+        )
+        .await;
+    let good = stack
+        .xadd(
+            INTENT_STREAM,
+            &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.02")],
+        )
+        .await;
+    let marker_key = format!("quantum:intent_bridge:seen:{bad}");
+    stack.hset(&marker_key, &[("clobbered", "by hand")]).await;
+    stack.start(
+        Service::Bridge,
+        &[("SYMBOL_ALLOWLIST", "BTCUSDT"), ("STREAM_MAX_DELIVERIES", "1000")],
+    );
+    wait_for("the good intent's plan", || async {
+        stack
+            .entries(PLAN_STREAM)
+            .await
+            .iter()
+            .any(|p| p.get("intent_id") == Some(good.as_str()))
+    })
+    .await;
+    let log = stack
+        .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
+        .await;
+    assert!(log.contains(&format!("WRONGTYPE {marker_key} holds a hash")), "{log}");
+    assert_eq!(
+        stack.entries(PLAN_STREAM).await.len(),
+        1,
+        "nothing published for the bad one"
+    );
+    assert_eq!(
+        stack.hash(&marker_key).await.get("clobbered").map(String::as_str),
+        Some("by hand")
+    );
+    let good_marker: String = stack
+        .client
+        .get(format!("quantum:intent_bridge:seen:{good}"))
+        .await
+        .unwrap();
+    assert!(
+        good_marker.starts_with("outcome=published") && !good_marker.contains("state="),
+        "{good_marker}"
+    );
+
+    // Repaired, the intent takes its course: one plan for it, none lost.
+    let _: i64 = stack.client.del(&marker_key).await.unwrap();
+    stack.wait_group_idle(INTENT_STREAM, INTENT_GROUP).await;
+    let plans = stack.entries(PLAN_STREAM).await;
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    assert!(plans.iter().any(|p| p.get("intent_id") == Some(bad.as_str())));
+}
+
+#[tokio::test]
 async fn an_entry_dead_lettered_again_after_a_crash_before_its_ack_is_in_the_dlq_once() {
     use quantum_runtime::append_once::{dead_letter_then_ack, marker_key, Once};
     let stack = Stack::new().await;
