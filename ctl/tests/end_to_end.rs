@@ -373,6 +373,41 @@ fn assert_figures_hang_together(report: &serde_json::Value) {
         let plans = number(&format!("/{phase}/plans"));
         assert!((1000.0..=2000.0).contains(&plans), "{phase}: {plans} plans");
         assert!(number(&format!("/{phase}/intents_per_s")) > 0.0);
+        // Where the drain's time went: Redis, then each service that ran, each having worked.
+        let cpu = report[phase]["cpu_us_per_intent"]
+            .as_array()
+            .expect("cpu_us_per_intent");
+        let processes: Vec<&str> = cpu.iter().filter_map(|pair| pair[0].as_str()).collect();
+        let expected: &[&str] = if phase == "bridge" {
+            &["redis", "quantum-intent-bridge"]
+        } else {
+            &[
+                "redis",
+                "quantum-ledger",
+                "quantum-intent-executor",
+                "quantum-intent-bridge",
+            ]
+        };
+        assert_eq!(processes, expected, "{phase}");
+        assert!(
+            cpu.iter().all(|pair| pair[1].as_f64().unwrap_or(0.0) > 0.0),
+            "{phase}: {cpu:?}"
+        );
+        let commands = report[phase]["redis_commands"].as_array().expect("redis_commands");
+        assert!(!commands.is_empty(), "{phase}");
+        let cost = |c: &serde_json::Value| c["us_per_intent"].as_f64().unwrap_or(-1.0);
+        assert!(
+            commands.windows(2).all(|w| cost(&w[0]) >= cost(&w[1])),
+            "{phase}: by time: {commands:?}"
+        );
+        assert!(
+            commands.iter().all(|c| c["calls"].as_u64().unwrap_or(0) > 0),
+            "{phase}: {commands:?}"
+        );
+        assert!(
+            commands.iter().any(|c| c["command"] == "EVAL"),
+            "{phase}: the services' scripts are among Redis' busiest commands: {commands:?}"
+        );
     }
     assert!(number("/end_to_end/fills") >= number("/end_to_end/plans") * 0.5);
     assert_eq!(number("/latency/samples"), 400.0);
