@@ -9,12 +9,11 @@
 //! 2. **bump**: the BUYs reserved move the all-symbol BUY token, in order, from the one their
 //!    exposure gate read;
 //! 3. **claim**: each entry's replay marker is set (`SET NX GET`) to its outcome record and,
-//!    when there is an outcome to publish, the outcome itself (`quantum_model::outcome::Marker`),
-//!    one script per slot group of markers ([`MARKERS_SCRIPT`]);
+//!    when there is an outcome to publish, the outcome itself (`quantum_model::outcome::Marker`);
 //! 4. **publish**: the claimed outcomes are appended once each (marker
 //!    `{<stream>}:once:<entry id>`) to `apply.plan` or the intent DLQ;
-//! 5. **done**: each published marker is rewritten to its record alone (`XX KEEPTTL`, by the
-//!    same script) and the entries are acknowledged, in one round trip (a marker left `publishing` only makes a replay
+//! 5. **done**: each published marker is rewritten to its record alone (`XX KEEPTTL`) and the
+//!    entries are acknowledged, in one round trip (a marker left `publishing` only makes a replay
 //!    publish its outcome again, which the append finds appended).
 //!
 //! Invariants the steps keep:
@@ -58,7 +57,6 @@ use quantum_runtime::append_once::{queue_append_once, Once};
 use quantum_runtime::cas::queue_eval;
 use quantum_runtime::failure::StageError;
 use quantum_runtime::replication::ReplicaWait;
-use quantum_runtime::reply::opt_text;
 
 /// Each symbol's ledger fields, reservation totals and token, read at one instant; and its
 /// reservations themselves when asked (its ARGV is 'walk') or when the totals do not count every
@@ -448,136 +446,25 @@ async fn bump(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Erro
     Ok(())
 }
 
-/// A write to one entry's replay marker.
-enum MarkerWrite {
-    /// Set to this value unless the marker exists (`SET NX GET EX`): the marker found answers.
-    Claim(String),
-    /// Rewritten, keeping its TTL, if it exists (`SET XX KEEPTTL`): a replay's count, or a
-    /// published outcome's record alone.
-    Rewrite(String),
-}
-
-/// The marker writes of a slot group in one step (on one server, all of a batch's: a `SET` per
-/// intent cost Redis and the bridge a command each). KEYS: the markers. ARGV: the claims' TTL
-/// (s), then per marker 'claim' or 'rewrite' and its value. Replies per marker `{0}` (claimed,
-/// or rewritten), `{1, found}` (a claim that found a marker) or `{2, error}` (a key of another
-/// type: nothing written for it, and the others written).
-const MARKERS_SCRIPT: &str = r#"#!lua
-local replies = {}
-for k = 1, #KEYS do
-  local value = ARGV[2 * k + 1]
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'none' and t ~= 'string' then
-    replies[k] = {2, 'WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not a string; nothing written'}
-  elseif ARGV[2 * k] == 'claim' then
-    local found = redis.call('SET', KEYS[k], value, 'NX', 'GET', 'EX', ARGV[1])
-    replies[k] = found and {1, found} or {0}
-  else
-    redis.call('SET', KEYS[k], value, 'XX', 'KEEPTTL')
-    replies[k] = {0}
-  end
-end
-return replies
-"#;
-
-/// Queues `writes` to the markers of their entries, one [`MARKERS_SCRIPT`] per slot group of
-/// markers; a group of one (on a cluster, where each marker is a slot of its own) is its plain
-/// `SET`, which costs Redis less than a script. Returns the groups, for [`take_marker_replies`].
-async fn queue_marker_writes(
-    pipeline: &fred::clients::Pipeline<Client>,
-    client: &Client,
-    claim_ttl_secs: u64,
-    writes: &[(&str, MarkerWrite)],
-) -> Result<Vec<Vec<usize>>, Error> {
-    let keys: Vec<String> = writes.iter().map(|(id, _)| seen_key(id)).collect();
-    let groups = quantum_runtime::nodes::slot_groups(client, &keys);
-    for group in &groups {
-        if let [i] = group[..] {
-            let _: () = match &writes[i].1 {
-                MarkerWrite::Claim(value) => {
-                    let ex = Some(Expiration::EX(claim_ttl_secs as i64));
-                    pipeline
-                        .set(&keys[i], value.as_str(), ex, Some(SetOptions::NX), true)
-                        .await?
-                }
-                MarkerWrite::Rewrite(value) => {
-                    let keep = Some(Expiration::KEEPTTL);
-                    pipeline
-                        .set(&keys[i], value.as_str(), keep, Some(SetOptions::XX), false)
-                        .await?
-                }
-            };
-            continue;
-        }
-        let mut args = Vec::with_capacity(1 + 2 * group.len());
-        args.push(claim_ttl_secs.to_string());
-        for &i in group {
-            let (mode, value) = match &writes[i].1 {
-                MarkerWrite::Claim(value) => ("claim", value),
-                MarkerWrite::Rewrite(value) => ("rewrite", value),
-            };
-            args.extend([mode.to_string(), value.clone()]);
-        }
-        let group_keys = group.iter().map(|&i| keys[i].clone()).collect();
-        queue_eval(pipeline, MARKERS_SCRIPT, group_keys, args).await?;
-    }
-    Ok(groups)
-}
-
-/// Per write of [`queue_marker_writes`] (`len` of them), from the next replies of `replies`:
-/// the marker a claim found (`None`: claimed, or rewritten), or why the write failed.
-fn take_marker_replies(
-    groups: &[Vec<usize>],
-    len: usize,
-    replies: &mut impl Iterator<Item = Result<Value, Error>>,
-) -> Vec<Result<Option<String>, StageError>> {
-    let lost = || StageError::Retryable("no reply to the replay markers' step".into());
-    let mut written: Vec<Result<Option<String>, StageError>> = (0..len).map(|_| Err(lost())).collect();
-    for group in groups {
-        let reply = replies.next().unwrap_or_else(|| Ok(Value::Null));
-        if let [i] = group[..] {
-            written[i] = reply.map(|found| opt_text(&found)).map_err(StageError::from);
-            continue;
-        }
-        let items = match reply {
-            Ok(items) => items.into_array(),
-            Err(e) => {
-                let error = StageError::from(e);
-                for &i in group {
-                    written[i] = Err(error.clone());
-                }
-                continue;
-            }
-        };
-        for (&i, item) in group.iter().zip(items) {
-            let mut item = item.into_array().into_iter();
-            let code = item.next().and_then(|c| c.as_i64());
-            let text = item.next().as_ref().and_then(opt_text);
-            written[i] = match (code, text) {
-                (Some(0), _) => Ok(None),
-                (Some(1), Some(found)) => Ok(Some(found)),
-                (_, text) => {
-                    Err(StageError::Poison(text.unwrap_or_else(|| {
-                        "unreadable reply of the replay markers' step".into()
-                    })))
-                }
-            };
-        }
-    }
-    written
-}
-
 /// Step 3: each entry's marker claimed (a replay's record updated); reservations refused at
 /// the bump given back.
 async fn claim(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'_>]) -> Result<(), Error> {
     let pipeline = client.pipeline();
     let mut claims = Vec::new();
-    let mut writes = Vec::new();
     for (i, p) in open(progress) {
+        let key = seen_key(p.id);
         match &p.commit {
             EntryCommit::Replay { replay_record } => {
                 if let Some(record) = replay_record {
-                    writes.push((p.id, MarkerWrite::Rewrite(record.clone())));
+                    let _: () = pipeline
+                        .set(
+                            key,
+                            record.as_str(),
+                            Some(Expiration::KEEPTTL),
+                            Some(SetOptions::XX),
+                            false,
+                        )
+                        .await?;
                     claims.push((i, false));
                 }
             }
@@ -586,21 +473,20 @@ async fn claim(client: &Client, marker_ttl_secs: u64, progress: &mut [Progress<'
                     Some(outcome) => Marker::publishing(record, outcome),
                     None => record.to_string(),
                 };
-                writes.push((p.id, MarkerWrite::Claim(value)));
+                let ex = Some(Expiration::EX(marker_ttl_secs as i64));
+                let _: () = pipeline.set(key, value, ex, Some(SetOptions::NX), true).await?;
                 claims.push((i, true));
             }
             EntryCommit::Finish { .. } | EntryCommit::Unreadable(_) => {}
         }
     }
-    let groups = queue_marker_writes(&pipeline, client, marker_ttl_secs, &writes).await?;
     let releases = queue_releases(&pipeline, progress).await?;
     if claims.is_empty() && !releases {
         settle_replays(progress);
         return Ok(());
     }
     let mut replies = pipeline.try_all::<Value>().await.into_iter();
-    let written = take_marker_replies(&groups, writes.len(), &mut replies);
-    for ((i, decided), reply) in claims.into_iter().zip(written) {
+    for ((i, decided), reply) in claims.into_iter().zip(replies.by_ref()) {
         if decided {
             on_claim(&mut progress[i], reply);
         } else if let Err(e) = reply {
@@ -624,8 +510,9 @@ fn settle_replays(progress: &mut [Progress<'_>]) {
     }
 }
 
-/// What a claim's reply (the marker found, `None` when claimed) makes of its entry.
-fn on_claim(p: &mut Progress<'_>, reply: Result<Option<String>, StageError>) {
+/// What a claim's reply (`SET NX GET`: nil when claimed, else the marker found) makes of its
+/// entry.
+fn on_claim(p: &mut Progress<'_>, reply: Result<Value, Error>) {
     let EntryCommit::Decided { record, outcome, .. } = &p.commit else {
         return;
     };
@@ -633,7 +520,8 @@ fn on_claim(p: &mut Progress<'_>, reply: Result<Option<String>, StageError>) {
         // Refused by Redis (a marker of another type): the claim was not made. Lost on the way
         // (a timeout, a dropped connection): it may have been, and its plan may be published by
         // the redelivery, so the reservation stays (released by that publication or expiry).
-        Err(error) => {
+        Err(e) => {
+            let error = StageError::from(e);
             if matches!(error, StageError::Retryable(_)) {
                 p.fate = Some(Committed::Failed(error));
             } else {
@@ -641,14 +529,14 @@ fn on_claim(p: &mut Progress<'_>, reply: Result<Option<String>, StageError>) {
             }
             return;
         }
-        Ok(None) => {
+        Ok(Value::Null) => {
             match outcome {
                 Some(outcome) => p.publish = Some((record.clone(), outcome.clone(), true)),
                 None => p.ack = Some(Committed::Done),
             }
             return;
         }
-        Ok(Some(found)) => found,
+        Ok(found) => found.as_string().unwrap_or_default(),
     };
     // Another bridge (or this one, before a crash) decided the entry first: its decision stands.
     let own_plan = record.get("plan_id");
@@ -819,19 +707,26 @@ async fn done(client: &Client, progress: &mut [Progress<'_>]) -> Result<(), Erro
             continue;
         }
         if let Some((record, _, _)) = &p.publish {
-            marked.push((p.id, MarkerWrite::Rewrite(record.to_string())));
+            marked.push(p.id);
+            let _: () = pipeline
+                .set(
+                    seen_key(p.id),
+                    record.to_string(),
+                    Some(Expiration::KEEPTTL),
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await?;
         }
         ids.push(p.id.to_string());
     }
     if ids.is_empty() {
         return Ok(());
     }
-    let groups = queue_marker_writes(&pipeline, client, 0, &marked).await?;
     let _: () = pipeline.xack(INTENT_STREAM, INTENT_GROUP, ids).await?;
-    let mut replies = pipeline.try_all::<Value>().await.into_iter();
-    let rewritten = take_marker_replies(&groups, marked.len(), &mut replies);
-    let acked = replies.next();
-    for ((id, _), reply) in marked.iter().zip(rewritten) {
+    let mut replies = pipeline.try_all::<Value>().await;
+    let acked = replies.pop();
+    for (id, reply) in marked.iter().zip(replies) {
         if let Err(e) = reply {
             // Harmless to what was published: a replay finds the outcome appended already.
             tracing::warn!(

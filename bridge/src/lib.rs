@@ -364,11 +364,11 @@ impl IntentBridge {
             .filter_map(|(e, i)| i.as_ref().ok().map(|i| (e.id.as_str(), &i.symbol)))
             .filter(|(_, symbol)| self.gates.allowlist.contains(*symbol))
             .collect();
-        let sets: Vec<String> = gated
-            .iter()
-            .map(|(id, symbol)| quantum_model::contract::reservation_entry_key(symbol, id))
-            .collect();
-        let set_groups = quantum_runtime::nodes::queue_smembers(&pipeline, &self.writer, &sets).await?;
+        for (id, symbol) in &gated {
+            pipeline
+                .smembers::<(), _>(quantum_model::contract::reservation_entry_key(symbol, id))
+                .await?;
+        }
         // Per-reply results: a governor key of the wrong type fails its own symbol, not the batch.
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
         let seen: Vec<Option<Result<Marker, MarkerError>>> =
@@ -383,13 +383,11 @@ impl IntentBridge {
         };
         let earlier: Vec<(&str, &Symbol, Vec<String>)> = gated
             .into_iter()
-            .zip(quantum_runtime::nodes::take_smembers(
-                &set_groups,
-                sets.len(),
-                &mut replies,
-            )?)
-            .filter(|(_, plans)| !plans.is_empty())
-            .map(|((id, symbol), plans)| (id, symbol, plans))
+            .zip(replies)
+            .filter_map(|((id, symbol), plans)| {
+                let plans: Vec<String> = plans.ok()?.into_array().iter().filter_map(opt_text).collect();
+                (!plans.is_empty()).then_some((id, symbol, plans))
+            })
             .collect();
         if !earlier.is_empty() {
             self.read_earlier_reservations(&mut view, earlier).await?;

@@ -191,9 +191,9 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
 #[tokio::test]
 async fn a_replay_marker_of_another_type_fails_its_own_intent_only() {
     let mut stack = Stack::new().await;
-    // Both intents are in the bridge's first batch, so their markers are claimed in one step
-    // (one script on one server): the one whose marker key holds a hash fails there, with
-    // nothing written for it, and the other commits.
+    // Both intents are in the bridge's first batch, so their markers are claimed in one round
+    // trip: the one whose marker key holds a hash is refused there, with nothing written for
+    // it, and the other commits.
     let bad = stack
         .xadd(
             INTENT_STREAM,
@@ -223,7 +223,7 @@ async fn a_replay_marker_of_another_type_fails_its_own_intent_only() {
     let log = stack
         .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
         .await;
-    assert!(log.contains(&format!("WRONGTYPE {marker_key} holds a hash")), "{log}");
+    assert!(log.contains("WRONGTYPE"), "{log}");
     assert_eq!(
         stack.entries(PLAN_STREAM).await.len(),
         1,

@@ -88,52 +88,6 @@ pub fn take_mget(
         .collect())
 }
 
-/// Each key's set members; a key of another type reads as no set (its `WRONGTYPE` is not the
-/// reader's to fail on). KEYS: the sets.
-const SMEMBERS_SCRIPT: &str = r#"#!lua flags=no-writes
-local sets = {}
-for k = 1, #KEYS do
-  local members = redis.pcall('SMEMBERS', KEYS[k])
-  sets[k] = members.err and {} or members
-end
-return sets
-"#;
-
-/// Queues on `pipeline` the members of the sets `keys`, one script per slot group (one for
-/// all of them on a single server, where a `SMEMBERS` per key cost Redis and the caller a
-/// command each); read them back with [`take_smembers`] and the groups this returns.
-///
-/// # Errors
-/// The command could not be queued.
-pub async fn queue_smembers<C: ClientLike>(
-    pipeline: &C,
-    client: &Client,
-    keys: &[String],
-) -> Result<Vec<Vec<usize>>, Error> {
-    let groups = slot_groups(client, keys);
-    for group in &groups {
-        let keys = group.iter().map(|&i| keys[i].clone()).collect();
-        crate::cas::queue_eval_ro(pipeline, SMEMBERS_SCRIPT, keys, Vec::new()).await?;
-    }
-    Ok(groups)
-}
-
-/// The members [`queue_smembers`] read, in the order of its keys (`len` of them), from the
-/// next replies of `replies`.
-///
-/// # Errors
-/// A read's error.
-pub fn take_smembers(
-    groups: &[Vec<usize>],
-    len: usize,
-    replies: &mut impl Iterator<Item = Result<Value, Error>>,
-) -> Result<Vec<Vec<String>>, Error> {
-    Ok(take_grouped(groups, len, replies)?
-        .into_iter()
-        .map(|set| set.into_array().iter().filter_map(crate::reply::opt_text).collect())
-        .collect())
-}
-
 /// The items of one script (or command) per slot group, each answering an array in its
 /// group's order, put back in the order of the `len` keys the groups were made from, from the
 /// next replies of `replies` (an item no reply covers is nil).
