@@ -129,6 +129,26 @@ async fn a_stage_whose_batches_all_fail_is_stalled_until_they_pass_again() {
     );
 }
 
+/// Starts the bridge (BTCUSDT only, retrying without dead-lettering) on a batch holding `good`
+/// and `bad`; returns its log once `good`'s plan is out and `bad`'s commit has failed.
+async fn bridge_commits_good_and_fails_bad(stack: &mut Stack, good: &str, bad: &str) -> String {
+    stack.start(
+        Service::Bridge,
+        &[("SYMBOL_ALLOWLIST", "BTCUSDT"), ("STREAM_MAX_DELIVERIES", "1000")],
+    );
+    wait_for("the good intent's plan", || async {
+        stack
+            .entries(PLAN_STREAM)
+            .await
+            .iter()
+            .any(|p| p.get("intent_id") == Some(good))
+    })
+    .await;
+    stack
+        .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
+        .await
+}
+
 #[tokio::test]
 async fn a_commit_that_fails_inside_redis_loses_no_intent() {
     let mut stack = Stack::new().await;
@@ -151,21 +171,7 @@ async fn a_commit_that_fails_inside_redis_loses_no_intent() {
             &[("symbol", "BTCUSDT"), ("side", "BUY"), ("qty", "0.01")],
         )
         .await;
-    stack.start(
-        Service::Bridge,
-        &[("SYMBOL_ALLOWLIST", "BTCUSDT"), ("STREAM_MAX_DELIVERIES", "1000")],
-    );
-    wait_for("the good intent's plan", || async {
-        stack
-            .entries(PLAN_STREAM)
-            .await
-            .iter()
-            .any(|p| p.get("intent_id") == Some(good.as_str()))
-    })
-    .await;
-    stack
-        .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
-        .await;
+    bridge_commits_good_and_fails_bad(&mut stack, &good, &bad).await;
     let marker_key = format!("quantum:intent_bridge:seen:{bad}");
     let marker: String = stack.client.get(&marker_key).await.unwrap();
     assert!(
@@ -208,21 +214,7 @@ async fn a_replay_marker_of_another_type_fails_its_own_intent_only() {
         .await;
     let marker_key = format!("quantum:intent_bridge:seen:{bad}");
     stack.hset(&marker_key, &[("clobbered", "by hand")]).await;
-    stack.start(
-        Service::Bridge,
-        &[("SYMBOL_ALLOWLIST", "BTCUSDT"), ("STREAM_MAX_DELIVERIES", "1000")],
-    );
-    wait_for("the good intent's plan", || async {
-        stack
-            .entries(PLAN_STREAM)
-            .await
-            .iter()
-            .any(|p| p.get("intent_id") == Some(good.as_str()))
-    })
-    .await;
-    let log = stack
-        .wait_log(Service::Bridge, &format!("Commit of intent {bad} failed"))
-        .await;
+    let log = bridge_commits_good_and_fails_bad(&mut stack, &good, &bad).await;
     assert!(log.contains("WRONGTYPE"), "{log}");
     assert_eq!(
         stack.entries(PLAN_STREAM).await.len(),
