@@ -13,10 +13,11 @@
 //!    spent per intent over it (`INFO cpu`, `/proc/<pid>/stat`), and Redis' busiest commands
 //!    (`INFO commandstats`; a script's row includes the commands it calls).
 //! 4. **Latency** (the services' idle RSS is read first): BUY intents published one at a time
-//!    at a steady `latency_rate` for `latency_seconds`; each intent's latency runs from just before its XADD to the ledger's
-//!    commit of its fill: on the keyspace notifications of the ledger hashes, the bench reads
-//!    the notified ledgers' fill counts (one round trip for all waiting notifications) and
-//!    dates each new fill when they come back, an upper bound by one Redis round trip.
+//!    at a steady `latency_rate` for `latency_seconds`; each intent's latency runs from just
+//!    before its XADD to the ledger's commit of its fill: on the keyspace notifications of the
+//!    ledger hashes, the bench reads the notified ledgers' fill counts (one round trip for all
+//!    waiting notifications) and dates each new fill when they come back, an upper bound by one
+//!    Redis round trip.
 //!    Percentiles from an HdrHistogram (µs, 3 significant digits).
 //!
 //! `--shards N` runs the services with `STREAM_SHARDS=N`; `--cluster` runs everything on a
